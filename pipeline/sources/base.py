@@ -1,0 +1,73 @@
+"""What a source adapter hands to the rest of the pipeline: episode references, no pixels.
+
+An `EpisodeRef` is small, picklable and cheap to make: enumerating a source reads
+metadata (file listings, LeRobot `meta/`, HDF5 keys) and never decodes video. Actions
+are loaded later, next to the decode, by `load_actions`.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from typing import IO
+
+import fsspec
+import numpy as np
+
+
+class SourceError(ValueError):
+    """A whole source cannot be read (missing folder, unreadable LeRobot `meta/info.json`).
+    Per-episode problems are not raised here: they surface at decode and are quarantined."""
+
+
+@dataclass(frozen=True)
+class EpisodeRef:
+    source: str  # SourceSpec.id
+    episode_id: str  # unique within the source and stable across runs
+    kind: str  # "robot" | "human"
+    uri: str  # the episode's media: a video file, or the HDF5 file holding its images
+    content_hash: str  # changes whenever the bytes the episode is read from change
+    camera: str | None = None  # camera key the frames come from
+    start_s: float = 0.0  # span within the video file (LeRobot v3.0 packs episodes per file)
+    end_s: float | None = None  # None = to the end of the file
+    fps: float | None = None  # nominal frame rate of the media, when the source says
+    instruction: str | None = None
+    image_key: str | None = None  # HDF5 dataset of uint8 (N, H, W, 3) images; None = uri is a video
+    actions_uri: str | None = None  # where `load_actions` reads actions from (parquet / HDF5)
+    actions_selector: str | None = None  # adapter-specific: episode index, HDF5 group, ...
+    action_rate: float | None = None  # Hz, when actions carry no timestamps of their own
+    split: str | None = None  # dataset split the source assigns ("train", "val", ...), if any
+
+    @property
+    def key(self) -> str:
+        """Store-wide unique episode key."""
+        return f"{self.source}/{self.episode_id}"
+
+
+@dataclass(frozen=True)
+class ActionTrack:
+    """Robot actions at the control rate, on the same clock as the episode's frames."""
+
+    timestamps: np.ndarray  # (M,) float64 seconds from the episode start
+    actions: np.ndarray  # (M, A) float32
+    state: np.ndarray | None = None  # (M, S) float32 proprioception, when the source has it
+
+    def __post_init__(self) -> None:
+        if len(self.timestamps) != len(self.actions):
+            raise ValueError(
+                f"{len(self.timestamps)} action timestamps for {len(self.actions)} action rows"
+            )
+
+
+def join_uri(root: str, rel: str) -> str:
+    """`rel` (a POSIX relative path) under `root`, a local folder or an fsspec URL."""
+    if "://" in root:
+        return root.rstrip("/") + "/" + rel.lstrip("/")
+    return os.path.join(root, *rel.split("/"))
+
+
+def open_uri(uri: str, mode: str = "rb") -> IO:
+    """Open a local path or fsspec URL; local paths skip fsspec (no overhead, real file handles)."""
+    if "://" not in uri or uri.startswith("file://"):
+        return open(uri.removeprefix("file://"), mode)  # noqa: SIM115 - returned to the caller
+    return fsspec.open(uri, mode).open()

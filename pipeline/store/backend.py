@@ -1,0 +1,107 @@
+"""Where a store lives: a local folder or an object-store URL, opened as an Icechunk repo.
+
+Layout of a store at URI:
+
+    URI/repo/            the Icechunk repository (transactional Zarr v3: commits, branches)
+    URI/catalog.parquet  the episode catalog of the newest commit, for pyarrow / DuckDB
+    URI/.lock            local stores only: held by the one process allowed to commit
+
+Icechunk's local-filesystem storage is not safe for concurrent commits from several
+processes, so local writers take an exclusive `flock` on URI/.lock for the whole run; the
+kernel releases it when the process dies, so a SIGKILLed ingest never leaves it stuck.
+"""
+
+from __future__ import annotations
+
+import fcntl
+import logging
+import os
+from pathlib import Path
+from urllib.parse import urlparse
+
+os.environ.setdefault("ICECHUNK_LOG", "icechunk=error")  # silence the local-storage notice we handle
+
+import icechunk as ic  # noqa: E402
+
+log = logging.getLogger(__name__)
+
+
+class StoreError(ValueError):
+    """The store cannot be opened as asked (no such store, version, or unsupported URL)."""
+
+
+class StoreBusyError(RuntimeError):
+    """Another process is writing to this store."""
+
+
+def is_local(uri: str) -> bool:
+    return "://" not in uri or uri.startswith("file://")
+
+
+def local_path(uri: str) -> Path:
+    return Path(uri[len("file://") :] if uri.startswith("file://") else uri)
+
+
+def join(uri: str, name: str) -> str:
+    return str(local_path(uri) / name) if is_local(uri) else uri.rstrip("/") + "/" + name
+
+
+def storage_for(uri: str) -> ic.Storage:
+    """Icechunk storage for the repo under URI. Object stores read credentials from the
+    environment (AWS_*, GOOGLE_APPLICATION_CREDENTIALS, ...) as their SDKs do."""
+    repo_uri = join(uri, "repo")
+    if is_local(uri):
+        return ic.local_filesystem_storage(str(local_path(repo_uri).resolve()))
+    u = urlparse(repo_uri)
+    prefix = u.path.lstrip("/")
+    if u.scheme in ("s3", "s3a"):
+        return ic.s3_storage(bucket=u.netloc, prefix=prefix, from_env=True)
+    if u.scheme in ("gs", "gcs"):
+        return ic.gcs_storage(bucket=u.netloc, prefix=prefix, from_env=True)
+    if u.scheme in ("az", "abfs"):
+        return ic.azure_storage(account=os.environ.get("AZURE_STORAGE_ACCOUNT", ""), container=u.netloc,
+                                prefix=prefix, from_env=True)
+    if u.scheme == "memory":
+        return ic.in_memory_storage()
+    raise StoreError(f"store URL {uri!r}: unsupported scheme {u.scheme!r}; use a local path, s3://, gs:// or az://")
+
+
+def open_repo(uri: str, *, create: bool) -> ic.Repository:
+    storage = storage_for(uri)
+    if ic.Repository.exists(storage):
+        return ic.Repository.open(storage)
+    if not create:
+        raise StoreError(f"no feature store at {uri!r} (run `lawam ingest ... --store {uri}` first)")
+    if is_local(uri):
+        local_path(uri).mkdir(parents=True, exist_ok=True)
+    return ic.Repository.create(storage)
+
+
+class WriterLock:
+    """Exclusive per-store writer lock (local stores). Object stores rely on Icechunk's
+    conditional writes: a commit on a branch that moved fails instead of overwriting."""
+
+    def __init__(self, uri: str):
+        self.uri = uri
+        self._fd: int | None = None
+
+    def __enter__(self) -> WriterLock:
+        if is_local(self.uri):
+            path = local_path(self.uri)
+            path.mkdir(parents=True, exist_ok=True)
+            fd = os.open(path / ".lock", os.O_RDWR | os.O_CREAT, 0o644)
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                os.close(fd)
+                raise StoreBusyError(
+                    f"another process is writing to {self.uri!r}; wait for it to finish"
+                ) from None
+            self._fd = fd
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        if self._fd is not None:
+            fcntl.flock(self._fd, fcntl.LOCK_UN)
+            os.close(self._fd)
+            self._fd = None

@@ -1,0 +1,254 @@
+"""Write access to a feature store: append episodes, quarantine failures, commit.
+
+Promises (DESIGN.md, "Feature store"):
+- Atomic visibility: arrays are written inside an Icechunk session; nothing is visible to
+  readers until `commit()` publishes a snapshot holding both the data and the index that
+  points to it. A killed run leaves chunk files no snapshot references: invisible.
+- One writer per array: this process is the store's only writer (a lock for local stores,
+  conditional commits on object stores), and every shard array is created and filled by
+  this writer alone.
+- Incremental: `plan()` diffs episode refs against the committed index by ingest hash
+  (content hash + sampling); unchanged episodes are skipped before any decoding.
+
+Episodes are packed into *shards*: `/shards/<source>/<run>-<seq>/{features,timestamps,
+actions,action_timestamps,state}`, one shard per source per commit, so the number of Zarr
+nodes grows with commits, not with episodes. An episode's frames are buffered until it
+finishes (so each episode is contiguous in its shard); an episode longer than
+`spill_frames` gets a shard of its own and its blocks go straight to disk, which bounds
+memory for arbitrarily long videos.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import uuid
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
+import zarr
+
+from pipeline.sources.base import ActionTrack, EpisodeRef
+from pipeline.store.backend import WriterLock, open_repo
+from pipeline.store.catalog_file import write_catalog_file
+from pipeline.store.index import read_index, write_index
+from schemas import INDEX_SCHEMA, STORE_LAYOUT_VERSION, EpisodeStatus
+
+log = logging.getLogger(__name__)
+
+
+class StoreMismatchError(ValueError):
+    """The store was built by another encoder: features of two encoders never mix."""
+
+
+def ingest_hash(ref: EpisodeRef, params: dict) -> str:
+    """What decides whether an episode must be (re)done: its bytes and how it is sampled."""
+    payload = json.dumps({"content": ref.content_hash, **params}, sort_keys=True)
+    return hashlib.sha256(payload.encode()).hexdigest()[:32]
+
+
+@dataclass
+class Plan:
+    todo: list[EpisodeRef]  # new, changed, or previously quarantined
+    skipped: list[EpisodeRef]  # already committed with the same ingest hash
+
+
+@dataclass
+class _Pending:
+    ref: EpisodeRef
+    ingest_hash: str
+    blocks: list[np.ndarray] = field(default_factory=list)
+    stamps: list[np.ndarray] = field(default_factory=list)
+    n: int = 0
+    spilled: zarr.Group | None = None  # own shard once longer than spill_frames
+    spilled_name: str | None = None
+
+
+class StoreWriter:
+    """Use as a context manager: `with StoreWriter.open(uri, encoder=..., ...) as w:`."""
+
+    def __init__(self, uri: str, repo, branch: str, token_shape: tuple[int, ...], chunk_frames: int,
+                 spill_frames: int):
+        self.uri = uri
+        self.repo = repo
+        self.branch = branch
+        self.token_shape = tuple(token_shape)
+        self.chunk_frames = chunk_frames
+        self.spill_frames = spill_frames
+        self.run_id = datetime.now(UTC).strftime("%Y%m%dT%H%M%S") + "-" + uuid.uuid4().hex[:6]
+        self._lock = WriterLock(uri)
+        self._seq = 0
+        self._pending: dict[str, _Pending] = {}
+        self._new_rows: dict[str, dict] = {}  # key -> index row added since the last commit
+        self._shards: dict[str, zarr.Group] = {}
+        self.parent_version = repo.lookup_branch(branch)
+        self._begin()
+
+    @classmethod
+    def open(cls, uri: str, *, encoder: dict, token_shape: tuple[int, ...], chunk_frames: int = 64,
+             branch: str = "main", spill_frames: int = 4096) -> StoreWriter:
+        """Open (creating if needed) the store at `uri` for appending with this encoder."""
+        repo = open_repo(uri, create=True)
+        self = cls(uri, repo, branch, token_shape, chunk_frames, spill_frames)
+        attrs = dict(self.root.attrs)
+        if "encoder" not in attrs:
+            self.root.attrs.update({
+                "lawam_layout": STORE_LAYOUT_VERSION, "encoder": encoder, "token_shape": list(token_shape),
+            })
+        elif attrs["encoder"] != encoder:
+            raise StoreMismatchError(
+                f"store {uri!r} holds features of encoder {attrs['encoder']!r}; this run uses "
+                f"{encoder!r}. Features of two encoders never mix: choose another --store."
+            )
+        elif attrs.get("lawam_layout") != STORE_LAYOUT_VERSION:
+            raise StoreMismatchError(f"store {uri!r} has layout {attrs.get('lawam_layout')}, "
+                                     f"this lawam writes {STORE_LAYOUT_VERSION}")
+        return self
+
+    def _begin(self) -> None:
+        self.session = self.repo.writable_session(self.branch)
+        self.root = zarr.open_group(self.session.store, mode="a")
+        self.index = read_index(self.root)
+        self._shards.clear()
+        self._seq += 1
+        parent = self.session.snapshot_id
+        # Rows the parent commit added carry no id yet (a snapshot cannot name itself).
+        sv = self.index.column("store_version")
+        self.index = self.index.set_column(
+            self.index.schema.get_field_index("store_version"), "store_version",
+            pc.if_else(pc.is_null(sv), pa.scalar(parent), sv),
+        )
+        keys = pc.binary_join_element_wise(self.index["source"], self.index["episode_id"], "/")
+        self._row_of = {k: i for i, k in enumerate(keys.to_pylist())}
+
+    def __enter__(self) -> StoreWriter:
+        self._lock.__enter__()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._lock.__exit__(*exc)
+
+    # -- planning ----------------------------------------------------------------------
+    def plan(self, refs: list[EpisodeRef], params_for: Callable[[EpisodeRef], dict]) -> Plan:
+        hashes = self.index.column("content_hash").to_pylist()
+        status = self.index.column("status").to_pylist()
+        todo, skipped = [], []
+        for ref in refs:
+            i = self._row_of.get(ref.key)
+            if i is not None and status[i] == EpisodeStatus.OK and hashes[i] == ingest_hash(ref, params_for(ref)):
+                skipped.append(ref)
+            else:
+                todo.append(ref)
+        return Plan(todo, skipped)
+
+    # -- writing -----------------------------------------------------------------------
+    def start_episode(self, ref: EpisodeRef, params: dict) -> None:
+        self._pending[ref.key] = _Pending(ref, ingest_hash(ref, params))
+
+    def append_frames(self, ref: EpisodeRef, features: np.ndarray, timestamps: np.ndarray) -> None:
+        p = self._pending[ref.key]
+        if features.shape[1:] != self.token_shape:
+            raise ValueError(f"features {features.shape[1:]} do not match the store's {self.token_shape}")
+        if p.spilled is None and p.n + len(features) > self.spill_frames:
+            p.spilled_name = f"{ref.source}/{self.run_id}-{self._seq:03d}-{uuid.uuid4().hex[:6]}"
+            p.spilled = self._create_shard(p.spilled_name)
+            self._append(p.spilled, "features", np.concatenate(p.blocks + [features]))
+            self._append(p.spilled, "timestamps", np.concatenate(p.stamps + [timestamps]))
+            p.blocks, p.stamps = [], []
+        elif p.spilled is not None:
+            self._append(p.spilled, "features", features)
+            self._append(p.spilled, "timestamps", timestamps)
+        else:
+            p.blocks.append(features)
+            p.stamps.append(timestamps)
+        p.n += len(features)
+
+    def finish_episode(self, ref: EpisodeRef, actions: ActionTrack | None, fps: float) -> None:
+        p = self._pending.pop(ref.key)
+        if p.n == 0:
+            raise ValueError(f"{ref.key}: no frames decoded")
+        if p.spilled is not None:
+            shard, group, start = p.spilled_name, p.spilled, 0
+        else:
+            shard = f"{ref.source}/{self.run_id}-{self._seq:03d}"
+            group = self._shards.get(shard) or self._create_shard(shard)
+            self._shards[shard] = group
+            start = self._append(group, "features", np.concatenate(p.blocks))
+            self._append(group, "timestamps", np.concatenate(p.stamps))
+        action_start, n_actions = 0, 0
+        if actions is not None and len(actions.actions):
+            action_start = self._append(group, "actions", np.asarray(actions.actions, np.float32))
+            self._append(group, "action_timestamps", np.asarray(actions.timestamps, np.float64))
+            if actions.state is not None:
+                self._append(group, "state", np.asarray(actions.state, np.float32))
+            n_actions = len(actions.actions)
+        self._put_row(ref, p.ingest_hash, EpisodeStatus.OK, None, p.n, p.n / fps, n_actions,
+                      shard, start, action_start)
+
+    def quarantine(self, ref: EpisodeRef, reason: str, params: dict) -> None:
+        """Record a failed episode. A previously committed good version of it stays."""
+        self._pending.pop(ref.key, None)
+        i = self._row_of.get(ref.key)
+        if i is not None and self.index.column("status")[i].as_py() == EpisodeStatus.OK:
+            log.warning("%s: %s (keeping the committed version)", ref.key, reason)
+            return
+        self._put_row(ref, ingest_hash(ref, params), EpisodeStatus.QUARANTINED, reason.splitlines()[0][:500],
+                      0, 0.0, 0, None, 0, 0)
+
+    def _put_row(self, ref: EpisodeRef, ihash: str, status: str, reason: str | None, frames: int,
+                 duration: float, n_actions: int, shard: str | None, frame_start: int, action_start: int) -> None:
+        self._new_rows[ref.key] = {
+            "source": ref.source, "episode_id": ref.episode_id, "kind": ref.kind, "uri": ref.uri,
+            "content_hash": ihash, "status": str(status), "reason": reason, "instruction": ref.instruction,
+            "frames": frames, "duration_s": duration, "actions": n_actions, "store_version": None,
+            "ingested_at": datetime.now(UTC).replace(microsecond=0), "shard": shard,
+            "frame_start": frame_start, "action_start": action_start,
+        }
+
+    def _create_shard(self, name: str) -> zarr.Group:
+        return self.root.require_group(f"shards/{name}")
+
+    def _append(self, group: zarr.Group, name: str, data: np.ndarray) -> int:
+        """Append rows to group[name] (created on first use); returns the first new row."""
+        if name not in group:
+            chunk = (self.chunk_frames if name == "features" else 4096,) + data.shape[1:]
+            group.create_array(name, shape=(0,) + data.shape[1:], chunks=chunk, dtype=data.dtype)
+        arr = group[name]
+        start = arr.shape[0]
+        arr.resize((start + len(data),) + arr.shape[1:])
+        arr[start:] = data
+        return start
+
+    # -- publishing --------------------------------------------------------------------
+    @property
+    def has_changes(self) -> bool:
+        return bool(self._new_rows)
+
+    def commit(self, message: str, metadata: dict | None = None) -> str | None:
+        """Publish everything finished so far as one new version; None if nothing changed.
+        Episodes still in flight stay buffered and land in a later commit."""
+        if not self._new_rows:
+            return None
+        replaced = {self._row_of[k] for k in self._new_rows if k in self._row_of}
+        keep = pa.array([i not in replaced for i in range(self.index.num_rows)], pa.bool_())
+        new = pa.Table.from_pylist(list(self._new_rows.values()), schema=INDEX_SCHEMA)
+        table = pa.concat_tables([self.index.filter(keep), new])
+        write_index(self.root, table)
+        version = self.session.commit(message, metadata={"lawam_run": self.run_id, **(metadata or {})})
+        log.info("committed %s: %d episodes (+%d)", version, table.num_rows, len(self._new_rows))
+        self.parent_version = version
+        self._new_rows.clear()
+        pending_spills = {k: p for k, p in self._pending.items() if p.spilled is not None}
+        self._begin()
+        for p in pending_spills.values():  # re-open their shards in the new session
+            p.spilled = self.root[f"shards/{p.spilled_name}"]
+        try:
+            write_catalog_file(self.uri, self.index)
+        except OSError as e:  # the commit is what counts; the Parquet copy is a convenience
+            log.warning("could not write catalog.parquet: %s", e)
+        return version

@@ -1,0 +1,47 @@
+"""Arrow schemas of the tables the pipeline writes, and the store layout version."""
+
+from __future__ import annotations
+
+from enum import StrEnum
+
+import pyarrow as pa
+
+# Bumped whenever the on-disk layout of the feature store changes incompatibly.
+STORE_LAYOUT_VERSION = 1
+
+
+class EpisodeStatus(StrEnum):
+    OK = "ok"
+    QUARANTINED = "quarantined"
+
+
+# One row per episode the store knows of, ingested or quarantined. Written as Parquet
+# (`catalog.parquet` beside the store) so users can query it with pyarrow or DuckDB.
+CATALOG_SCHEMA = pa.schema(
+    [
+        pa.field("source", pa.string(), nullable=False),  # SourceSpec.id
+        pa.field("episode_id", pa.string(), nullable=False),  # unique within the source
+        pa.field("kind", pa.string(), nullable=False),  # robot | human
+        pa.field("uri", pa.string(), nullable=False),  # video file (or dataset) it came from
+        pa.field("content_hash", pa.string(), nullable=False),  # of the bytes it was read from
+        pa.field("status", pa.string(), nullable=False),  # EpisodeStatus
+        pa.field("reason", pa.string()),  # one line, set when quarantined
+        pa.field("instruction", pa.string()),
+        pa.field("frames", pa.int64(), nullable=False),  # frames kept at the corpus fps
+        pa.field("duration_s", pa.float64(), nullable=False),  # span of the kept frames
+        pa.field("actions", pa.int64(), nullable=False),  # control-rate action rows (0 for human)
+        pa.field("store_version", pa.string()),  # commit id that made this row visible
+        pa.field("ingested_at", pa.timestamp("s", tz="UTC")),
+    ]
+)
+
+# The store's own episode index: the catalog plus where each episode's arrays live.
+# Stored inside every store commit, so a version id pins both data and index.
+INDEX_SCHEMA = pa.schema(
+    list(CATALOG_SCHEMA)
+    + [
+        pa.field("shard", pa.string()),  # group under /shards holding the episode's arrays
+        pa.field("frame_start", pa.int64(), nullable=False),  # first row in shard features
+        pa.field("action_start", pa.int64(), nullable=False),  # first row in shard actions
+    ]
+)
