@@ -1,0 +1,80 @@
+"""Source adapters: turn a `SourceSpec` into `EpisodeRef`s, and load an episode's actions.
+
+The public surface is four functions, dispatching on the format:
+
+- `iter_episodes(spec)`: enumerate a source's episodes without decoding any video
+  (reads listings, LeRobot `meta/`, HDF5 keys, and content hashes of the files).
+- `load_actions(ref)`: the episode's robot actions on the frames' clock; None for
+  human episodes and for sources without actions (video_dir).
+- `read_image_frames(ref, indices=None)` / `read_image_timestamps(ref)`: pixels and
+  timestamps of episodes whose images are stored as arrays (`ref.image_key` set: HDF5),
+  for the decoder to use instead of a video container.
+
+Whole-source problems raise `SourceError` (a ValueError) with the path and the fix;
+per-episode problems surface when the episode is decoded or its actions are loaded.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterator
+
+import numpy as np
+
+from pipeline.sources.base import ActionTrack, EpisodeRef, SourceError
+from pipeline.sources.hdf5 import iter_hdf5, load_hdf5_actions
+from pipeline.sources.hdf5 import read_image_frames as _hdf5_frames
+from pipeline.sources.hdf5 import read_image_timestamps as _hdf5_timestamps
+from pipeline.sources.lerobot import iter_lerobot, load_lerobot_actions
+from pipeline.sources.video_dir import iter_video_dir
+from schemas.config import SourceSpec
+
+__all__ = [
+    "ActionTrack",
+    "EpisodeRef",
+    "SourceError",
+    "iter_episodes",
+    "load_actions",
+    "read_image_frames",
+    "read_image_timestamps",
+]
+
+_ENUMERATORS = {"video_dir": iter_video_dir, "lerobot": iter_lerobot, "hdf5": iter_hdf5}
+_ACTION_LOADERS = {"lerobot": load_lerobot_actions, "hdf5": load_hdf5_actions}
+
+
+def iter_episodes(spec: SourceSpec) -> Iterator[EpisodeRef]:
+    """Every episode of the source, in a stable order, without decoding video."""
+    try:
+        enumerate_ = _ENUMERATORS[spec.format]
+    except KeyError:
+        raise SourceError(f"source {spec.id!r}: unknown format {spec.format!r}; use {sorted(_ENUMERATORS)}") from None
+    return enumerate_(spec)
+
+
+def load_actions(ref: EpisodeRef) -> ActionTrack | None:
+    """Robot actions (and state) of the episode on the frames' clock; None when there are none."""
+    if ref.kind != "robot" or ref.actions_uri is None or ref.actions_selector is None:
+        return None
+    fmt = json.loads(ref.actions_selector).get("format")
+    try:
+        loader = _ACTION_LOADERS[fmt]
+    except KeyError:
+        raise SourceError(f"{ref.key}: unknown actions selector format {fmt!r}") from None
+    return loader(ref)
+
+
+def read_image_frames(ref: EpisodeRef, indices: np.ndarray | list[int] | None = None) -> tuple[np.ndarray, np.ndarray]:
+    """(frames uint8 (K, H, W, 3), timestamps float64 (K,)) of an array-stored episode;
+    all frames, or only `indices` (read sparsely)."""
+    if ref.image_key is None:
+        raise SourceError(f"{ref.key}: {ref.uri} is a video file; decode it with pipeline.decode")
+    return _hdf5_frames(ref, indices)
+
+
+def read_image_timestamps(ref: EpisodeRef) -> np.ndarray:
+    """(N,) float64 seconds of every stored image of an array-stored episode; no pixels read,
+    so a decoder can pick frames by timestamp and then read only those."""
+    if ref.image_key is None:
+        raise SourceError(f"{ref.key}: {ref.uri} is a video file; decode it with pipeline.decode")
+    return _hdf5_timestamps(ref)
