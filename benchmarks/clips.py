@@ -1,0 +1,41 @@
+"""The benchmark workload: synthetic egocentric-like clips (textured scene, camera pan, a
+moving "hand"), 640x480 h264 30 fps — the same recipe as ../shared/bench/make_clips.py, so
+our figures and the anchor scripts' are measured on the same kind of video."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import av
+import numpy as np
+
+W, H, FPS = 640, 480, 30
+
+
+def make_clips(out: Path, n: int = 8, seconds: float = 10, seed: int = 0) -> Path:
+    """Write clip_000.mp4 ... into `out` (reused when already there); returns `out`."""
+    out.mkdir(parents=True, exist_ok=True)
+    rng = np.random.default_rng(seed)
+    for k in range(n):
+        world = rng.integers(0, 255, (H * 2, W * 3, 3), dtype=np.uint8).astype(np.float32)
+        path = out / f"clip_{k:03d}.mp4"
+        if path.exists():
+            continue
+        for _ in range(3):  # smooth it so the codec sees natural-ish texture
+            world = (world + np.roll(world, 1, 0) + np.roll(world, 1, 1) + np.roll(world, -1, 0)
+                     + np.roll(world, -1, 1)) / 5
+        world8 = world.astype(np.uint8)
+        with av.open(str(path), "w") as c:
+            s = c.add_stream("h264", rate=FPS)
+            s.width, s.height, s.pix_fmt = W, H, "yuv420p"
+            s.options = {"g": "60", "preset": "veryfast"}
+            for i in range(int(seconds * FPS)):
+                x, y = int(200 + 150 * np.sin(i / 40 + k)), int(100 + 80 * np.cos(i / 55 + k))
+                img = world8[y : y + H, x : x + W].copy()
+                cx, cy = int(W / 2 + 120 * np.sin(i / 15)), int(H / 2 + 90 * np.cos(i / 20))
+                img[max(cy - 30, 0) : cy + 30, max(cx - 30, 0) : cx + 30] = (220, 40, 40)
+                for p in s.encode(av.VideoFrame.from_ndarray(img, format="rgb24")):
+                    c.mux(p)
+            for p in s.encode():
+                c.mux(p)
+    return out
