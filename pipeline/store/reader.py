@@ -77,6 +77,7 @@ class FeatureStore:
         self._arrays: dict[str, zarr.Array] = {}
         self._ts: dict[int, np.ndarray] = {}
         self._tracks: dict[int, ActionTrack | None] = {}
+        self._slack: dict[int, float] = {}
         self._shard_of = self._ok["shard"].to_pylist()
         self._start_of = self._ok["frame_start"].to_numpy()
         self._frames_of = self._ok["frames"].to_numpy()
@@ -157,6 +158,8 @@ class FeatureStore:
                 group = self.root[f"shards/{r['shard']}"]
                 state = group["state"][s : s + m] if "state" in group else None
                 track = ActionTrack(group["action_timestamps"][s : s + m], group["actions"][s : s + m], state)
+                step = np.median(np.diff(track.timestamps)) if m > 1 else 0.0
+                self._slack[i] = 0.25 * step
             self._tracks[i] = track
         return self._tracks[i]
 
@@ -190,7 +193,9 @@ class FeatureStore:
             dts.append(ts[ti + k] - ts[ti])
             track = self._actions(e) if with_actions else None
             if track is not None:
-                lo, hi = np.searchsorted(track.timestamps, [ts[ti], ts[ti + k]], side="left")
+                # [ts_t, ts_t+k) with a quarter control step of slack: frame pts and (often
+                # float32) action timestamps disagree in the last bits.
+                lo, hi = np.searchsorted(track.timestamps, np.array([ts[ti], ts[ti + k]]) - self._slack[e], side="left")
                 acts.append(track.actions[lo:hi])
             else:
                 acts.append(None)

@@ -193,12 +193,17 @@ class StoreWriter:
     def quarantine(self, ref: EpisodeRef, reason: str, params: dict) -> None:
         """Record a failed episode. A previously committed good version of it stays."""
         self._pending.pop(ref.key, None)
+        reason = reason.splitlines()[0][:500] if reason else "unknown error"
+        ihash = ingest_hash(ref, params)
         i = self._row_of.get(ref.key)
-        if i is not None and self.index.column("status")[i].as_py() == EpisodeStatus.OK:
-            log.warning("%s: %s (keeping the committed version)", ref.key, reason)
-            return
-        self._put_row(ref, ingest_hash(ref, params), EpisodeStatus.QUARANTINED, reason.splitlines()[0][:500],
-                      0, 0.0, 0, None, 0, 0)
+        if i is not None:
+            row = {c: self.index.column(c)[i].as_py() for c in ("status", "content_hash", "reason")}
+            if row["status"] == EpisodeStatus.OK:
+                log.warning("%s: %s (keeping the committed version)", ref.key, reason)
+                return
+            if (row["content_hash"], row["reason"]) == (ihash, reason):
+                return  # failed again the same way: nothing to commit
+        self._put_row(ref, ihash, EpisodeStatus.QUARANTINED, reason, 0, 0.0, 0, None, 0, 0)
 
     def _put_row(self, ref: EpisodeRef, ihash: str, status: str, reason: str | None, frames: int,
                  duration: float, n_actions: int, shard: str | None, frame_start: int, action_start: int) -> None:

@@ -1,0 +1,139 @@
+"""End-to-end ingest against its physical limit and against the plain Ray Data script.
+
+Side by side, in one run, on the same clips (640x480 h264 30 fps, like
+../shared/bench/make_clips.py), same model, same input size, same target fps:
+
+  encoder-only   frozen encoder on pre-decoded frames (the limit on this machine)
+  lawam ingest   `ingest_episodes` from video files to a committed store
+  no-op re-run   the same ingest again (nothing new: must skip everything)
+  anchor         ../shared/bench/raydata_ingest.py (Ray Data read_videos -> actor -> Parquet), if present
+  pair reads     random (f_t, f_{t+k}) batches from the store vs from arrays in memory
+
+Prints ratios and writes benchmarks/results/ingest.json.
+Usage: python benchmarks/bench_ingest.py [--clips 4] [--seconds 10] [--fps 5] [--model M] [--size 224]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import re
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+os.environ.setdefault("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", "0")
+
+import numpy as np  # noqa: E402
+import torch  # noqa: E402
+
+from benchmarks.clips import make_clips  # noqa: E402
+from pipeline.encode import FrozenEncoder  # noqa: E402
+from pipeline.ingest import ingest_episodes  # noqa: E402
+from pipeline.sources import iter_episodes  # noqa: E402
+from pipeline.store import FeatureStore  # noqa: E402
+from schemas import EncoderConfig, SamplingConfig, SourceSpec, StoreConfig  # noqa: E402
+
+SHARED_ANCHOR = Path(__file__).resolve().parents[2] / "shared" / "bench" / "raydata_ingest.py"
+
+
+def encoder_only(cfg: EncoderConfig, n: int) -> float:
+    torch.set_num_threads(os.cpu_count() or 1)
+    enc = FrozenEncoder(cfg)
+    x = np.random.default_rng(0).integers(0, 255, (cfg.batch_size, cfg.image_size, cfg.image_size, 3), np.uint8)
+    enc.encode(x)  # warm-up
+    t, k = time.perf_counter(), 0
+    while k < n:
+        enc.encode(x)
+        k += cfg.batch_size
+    return k / (time.perf_counter() - t)
+
+
+def anchor(clips: Path, out: Path, fps: float, model: str) -> float | None:
+    if not SHARED_ANCHOR.exists():
+        return None
+    res = subprocess.run([sys.executable, str(SHARED_ANCHOR), str(clips), str(out), str(int(fps)), model],
+                         capture_output=True, text=True, timeout=3600)
+    m = re.search(r"= ([\d.]+) frames/s", res.stdout)
+    if not m:
+        print("anchor failed:", res.stdout[-500:], res.stderr[-1500:], file=sys.stderr)
+        return None
+    return float(m.group(1))
+
+
+def pair_reads(uri: str, k: int, batch: int, seconds: float) -> tuple[float, float]:
+    store = FeatureStore.open(uri)
+    store.sample_pairs(batch, k, rng=0)  # warm: index and first chunks
+    t, n = time.perf_counter(), 0
+    rng = np.random.default_rng(1)
+    while time.perf_counter() - t < seconds:
+        store.sample_pairs(batch, k, rng=rng, with_actions=False)
+        n += batch
+    from_store = n / (time.perf_counter() - t)
+    eps = [store.episode(i).features for i in range(len(store))]
+    valid = np.array([len(e) - k for e in eps])
+    t, n = time.perf_counter(), 0
+    while time.perf_counter() - t < seconds:
+        e = rng.choice(len(eps), batch, p=valid / valid.sum())
+        ti = (rng.random(batch) * valid[e]).astype(int)
+        np.stack([eps[a][b] for a, b in zip(e, ti, strict=True)])
+        np.stack([eps[a][b + k] for a, b in zip(e, ti, strict=True)])
+        n += batch
+    return from_store, n / (time.perf_counter() - t)
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--clips", type=int, default=4)
+    ap.add_argument("--seconds", type=float, default=10)
+    ap.add_argument("--fps", type=float, default=5)
+    ap.add_argument("--model", default="vit_small_patch14_dinov2")
+    ap.add_argument("--size", type=int, default=224)
+    ap.add_argument("--no-anchor", action="store_true")
+    ap.add_argument("--out", default=str(Path(__file__).parent / "results" / "ingest.json"))
+    args = ap.parse_args()
+
+    work = Path(tempfile.mkdtemp(prefix="lawam-bench-"))
+    clips = make_clips(work / "clips", args.clips, args.seconds)
+    enc_cfg = EncoderConfig(model=args.model, image_size=args.size, tokens="grid:4x4", batch_size=32)
+    frames_expected = int(args.clips * args.seconds * args.fps)
+    limit = encoder_only(enc_cfg, max(frames_expected // 2, 64))
+    print(f"encoder-only      {limit:8.1f} frames/s  ({args.model} @{args.size})")
+
+    spec = SourceSpec(id="clips", kind="human", format="video_dir", uri=str(clips))
+    refs = list(iter_episodes(spec))
+    store = StoreConfig(uri=str(work / "store"))
+    first = ingest_episodes(refs, encoder=enc_cfg, sampling=SamplingConfig(fps=args.fps), store=store, progress=False)
+    ingest_fps = first.frames / first.seconds
+    print(f"lawam ingest      {ingest_fps:8.1f} frames/s  ({first.frames} frames in {first.seconds:.1f}s, "
+          f"{ingest_fps / limit:.2f}x encoder-only)")
+    again = ingest_episodes(refs, encoder=enc_cfg, sampling=SamplingConfig(fps=args.fps), store=store, progress=False)
+    assert again.added == 0 and again.skipped == len(refs), again
+    print(f"no-op re-run      {again.seconds:8.2f} s  ({again.seconds / first.seconds:.1%} of the first ingest)")
+
+    anchor_fps = None if args.no_anchor else anchor(clips, work / "anchor-out", args.fps, args.model)
+    if anchor_fps:
+        print(f"ray-data anchor   {anchor_fps:8.1f} frames/s  ({anchor_fps / limit:.2f}x encoder-only; "
+              f"lawam is {ingest_fps / anchor_fps:.2f}x the anchor)")
+    store_pps, mem_pps = pair_reads(store.uri, k=2, batch=256, seconds=3)
+    print(f"pair reads        {store_pps:8.0f} pairs/s from the store, {mem_pps:.0f} pairs/s from memory "
+          f"({store_pps / mem_pps:.2f}x)")
+
+    result = {
+        "machine": {"cpus": os.cpu_count(), "torch_threads": torch.get_num_threads()},
+        "params": vars(args), "frames": first.frames,
+        "encoder_only_fps": limit, "ingest_fps": ingest_fps, "ingest_vs_encoder": ingest_fps / limit,
+        "first_ingest_s": first.seconds, "noop_rerun_s": again.seconds, "noop_vs_first": again.seconds / first.seconds,
+        "anchor_fps": anchor_fps, "ingest_vs_anchor": (ingest_fps / anchor_fps) if anchor_fps else None,
+        "pairs_per_s_store": store_pps, "pairs_per_s_memory": mem_pps,
+    }
+    Path(args.out).parent.mkdir(parents=True, exist_ok=True)
+    Path(args.out).write_text(json.dumps(result, indent=2))
+    print("wrote", args.out)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,211 @@
+"""The `lawam` command line. Each command is a thin shell over a library function.
+
+Bad input exits with status 2 and one line on stderr; an ingest that quarantined
+episodes completes, lists them, and exits with status 3.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import sys
+from importlib.metadata import PackageNotFoundError, version
+from pathlib import Path
+
+import typer
+from rich.console import Console
+from rich.table import Table
+
+app = typer.Typer(help="lawam: latent-action pretraining corpora from robot and human video.",
+                  no_args_is_help=True, add_completion=False, pretty_exceptions_enable=False)
+out = Console()
+err = Console(stderr=True)
+
+EXIT_BAD_INPUT = 2
+EXIT_QUARANTINED = 3
+
+
+def _fail(message: str) -> None:
+    err.print(f"[red]error:[/red] {message}", highlight=False, soft_wrap=True)
+    raise typer.Exit(EXIT_BAD_INPUT)
+
+
+def _domain_errors() -> tuple[type[BaseException], ...]:
+    """Errors that mean "bad input": shown as one line, never as a traceback."""
+    from pipeline.sources.base import SourceError
+    from pipeline.store import StoreBusyError, StoreError, StoreMismatchError
+    from schemas import ConfigError
+
+    errors: list[type[BaseException]] = [ConfigError, SourceError, StoreError, StoreMismatchError, StoreBusyError]
+    try:
+        from pipeline.encode import EncoderError
+
+        errors.append(EncoderError)
+    except ImportError:  # pragma: no cover
+        pass
+    return tuple(errors)
+
+
+def _env() -> None:
+    os.environ.setdefault("MUJOCO_GL", "egl")
+    os.environ.setdefault("PYOPENGL_PLATFORM", "egl")
+    os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
+    os.environ.setdefault("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", "0")
+    logging.basicConfig(level=os.environ.get("LAWAM_LOG", "WARNING"), format="%(levelname)s %(name)s: %(message)s")
+
+
+@app.callback()
+def _main() -> None:
+    _env()
+
+
+@app.command("version")
+def version_cmd() -> None:
+    """Print the lawam version and the versions of the engines it runs on."""
+    rows = []
+    for dist in ("lawam", "torch", "timm", "ray", "zarr", "icechunk", "prefect", "av", "decord"):
+        try:
+            rows.append(f"{dist} {version(dist)}")
+        except PackageNotFoundError:
+            rows.append(f"{dist} (not installed)")
+    out.print("\n".join(rows), highlight=False)
+
+
+@app.command()
+def samples(
+    out_dir: Path = typer.Argument(..., help="Folder to write robot/ (LeRobot v3.0) and human/ (videos + manifest)."),
+    tasks: str = typer.Option(None, help="Comma-separated Meta-World tasks for the robot corpus (default: 4 tasks)."),
+    episodes_per_task: int = typer.Option(2, min=1, help="Scripted-expert episodes per robot task."),
+    human_tasks: str = typer.Option(None, help="Comma-separated Meta-World tasks for the human stand-in."),
+    human_episodes_per_task: int = typer.Option(2, min=1, help="Episodes per human stand-in task."),
+    seed: int = typer.Option(0, help="Seed: the same seed gives the same corpora."),
+    image_size: int = typer.Option(128, min=32, help="Rendered image side, pixels."),
+    cameras: str = typer.Option("corner", help="Comma-separated Meta-World cameras for the robot corpus."),
+    progress: bool = typer.Option(True, help="Show a progress bar while rendering."),
+) -> None:
+    """Render the sample corpora (Meta-World robot episodes, action-free human stand-in).
+
+    Cached: a second call with the same arguments renders nothing.
+    """
+    from pipeline.samples import SampleError, make_samples
+
+    kwargs: dict = {}
+    if tasks:
+        kwargs["tasks"] = [t.strip() for t in tasks.split(",") if t.strip()]
+    if human_tasks:
+        kwargs["human_tasks"] = [t.strip() for t in human_tasks.split(",") if t.strip()]
+    try:
+        summary = make_samples(out_dir, episodes_per_task=episodes_per_task,
+                               human_episodes_per_task=human_episodes_per_task, seed=seed, image_size=image_size,
+                               cameras=[c.strip() for c in cameras.split(",") if c.strip()], progress=progress,
+                               **kwargs)
+    except SampleError as e:
+        _fail(str(e))
+    out.print(summary.to_table())
+
+
+def _print_report(report) -> None:
+    out.print(f"store {report.store}: {report.version_before or '(new)'} -> {report.version_after or '(unchanged)'}")
+    out.print(f"  added {report.added}, skipped {report.skipped}, quarantined {len(report.quarantined)}; "
+              f"{report.frames} frames in {report.seconds:.1f}s = {report.frames_per_s:.1f} frames/s", highlight=False)
+    for key, reason in report.quarantined:
+        out.print(f"  [yellow]quarantined[/yellow] {key}: {reason}", highlight=False, soft_wrap=True)
+
+
+@app.command()
+def ingest(
+    config: Path = typer.Argument(..., help="A source YAML file, or a corpus YAML file (has `sources:`)."),
+    store: str = typer.Option(None, help="Store location: local path or s3://... (default: the corpus's store.uri)."),
+    corpus: Path = typer.Option(None, help="Corpus YAML whose encoder/sampling settings to use with a source file."),
+    source: list[str] = typer.Option(None, help="With a corpus file: ingest only these source ids."),
+    flow: bool = typer.Option(True, help="Run as the Prefect flow `ingest_source` (no server needed)."),
+    progress: bool = typer.Option(True, help="Show a progress bar."),
+) -> None:
+    """Ingest a source (or a whole corpus) into a versioned feature store.
+
+    Episodes already in the store with the same content are skipped; new and changed ones
+    are decoded, encoded and committed as one new store version. Exit status 3 when some
+    episodes were quarantined (they are listed, the rest is committed).
+    """
+    from pipeline.ingest import ingest_corpus
+    from schemas import CorpusConfig, load_corpus, load_source
+
+    try:
+        import yaml
+
+        if not config.is_file():
+            _fail(f"{config}: no such file")
+        is_corpus = isinstance(raw := yaml.safe_load(config.read_text()), dict) and "sources" in raw
+        if is_corpus:
+            cfg = load_corpus(config)
+        else:
+            spec = load_source(config)
+            base = load_corpus(corpus) if corpus else CorpusConfig(sources=[spec])
+            cfg = base.model_copy(update={"sources": [spec]})
+            if not corpus and not store:
+                _fail("a source file needs --store (or --corpus naming one)")
+        if flow:
+            from flows.ingest import ingest_source
+
+            report = ingest_source(cfg, sources=source or None, store_uri=store, progress=progress)
+        else:
+            report = ingest_corpus(cfg, sources=source or None, store_uri=store, progress=progress)
+    except (*_domain_errors(), yaml.YAMLError) as e:
+        _fail(str(e).splitlines()[0] if str(e) else type(e).__name__)
+    _print_report(report)
+    if report.quarantined:
+        raise typer.Exit(EXIT_QUARANTINED)
+
+
+@app.command()
+def catalog(
+    store: str = typer.Argument(..., help="Store location: local path or s3://..."),
+    version_id: str = typer.Option(None, "--version", help="A store version (commit id); default: newest."),
+    as_json: bool = typer.Option(False, "--json", help="Print the summary as JSON."),
+) -> None:
+    """Summarise a store: hours / episodes / frames per source, and the quarantined list."""
+    from pipeline.catalog import summarize
+
+    try:
+        summary = summarize(store, version_id)
+    except _domain_errors() as e:
+        _fail(str(e))
+    if as_json:
+        out.print_json(json.dumps(summary.to_dict(), default=str))
+        return
+    table = Table(title=f"{store} @ {summary.version}")
+    for col in ("source", "kind", "episodes", "frames", "hours", "quarantined"):
+        table.add_column(col)
+    for s in summary.sources:
+        table.add_row(s.source, s.kind, str(s.episodes), str(s.frames), f"{s.hours:.4f}", str(s.quarantined))
+    out.print(table)
+    out.print(f"encoder: {summary.encoder.get('model')} ({summary.encoder.get('tokens')}, "
+              f"{summary.encoder.get('image_size')} px, {summary.encoder.get('weights')})", highlight=False)
+    for row in summary.quarantined:
+        out.print(f"[yellow]quarantined[/yellow] {row['source']}/{row['episode_id']}: {row['reason']}",
+                  highlight=False, soft_wrap=True)
+
+
+@app.command()
+def demo(
+    out_dir: Path = typer.Argument(Path("data/demo"), help="Where the sample corpora and the store go."),
+    episodes_per_task: int = typer.Option(2, min=1, help="Robot episodes per Meta-World task."),
+) -> None:
+    """The whole job on the embedded samples: render → ingest → catalog summary."""
+    samples(out_dir / "samples", tasks=None, episodes_per_task=episodes_per_task, human_tasks=None,
+            human_episodes_per_task=2, seed=0, image_size=128, cameras="corner", progress=sys.stderr.isatty())
+    from pipeline.samples import sample_sources
+    from schemas import CorpusConfig, StoreConfig
+
+    cfg = CorpusConfig(name="demo", sources=sample_sources(out_dir / "samples"),
+                       store=StoreConfig(uri=str(out_dir / "store")))
+    from flows.ingest import ingest_source
+
+    report = ingest_source(cfg, progress=sys.stderr.isatty())
+    _print_report(report)
+    catalog(str(out_dir / "store"), version_id=None, as_json=False)
+
+
+if __name__ == "__main__":  # pragma: no cover
+    app()

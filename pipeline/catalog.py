@@ -1,0 +1,49 @@
+"""What a store holds, per source: the catalog summary behind `lawam catalog`."""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field
+
+import pyarrow.compute as pc
+
+from pipeline.store import FeatureStore
+from schemas import EpisodeStatus
+
+
+@dataclass
+class SourceSummary:
+    source: str
+    kind: str
+    episodes: int
+    frames: int
+    hours: float
+    quarantined: int
+
+
+@dataclass
+class CatalogSummary:
+    store: str
+    version: str
+    encoder: dict
+    sources: list[SourceSummary] = field(default_factory=list)
+    quarantined: list[dict] = field(default_factory=list)  # source, episode_id, uri, reason
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+def summarize(uri: str, version: str | None = None) -> CatalogSummary:
+    store = FeatureStore.open(uri, version)
+    cat = store.catalog()
+    summary = CatalogSummary(uri, store.version, store.encoder)
+    for source in sorted(set(cat["source"].to_pylist())):
+        rows = cat.filter(pc.equal(cat["source"], source))
+        ok = rows.filter(pc.equal(rows["status"], EpisodeStatus.OK))
+        summary.sources.append(SourceSummary(
+            source=source, kind=rows["kind"][0].as_py(), episodes=ok.num_rows,
+            frames=int(pc.sum(ok["frames"]).as_py() or 0), hours=float(pc.sum(ok["duration_s"]).as_py() or 0) / 3600,
+            quarantined=rows.num_rows - ok.num_rows,
+        ))
+    bad = cat.filter(pc.equal(cat["status"], EpisodeStatus.QUARANTINED))
+    summary.quarantined = bad.select(["source", "episode_id", "uri", "reason"]).to_pylist()
+    return summary

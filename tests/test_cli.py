@@ -1,0 +1,80 @@
+"""The `lawam` command line: help everywhere, one-line errors and non-zero exits on bad input."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from typer.testing import CliRunner
+
+from flows.cli import app
+
+runner = CliRunner()
+COMMANDS = ["samples", "ingest", "catalog", "demo", "version"]
+
+
+def test_help_lists_every_command():
+    result = runner.invoke(app, ["--help"])
+    assert result.exit_code == 0
+    for cmd in COMMANDS:
+        assert cmd in result.output
+
+
+@pytest.mark.parametrize("cmd", COMMANDS)
+def test_every_command_has_help(cmd):
+    result = runner.invoke(app, [cmd, "--help"])
+    assert result.exit_code == 0, result.output
+    assert "Usage" in result.output and len(result.output.splitlines()) > 3
+
+
+def test_version_names_the_engines():
+    result = runner.invoke(app, ["version"])
+    assert result.exit_code == 0
+    for dist in ("lawam 0.1.0", "torch", "ray", "zarr", "icechunk", "prefect"):
+        assert dist in result.output
+
+
+def test_console_script_is_installed():
+    exe = Path(sys.executable).parent / "lawam"
+    assert exe.exists() or shutil.which("lawam"), "the `lawam` console script is not installed"
+    result = subprocess.run([str(exe) if exe.exists() else "lawam", "version"], capture_output=True, text=True,
+                            env={**os.environ, "NO_COLOR": "1"}, timeout=120)
+    assert result.returncode == 0 and "lawam" in result.stdout
+
+
+def one_line_error(result) -> str:
+    assert result.exit_code == 2, result.output
+    lines = [ln for ln in result.output.splitlines() if ln.strip()]
+    assert len(lines) == 1, result.output
+    assert lines[0].startswith("error:")
+    return lines[0]
+
+
+def test_ingest_of_a_missing_file(tmp_path):
+    assert "nope.yaml" in one_line_error(runner.invoke(app, ["ingest", str(tmp_path / "nope.yaml")]))
+
+
+def test_ingest_of_a_bad_config_names_the_field(tmp_path):
+    bad = tmp_path / "src.yaml"
+    bad.write_text("id: a\nkind: robot\nformat: lerobot\nuri: x\ncamera: top\n")
+    line = one_line_error(runner.invoke(app, ["ingest", str(bad), "--store", str(tmp_path / "s")]))
+    assert "camera: unknown field" in line
+
+
+def test_ingest_of_a_source_needs_a_store(tmp_path):
+    src = tmp_path / "src.yaml"
+    src.write_text("id: a\nkind: human\nformat: video_dir\nuri: x\n")
+    assert "--store" in one_line_error(runner.invoke(app, ["ingest", str(src)]))
+
+
+def test_catalog_of_a_missing_store(tmp_path):
+    assert "no feature store" in one_line_error(runner.invoke(app, ["catalog", str(tmp_path / "none")]))
+
+
+def test_samples_with_an_unknown_task(tmp_path):
+    line = one_line_error(runner.invoke(app, ["samples", str(tmp_path), "--tasks", "fly-to-the-moon-v3"]))
+    assert "fly-to-the-moon-v3" in line

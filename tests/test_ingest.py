@@ -1,0 +1,224 @@
+"""The ingest job end to end: real Ray, real videos, real Icechunk store on disk."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+import yaml
+
+from pipeline.ingest import ingest_corpus, ingest_episodes
+from pipeline.sources import iter_episodes
+from pipeline.store import FeatureStore, StoreMismatchError
+from schemas import CorpusConfig, EncoderConfig, SamplingConfig, SourceSpec, StoreConfig
+from tests.datasets import make_hdf5, make_lerobot_v30, make_video
+
+REPO = Path(__file__).resolve().parents[1]
+TINY = EncoderConfig(model="vit_tiny_patch16_224", image_size=32, tokens="mean", batch_size=8)
+SAMPLING = SamplingConfig(fps=5)
+
+
+def human(uri: Path, **kw) -> SourceSpec:
+    return SourceSpec(id="vids", kind="human", format="video_dir", uri=str(uri), **kw)
+
+
+def run(spec: SourceSpec, store: Path, encoder: EncoderConfig = TINY, **kw):
+    refs = list(iter_episodes(spec))
+    return ingest_episodes(refs, encoder=encoder, sampling=SAMPLING, store=StoreConfig(uri=str(store)),
+                           progress=False, **kw)
+
+
+@pytest.fixture
+def videos(tmp_path) -> Path:
+    d = tmp_path / "videos"
+    for i in range(3):
+        make_video(d / f"v{i}.mp4", n_frames=20, fps=10, seed=i)  # 2 s at 10 fps -> 10 frames at 5 fps
+    return d
+
+
+def test_videos_are_ingested_at_the_target_fps(ray_local, videos, tmp_path):
+    report = run(human(videos), tmp_path / "store")
+    assert (report.added, report.skipped, report.quarantined) == (3, 0, [])
+    store = FeatureStore.open(str(tmp_path / "store"))
+    assert store.version == report.version_after
+    assert sorted(store.episodes()["episode_id"].to_pylist()) == ["v0.mp4", "v1.mp4", "v2.mp4"]
+    ep = store.episode("vids/v1.mp4")
+    assert ep.features.shape == (10, 1, 192) and ep.features.dtype == np.float16
+    np.testing.assert_allclose(ep.timestamps, np.arange(10) / 5, atol=1e-3)
+    assert ep.actions is None
+    assert report.frames == 30
+
+
+def test_rerun_with_nothing_new_decodes_nothing(ray_local, videos, tmp_path):
+    first = run(human(videos), tmp_path / "store")
+    again = run(human(videos), tmp_path / "store")
+    assert (again.added, again.skipped, again.frames) == (0, 3, 0)
+    assert again.version_after is None and FeatureStore.open(str(tmp_path / "store")).version == first.version_after
+
+
+def test_new_file_is_appended_and_changed_file_redone(ray_local, videos, tmp_path):
+    first = run(human(videos), tmp_path / "store")
+    before = FeatureStore.open(str(tmp_path / "store"))
+    make_video(videos / "v3.mp4", n_frames=15, fps=10, seed=7)
+    make_video(videos / "v0.mp4", n_frames=20, fps=10, seed=42)  # same name and size, other pixels
+    report = run(human(videos), tmp_path / "store")
+    assert (report.added, report.skipped) == (2, 2)
+    after = FeatureStore.open(str(tmp_path / "store"))
+    assert len(after) == 4
+    assert not np.array_equal(after.episode("vids/v0.mp4").features, before.episode("vids/v0.mp4").features)
+    np.testing.assert_array_equal(after.episode("vids/v1.mp4").features, before.episode("vids/v1.mp4").features)
+    # the old version is still there, unchanged
+    old = FeatureStore.open(str(tmp_path / "store"), version=first.version_after)
+    np.testing.assert_array_equal(old.episode("vids/v0.mp4").features, before.episode("vids/v0.mp4").features)
+
+
+def test_bad_files_are_quarantined_and_the_rest_commits(ray_local, videos, tmp_path):
+    (videos / "empty.mp4").write_bytes(b"")
+    (videos / "notes.mp4").write_text("this is not a video\n")
+    good = (videos / "v0.mp4").read_bytes()
+    (videos / "truncated.mp4").write_bytes(good[: len(good) // 3])
+    report = run(human(videos), tmp_path / "store")
+    assert report.added == 3
+    reasons = dict(report.quarantined)
+    assert set(reasons) >= {"vids/empty.mp4", "vids/notes.mp4"}
+    assert all(r and "\n" not in r for r in reasons.values())
+    store = FeatureStore.open(str(tmp_path / "store"))
+    cat = {r["episode_id"]: r for r in store.catalog().to_pylist()}
+    assert cat["empty.mp4"]["status"] == "quarantined" and cat["empty.mp4"]["reason"]
+    assert cat["v2.mp4"]["status"] == "ok"
+    # a re-run retries the failures, changes nothing, and commits nothing
+    again = run(human(videos), tmp_path / "store")
+    assert again.added == 0 and len(again.quarantined) == len(report.quarantined)
+    assert again.version_after is None
+
+
+def test_missing_manifest_file_is_quarantined(ray_local, videos, tmp_path):
+    (videos / "manifest.csv").write_text("file,instruction\nv0.mp4,wave\ngone.mp4,jump\n")
+    report = run(human(videos, manifest="manifest.csv"), tmp_path / "store")
+    assert report.added == 1 and [k for k, _ in report.quarantined] == ["vids/gone.mp4"]
+    store = FeatureStore.open(str(tmp_path / "store"))
+    assert store.episode("vids/v0.mp4").instruction == "wave"
+
+
+def test_lerobot_episodes_carry_the_actions_between_frames(ray_local, tmp_path):
+    # rows at an 80 Hz control rate, video at 20 fps, three episodes in one mp4 (like our samples)
+    root = make_lerobot_v30(tmp_path / "ds", episodes=(16, 12, 20), fps=80, video_fps=20)
+    spec = SourceSpec(id="bot", kind="robot", format="lerobot", uri=str(root))
+    report = run(spec, tmp_path / "store")
+    assert report.added == 3, report.quarantined
+    store = FeatureStore.open(str(tmp_path / "store"))
+    for ep_index, n_video in enumerate((16, 12, 20)):
+        ep = store.episode(f"bot/episode_{ep_index:06d}")
+        assert len(ep.features) == n_video // 4  # 20 fps video sampled at 5 fps
+        assert ep.actions.actions.shape == (n_video * 4, 4)
+        # the episode's own rows: action[:, 0] = 1000 * episode + row
+        np.testing.assert_array_equal(ep.actions.actions[:, 0], 1000 * ep_index + np.arange(n_video * 4))
+    batch = store.sample_pairs(50, k=1, rng=0)
+    for acts, dt in zip(batch.actions, batch.dt, strict=True):
+        assert len(acts) == round(dt * 80)  # every control step between the two frames
+
+
+def test_real_lerobot_dataset_written_by_the_library(ray_local, tmp_path):
+    spec = SourceSpec(id="real", kind="robot", format="lerobot", uri=str(REPO / "tests/fixtures_lerobot/real_v30"))
+    report = run(spec, tmp_path / "store")
+    assert report.added == len(list(iter_episodes(spec))) and not report.quarantined
+    store = FeatureStore.open(str(tmp_path / "store"))
+    assert all(store.episode(i).actions is not None for i in range(len(store)))
+
+
+def test_hdf5_demos(ray_local, tmp_path):
+    make_hdf5(tmp_path / "demos" / "robomimic.hdf5", demos=(20, 10), size=(24, 16), control_freq=20.0)
+    spec = SourceSpec(id="h5", kind="robot", format="hdf5", uri=str(tmp_path / "demos"), instruction="lift")
+    report = run(spec, tmp_path / "store")
+    assert report.added == 2, report.quarantined
+    store = FeatureStore.open(str(tmp_path / "store"))
+    lengths = sorted(store.episodes()["frames"].to_pylist())
+    assert lengths == [3, 5]  # 1 s and 0.5 s at 20 Hz, sampled at 5 fps
+
+
+def test_another_encoder_is_refused_before_any_work(ray_local, videos, tmp_path):
+    first = run(human(videos), tmp_path / "store")
+    with pytest.raises(StoreMismatchError):
+        run(human(videos), tmp_path / "store", encoder=TINY.model_copy(update={"tokens": "cls"}))
+    assert FeatureStore.open(str(tmp_path / "store")).version == first.version_after
+
+
+def test_per_source_fps_and_corpus_ingest(ray_local, videos, tmp_path):
+    cfg = CorpusConfig(sources=[human(videos, fps=2.5)], encoder=TINY, sampling=SAMPLING,
+                       store=StoreConfig(uri=str(tmp_path / "store")))
+    report = ingest_corpus(cfg, progress=False)
+    assert report.added == 3
+    assert FeatureStore.open(str(tmp_path / "store")).episodes()["frames"].to_pylist() == [5, 5, 5]
+
+
+def test_sigkill_mid_ingest_keeps_the_last_version_and_a_rerun_completes(tmp_path):
+    """Incident guarded against: a preempted ingest node. The kill lands after some
+    episodes were written but before the commit; readers must see the previous version,
+    and the re-run must finish the job without duplicating anything."""
+    vids = tmp_path / "videos"
+    for i in range(2):
+        make_video(vids / f"a{i}.mp4", n_frames=20, fps=10, seed=i)
+    corpus = tmp_path / "corpus.yaml"
+    corpus.write_text(yaml.safe_dump({
+        "sources": [{"id": "vids", "kind": "human", "format": "video_dir", "uri": str(vids)}],
+        "encoder": TINY.model_dump(mode="json"), "sampling": {"fps": 5}, "store": {"uri": str(tmp_path / "store")},
+    }))
+    cmd = [sys.executable, "-m", "flows.cli", "ingest", str(corpus), "--no-flow", "--no-progress"]
+    env = {**os.environ, "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER": "0"}
+    subprocess.run(cmd, check=True, cwd=REPO, env=env, timeout=300, capture_output=True)
+    v1 = FeatureStore.open(str(tmp_path / "store")).version
+
+    for i in range(12):  # more work, long enough to be killed in the middle
+        make_video(vids / f"b{i:02d}.mp4", n_frames=80, fps=10, seed=10 + i)
+    chunks = tmp_path / "store" / "repo" / "chunks"
+    n_chunks = sum(1 for _ in chunks.rglob("*"))
+    proc = subprocess.Popen(cmd, cwd=REPO, env=env, start_new_session=True,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.monotonic() + 240
+    while sum(1 for _ in chunks.rglob("*")) == n_chunks:  # wait for uncommitted episode data on disk
+        assert proc.poll() is None, "ingest finished before it could be killed"
+        assert time.monotonic() < deadline
+        time.sleep(0.05)
+    os.killpg(proc.pid, signal.SIGKILL)
+    proc.wait()
+
+    store = FeatureStore.open(str(tmp_path / "store"))
+    assert store.version == v1 and len(store) == 2
+    assert store.episode("vids/a1.mp4").features.shape[0] == 10
+
+    subprocess.run(cmd, check=True, cwd=REPO, env=env, timeout=300, capture_output=True)
+    store = FeatureStore.open(str(tmp_path / "store"))
+    ids = store.episodes()["episode_id"].to_pylist()
+    assert len(ids) == len(set(ids)) == 14
+    assert set(store.episodes()["frames"].to_pylist()) == {10, 40}
+
+
+
+def test_cli_ingest_exits_3_on_quarantine_and_catalog_lists_it(ray_local, videos, tmp_path):
+    from typer.testing import CliRunner
+
+    from flows.cli import app
+
+    (videos / "broken.mp4").write_bytes(b"not a video")
+    src = tmp_path / "src.yaml"
+    src.write_text(yaml.safe_dump({"id": "vids", "kind": "human", "format": "video_dir", "uri": str(videos)}))
+    corpus = tmp_path / "corpus.yaml"
+    corpus.write_text(yaml.safe_dump({"sources": [], "encoder": TINY.model_dump(mode="json"), "sampling": {"fps": 5}}))
+    runner = CliRunner()
+    store = str(tmp_path / "store")
+    result = runner.invoke(app, ["ingest", str(src), "--store", store, "--corpus", str(corpus), "--no-flow",
+                                 "--no-progress"])
+    assert result.exit_code == 3, result.output
+    assert "added 3" in result.output and "vids/broken.mp4" in result.output
+    result = runner.invoke(app, ["catalog", store, "--json"])
+    assert result.exit_code == 0, result.output
+    summary = json.loads(result.output)
+    assert summary["sources"][0]["episodes"] == 3 and summary["sources"][0]["quarantined"] == 1
+    assert summary["quarantined"][0]["episode_id"] == "broken.mp4"
