@@ -10,7 +10,7 @@ Side by side, in one run, on the same clips (640x480 h264 30 fps, like
   pair reads     random (f_t, f_{t+k}) batches from the store vs from arrays in memory
 
 Prints ratios and writes benchmarks/results/ingest.json.
-Usage: python benchmarks/bench_ingest.py [--clips 4] [--seconds 10] [--fps 5] [--model M] [--size 224]
+Usage: python -m benchmarks.bench_ingest [--clips 8] [--seconds 10] [--fps 5] [--model M] [--size 224]
 """
 
 from __future__ import annotations
@@ -32,7 +32,7 @@ import torch  # noqa: E402
 
 from benchmarks.clips import make_clips  # noqa: E402
 from pipeline.encode import FrozenEncoder  # noqa: E402
-from pipeline.ingest import ingest_episodes  # noqa: E402
+from pipeline.ingest import ensure_ray, ingest_episodes  # noqa: E402
 from pipeline.sources import iter_episodes  # noqa: E402
 from pipeline.store import FeatureStore  # noqa: E402
 from schemas import EncoderConfig, SamplingConfig, SourceSpec, StoreConfig  # noqa: E402
@@ -87,7 +87,7 @@ def pair_reads(uri: str, k: int, batch: int, seconds: float) -> tuple[float, flo
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--clips", type=int, default=4)
+    ap.add_argument("--clips", type=int, default=8)
     ap.add_argument("--seconds", type=float, default=10)
     ap.add_argument("--fps", type=float, default=5)
     ap.add_argument("--model", default="vit_small_patch14_dinov2")
@@ -103,6 +103,7 @@ def main() -> None:
     limit = encoder_only(enc_cfg, max(frames_expected // 2, 64))
     print(f"encoder-only      {limit:8.1f} frames/s  ({args.model} @{args.size})")
 
+    ensure_ray()  # started before timing, as the anchor script does
     spec = SourceSpec(id="clips", kind="human", format="video_dir", uri=str(clips))
     refs = list(iter_episodes(spec))
     store = StoreConfig(uri=str(work / "store"))

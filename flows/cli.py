@@ -19,7 +19,7 @@ from rich.table import Table
 
 app = typer.Typer(help="lawam: latent-action pretraining corpora from robot and human video.",
                   no_args_is_help=True, add_completion=False, pretty_exceptions_enable=False)
-out = Console()
+out = Console(width=None if sys.stdout.isatty() else 160)
 err = Console(stderr=True)
 
 EXIT_BAD_INPUT = 2

@@ -38,8 +38,6 @@ def file_sha256(path: Path, bufsize: int = 1 << 20) -> str:
 
 def _load_state_dict(path: Path) -> dict[str, torch.Tensor]:
     """safetensors, or a torch file read with `weights_only=True`: nothing is unpickled."""
-    if not path.is_file():
-        raise EncoderError(f"encoder checkpoint {str(path)!r} does not exist")
     try:
         if path.suffix == ".safetensors":
             from safetensors.torch import load_file
@@ -55,6 +53,33 @@ def _load_state_dict(path: Path) -> dict[str, torch.Tensor]:
     if not isinstance(sd, dict):
         raise EncoderError(f"{str(path)!r} holds no state dict")
     return sd
+
+
+def encoder_identity(cfg: EncoderConfig) -> dict:
+    """Everything that changes the numbers stored (batch size and device do not), computed
+    without building the model: a no-op ingest checks it against the store in milliseconds."""
+    import timm
+
+    if not timm.is_model(cfg.model):
+        raise EncoderError(f"unknown timm model {cfg.model!r} (see timm.list_models())")
+    pretrained = timm.models.get_pretrained_cfg(cfg.model)
+    mean = getattr(pretrained, "mean", None) or (0.485, 0.456, 0.406)
+    std = getattr(pretrained, "std", None) or (0.229, 0.224, 0.225)
+    if cfg.checkpoint is not None:
+        if not Path(cfg.checkpoint).is_file():
+            raise EncoderError(f"encoder checkpoint {str(cfg.checkpoint)!r} does not exist")
+        weights = f"sha256:{file_sha256(Path(cfg.checkpoint))}"
+    else:
+        weights = f"random-init:seed={cfg.seed}"
+    return {
+        "model": cfg.model,
+        "weights": weights,
+        "image_size": cfg.image_size,
+        "mean": [float(x) for x in mean],
+        "std": [float(x) for x in std],
+        "tokens": cfg.tokens,
+        "layer": cfg.layer,
+    }
 
 
 @dataclass(frozen=True)
@@ -83,13 +108,12 @@ class FrozenEncoder:
 
         self.cfg = cfg
         self.tokens = TokenSpec.parse(cfg.tokens)
+        self.identity = encoder_identity(cfg)
         torch.manual_seed(cfg.seed)
         try:
             model = timm.create_model(cfg.model, pretrained=False, num_classes=0, img_size=cfg.image_size)
         except TypeError:  # models without an img_size argument (convnets)
             model = timm.create_model(cfg.model, pretrained=False, num_classes=0)
-        except RuntimeError as e:
-            raise EncoderError(f"unknown timm model {cfg.model!r}: {e}") from None
         if cfg.checkpoint is not None:
             sd = _load_state_dict(Path(cfg.checkpoint))
             sd = {k: v for k, v in sd.items() if not k.startswith(("head.", "fc.", "classifier."))}
@@ -101,13 +125,8 @@ class FrozenEncoder:
                 )
             if unexpected:
                 log.warning("checkpoint has %d keys the model does not use, e.g. %s", len(unexpected), unexpected[:3])
-            self.weights = f"sha256:{file_sha256(Path(cfg.checkpoint))}"
-        else:
-            self.weights = f"random-init:seed={cfg.seed}"
         self.model = model.eval().requires_grad_(False)
-        data_cfg = timm.data.resolve_data_config({}, model=model)
-        self.mean = tuple(float(x) for x in data_cfg["mean"])
-        self.std = tuple(float(x) for x in data_cfg["std"])
+        self.mean, self.std = tuple(self.identity["mean"]), tuple(self.identity["std"])
         want_cuda = cfg.device == "cuda" or (cfg.device == "auto" and torch.cuda.is_available())
         if cfg.device == "cuda" and not torch.cuda.is_available():
             raise EncoderError("encoder.device is 'cuda' but no CUDA device is visible")
@@ -116,19 +135,6 @@ class FrozenEncoder:
         self._mean = torch.tensor(self.mean, device=self.device).view(1, 3, 1, 1)
         self._std = torch.tensor(self.std, device=self.device).view(1, 3, 1, 1)
         self.token_shape = tuple(self.encode(np.zeros((1, cfg.image_size, cfg.image_size, 3), np.uint8)).shape[1:])
-
-    @property
-    def identity(self) -> dict:
-        """Everything that changes the numbers stored; batch size and device do not."""
-        return {
-            "model": self.cfg.model,
-            "weights": self.weights,
-            "image_size": self.cfg.image_size,
-            "mean": list(self.mean),
-            "std": list(self.std),
-            "tokens": self.cfg.tokens,
-            "layer": self.cfg.layer,
-        }
 
     @property
     def key(self) -> str:

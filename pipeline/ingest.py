@@ -33,7 +33,7 @@ os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
 
 import ray  # noqa: E402
 
-from pipeline.encode import FrozenEncoder
+from pipeline.encode import FrozenEncoder, encoder_identity
 from pipeline.episode_frames import decode_episode_blocks
 from pipeline.progress import progress_bar
 from pipeline.sources import iter_episodes, load_actions
@@ -94,9 +94,6 @@ class EncoderActor:
         torch.set_num_threads(threads)  # Ray sets OMP threads to the actor's num_cpus; use them all
         self.encoder = FrozenEncoder(cfg)
 
-    def info(self) -> tuple[dict, tuple[int, ...]]:
-        return self.encoder.identity, self.encoder.token_shape
-
     def encode(self, block: dict) -> tuple[np.ndarray, np.ndarray]:
         return self.encoder.encode(block["frames"]), block["timestamps"]
 
@@ -152,20 +149,22 @@ def ingest_episodes(
     t0 = time.monotonic()
     refs = list(refs)
     fps_for = fps_for or (lambda ref: sampling.fps)
-    ensure_ray()
-    actors = _encoder_pool(encoder, num_encoders)
-    identity, token_shape = ray.get(actors[0].info.remote())
 
     def params(ref: EpisodeRef) -> dict:
         return {"fps": fps_for(ref), "size": encoder.image_size, "resize": sampling.resize,
                 "max_seconds": sampling.max_seconds}
 
-    with StoreWriter.open(store.uri, encoder=identity, token_shape=token_shape,
-                          chunk_frames=store.chunk_frames, branch=store.branch) as writer:
+    with StoreWriter.open(store.uri, encoder=encoder_identity(encoder), chunk_frames=store.chunk_frames,
+                          branch=store.branch) as writer:
         report = IngestReport(store.uri, writer.parent_version, None)
         plan = writer.plan(refs, params)
         report.skipped = len(plan.skipped)
         log.info("%d episodes to ingest, %d unchanged", len(plan.todo), len(plan.skipped))
+        if not plan.todo:  # nothing new: no Ray, no model, no commit
+            report.seconds = time.monotonic() - t0
+            return report
+        ensure_ray()
+        actors = _encoder_pool(encoder, num_encoders)  # models load on the workers while decoding starts
         queue = deque(plan.todo)
         gens: dict = {}
         inflight: dict = {}

@@ -42,7 +42,7 @@ def put(w: StoreWriter, r: EpisodeRef, n: int, blocks: int = 2, actions: bool = 
 
 
 def open_writer(uri, **kw) -> StoreWriter:
-    return StoreWriter.open(str(uri), encoder=ENC, token_shape=TOKENS, chunk_frames=4, **kw)
+    return StoreWriter.open(str(uri), encoder=ENC, chunk_frames=4, **kw)
 
 
 def test_committed_episodes_read_back_exactly(tmp_path):
@@ -143,7 +143,7 @@ def test_another_encoder_is_refused_and_store_untouched(tmp_path):
         put(w, ref(0), n=3)
         v1 = w.commit("first")
     with pytest.raises(StoreMismatchError, match="never mix"):
-        StoreWriter.open(uri, encoder={**ENC, "layer": 3}, token_shape=TOKENS)
+        StoreWriter.open(uri, encoder={**ENC, "layer": 3})
     assert FeatureStore.open(uri).version == v1
 
 
@@ -178,7 +178,7 @@ def test_pairs_and_the_actions_between_them(tmp_path):
 
 def test_long_episode_spills_to_its_own_shard(tmp_path):
     uri = str(tmp_path / "s")
-    with StoreWriter.open(uri, encoder=ENC, token_shape=TOKENS, chunk_frames=4, spill_frames=8) as w:
+    with StoreWriter.open(uri, encoder=ENC, chunk_frames=4, spill_frames=8) as w:
         put(w, ref(0), n=30, blocks=6)
         put(w, ref(1), n=5)
         w.commit("first")

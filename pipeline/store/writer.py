@@ -72,12 +72,11 @@ class _Pending:
 class StoreWriter:
     """Use as a context manager: `with StoreWriter.open(uri, encoder=..., ...) as w:`."""
 
-    def __init__(self, uri: str, repo, branch: str, token_shape: tuple[int, ...], chunk_frames: int,
-                 spill_frames: int):
+    def __init__(self, uri: str, repo, branch: str, chunk_frames: int, spill_frames: int):
         self.uri = uri
         self.repo = repo
         self.branch = branch
-        self.token_shape = tuple(token_shape)
+        self.token_shape: tuple[int, ...] | None = None
         self.chunk_frames = chunk_frames
         self.spill_frames = spill_frames
         self.run_id = datetime.now(UTC).strftime("%Y%m%dT%H%M%S") + "-" + uuid.uuid4().hex[:6]
@@ -90,16 +89,15 @@ class StoreWriter:
         self._begin()
 
     @classmethod
-    def open(cls, uri: str, *, encoder: dict, token_shape: tuple[int, ...], chunk_frames: int = 64,
-             branch: str = "main", spill_frames: int = 4096) -> StoreWriter:
-        """Open (creating if needed) the store at `uri` for appending with this encoder."""
+    def open(cls, uri: str, *, encoder: dict, chunk_frames: int = 64, branch: str = "main",
+             spill_frames: int = 4096) -> StoreWriter:
+        """Open (creating if needed) the store at `uri` for appending with this encoder
+        identity. The token shape is taken from the store, or from the first features."""
         repo = open_repo(uri, create=True)
-        self = cls(uri, repo, branch, token_shape, chunk_frames, spill_frames)
+        self = cls(uri, repo, branch, chunk_frames, spill_frames)
         attrs = dict(self.root.attrs)
         if "encoder" not in attrs:
-            self.root.attrs.update({
-                "lawam_layout": STORE_LAYOUT_VERSION, "encoder": encoder, "token_shape": list(token_shape),
-            })
+            self.root.attrs.update({"lawam_layout": STORE_LAYOUT_VERSION, "encoder": encoder})
         elif attrs["encoder"] != encoder:
             raise StoreMismatchError(
                 f"store {uri!r} holds features of encoder {attrs['encoder']!r}; this run uses "
@@ -108,6 +106,8 @@ class StoreWriter:
         elif attrs.get("lawam_layout") != STORE_LAYOUT_VERSION:
             raise StoreMismatchError(f"store {uri!r} has layout {attrs.get('lawam_layout')}, "
                                      f"this lawam writes {STORE_LAYOUT_VERSION}")
+        if attrs.get("token_shape"):
+            self.token_shape = tuple(attrs["token_shape"])
         return self
 
     def _begin(self) -> None:
@@ -152,6 +152,9 @@ class StoreWriter:
 
     def append_frames(self, ref: EpisodeRef, features: np.ndarray, timestamps: np.ndarray) -> None:
         p = self._pending[ref.key]
+        if self.token_shape is None:
+            self.token_shape = tuple(features.shape[1:])
+            self.root.attrs["token_shape"] = list(self.token_shape)
         if features.shape[1:] != self.token_shape:
             raise ValueError(f"features {features.shape[1:]} do not match the store's {self.token_shape}")
         if p.spilled is None and p.n + len(features) > self.spill_frames:
