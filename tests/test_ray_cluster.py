@@ -29,7 +29,9 @@ def free_port() -> int:
 @pytest.fixture(scope="module")
 def ray_cluster(tmp_path_factory):
     port = free_port()
-    env = {**os.environ, "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER": "0", "RAY_USAGE_STATS_ENABLED": "0"}
+    # Ray 2.60 heads require a token (~/.ray/auth_token); drivers must say they use one.
+    env = {**os.environ, "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER": "0", "RAY_USAGE_STATS_ENABLED": "0",
+           "RAY_AUTH_MODE": "token"}
     ray_bin = Path(sys.executable).parent / "ray"
     # --block keeps `ray start` in the foreground: the whole cluster is one process group we
     # can stop without `ray stop`, which would also kill the test session's own Ray instance.
@@ -65,7 +67,7 @@ def test_ingest_runs_on_the_cluster_named_by_ray_address(ray_cluster, tmp_path):
         "encoder": {"model": "vit_tiny_patch16_224", "image_size": 32, "tokens": "mean"},
         "sampling": {"fps": 5}, "store": {"uri": str(tmp_path / "store")},
     }))
-    env = {**os.environ, "RAY_ADDRESS": ray_cluster, "LAWAM_LOG": "INFO"}
+    env = {**os.environ, "RAY_ADDRESS": ray_cluster, "RAY_AUTH_MODE": "token", "LAWAM_LOG": "INFO"}
     result = subprocess.run([sys.executable, "-m", "flows.cli", "ingest", str(corpus), "--no-flow", "--no-progress"],
                             cwd=REPO, env=env, capture_output=True, text=True, timeout=300)
     assert result.returncode == 0, result.stderr[-3000:]
