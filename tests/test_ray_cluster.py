@@ -42,20 +42,22 @@ def ray_cluster(tmp_path_factory):
         env=env, start_new_session=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
     )
     address = f"127.0.0.1:{port}"
-    deadline = time.monotonic() + 90
-    while True:
-        probe = subprocess.run([sys.executable, "-c", f"import ray; ray.init(address={address!r}); ray.shutdown()"],
-                               env=env, capture_output=True, timeout=120)
-        if probe.returncode == 0:
-            break
-        assert head.poll() is None and time.monotonic() < deadline, probe.stderr.decode()[-2000:]
-        time.sleep(1)
-    yield address
-    os.killpg(head.pid, signal.SIGTERM)
     try:
-        head.wait(timeout=30)
-    except subprocess.TimeoutExpired:
-        os.killpg(head.pid, signal.SIGKILL)
+        deadline = time.monotonic() + 90
+        while True:
+            probe = subprocess.run([sys.executable, "-c", f"import ray; ray.init(address={address!r}); ray.shutdown()"],
+                                   env=env, capture_output=True, timeout=120)
+            if probe.returncode == 0:
+                break
+            assert head.poll() is None and time.monotonic() < deadline, probe.stderr.decode()[-2000:]
+            time.sleep(1)
+        yield address
+    finally:
+        os.killpg(head.pid, signal.SIGTERM)
+        try:
+            head.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            os.killpg(head.pid, signal.SIGKILL)
 
 
 def test_ingest_runs_on_the_cluster_named_by_ray_address(ray_cluster, tmp_path):
