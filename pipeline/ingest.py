@@ -1,45 +1,32 @@
-"""Ingest: episode refs → decode (Ray tasks) → frozen encoder (Ray actor pool) → store.
+"""Ingest: episode refs → decode → frozen encoder → a new version of the feature store.
 
-    report = ingest_source(load_source("configs/sources/robot.yaml"), corpus)   # in a notebook
+    from pipeline.ingest import ingest_corpus
+    report = ingest_corpus(load_corpus("configs/corpus.yaml"))   # in a notebook, no Prefect
 
-The stages, top-down:
-
-1. plan     — diff the refs against the store's committed index; unchanged episodes are
-              skipped before anything is decoded.
-2. decode   — one Ray streaming-generator task per episode yields blocks of frames picked
-              by timestamp; a task is paused by backpressure when its blocks are not
-              consumed, so memory stays bounded whatever the video length.
-3. encode   — a pool of `EncoderActor`s (one per GPU, or one using every CPU core) takes
-              block refs straight from the decoders: pixels never pass through the driver.
-4. write    — the driver receives float16 features (small), writes them in episode order,
-              quarantines episodes whose decode failed, and commits every
-              `commit_every_s` seconds and at the end.
+`plan` first: the refs are diffed against the store's committed index and unchanged
+episodes are skipped before anything is decoded — a re-run with nothing new starts
+neither Ray nor the model. The rest runs on Ray (`pipeline.ray_job`): local by default,
+the cluster named by `RAY_ADDRESS` otherwise. One commit at the end (and every
+`commit_every_s` seconds on long runs) publishes the new episodes; failed episodes are
+quarantined in the catalog with a one-line reason and listed in the report.
 """
 
 from __future__ import annotations
 
 import logging
-import os
 import time
-from collections import deque
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 
-import numpy as np
-
-# Ray reads this at import: keep a local instance on 127.0.0.1 (never the machine's address).
-os.environ.setdefault("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", "0")
-os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
-
-import ray  # noqa: E402
-
-from pipeline.encode import FrozenEncoder, encoder_identity
-from pipeline.episode_frames import decode_episode_blocks
+from pipeline.encode import encoder_identity
 from pipeline.progress import progress_bar
-from pipeline.sources import iter_episodes, load_actions
+from pipeline.ray_job import IngestRun, encoder_pool, ensure_ray
+from pipeline.sources import iter_episodes
 from pipeline.sources.base import EpisodeRef
 from pipeline.store import StoreWriter
 from schemas import ConfigError, CorpusConfig, EncoderConfig, SamplingConfig, SourceSpec, StoreConfig
+
+__all__ = ["IngestReport", "ensure_ray", "ingest_corpus", "ingest_episodes"]
 
 log = logging.getLogger(__name__)
 
@@ -48,13 +35,14 @@ log = logging.getLogger(__name__)
 class IngestReport:
     store: str
     version_before: str | None
-    version_after: str | None
+    version_after: str | None  # None when nothing was committed
     added: int = 0
     skipped: int = 0
     quarantined: list[tuple[str, str]] = field(default_factory=list)  # (episode key, reason)
     frames: int = 0
-    hours: float = 0.0
+    hours: float = 0.0  # of video added, at the kept frame rate
     seconds: float = 0.0
+    steady_frames_per_s: float | None = None  # once the model is loaded and the first block is through
 
     @property
     def frames_per_s(self) -> float:
@@ -74,65 +62,6 @@ class IngestReport:
         return md
 
 
-def ensure_ray() -> None:
-    """Local Ray by default (all cores, loopback only); `RAY_ADDRESS` selects a cluster."""
-    if ray.is_initialized():
-        return
-    if os.environ.get("RAY_ADDRESS"):
-        ray.init(log_to_driver=False)
-    else:
-        ray.init(num_cpus=os.cpu_count(), include_dashboard=False, log_to_driver=False)
-
-
-@ray.remote
-class EncoderActor:
-    """Holds one frozen encoder; built here, on the worker, never pickled."""
-
-    def __init__(self, cfg: EncoderConfig, threads: int):
-        import torch
-
-        torch.set_num_threads(threads)  # Ray sets OMP threads to the actor's num_cpus; use them all
-        self.encoder = FrozenEncoder(cfg)
-
-    def encode(self, block: dict) -> tuple[np.ndarray, np.ndarray]:
-        return self.encoder.encode(block["frames"]), block["timestamps"]
-
-
-_decode_task = ray.remote(num_cpus=1)(decode_episode_blocks)
-# Zero CPUs: reading a few parquet rows must never wait behind decode tasks that are
-# themselves paused by backpressure until the driver (waiting on these actions) reads on.
-_actions_task = ray.remote(num_cpus=0)(load_actions)
-
-
-@dataclass
-class _Episode:
-    ref: EpisodeRef
-    fps: float
-    actions: ray.ObjectRef
-    blocks: deque = field(default_factory=deque)  # encode refs in frame order
-    done: set = field(default_factory=set)
-    decoded_all: bool = False
-    error: str | None = None
-
-
-def _reason(e: BaseException) -> str:
-    """One line for the catalog: the innermost cause, without Ray's traceback wrapping."""
-    while getattr(e, "cause", None) is not None and e.cause is not e:
-        e = e.cause
-    text = str(e).strip().splitlines()
-    return f"{type(e).__name__}: {text[-1] if text else ''}".strip(": ")
-
-
-def _encoder_pool(cfg: EncoderConfig, n: int | None) -> list:
-    gpus = int(ray.cluster_resources().get("GPU", 0)) if cfg.device != "cpu" else 0
-    if gpus:
-        n = n or gpus
-        return [EncoderActor.options(num_gpus=1, num_cpus=1).remote(cfg, 4) for _ in range(n)]
-    n = n or 1
-    threads = max(1, (os.cpu_count() or 1) // n)
-    return [EncoderActor.options(num_cpus=1).remote(cfg, threads) for _ in range(n)]
-
-
 def ingest_episodes(
     refs: Iterable[EpisodeRef],
     *,
@@ -144,8 +73,8 @@ def ingest_episodes(
     commit_every_s: float = 300.0,
     progress: bool = True,
 ) -> IngestReport:
-    """Ingest `refs` into `store`. Plain function: no Prefect needed. Returns what it did;
-    quarantined episodes are listed in the report, they do not raise."""
+    """Ingest `refs` into `store` and return what was done. Quarantined episodes do not
+    raise; bad config, a store of another encoder, or an infrastructure fault do."""
     t0 = time.monotonic()
     refs = list(refs)
     fps_for = fps_for or (lambda ref: sampling.fps)
@@ -160,95 +89,24 @@ def ingest_episodes(
         plan = writer.plan(refs, params)
         report.skipped = len(plan.skipped)
         log.info("%d episodes to ingest, %d unchanged", len(plan.todo), len(plan.skipped))
-        if not plan.todo:  # nothing new: no Ray, no model, no commit
-            report.seconds = time.monotonic() - t0
-            return report
-        ensure_ray()
-        actors = _encoder_pool(encoder, num_encoders)  # models load on the workers while decoding starts
-        queue = deque(plan.todo)
-        gens: dict = {}
-        inflight: dict = {}
-        max_decoders = 2 * len(actors)
-        max_inflight = 2 * len(actors) + 1
-        last_commit = time.monotonic()
-        with progress_bar("ingest", total=len(plan.todo), enabled=progress, unit="episodes") as bar:
-
-            def finish(ep: _Episode) -> None:
-                nonlocal last_commit
-                error = ep.error
-                if error is None:
-                    try:
-                        writer.finish_episode(ep.ref, ray.get(ep.actions), ep.fps)
-                        report.added += 1
-                    except Exception as e:  # noqa: BLE001 - anything wrong with one episode quarantines it
-                        error = _reason(e)
-                if error is not None:
-                    writer.quarantine(ep.ref, error, params(ep.ref))
-                    report.quarantined.append((ep.ref.key, error))
-                bar.advance(1)
-                if time.monotonic() - last_commit > commit_every_s:
-                    report.version_after = writer.commit(f"ingest (partial): {report.added} episodes") \
-                        or report.version_after
-                    last_commit = time.monotonic()
-
-            def flush(ep: _Episode) -> None:
-                while ep.blocks and ep.blocks[0] in ep.done:
-                    ref = ep.blocks.popleft()
-                    if ep.error is not None:
-                        continue
-                    try:
-                        feats, stamps = ray.get(ref)
-                        writer.append_frames(ep.ref, feats, stamps)
-                        report.frames += len(feats)
-                        bar.add_frames(len(feats))
-                    except Exception as e:  # noqa: BLE001
-                        ep.error = _reason(e)
-                if ep.decoded_all and not ep.blocks:
-                    finish(ep)
-
-            while queue or gens or inflight:
-                while queue and len(gens) < max_decoders:
-                    ref = queue.popleft()
-                    p = params(ref)
-                    writer.start_episode(ref, p)
-                    gen = _decode_task.options(num_returns="streaming", _generator_backpressure_num_objects=2) \
-                        .remote(ref, fps=p["fps"], size=p["size"], resize=p["resize"],
-                                max_seconds=p["max_seconds"], block_frames=encoder.batch_size,
-                                decoder=sampling.decoder)
-                    gens[gen] = _Episode(ref, p["fps"], _actions_task.remote(ref))
-                waitables = list(inflight) + (list(gens) if len(inflight) < max_inflight else [])
-                ready, _ = ray.wait(waitables, num_returns=1)
-                for r in ready:
-                    if r in gens:
-                        ep = gens[r]
-                        try:
-                            block = next(r)
-                        except StopIteration:
-                            del gens[r]
-                            ep.decoded_all = True
-                            flush(ep)
-                            continue
-                        enc = actors[len(inflight) % len(actors)].encode.remote(block)
-                        inflight[enc] = ep
-                        ep.blocks.append(enc)
-                    else:
-                        ep = inflight.pop(r)
-                        ep.done.add(r)
-                        flush(ep)
-        report.version_after = writer.commit(
-            f"ingest: +{report.added} episodes, {len(report.quarantined)} quarantined",
-            {"added": report.added, "quarantined": len(report.quarantined)},
-        ) or report.version_after
-        added_keys = {r.key for r in plan.todo}
-        idx = writer.index
-        keys = [f"{s}/{e}" for s, e in zip(idx["source"].to_pylist(), idx["episode_id"].to_pylist(), strict=True)]
-        report.hours = sum(d for k, d in zip(keys, idx["duration_s"].to_pylist(), strict=True)
-                           if k in added_keys) / 3600
+        if plan.todo:
+            ensure_ray()
+            actors = encoder_pool(encoder, num_encoders)  # models load on the workers while decoding starts
+            with progress_bar("ingest", total=len(plan.todo), enabled=progress, unit="episodes") as bar:
+                run = IngestRun(writer, actors, params, block_frames=encoder.batch_size, decoder=sampling.decoder,
+                                bar=bar, commit_every_s=commit_every_s)
+                stats = run.run(plan.todo)
+                run.commit(f"ingest: +{stats.added} episodes, {len(stats.quarantined)} quarantined")
+            report.version_after = stats.last_version
+            report.added, report.frames, report.quarantined = stats.added, stats.frames, stats.quarantined
+            report.hours = stats.seconds_of_video / 3600
+            report.steady_frames_per_s = stats.steady_frames_per_s
     report.seconds = time.monotonic() - t0
     return report
 
 
 def source_fps(sampling: SamplingConfig, specs: Iterable[SourceSpec]) -> Callable[[EpisodeRef], float]:
+    """Per-source sampling rate: a source's own `fps`, else the corpus's."""
     by_id = {s.id: (s.fps or sampling.fps) for s in specs}
     return lambda ref: by_id.get(ref.source, sampling.fps)
 

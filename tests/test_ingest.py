@@ -11,12 +11,13 @@ import time
 from pathlib import Path
 
 import numpy as np
+import pyarrow.compute as pc
 import pytest
 import yaml
 
 from pipeline.ingest import ingest_corpus, ingest_episodes
 from pipeline.sources import iter_episodes
-from pipeline.store import FeatureStore, StoreMismatchError
+from pipeline.store import FeatureStore, StoreMismatchError, StoreWriter
 from schemas import CorpusConfig, EncoderConfig, SamplingConfig, SourceSpec, StoreConfig
 from tests.datasets import make_hdf5, make_lerobot_v30, make_video
 
@@ -222,3 +223,41 @@ def test_cli_ingest_exits_3_on_quarantine_and_catalog_lists_it(ray_local, videos
     summary = json.loads(result.output)
     assert summary["sources"][0]["episodes"] == 3 and summary["sources"][0]["quarantined"] == 1
     assert summary["quarantined"][0]["episode_id"] == "broken.mp4"
+
+
+def test_encoder_crash_fails_the_run_but_keeps_finished_episodes(ray_local, videos, tmp_path):
+    """Incident guarded against: a GPU worker dies mid-ingest. That is not the episodes'
+    fault: nothing may be quarantined for it, the episodes already complete are committed,
+    and the error reaches the caller so the run can be retried."""
+    import ray
+
+    from pipeline.encode import encoder_identity
+    from pipeline.progress import Bar
+    from pipeline.ray_job import IngestRun
+
+    @ray.remote(num_cpus=0)
+    class DiesOnThirdBlock:
+        def __init__(self):
+            from pipeline.encode import FrozenEncoder
+
+            self.encoder, self.calls = FrozenEncoder(TINY), 0
+
+        def encode(self, block):
+            self.calls += 1
+            if self.calls == 3:
+                os._exit(1)
+            return self.encoder.encode(block["frames"]), block["timestamps"]
+
+    refs = sorted(iter_episodes(human(videos)), key=lambda r: r.episode_id)
+    params = {"fps": 5.0, "size": 32, "resize": "center_crop", "max_seconds": None}
+    with StoreWriter.open(str(tmp_path / "store"), encoder=encoder_identity(TINY)) as writer:
+        job = IngestRun(writer, [DiesOnThirdBlock.remote()], lambda r: params, block_frames=10, decoder="auto",
+                        bar=Bar(None, None), commit_every_s=1e9)
+        with pytest.raises(ray.exceptions.RayActorError):
+            job.run(refs)
+    store = FeatureStore.open(str(tmp_path / "store"))
+    assert 1 <= len(store) < 3  # what finished before the crash is kept
+    assert store.catalog().filter(pc.equal(store.catalog()["status"], "quarantined")).num_rows == 0
+    again = run(human(videos), tmp_path / "store")  # the retry does only the rest
+    assert again.added == 3 - len(store) and again.skipped == len(store)
+    assert len(FeatureStore.open(str(tmp_path / "store"))) == 3
