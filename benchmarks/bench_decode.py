@@ -33,42 +33,13 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from benchmarks.clips import FPS as SRC_FPS  # noqa: E402
+from benchmarks.clips import (  # noqa: E402
+    H,
+    W,
+    make_clips,  # noqa: E402
+)
 from pipeline.decode import decode_frames, pick_frame_indices, resize_geometry  # noqa: E402
-
-W, H, SRC_FPS = 640, 480, 30
-
-
-def make_clips(out: Path, n: int, seconds: float) -> list[Path]:
-    """The anchor clips (same recipe and seed as ../shared/bench/make_clips.py); reused if present."""
-    out.mkdir(parents=True, exist_ok=True)
-    manifest = out / "manifest.json"
-    paths = [out / f"clip_{k:03d}.mp4" for k in range(n)]
-    want = {"n": n, "seconds": seconds}
-    if manifest.exists() and json.loads(manifest.read_text()) == want and all(p.exists() for p in paths):
-        return paths
-    rng = np.random.default_rng(0)
-    for k, path in enumerate(paths):
-        world = rng.integers(0, 255, (H * 2, W * 3, 3), dtype=np.uint8).astype(np.float32)
-        for _ in range(3):  # smooth it so the codec sees natural-ish texture
-            world = (world + np.roll(world, 1, 0) + np.roll(world, 1, 1) + np.roll(world, -1, 0)
-                     + np.roll(world, -1, 1)) / 5
-        world = world.astype(np.uint8)
-        with av.open(str(path), "w") as c:
-            s = c.add_stream("h264", rate=SRC_FPS)
-            s.width, s.height, s.pix_fmt = W, H, "yuv420p"
-            s.options = {"g": "60", "preset": "veryfast"}
-            for i in range(int(seconds * SRC_FPS)):
-                x = int(200 + 150 * np.sin(i / 40 + k))
-                y = int(100 + 80 * np.cos(i / 55 + k))
-                img = world[y : y + H, x : x + W].copy()
-                cx, cy = int(W / 2 + 120 * np.sin(i / 15)), int(H / 2 + 90 * np.cos(i / 20))
-                img[max(cy - 30, 0) : cy + 30, max(cx - 30, 0) : cx + 30] = (220, 40, 40)  # a moving "hand"
-                for p in s.encode(av.VideoFrame.from_ndarray(img, format="rgb24")):
-                    c.mux(p)
-            for p in s.encode():
-                c.mux(p)
-    manifest.write_text(json.dumps(want))
-    return paths
 
 
 def raw_pyav(path: Path, keep: set[int], size: int, *, naive: bool = False) -> int:

@@ -97,7 +97,8 @@ def main() -> None:
     args = ap.parse_args()
 
     work = Path(tempfile.mkdtemp(prefix="lawam-bench-"))
-    clips = make_clips(work / "clips", args.clips, args.seconds)
+    clips = work / "clips"
+    make_clips(clips, args.clips, args.seconds)
     enc_cfg = EncoderConfig(model=args.model, image_size=args.size, tokens="grid:4x4", batch_size=32)
     frames_expected = int(args.clips * args.seconds * args.fps)
     limit = encoder_only(enc_cfg, max(frames_expected // 2, 64))
@@ -120,7 +121,7 @@ def main() -> None:
     if anchor_fps:
         print(f"ray-data anchor   {anchor_fps:8.1f} frames/s  ({anchor_fps / limit:.2f}x encoder-only; "
               f"lawam is {ingest_fps / anchor_fps:.2f}x the anchor)")
-    store_pps, mem_pps = pair_reads(store.uri, k=2, batch=256, seconds=3)
+    store_pps, mem_pps = pair_reads(store.uri, k=5, batch=256, seconds=3)
     print(f"pair reads        {store_pps:8.0f} pairs/s from the store, {mem_pps:.0f} pairs/s from memory "
           f"({store_pps / mem_pps:.2f}x)")
 

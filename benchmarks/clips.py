@@ -1,9 +1,10 @@
 """The benchmark workload: synthetic egocentric-like clips (textured scene, camera pan, a
-moving "hand"), 640x480 h264 30 fps — the same recipe as ../shared/bench/make_clips.py, so
-our figures and the anchor scripts' are measured on the same kind of video."""
+moving "hand"), 640x480 h264 30 fps — the recipe and seed of ../shared/bench/make_clips.py,
+so our figures and the anchor scripts' are measured on the same video."""
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import av
@@ -12,20 +13,23 @@ import numpy as np
 W, H, FPS = 640, 480, 30
 
 
-def make_clips(out: Path, n: int = 8, seconds: float = 10, seed: int = 0) -> Path:
-    """Write clip_000.mp4 ... into `out` (reused when already there); returns `out`."""
+def make_clips(out: Path, n: int = 8, seconds: float = 10, seed: int = 0) -> list[Path]:
+    """Write clip_000.mp4 ... into `out`; clips already there (complete) are reused."""
     out.mkdir(parents=True, exist_ok=True)
     rng = np.random.default_rng(seed)
+    paths = []
     for k in range(n):
         world = rng.integers(0, 255, (H * 2, W * 3, 3), dtype=np.uint8).astype(np.float32)
-        path = out / f"clip_{k:03d}.mp4"
+        path = out / f"clip_{k:03d}_{seconds:g}s.mp4"
+        paths.append(path)
         if path.exists():
             continue
         for _ in range(3):  # smooth it so the codec sees natural-ish texture
             world = (world + np.roll(world, 1, 0) + np.roll(world, 1, 1) + np.roll(world, -1, 0)
                      + np.roll(world, -1, 1)) / 5
         world8 = world.astype(np.uint8)
-        with av.open(str(path), "w") as c:
+        tmp = path.with_suffix(".partial.mp4")
+        with av.open(str(tmp), "w") as c:
             s = c.add_stream("h264", rate=FPS)
             s.width, s.height, s.pix_fmt = W, H, "yuv420p"
             s.options = {"g": "60", "preset": "veryfast"}
@@ -38,4 +42,5 @@ def make_clips(out: Path, n: int = 8, seconds: float = 10, seed: int = 0) -> Pat
                     c.mux(p)
             for p in s.encode():
                 c.mux(p)
-    return out
+        os.replace(tmp, path)  # a killed run never leaves a half clip that looks complete
+    return paths

@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
+import asyncio
+
 import pytest
 from prefect.artifacts import Artifact
 from prefect.testing.utilities import prefect_test_harness
 
-from flows.ingest import ingest_source
-from pipeline.store import FeatureStore
+from flows.ingest import ingest_source, is_transient
+from pipeline.sources.base import SourceError
+from pipeline.store import FeatureStore, StoreMismatchError
 from schemas import CorpusConfig, EncoderConfig, SamplingConfig, SourceSpec, StoreConfig
 from tests.datasets import make_video
 
@@ -37,3 +40,29 @@ def test_ingest_flow_commits_and_publishes_a_report(prefect_server, ray_local, t
     assert artifact is not None
     for text in ("episodes added | 2", "episodes quarantined | 1", "cam/broken.mp4", report.version_after):
         assert text in artifact.data
+
+
+def test_bad_input_fails_the_flow_without_retries(prefect_server, tmp_path):
+    cfg = CorpusConfig(sources=[SourceSpec(id="cam", kind="human", format="video_dir", uri=str(tmp_path / "nope"))],
+                       store=StoreConfig(uri=str(tmp_path / "store")))
+    state = ingest_source(cfg, progress=False, return_state=True)
+    assert state.is_failed()
+    with pytest.raises(SourceError, match="nope"):
+        state.result()
+    task_runs = asyncio.run(_task_runs(state.state_details.flow_run_id))
+    assert [r.run_count for r in task_runs] == [1]  # the retry policy did not fire
+
+
+def test_infrastructure_faults_are_retried():
+    from prefect.states import Failed
+
+    assert is_transient(None, None, Failed(data=RuntimeError("ray worker died")))
+    assert not is_transient(None, None, Failed(data=StoreMismatchError("another encoder")))
+
+
+async def _task_runs(flow_run_id):
+    from prefect.client.orchestration import get_client
+    from prefect.client.schemas.filters import FlowRunFilter, FlowRunFilterId
+
+    async with get_client() as client:
+        return await client.read_task_runs(flow_run_filter=FlowRunFilter(id=FlowRunFilterId(any_=[flow_run_id])))
