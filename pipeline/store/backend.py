@@ -55,7 +55,14 @@ def storage_for(uri: str) -> ic.Storage:
     u = urlparse(repo_uri)
     prefix = u.path.lstrip("/")
     if u.scheme in ("s3", "s3a"):
-        return ic.s3_storage(bucket=u.netloc, prefix=prefix, from_env=True)
+        # S3-compatible services (MinIO, Ceph, R2, a local moto server) are named the way
+        # boto3 and s3fs take them: AWS_ENDPOINT_URL(_S3); such endpoints use path-style URLs.
+        endpoint = os.environ.get("AWS_ENDPOINT_URL_S3") or os.environ.get("AWS_ENDPOINT_URL")
+        region = os.environ.get("AWS_REGION") or os.environ.get("AWS_DEFAULT_REGION")
+        if endpoint:
+            return ic.s3_storage(bucket=u.netloc, prefix=prefix, endpoint_url=endpoint, region=region,
+                                 allow_http=endpoint.startswith("http://"), force_path_style=True, from_env=True)
+        return ic.s3_storage(bucket=u.netloc, prefix=prefix, region=region, from_env=True)
     if u.scheme in ("gs", "gcs"):
         return ic.gcs_storage(bucket=u.netloc, prefix=prefix, from_env=True)
     if u.scheme in ("az", "abfs"):
