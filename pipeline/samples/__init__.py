@@ -31,9 +31,9 @@ from typing import Any, ClassVar
 
 import av
 import pandas as pd
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
+from pipeline.progress import progress_bar
 from pipeline.samples import human
 from pipeline.samples.lerobot_v3 import DATA_PATH, EPISODES_PATH, INFO_PATH, TASKS_PATH, VIDEO_PATH
 from pipeline.samples.tasks import (
@@ -225,21 +225,19 @@ def _render_corpora(root: Path, args: dict[str, Any], show_progress: bool) -> No
     # Imported here so that reading corpora (and `lerobot_v3`) works without the `sim` extra.
     from pipeline.samples import metaworld_robot
 
-    total = len(args["tasks"]) * args["episodes_per_task"]
-    total_human = len(args["human_tasks"]) * args["human_episodes_per_task"]
-    columns = (TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn())
-    with Progress(*columns, disable=not show_progress) as bar:
-        if args["tasks"]:
-            job = bar.add_task("robot episodes", total=total)
+    if args["tasks"]:
+        with progress_bar("robot episodes", len(args["tasks"]) * args["episodes_per_task"],
+                          enabled=show_progress) as bar:
             metaworld_robot.make_robot_corpus(
                 root / "robot", tasks=args["tasks"], episodes_per_task=args["episodes_per_task"],
                 seed=args["seed"], image_size=args["image_size"], cameras=args["cameras"],
-                on_episode=lambda _: bar.advance(job))
-        if args["human_tasks"]:
-            job = bar.add_task("human clips", total=total_human)
+                on_episode=lambda _: bar.advance())
+    if args["human_tasks"]:
+        with progress_bar("human clips", len(args["human_tasks"]) * args["human_episodes_per_task"],
+                          enabled=show_progress) as bar:
             human.make_human_corpus(
                 root / "human", tasks=args["human_tasks"], episodes_per_task=args["human_episodes_per_task"],
-                seed=args["seed"], image_size=args["image_size"], on_episode=lambda _: bar.advance(job))
+                seed=args["seed"], image_size=args["image_size"], on_episode=lambda _: bar.advance())
 
 
 def _swap_into_place(partial: Path, out_dir: Path) -> None:
