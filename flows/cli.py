@@ -147,6 +147,11 @@ def ingest(
                 _fail("a source file needs --store (or --corpus naming one)")
         if flow:
             from flows.ingest import ingest_source
+            from pipeline.sources import check_source
+
+            for spec in cfg.sources:  # bad sources fail here in one line, not in a flow traceback
+                if not source or spec.id in source:
+                    check_source(spec)
 
             report = ingest_source(cfg, sources=source or None, store_uri=store, progress=progress)
         else:

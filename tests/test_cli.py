@@ -78,3 +78,10 @@ def test_catalog_of_a_missing_store(tmp_path):
 def test_samples_with_an_unknown_task(tmp_path):
     line = one_line_error(runner.invoke(app, ["samples", str(tmp_path), "--tasks", "fly-to-the-moon-v3"]))
     assert "fly-to-the-moon-v3" in line
+
+
+def test_ingest_of_a_missing_source_folder_fails_before_any_flow(tmp_path):
+    src = tmp_path / "src.yaml"
+    src.write_text(f"id: a\nkind: human\nformat: video_dir\nuri: {tmp_path / 'nope'}\n")
+    line = one_line_error(runner.invoke(app, ["ingest", str(src), "--store", str(tmp_path / "s")]))
+    assert "nope" in line and "no such folder" in line

@@ -33,6 +33,7 @@ __all__ = [
     "ActionTrack",
     "EpisodeRef",
     "SourceError",
+    "check_source",
     "iter_episodes",
     "load_actions",
     "read_image_frames",
@@ -50,6 +51,12 @@ def iter_episodes(spec: SourceSpec) -> Iterator[EpisodeRef]:
     except KeyError:
         raise SourceError(f"source {spec.id!r}: unknown format {spec.format!r}; use {sorted(_ENUMERATORS)}") from None
     return enumerate_(spec)
+
+
+def check_source(spec: SourceSpec) -> None:
+    """Raise SourceError now if the source cannot be read at all (missing folder, bad
+    LeRobot info.json, no HDF5 files): enumerates only as far as its first episode."""
+    next(iter(iter_episodes(spec)), None)
 
 
 def load_actions(ref: EpisodeRef) -> ActionTrack | None:
