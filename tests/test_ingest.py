@@ -261,3 +261,24 @@ def test_encoder_crash_fails_the_run_but_keeps_finished_episodes(ray_local, vide
     again = run(human(videos), tmp_path / "store")  # the retry does only the rest
     assert again.added == 3 - len(store) and again.skipped == len(store)
     assert len(FeatureStore.open(str(tmp_path / "store"))) == 3
+
+
+def test_sample_corpora_ingest_with_control_rate_actions(ray_local, sample_corpora, tmp_path):
+    """The demo's path: our Meta-World LeRobot v3.0 corpus (80 Hz rows, 20 fps AV1 video)
+    and the human stand-in, through the example source specs, into one store."""
+    from pipeline.samples import sample_sources
+
+    cfg = CorpusConfig(sources=sample_sources(sample_corpora), encoder=TINY, sampling=SAMPLING,
+                       store=StoreConfig(uri=str(tmp_path / "store")))
+    report = ingest_corpus(cfg, progress=False)
+    assert not report.quarantined and report.added == len(list(iter_episodes(cfg.sources[0]))) + len(
+        list(iter_episodes(cfg.sources[1])))
+    store = FeatureStore.open(str(tmp_path / "store"), version=report.version_after)
+    kinds = dict(zip(store.episodes()["source"].to_pylist(), store.episodes()["kind"].to_pylist(), strict=True))
+    assert kinds == {"metaworld": "robot", "human-standin": "human"}
+    robot = [i for i, s in enumerate(store.episodes()["source"].to_pylist()) if s == "metaworld"]
+    ep = store.episode(robot[0])
+    np.testing.assert_allclose(np.diff(ep.timestamps), 0.1, atol=1e-3)  # the source's own fps: 10
+    assert ep.actions.state is not None and ep.instruction
+    batch = store.read_pairs(np.array([robot[0]]), np.array([0]), k=2)
+    assert batch.actions[0].shape == (16, 4)  # 0.2 s of 80 Hz control between the two frames
