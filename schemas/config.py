@@ -33,7 +33,7 @@ class SourceSpec(_Strict):
     kind: Literal["robot", "human"]  # robot episodes carry actions; human video does not
     format: Literal["video_dir", "lerobot", "hdf5"]
     uri: str  # local path (relative to the YAML file) or an fsspec URL such as s3://bucket/x
-    cameras: list[str] = Field(default_factory=list)  # camera keys to ingest; empty = the first one
+    cameras: list[str] = Field(default_factory=list)  # camera keys; empty = the first; several = a stream each
     instruction: str | None = None  # constant instruction for every episode of the source
     instruction_field: str | None = None  # manifest column / dataset field holding the instruction
     manifest: str | None = None  # video_dir: CSV or JSONL next to the videos (file, instruction, ...)

@@ -330,3 +330,19 @@ def test_hdf5_unreadable_file_in_a_folder_is_yielded_for_quarantine(tmp_path: Pa
     assert [r.episode_id for r in refs] == ["a.hdf5/demo_0", "b.hdf5"]
     with pytest.raises(SourceError, match=r"b\.hdf5: not a readable HDF5 file"):
         read_image_frames(refs[1])
+
+
+def test_several_cameras_are_one_stream_each(sample_corpora: Path) -> None:
+    spec = SourceSpec(id="mw", kind="robot", format="lerobot", uri=str(sample_corpora / "robot"),
+                      cameras=["observation.images.corner", "observation.images.corner2"])
+    refs = list(iter_episodes(spec))
+    single = list(iter_episodes(spec.model_copy(update={"cameras": ["observation.images.corner2"]})))
+    assert len(refs) == 2 * len(single)
+    by_cam = {}
+    for r in refs:
+        base, cam = r.episode_id.rsplit("@", 1)
+        assert cam == r.camera
+        by_cam.setdefault(cam, []).append((base, r.start_s, r.end_s))
+    assert by_cam["observation.images.corner"] == by_cam["observation.images.corner2"] == [
+        (r.episode_id, r.start_s, r.end_s) for r in single]
+    assert len({r.key for r in refs}) == len(refs)

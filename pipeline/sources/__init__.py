@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import Iterator
+from dataclasses import replace
 
 import numpy as np
 
@@ -45,12 +46,18 @@ _ACTION_LOADERS = {"lerobot": load_lerobot_actions, "hdf5": load_hdf5_actions}
 
 
 def iter_episodes(spec: SourceSpec) -> Iterator[EpisodeRef]:
-    """Every episode of the source, in a stable order, without decoding video."""
+    """Every episode of the source, in a stable order, without decoding video.
+
+    With several `cameras`, each camera of an episode is its own frame stream, keyed
+    `<episode_id>@<camera>` (a view is what the encoder sees; actions are shared)."""
     try:
         enumerate_ = _ENUMERATORS[spec.format]
     except KeyError:
         raise SourceError(f"source {spec.id!r}: unknown format {spec.format!r}; use {sorted(_ENUMERATORS)}") from None
-    return enumerate_(spec)
+    if len(spec.cameras) <= 1 or spec.format == "video_dir":
+        return enumerate_(spec)
+    return (replace(ref, episode_id=f"{ref.episode_id}@{cam}")
+            for cam in spec.cameras for ref in enumerate_(spec.model_copy(update={"cameras": [cam]})))
 
 
 def check_source(spec: SourceSpec) -> None:

@@ -70,9 +70,7 @@ def pick_camera(spec: SourceSpec, info: dict[str, Any], info_path: str) -> str:
     """`spec.cameras[0]`, else the first feature stored as video."""
     features = info["features"]
     videos = [k for k, v in features.items() if isinstance(v, dict) and v.get("dtype") == "video"]
-    if spec.cameras:
-        if len(spec.cameras) > 1:
-            log.warning("%s: only the first camera (%s) is ingested", spec.id, spec.cameras[0])
+    if spec.cameras:  # iter_episodes hands each camera of a multi-camera spec over on its own
         cam = spec.cameras[0]
         if cam not in videos:
             raise SourceError(f"{info_path}: camera {cam!r} is not a video feature; video features: {videos!r}")
