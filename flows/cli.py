@@ -193,6 +193,24 @@ def catalog(
 
 
 @app.command()
+def versions(store: str = typer.Argument(..., help="Store location: local path or s3://...")) -> None:
+    """List a store's versions (commits), newest first: pin one with `--version` or
+    `FeatureStore.open(uri, version=...)` to re-read exactly what a training run read."""
+    from pipeline.store import FeatureStore
+
+    try:
+        history = FeatureStore.open(store).versions()
+    except _domain_errors() as e:
+        _fail(str(e))
+    table = Table(title=f"versions of {store}")
+    for col in ("version", "written at (UTC)", "message"):
+        table.add_column(col)
+    for v in history:
+        table.add_row(v.id, f"{v.written_at:%Y-%m-%d %H:%M:%S}", v.message)
+    out.print(table)
+
+
+@app.command()
 def demo(
     out_dir: Path = typer.Argument(Path("data/demo"), help="Where the sample corpora and the store go."),
     episodes_per_task: int = typer.Option(2, min=1, help="Robot episodes per Meta-World task."),

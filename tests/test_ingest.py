@@ -223,6 +223,8 @@ def test_cli_ingest_exits_3_on_quarantine_and_catalog_lists_it(ray_local, videos
     summary = json.loads(result.output)
     assert summary["sources"][0]["episodes"] == 3 and summary["sources"][0]["quarantined"] == 1
     assert summary["quarantined"][0]["episode_id"] == "broken.mp4"
+    result = runner.invoke(app, ["versions", store])
+    assert result.exit_code == 0 and summary["version"] in result.output and "1 quarantined" in result.output
 
 
 def test_encoder_crash_fails_the_run_but_keeps_finished_episodes(ray_local, videos, tmp_path):
