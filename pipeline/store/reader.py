@@ -81,6 +81,7 @@ class FeatureStore:
         self._shard_of = self._ok["shard"].to_pylist()
         self._start_of = self._ok["frame_start"].to_numpy()
         self._frames_of = self._ok["frames"].to_numpy()
+        self._row_of_key: dict[str, int] | None = None
 
     @classmethod
     def open(cls, uri: str, version: str | None = None, *, branch: str = "main",
@@ -133,10 +134,12 @@ class FeatureStore:
     def episode(self, i: int | str) -> Episode:
         """One whole episode by row number or by key 'source/episode_id'."""
         if isinstance(i, str):
-            keys = pc.binary_join_element_wise(self._ok["source"], self._ok["episode_id"], "/").to_pylist()
-            if i not in keys:
+            if self._row_of_key is None:
+                keys = pc.binary_join_element_wise(self._ok["source"], self._ok["episode_id"], "/").to_pylist()
+                self._row_of_key = {k: row for row, k in enumerate(keys)}
+            if i not in self._row_of_key:
                 raise KeyError(f"no ingested episode {i!r} in version {self.version}")
-            i = keys.index(i)
+            i = self._row_of_key[i]
         r = self._row(i)
         s, n = r["frame_start"], r["frames"]
         feats = self._array(r["shard"], "features")[s : s + n]

@@ -70,9 +70,10 @@ class _Pending:
 
 
 class StoreWriter:
-    """Use as a context manager: `with StoreWriter.open(uri, encoder=..., ...) as w:`."""
+    """The store's one writer. `open()` takes the writer lock; use it as a context manager
+    (`with StoreWriter.open(uri, encoder=...) as w:`) or call `close()`."""
 
-    def __init__(self, uri: str, repo, branch: str, chunk_frames: int, spill_frames: int):
+    def __init__(self, uri: str, repo, branch: str, chunk_frames: int, spill_frames: int, lock: WriterLock):
         self.uri = uri
         self.repo = repo
         self.branch = branch
@@ -80,7 +81,7 @@ class StoreWriter:
         self.chunk_frames = chunk_frames
         self.spill_frames = spill_frames
         self.run_id = datetime.now(UTC).strftime("%Y%m%dT%H%M%S") + "-" + uuid.uuid4().hex[:6]
-        self._lock = WriterLock(uri)
+        self._lock = lock
         self._seq = 0
         self._pending: dict[str, _Pending] = {}
         self._new_rows: dict[str, dict] = {}  # key -> index row added since the last commit
@@ -93,8 +94,18 @@ class StoreWriter:
              spill_frames: int = 4096) -> StoreWriter:
         """Open (creating if needed) the store at `uri` for appending with this encoder
         identity. The token shape is taken from the store, or from the first features."""
-        repo = open_repo(uri, create=True)
-        self = cls(uri, repo, branch, chunk_frames, spill_frames)
+        # Locked before anything is read, so the session starts from the newest commit.
+        lock = WriterLock(uri).__enter__()
+        try:
+            self = cls(uri, open_repo(uri, create=True), branch, chunk_frames, spill_frames, lock)
+            self._check_identity(encoder)
+        except BaseException:
+            lock.__exit__(None, None, None)
+            raise
+        return self
+
+    def _check_identity(self, encoder: dict) -> None:
+        uri = self.uri
         attrs = dict(self.root.attrs)
         if "encoder" not in attrs:
             self.root.attrs.update({"lawam_layout": STORE_LAYOUT_VERSION, "encoder": encoder})
@@ -108,7 +119,6 @@ class StoreWriter:
                                      f"this lawam writes {STORE_LAYOUT_VERSION}")
         if attrs.get("token_shape"):
             self.token_shape = tuple(attrs["token_shape"])
-        return self
 
     def _begin(self) -> None:
         self.session = self.repo.writable_session(self.branch)
@@ -127,11 +137,14 @@ class StoreWriter:
         self._row_of = {k: i for i, k in enumerate(keys.to_pylist())}
 
     def __enter__(self) -> StoreWriter:
-        self._lock.__enter__()
         return self
 
     def __exit__(self, *exc: object) -> None:
-        self._lock.__exit__(*exc)
+        self.close()
+
+    def close(self) -> None:
+        """Release the writer lock; anything not committed is dropped (and stays invisible)."""
+        self._lock.__exit__(None, None, None)
 
     # -- planning ----------------------------------------------------------------------
     def plan(self, refs: list[EpisodeRef], params_for: Callable[[EpisodeRef], dict]) -> Plan:
