@@ -128,16 +128,19 @@ def ingest(
     are decoded, encoded and committed as one new store version. Exit status 3 when some
     episodes were quarantined (they are listed, the rest is committed).
     """
+    import yaml
+
     from pipeline.ingest import ingest_corpus
     from schemas import CorpusConfig, load_corpus, load_source
 
     try:
-        import yaml
-
         if not config.is_file():
             _fail(f"{config}: no such file")
-        is_corpus = isinstance(raw := yaml.safe_load(config.read_text()), dict) and "sources" in raw
-        if is_corpus:
+        try:
+            raw = yaml.safe_load(config.read_text())
+        except yaml.YAMLError:
+            raw = None  # load_source reports it, with the file and the line
+        if isinstance(raw, dict) and "sources" in raw:
             cfg = load_corpus(config)
         else:
             spec = load_source(config)
@@ -156,7 +159,7 @@ def ingest(
             report = ingest_source(cfg, sources=source or None, store_uri=store, progress=progress)
         else:
             report = ingest_corpus(cfg, sources=source or None, store_uri=store, progress=progress)
-    except (*_domain_errors(), yaml.YAMLError) as e:
+    except _domain_errors() as e:
         _fail(str(e).splitlines()[0] if str(e) else type(e).__name__)
     _print_report(report)
     if report.quarantined:

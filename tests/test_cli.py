@@ -85,3 +85,10 @@ def test_ingest_of_a_missing_source_folder_fails_before_any_flow(tmp_path):
     src.write_text(f"id: a\nkind: human\nformat: video_dir\nuri: {tmp_path / 'nope'}\n")
     line = one_line_error(runner.invoke(app, ["ingest", str(src), "--store", str(tmp_path / "s")]))
     assert "nope" in line and "no such folder" in line
+
+
+def test_ingest_of_broken_yaml_names_file_and_line(tmp_path):
+    bad = tmp_path / "src.yaml"
+    bad.write_text("id: a\nkind: [robot\n")
+    line = one_line_error(runner.invoke(app, ["ingest", str(bad), "--store", str(tmp_path / "s")]))
+    assert "src.yaml: not valid YAML at line" in line
