@@ -142,7 +142,10 @@ class IngestRun:
 
     def run(self, todo: list[EpisodeRef]) -> RunStats:
         queue = deque(todo)
-        max_decoders, max_inflight = 2 * len(self.actors), 2 * len(self.actors) + 1
+        # Every CPU the encoders leave free decodes (a GPU encoder outruns one decoder by far);
+        # at least two per encoder so the next episode is decoding when one ends.
+        spare_cpus = int(ray.cluster_resources().get("CPU", 1)) - len(self.actors)
+        max_decoders, max_inflight = max(2 * len(self.actors), spare_cpus), 2 * len(self.actors) + 1
         try:
             while queue or self._gens or self._inflight:
                 while queue and len(self._gens) < max_decoders:
