@@ -246,10 +246,6 @@ class StoreWriter:
         return start
 
     # -- publishing --------------------------------------------------------------------
-    @property
-    def has_changes(self) -> bool:
-        return bool(self._new_rows)
-
     def commit(self, message: str, metadata: dict | None = None) -> str | None:
         """Publish everything finished so far as one new version; None if nothing changed.
         Episodes still in flight stay buffered and land in a later commit."""
