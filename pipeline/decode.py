@@ -45,6 +45,8 @@ from typing import Any
 
 import numpy as np
 
+from pipeline.uri import is_remote
+
 log = logging.getLogger(__name__)
 
 RESIZE_MODES = ("center_crop", "squash")
@@ -252,15 +254,6 @@ def empty_span_error(request: DecodeRequest, stream_start: float, last_pts: floa
         f"{request.uri}: no frame in the span [{request.start_s:.3f}s, {request.end_s:.3f}s) of a video whose "
         f"frames run from {stream_start:.3f}s to {last_pts:.3f}s; check the episode's start/end times"
     )
-
-
-def is_remote(uri: str) -> bool:
-    """fsspec URLs (s3://, gs://, http://...) are streamed through a file object; local paths are not."""
-    return "://" in uri and not uri.startswith("file://")
-
-
-def local_path(uri: str) -> str:
-    return uri[len("file://"):] if uri.startswith("file://") else uri
 
 
 def probe_video(uri: str) -> VideoInfo:

@@ -26,11 +26,11 @@ from pipeline.decode import (
     check_complete,
     empty_span_error,
     last_frame_end,
-    local_path,
     pick_frame_indices,
     resize_geometry,
     timestamp_tolerance,
 )
+from pipeline.uri import local_path
 
 log = logging.getLogger(__name__)
 

@@ -40,12 +40,11 @@ from pipeline.decode import (
     VideoInfo,
     check_complete,
     empty_span_error,
-    is_remote,
     last_frame_end,
-    local_path,
     resize_geometry,
     timestamp_tolerance,
 )
+from pipeline.uri import is_remote, local_path
 
 log = logging.getLogger(__name__)
 

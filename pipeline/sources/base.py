@@ -7,11 +7,8 @@ are loaded later, next to the decode, by `load_actions`.
 
 from __future__ import annotations
 
-import os
 from dataclasses import dataclass
-from typing import IO
 
-import fsspec
 import numpy as np
 
 
@@ -57,17 +54,3 @@ class ActionTrack:
             raise ValueError(
                 f"{len(self.timestamps)} action timestamps for {len(self.actions)} action rows"
             )
-
-
-def join_uri(root: str, rel: str) -> str:
-    """`rel` (a POSIX relative path) under `root`, a local folder or an fsspec URL."""
-    if "://" in root:
-        return root.rstrip("/") + "/" + rel.lstrip("/")
-    return os.path.join(root, *rel.split("/"))
-
-
-def open_uri(uri: str, mode: str = "rb") -> IO:
-    """Open a local path or fsspec URL; local paths skip fsspec (no overhead, real file handles)."""
-    if "://" not in uri or uri.startswith("file://"):
-        return open(uri.removeprefix("file://"), mode)  # noqa: SIM115 - returned to the caller
-    return fsspec.open(uri, mode).open()

@@ -36,6 +36,8 @@ from typing import Any
 
 import fsspec
 
+from pipeline.uri import is_remote, local_path
+
 log = logging.getLogger(__name__)
 
 RACY_WINDOW_S = 2.0  # files modified this recently are re-hashed on every call
@@ -45,16 +47,6 @@ _REMOTE_CHECKSUM_KEYS = ("sha256", "ChecksumSHA256", "md5Hash", "crc32c", "ETag"
 
 _memo: dict[tuple[Any, ...], str] = {}
 _memo_lock = threading.Lock()
-
-
-def is_remote(uri: str) -> bool:
-    """True for fsspec URLs other than `file://` (s3://, gs://, memory://, ...)."""
-    return "://" in uri and not uri.startswith("file://")
-
-
-def local_path(uri: str) -> str:
-    """`file:///x` → `/x`; plain paths unchanged."""
-    return uri[len("file://") :] if uri.startswith("file://") else uri
 
 
 def _sha256_stream(f: Any) -> str:

@@ -27,8 +27,9 @@ import fsspec
 import h5py
 import numpy as np
 
-from pipeline.sources.base import ActionTrack, EpisodeRef, SourceError, join_uri, open_uri
-from pipeline.sources.hashing import combine, file_digest, is_remote
+from pipeline.sources.base import ActionTrack, EpisodeRef, SourceError
+from pipeline.sources.hashing import combine, file_digest
+from pipeline.uri import is_remote, join_uri, open_uri
 from schemas.config import SourceSpec
 
 log = logging.getLogger(__name__)

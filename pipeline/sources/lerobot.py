@@ -33,8 +33,9 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
-from pipeline.sources.base import ActionTrack, EpisodeRef, SourceError, join_uri, open_uri
-from pipeline.sources.hashing import combine, file_digest, is_remote, stat_key
+from pipeline.sources.base import ActionTrack, EpisodeRef, SourceError
+from pipeline.sources.hashing import combine, file_digest, stat_key
+from pipeline.uri import is_remote, join_uri, open_uri
 from schemas.config import SourceSpec
 
 log = logging.getLogger(__name__)

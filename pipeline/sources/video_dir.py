@@ -31,8 +31,9 @@ from typing import Any
 
 import fsspec
 
-from pipeline.sources.base import EpisodeRef, SourceError, join_uri, open_uri
-from pipeline.sources.hashing import combine, file_digest, is_remote
+from pipeline.sources.base import EpisodeRef, SourceError
+from pipeline.sources.hashing import combine, file_digest
+from pipeline.uri import is_remote, join_uri, open_uri
 from schemas.config import SourceSpec
 
 log = logging.getLogger(__name__)

@@ -23,6 +23,8 @@ os.environ.setdefault("ICECHUNK_LOG", "icechunk=error")  # silence the local-sto
 
 import icechunk as ic  # noqa: E402
 
+from pipeline.uri import is_remote, join_uri, local_path  # noqa: E402
+
 log = logging.getLogger(__name__)
 
 
@@ -34,24 +36,12 @@ class StoreBusyError(RuntimeError):
     """Another process is writing to this store."""
 
 
-def is_local(uri: str) -> bool:
-    return "://" not in uri or uri.startswith("file://")
-
-
-def local_path(uri: str) -> Path:
-    return Path(uri[len("file://") :] if uri.startswith("file://") else uri)
-
-
-def join(uri: str, name: str) -> str:
-    return str(local_path(uri) / name) if is_local(uri) else uri.rstrip("/") + "/" + name
-
-
 def storage_for(uri: str) -> ic.Storage:
     """Icechunk storage for the repo under URI. Object stores read credentials from the
     environment (AWS_*, GOOGLE_APPLICATION_CREDENTIALS, ...) as their SDKs do."""
-    repo_uri = join(uri, "repo")
-    if is_local(uri):
-        return ic.local_filesystem_storage(str(local_path(repo_uri).resolve()))
+    repo_uri = join_uri(uri, "repo")
+    if not is_remote(uri):
+        return ic.local_filesystem_storage(str(Path(local_path(repo_uri)).resolve()))
     u = urlparse(repo_uri)
     prefix = u.path.lstrip("/")
     if u.scheme in ("s3", "s3a"):
@@ -79,8 +69,8 @@ def open_repo(uri: str, *, create: bool) -> ic.Repository:
         return ic.Repository.open(storage)
     if not create:
         raise StoreError(f"no feature store at {uri!r} (run `lawam ingest ... --store {uri}` first)")
-    if is_local(uri):
-        local_path(uri).mkdir(parents=True, exist_ok=True)
+    if not is_remote(uri):
+        Path(local_path(uri)).mkdir(parents=True, exist_ok=True)
     return ic.Repository.create(storage)
 
 
@@ -93,8 +83,8 @@ class WriterLock:
         self._fd: int | None = None
 
     def __enter__(self) -> WriterLock:
-        if is_local(self.uri):
-            path = local_path(self.uri)
+        if not is_remote(self.uri):
+            path = Path(local_path(self.uri))
             path.mkdir(parents=True, exist_ok=True)
             fd = os.open(path / ".lock", os.O_RDWR | os.O_CREAT, 0o644)
             try:

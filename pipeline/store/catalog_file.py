@@ -12,15 +12,15 @@ import fsspec
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from pipeline.store.backend import is_local, join, local_path
+from pipeline.uri import is_remote, join_uri, local_path
 from schemas import CATALOG_SCHEMA
 
 
 def write_catalog_file(uri: str, index: pa.Table) -> str:
-    path = join(uri, "catalog.parquet")
+    path = join_uri(uri, "catalog.parquet")
     table = index.select(CATALOG_SCHEMA.names)
-    if is_local(uri):
-        tmp = local_path(path).with_suffix(".parquet.tmp")
+    if not is_remote(uri):
+        tmp = local_path(path) + ".tmp"
         pq.write_table(table, tmp)
         os.replace(tmp, local_path(path))  # readers see the old file or the new one
     else:
