@@ -38,6 +38,7 @@ class IngestReport:
     version_after: str | None  # None when nothing was committed
     added: int = 0
     skipped: int = 0
+    retitled: int = 0  # skipped episodes whose instruction text was updated
     quarantined: list[tuple[str, str]] = field(default_factory=list)  # (episode key, reason)
     frames: int = 0
     hours: float = 0.0  # of video added, at the kept frame rate
@@ -51,6 +52,7 @@ class IngestReport:
     def to_markdown(self) -> str:
         rows = [
             ("episodes added", self.added), ("episodes skipped (unchanged)", self.skipped),
+            ("instructions updated", self.retitled),
             ("episodes quarantined", len(self.quarantined)), ("frames encoded", self.frames),
             ("hours added", f"{self.hours:.3f}"), ("throughput", f"{self.frames_per_s:.1f} frames/s"),
             ("store version", f"{self.version_before or '(new)'} → {self.version_after or '(unchanged)'}"),
@@ -87,9 +89,11 @@ def ingest_episodes(
                           branch=store.branch) as writer:
         report = IngestReport(store.uri, writer.parent_version, None)
         plan = writer.plan(refs, params)
-        report.skipped = len(plan.skipped)
+        report.skipped, report.retitled = len(plan.skipped), len(plan.retitled)
         log.info("%d episodes to ingest, %d unchanged", len(plan.todo), len(plan.skipped))
-        if plan.todo:
+        if not plan.todo:  # nothing to encode: no Ray, no model; a commit only if instructions changed
+            report.version_after = writer.commit(f"ingest: {len(plan.retitled)} instructions updated")
+        else:
             ensure_ray()
             actors = encoder_pool(encoder, num_encoders)  # models load on the workers while decoding starts
             with progress_bar("ingest", total=len(plan.todo), enabled=progress, unit="episodes") as bar:

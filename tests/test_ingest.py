@@ -106,6 +106,14 @@ def test_missing_manifest_file_is_quarantined(ray_local, videos, tmp_path):
     assert report.added == 1 and [k for k, _ in report.quarantined] == ["vids/gone.mp4"]
     store = FeatureStore.open(str(tmp_path / "store"))
     assert store.episode("vids/v0.mp4").instruction == "wave"
+    # an edited instruction updates the catalog without re-encoding anything
+    (videos / "manifest.csv").write_text("file,instruction\nv0.mp4,wave hello\ngone.mp4,jump\n")
+    again = run(human(videos, manifest="manifest.csv"), tmp_path / "store")
+    assert (again.added, again.skipped, again.retitled, again.frames) == (0, 1, 1, 0)
+    updated = FeatureStore.open(str(tmp_path / "store"))
+    assert updated.version == again.version_after != store.version
+    assert updated.episode("vids/v0.mp4").instruction == "wave hello"
+    np.testing.assert_array_equal(updated.episode("vids/v0.mp4").features, store.episode("vids/v0.mp4").features)
 
 
 def test_lerobot_episodes_carry_the_actions_between_frames(ray_local, tmp_path):

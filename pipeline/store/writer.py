@@ -56,6 +56,7 @@ def ingest_hash(ref: EpisodeRef, params: dict) -> str:
 class Plan:
     todo: list[EpisodeRef]  # new, changed, or previously quarantined
     skipped: list[EpisodeRef]  # already committed with the same ingest hash
+    retitled: list[EpisodeRef] = field(default_factory=list)  # skipped, but their instruction changed
 
 
 @dataclass
@@ -148,16 +149,24 @@ class StoreWriter:
 
     # -- planning ----------------------------------------------------------------------
     def plan(self, refs: list[EpisodeRef], params_for: Callable[[EpisodeRef], dict]) -> Plan:
+        """Sort refs into work to do and work already committed. An unchanged episode whose
+        instruction text changed (an edited manifest) is not re-encoded: its catalog row is
+        updated in the next commit."""
         hashes = self.index.column("content_hash").to_pylist()
         status = self.index.column("status").to_pylist()
-        todo, skipped = [], []
+        instructions = self.index.column("instruction").to_pylist()
+        plan = Plan([], [])
         for ref in refs:
             i = self._row_of.get(ref.key)
             if i is not None and status[i] == EpisodeStatus.OK and hashes[i] == ingest_hash(ref, params_for(ref)):
-                skipped.append(ref)
+                plan.skipped.append(ref)
+                if instructions[i] != ref.instruction:
+                    row = self.index.slice(i, 1).to_pylist()[0]
+                    self._new_rows[ref.key] = {**row, "instruction": ref.instruction, "store_version": None}
+                    plan.retitled.append(ref)
             else:
-                todo.append(ref)
-        return Plan(todo, skipped)
+                plan.todo.append(ref)
+        return plan
 
     # -- writing -----------------------------------------------------------------------
     def start_episode(self, ref: EpisodeRef, params: dict) -> None:
