@@ -92,3 +92,18 @@ def test_ingest_of_broken_yaml_names_file_and_line(tmp_path):
     bad.write_text("id: a\nkind: [robot\n")
     line = one_line_error(runner.invoke(app, ["ingest", str(bad), "--store", str(tmp_path / "s")]))
     assert "src.yaml: not valid YAML at line" in line
+
+
+def test_demo_end_to_end_and_again_does_nothing(tmp_path):
+    """The README's `make demo`, in a fresh process as a user runs it: render, ingest through
+    the Prefect flow, summarise; the second run renders and ingests nothing."""
+    cmd = [sys.executable, "-m", "flows.cli", "demo", str(tmp_path / "demo"), "--episodes-per-task", "1"]
+    env = {**os.environ, "NO_COLOR": "1", "COLUMNS": "200"}
+    repo = Path(__file__).resolve().parents[1]
+    first = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=600, cwd=repo)
+    assert first.returncode == 0, first.stdout[-2000:] + first.stderr[-3000:]
+    assert "added 8, skipped 0, quarantined 0" in first.stdout  # 4 tasks x 1 robot episode + 2 x 2 human clips
+    assert "metaworld" in first.stdout and "human-standin" in first.stdout
+    again = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=600, cwd=repo)
+    assert again.returncode == 0, again.stderr[-3000:]
+    assert "(cached)" in again.stdout and "added 0, skipped 8" in again.stdout and "(unchanged)" in again.stdout

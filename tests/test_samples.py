@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import json
+import os
+import subprocess
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -13,6 +16,7 @@ import pandas as pd
 import pyarrow.parquet as pq
 import pytest
 
+import pipeline.samples as samples_module
 from pipeline.samples import SampleError, human, make_samples, metaworld_robot, summarize_samples
 from pipeline.samples.lerobot_v3 import LeRobotEpisode, LeRobotWriteError, write_lerobot_v3
 from pipeline.samples.metaworld_robot import CONTROL_HZ, FRAME_STRIDE, VIDEO_FPS, ScriptedTask, upright_turns
@@ -232,7 +236,7 @@ def test_second_call_with_same_arguments_renders_nothing(
     def no_rendering(*args: object, **kwargs: object) -> None:
         raise AssertionError("make_samples rendered although the corpora on disk match its arguments")
 
-    monkeypatch.setattr(metaworld_robot, "ScriptedTask", no_rendering)
+    monkeypatch.setattr(samples_module, "_render", no_rendering)
     summary = make_samples(sample_corpora, **sample_args)
     assert summary.cached
     assert [s.source for s in summary.sources] == ["robot", "human"]
@@ -249,8 +253,8 @@ def test_interrupted_regeneration_keeps_the_previous_corpora(
         raise KeyboardInterrupt
 
     monkeypatch.setattr(human, "make_human_corpus", killed)
-    with pytest.raises(KeyboardInterrupt):
-        make_samples(out, **_tiny(seed=1))  # robot corpus rendered, then the run dies
+    with pytest.raises(KeyboardInterrupt):  # in-process, so that the patch above reaches the renderer
+        make_samples(out, **_tiny(seed=1), isolated=False)  # robot corpus rendered, then the run dies
     assert (out / "robot" / DATA).read_bytes() == before
     assert summarize_samples(out).sources[0].episodes == 1
     assert [p.name for p in tmp_path.iterdir() if ".partial-" in p.name] == []
@@ -300,3 +304,18 @@ def test_lerobot_writer_makes_standard_datasets_with_one_row_per_frame(tmp_path:
     assert len(frames) == 15 and frames[0].shape == (32, 48, 3)
     with pytest.raises(LeRobotWriteError, match="already holds files"):
         write_lerobot_v3(tmp_path / "ds", episodes, fps=10)
+
+
+def test_rendering_then_loading_torch_compiler_in_one_process(tmp_path: Path) -> None:
+    """Incident: `lawam demo` segfaulted when the ingest imported timm (and so triton) in the
+    process that had just rendered with MuJoCo's EGL (Mesa's LLVM). Rendering is isolated."""
+    code = (
+        "import sys; from pathlib import Path; from pipeline.samples import make_samples\n"
+        f"make_samples(Path({str(tmp_path / 'out')!r}), tasks=('reach-v3',), episodes_per_task=1, human_tasks=(),"
+        " image_size=64, progress=False)\n"
+        "import timm, torch._dynamo; print('ok')\n"
+    )
+    env = {**os.environ, "MUJOCO_GL": "egl", "PYOPENGL_PLATFORM": "egl"}
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, timeout=300,
+                            cwd=Path(__file__).resolve().parents[1])
+    assert result.returncode == 0 and result.stdout.strip() == "ok", result.stderr[-2000:]
