@@ -86,6 +86,13 @@ def test_old_versions_reopen_unchanged(tmp_path):
         "ep0": v1, "ep1": v2}
 
 
+def test_store_with_nothing_committed_is_a_clear_error(tmp_path):
+    with open_writer(tmp_path / "s") as w:
+        put(w, ref(0), n=3)  # never committed
+    with pytest.raises(StoreError, match="no committed data"):
+        FeatureStore.open(str(tmp_path / "s"))
+
+
 def test_unknown_version_is_a_clear_error(tmp_path):
     with open_writer(tmp_path / "s") as w:
         put(w, ref(0), n=3)

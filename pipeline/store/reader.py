@@ -64,7 +64,10 @@ class FeatureStore:
         self._repo = repo
         self._session = session
         self.version: str = session.snapshot_id
-        self.root = zarr.open_group(session.store, mode="r")
+        try:
+            self.root = zarr.open_group(session.store, mode="r")
+        except zarr.errors.GroupNotFoundError:
+            raise StoreError(f"store {uri!r} has no committed data at {self.version}") from None
         self.attrs = dict(self.root.attrs)
         index = read_index(self.root)
         sv = index.column("store_version")
