@@ -8,17 +8,17 @@ store and an ingest into a store made by another encoder is refused.
 
 from __future__ import annotations
 
-import hashlib
-import json
 import logging
 import re
 from dataclasses import dataclass
+from functools import cached_property
 from pathlib import Path
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 
+from pipeline.sources.hashing import file_digest
 from schemas import EncoderConfig
 
 log = logging.getLogger(__name__)
@@ -26,14 +26,6 @@ log = logging.getLogger(__name__)
 
 class EncoderError(ValueError):
     """The encoder cannot be built as configured (unknown model, unreadable checkpoint)."""
-
-
-def file_sha256(path: Path, bufsize: int = 1 << 20) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        while chunk := f.read(bufsize):
-            h.update(chunk)
-    return h.hexdigest()
 
 
 def _load_state_dict(path: Path) -> dict[str, torch.Tensor]:
@@ -68,7 +60,7 @@ def encoder_identity(cfg: EncoderConfig) -> dict:
     if cfg.checkpoint is not None:
         if not Path(cfg.checkpoint).is_file():
             raise EncoderError(f"encoder checkpoint {str(cfg.checkpoint)!r} does not exist")
-        weights = f"sha256:{file_sha256(Path(cfg.checkpoint))}"
+        weights = file_digest(str(cfg.checkpoint))  # "sha256:...", cached per file version
     else:
         weights = f"random-init:seed={cfg.seed}"
     return {
@@ -134,11 +126,11 @@ class FrozenEncoder:
         self.model.to(self.device)
         self._mean = torch.tensor(self.mean, device=self.device).view(1, 3, 1, 1)
         self._std = torch.tensor(self.std, device=self.device).view(1, 3, 1, 1)
-        self.token_shape = tuple(self.encode(np.zeros((1, cfg.image_size, cfg.image_size, 3), np.uint8)).shape[1:])
 
-    @property
-    def key(self) -> str:
-        return encoder_key(self.identity)
+    @cached_property
+    def token_shape(self) -> tuple[int, ...]:
+        """(T, D) of one frame's output; computed on first use, not at start-up."""
+        return tuple(self.encode(np.zeros((1, self.cfg.image_size, self.cfg.image_size, 3), np.uint8)).shape[1:])
 
     def _tokens(self, x: torch.Tensor) -> tuple[torch.Tensor | None, torch.Tensor]:
         """(prefix tokens (B, P, D) or None, patch tokens (B, H, W, D))."""
@@ -187,8 +179,3 @@ class FrozenEncoder:
             out = grid.flatten(1, 2)
         return out.to(torch.float16).cpu().numpy()
 
-
-def encoder_key(identity: dict) -> str:
-    """Short stable id of an encoder identity, e.g. 'vit_small_patch14_dinov2-3f2a9c1e'."""
-    digest = hashlib.sha256(json.dumps(identity, sort_keys=True).encode()).hexdigest()[:8]
-    return f"{identity['model']}-{digest}"

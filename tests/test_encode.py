@@ -39,7 +39,7 @@ def test_same_identity_same_features_and_layer_changes_them(frames):
     b = FrozenEncoder(EncoderConfig(**TINY)).encode(frames)
     np.testing.assert_array_equal(a, b)
     mid = FrozenEncoder(EncoderConfig(**TINY, layer=5))
-    assert mid.identity["layer"] == 5 and mid.key != FrozenEncoder(EncoderConfig(**TINY)).key
+    assert mid.identity["layer"] == 5 and mid.identity != FrozenEncoder(EncoderConfig(**TINY)).identity
     assert not np.allclose(mid.encode(frames), a)
 
 
@@ -57,7 +57,7 @@ def test_local_checkpoint_is_loaded_and_hashed(tmp_path, frames, suffix):
         want = model.eval().forward_features(x)[:, 1:].mean(1)
     got = FrozenEncoder(EncoderConfig(**TINY, checkpoint=path, tokens="mean")).encode(frames)[:, 0]
     np.testing.assert_allclose(got.astype(np.float32), want.numpy(), atol=2e-2)
-    assert enc.key != FrozenEncoder(EncoderConfig(**TINY)).key
+    assert enc.identity != FrozenEncoder(EncoderConfig(**TINY)).identity
 
 
 def test_checkpoint_of_another_model_is_refused(tmp_path):
