@@ -33,18 +33,12 @@ def _fail(message: str) -> None:
 
 def _domain_errors() -> tuple[type[BaseException], ...]:
     """Errors that mean "bad input": shown as one line, never as a traceback."""
+    from pipeline.encode import EncoderError
     from pipeline.sources.base import SourceError
     from pipeline.store import StoreBusyError, StoreError, StoreMismatchError
     from schemas import ConfigError
 
-    errors: list[type[BaseException]] = [ConfigError, SourceError, StoreError, StoreMismatchError, StoreBusyError]
-    try:
-        from pipeline.encode import EncoderError
-
-        errors.append(EncoderError)
-    except ImportError:  # pragma: no cover
-        pass
-    return tuple(errors)
+    return (ConfigError, SourceError, StoreError, StoreMismatchError, StoreBusyError, EncoderError)
 
 
 def _env() -> None:

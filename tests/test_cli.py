@@ -58,10 +58,15 @@ def test_ingest_of_a_missing_file(tmp_path):
     assert "nope.yaml" in one_line_error(runner.invoke(app, ["ingest", str(tmp_path / "nope.yaml")]))
 
 
+def ingest_error(tmp_path, source_yaml: str) -> str:
+    """Ingest a source file holding `source_yaml`; return the one-line error it must give."""
+    src = tmp_path / "src.yaml"
+    src.write_text(source_yaml)
+    return one_line_error(runner.invoke(app, ["ingest", str(src), "--store", str(tmp_path / "s")]))
+
+
 def test_ingest_of_a_bad_config_names_the_field(tmp_path):
-    bad = tmp_path / "src.yaml"
-    bad.write_text("id: a\nkind: robot\nformat: lerobot\nuri: x\ncamera: top\n")
-    line = one_line_error(runner.invoke(app, ["ingest", str(bad), "--store", str(tmp_path / "s")]))
+    line = ingest_error(tmp_path, "id: a\nkind: robot\nformat: lerobot\nuri: x\ncamera: top\n")
     assert "camera: unknown field" in line
 
 
@@ -81,17 +86,12 @@ def test_samples_with_an_unknown_task(tmp_path):
 
 
 def test_ingest_of_a_missing_source_folder_fails_before_any_flow(tmp_path):
-    src = tmp_path / "src.yaml"
-    src.write_text(f"id: a\nkind: human\nformat: video_dir\nuri: {tmp_path / 'nope'}\n")
-    line = one_line_error(runner.invoke(app, ["ingest", str(src), "--store", str(tmp_path / "s")]))
+    line = ingest_error(tmp_path, f"id: a\nkind: human\nformat: video_dir\nuri: {tmp_path / 'nope'}\n")
     assert "nope" in line and "no such folder" in line
 
 
 def test_ingest_of_broken_yaml_names_file_and_line(tmp_path):
-    bad = tmp_path / "src.yaml"
-    bad.write_text("id: a\nkind: [robot\n")
-    line = one_line_error(runner.invoke(app, ["ingest", str(bad), "--store", str(tmp_path / "s")]))
-    assert "src.yaml: not valid YAML at line" in line
+    assert "src.yaml: not valid YAML at line" in ingest_error(tmp_path, "id: a\nkind: [robot\n")
 
 
 def test_demo_end_to_end_and_again_does_nothing(tmp_path):
