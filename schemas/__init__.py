@@ -14,11 +14,12 @@ from schemas.config import (
     load_corpus,
     load_source,
 )
-from schemas.tables import CATALOG_SCHEMA, INDEX_SCHEMA, STORE_LAYOUT_VERSION, EpisodeStatus
+from schemas.tables import CATALOG_SCHEMA, INDEX_SCHEMA, LABEL_INDEX_SCHEMA, STORE_LAYOUT_VERSION, EpisodeStatus
 
 __all__ = [
     "CATALOG_SCHEMA",
     "INDEX_SCHEMA",
+    "LABEL_INDEX_SCHEMA",
     "STORE_LAYOUT_VERSION",
     "ConfigError",
     "CorpusConfig",

@@ -32,6 +32,7 @@ CATALOG_SCHEMA = pa.schema(
         pa.field("actions", pa.int64(), nullable=False),  # control-rate action rows (0 for human)
         pa.field("store_version", pa.string()),  # commit id that made this row visible
         pa.field("ingested_at", pa.timestamp("s", tz="UTC")),
+        pa.field("split", pa.string()),  # the source's own split ("train", "val", ...), if it names one
     ]
 )
 
@@ -43,5 +44,19 @@ INDEX_SCHEMA = pa.schema(
         pa.field("shard", pa.string()),  # group under /shards holding the episode's arrays
         pa.field("frame_start", pa.int64(), nullable=False),  # first row in shard features
         pa.field("action_start", pa.int64(), nullable=False),  # first row in shard actions
+    ]
+)
+
+# One row per labelled episode of a label set (`/labels/<set>/index` in the store). A row is
+# current while its content_hash equals the episode's in the store index; a redone episode
+# gets a new hash, so its old labels stop being served and the next `lawam label` redoes them.
+LABEL_INDEX_SCHEMA = pa.schema(
+    [
+        pa.field("key", pa.string(), nullable=False),  # episode key 'source/episode_id'
+        pa.field("content_hash", pa.string(), nullable=False),  # of the features the labels came from
+        pa.field("shard", pa.string(), nullable=False),  # group under /labels/<set>/shards
+        pa.field("row_start", pa.int64(), nullable=False),  # first row in the shard's arrays
+        pa.field("rows", pa.int64(), nullable=False),  # labels: one per pair (t, t+k_frames)
+        pa.field("k_frames", pa.int64(), nullable=False),  # the gap, in this episode's frames
     ]
 )

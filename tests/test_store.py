@@ -170,14 +170,13 @@ def test_pairs_and_the_actions_between_them(tmp_path):
         w.commit("first")
     store = FeatureStore.open(uri)
     batch = store.sample_pairs(200, k=3, rng=0)
-    ids = store.episodes()["episode_id"].to_pylist()
-    assert {ids[e] for e in batch.episode} == {"ep0", "ep1"}
+    assert set(batch.episode) == {"src/ep0", "src/ep1"}  # episodes named by key, not by row
     # the features say which episode and frame they are
     np.testing.assert_array_equal(batch.f_t[:, 0, 1], batch.t)
     np.testing.assert_array_equal(batch.f_tk[:, 0, 1], batch.t + 3)
     np.testing.assert_allclose(batch.dt, 3 / 5.0)
     for e, t, acts in zip(batch.episode, batch.t, batch.actions, strict=True):
-        if ids[e] == "ep1":
+        if e == "src/ep1":
             assert acts is None
         else:  # 4 control steps per kept frame: the 12 actions in [t/5, (t+3)/5)
             np.testing.assert_allclose(acts[:, 0], np.arange(4 * t, 4 * t + 12) / 20.0)

@@ -9,7 +9,9 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-import numpy as np
+from schemas.records import ActionTrack
+
+__all__ = ["ActionTrack", "EpisodeRef", "SourceError"]
 
 
 class SourceError(ValueError):
@@ -39,18 +41,3 @@ class EpisodeRef:
     def key(self) -> str:
         """Store-wide unique episode key."""
         return f"{self.source}/{self.episode_id}"
-
-
-@dataclass(frozen=True)
-class ActionTrack:
-    """Robot actions at the control rate, on the same clock as the episode's frames."""
-
-    timestamps: np.ndarray  # (M,) float64 seconds from the episode start
-    actions: np.ndarray  # (M, A) float32
-    state: np.ndarray | None = None  # (M, S) float32 proprioception, when the source has it
-
-    def __post_init__(self) -> None:
-        if len(self.timestamps) != len(self.actions):
-            raise ValueError(
-                f"{len(self.timestamps)} action timestamps for {len(self.actions)} action rows"
-            )

@@ -28,15 +28,15 @@ def _to_numpy(col: pa.ChunkedArray, field: pa.Field) -> np.ndarray:
     return col.fill_null(0).to_numpy()
 
 
-def write_index(root: zarr.Group, table: pa.Table) -> None:
-    """Replace /index with `table` (INDEX_SCHEMA). Empty strings stand for nulls."""
-    table = table.select(INDEX_SCHEMA.names).cast(INDEX_SCHEMA)
-    if INDEX_GROUP in root:
-        del root[INDEX_GROUP]
-    group = root.create_group(INDEX_GROUP)
+def write_index(root: zarr.Group, table: pa.Table, schema: pa.Schema = INDEX_SCHEMA, name: str = INDEX_GROUP) -> None:
+    """Replace root/name with `table` (INDEX_SCHEMA by default). Empty strings stand for nulls."""
+    table = table.select(schema.names).cast(schema)
+    if name in root:
+        del root[name]
+    group = root.create_group(name)
     group.attrs["rows"] = table.num_rows
     n = table.num_rows
-    for field in INDEX_SCHEMA:
+    for field in schema:
         values = _to_numpy(table.column(field.name), field)
         dtype = str if pa.types.is_string(field.type) else values.dtype
         arr = group.create_array(field.name, shape=(n,), chunks=(max(1, min(n, _CHUNK_ROWS)),), dtype=dtype)
@@ -44,12 +44,15 @@ def write_index(root: zarr.Group, table: pa.Table) -> None:
             arr[:] = values
 
 
-def read_index(root: zarr.Group) -> pa.Table:
-    if INDEX_GROUP not in root:
-        return INDEX_SCHEMA.empty_table()
-    group = root[INDEX_GROUP]
+def read_index(root: zarr.Group, schema: pa.Schema = INDEX_SCHEMA, name: str = INDEX_GROUP) -> pa.Table:
+    if name not in root:
+        return schema.empty_table()
+    group = root[name]
     columns = []
-    for field in INDEX_SCHEMA:
+    for field in schema:
+        if field.name not in group:  # a column added after this store was written
+            columns.append(pa.nulls(int(group.attrs.get("rows", 0)), field.type))
+            continue
         values = group[field.name][:]
         if pa.types.is_string(field.type):
             arr = pa.array([None if (v == "" and field.nullable) else str(v) for v in values], pa.string())
@@ -58,4 +61,4 @@ def read_index(root: zarr.Group) -> pa.Table:
         else:
             arr = pa.array(values, type=field.type)
         columns.append(arr)
-    return pa.Table.from_arrays(columns, schema=INDEX_SCHEMA)
+    return pa.Table.from_arrays(columns, schema=schema)

@@ -21,10 +21,10 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import zarr
 
-from pipeline.sources.base import ActionTrack
 from pipeline.store.backend import StoreError, open_repo
 from pipeline.store.index import read_index
 from schemas import CATALOG_SCHEMA, EpisodeStatus
+from schemas.records import ActionTrack
 
 log = logging.getLogger(__name__)
 
@@ -39,26 +39,32 @@ class VersionInfo:
 
 @dataclass
 class Episode:
-    key: str
+    key: str  # 'source/episode_id': the episode's identity in every version
     features: np.ndarray  # (N, T, D) float16
     timestamps: np.ndarray  # (N,) float64 seconds from the episode start
     actions: ActionTrack | None
     instruction: str | None
+    kind: str = "robot"  # robot | human
+    fps: float = 0.0  # the rate its frames were sampled at
+    split: str | None = None  # the source's own split, if it names one
 
 
 @dataclass
 class PairBatch:
-    """`n` random pairs (f_t, f_{t+k}) from episodes with at least k+1 frames."""
+    """`n` pairs (f_t, f_{t+k}) from episodes with at least k+1 frames."""
 
     f_t: np.ndarray  # (n, T, D) float16
     f_tk: np.ndarray  # (n, T, D) float16
-    episode: np.ndarray  # (n,) int64 row in `store.episodes()`
+    episode: np.ndarray  # (n,) str episode key: the same in every version
     t: np.ndarray  # (n,) int64 frame index of f_t within its episode
     dt: np.ndarray  # (n,) float64 seconds between the two frames
     actions: list[np.ndarray | None]  # per pair: control-rate actions in [ts_t, ts_{t+k}), None for human
 
 
 class FeatureStore:
+    """One pinned version of a store. Picklable: a copy sent to a DataLoader worker, a Ray
+    task or a subprocess reopens `(uri, version)` there, with an empty cache of its own."""
+
     def __init__(self, uri: str, repo, session, cache_bytes: int):
         self.uri = uri
         self._repo = repo
@@ -84,7 +90,9 @@ class FeatureStore:
         self._shard_of = self._ok["shard"].to_pylist()
         self._start_of = self._ok["frame_start"].to_numpy()
         self._frames_of = self._ok["frames"].to_numpy()
-        self._row_of_key: dict[str, int] | None = None
+        self.keys = np.array(pc.binary_join_element_wise(self._ok["source"], self._ok["episode_id"], "/")
+                             .to_pylist(), dtype=object)
+        self._row_of_key = {k: row for row, k in enumerate(self.keys)}
 
     @classmethod
     def open(cls, uri: str, version: str | None = None, *, branch: str = "main",
@@ -95,8 +103,13 @@ class FeatureStore:
             session = (repo.readonly_session(snapshot_id=version) if version
                        else repo.readonly_session(branch=branch))
         except Exception as e:  # icechunk raises its own error types for unknown refs
-            raise StoreError(f"store {uri!r} has no version {version or branch!r}: {e}") from None
+            raise StoreError(f"store {uri!r} has no version {version or branch!r}: "
+                             f"{str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__}") from None
         return cls(uri, repo, session, cache_bytes)
+
+    def __reduce__(self):
+        # Reopen by (uri, version) wherever it is unpickled: sessions and caches stay behind.
+        return (_reopen, (self.uri, self.version, self._cache_bytes))
 
     # -- metadata ----------------------------------------------------------------------
     @property
@@ -117,11 +130,41 @@ class FeatureStore:
         return self.index.select(CATALOG_SCHEMA.names)
 
     def episodes(self) -> pa.Table:
-        """The ingested (status ok) episodes; row numbers index `episode()`/`sample_pairs`."""
+        """The ingested (status ok) episodes; row i is the episode `keys[i]`."""
         return self._ok
 
     def __len__(self) -> int:
         return self._ok.num_rows
+
+    def row(self, key: str) -> int:
+        """Row of an ingested episode in this version (rows differ between versions, keys do not)."""
+        try:
+            return self._row_of_key[key]
+        except KeyError:
+            raise KeyError(f"no ingested episode {key!r} in version {self.version}") from None
+
+    @property
+    def fps(self) -> np.ndarray:
+        """(episodes,) the frame rate each episode was sampled at (frames / duration)."""
+        dur = self._ok["duration_s"].to_numpy()
+        return np.divide(self._frames_of, dur, out=np.zeros(len(dur)), where=dur > 0)
+
+    @property
+    def frames(self) -> np.ndarray:
+        """(episodes,) frames per ingested episode."""
+        return self._frames_of
+
+    def label_sets(self) -> list:
+        """The label sets of this version (see `pipeline.store.labels`), with their coverage."""
+        from pipeline.store.labels import list_label_sets
+
+        return list_label_sets(self)
+
+    def labels(self, set_id: str):
+        """One label set of this version, read-only (`pipeline.store.labels.LabelSet`)."""
+        from pipeline.store.labels import LabelSet
+
+        return LabelSet.open(self, set_id)
 
     # -- data --------------------------------------------------------------------------
     def _array(self, shard: str, name: str) -> zarr.Array:
@@ -131,28 +174,36 @@ class FeatureStore:
         return self._arrays[key]
 
     def _row(self, i: int) -> dict:
-        return {c: self._ok[c][i].as_py() for c in ("source", "episode_id", "shard", "frame_start",
-                                                      "frames", "action_start", "actions", "instruction")}
+        return {c: self._ok[c][i].as_py() for c in ("source", "episode_id", "shard", "frame_start", "frames",
+                                                      "action_start", "actions", "instruction", "kind", "split")}
+
+    def _resolve(self, i: int | str) -> int:
+        return self.row(i) if isinstance(i, str) else int(i)
 
     def episode(self, i: int | str) -> Episode:
-        """One whole episode by row number or by key 'source/episode_id'."""
-        if isinstance(i, str):
-            if self._row_of_key is None:
-                keys = pc.binary_join_element_wise(self._ok["source"], self._ok["episode_id"], "/").to_pylist()
-                self._row_of_key = {k: row for row, k in enumerate(keys)}
-            if i not in self._row_of_key:
-                raise KeyError(f"no ingested episode {i!r} in version {self.version}")
-            i = self._row_of_key[i]
+        """One whole episode by key 'source/episode_id' (or by row of this version)."""
+        i = self._resolve(i)
         r = self._row(i)
-        s, n = r["frame_start"], r["frames"]
-        feats = self._array(r["shard"], "features")[s : s + n]
-        ts = self._timestamps(i)
-        return Episode(f"{r['source']}/{r['episode_id']}", feats, ts, self._actions(i), r["instruction"])
+        feats = self.features(i)
+        return Episode(self.keys[i], feats, self._timestamps(i), self._actions(i), r["instruction"],
+                       kind=r["kind"], fps=float(self.fps[i]), split=r["split"])
+
+    def features(self, i: int | str) -> np.ndarray:
+        """(N, T, D) float16 features of one episode, read through the chunk cache."""
+        i = self._resolve(i)
+        return self._rows(self._shard_of[i], int(self._start_of[i]), int(self._frames_of[i]))
+
+    def timestamps(self, i: int | str) -> np.ndarray:
+        return self._timestamps(self._resolve(i))
+
+    def actions(self, i: int | str) -> ActionTrack | None:
+        """The episode's control-rate actions and state on its frames' clock; None for human video."""
+        return self._actions(self._resolve(i))
 
     def _timestamps(self, i: int) -> np.ndarray:
         if i not in self._ts:
-            r = self._row(i)
-            self._ts[i] = self._array(r["shard"], "timestamps")[r["frame_start"] : r["frame_start"] + r["frames"]]
+            s, n = int(self._start_of[i]), int(self._frames_of[i])
+            self._ts[i] = self._array(self._shard_of[i], "timestamps")[s : s + n]
         return self._ts[i]
 
     def _actions(self, i: int) -> ActionTrack | None:
@@ -169,13 +220,13 @@ class FeatureStore:
             self._tracks[i] = track
         return self._tracks[i]
 
-    def _frame(self, shard: str, row: int) -> np.ndarray:
-        arr = self._array(shard, "features")
-        c = arr.chunks[0]
-        key = (shard, row // c)
+    def _chunk(self, shard: str, c: int) -> np.ndarray:
+        key = (shard, c)
         chunk = self._cache.get(key)
         if chunk is None:
-            chunk = arr[key[1] * c : (key[1] + 1) * c]
+            arr = self._array(shard, "features")
+            size = arr.chunks[0]
+            chunk = arr[c * size : (c + 1) * size]
             self._cache[key] = chunk
             self._cached += chunk.nbytes
             while self._cached > self._cache_bytes and len(self._cache) > 1:
@@ -183,29 +234,45 @@ class FeatureStore:
                 self._cached -= old.nbytes
         else:
             self._cache.move_to_end(key)
-        return chunk[row - key[1] * c]
+        return chunk
+
+    def _rows(self, shard: str, start: int, n: int) -> np.ndarray:
+        """Feature rows [start, start+n) of a shard, assembled from whole cached chunks: a
+        trainer reading episodes at random touches storage once per chunk, not per frame."""
+        size = self._array(shard, "features").chunks[0]
+        first, last = start // size, (start + n - 1) // size
+        parts = [self._chunk(shard, c) for c in range(first, last + 1)]
+        block = parts[0] if len(parts) == 1 else np.concatenate(parts)
+        off = start - first * size
+        return block[off : off + n]
 
     def read_pairs(self, episode: np.ndarray, t: np.ndarray, k: int, with_actions: bool = True) -> PairBatch:
-        """Pairs (f_t, f_{t+k}) at given episode rows and frame indices."""
-        episode, t = np.asarray(episode, np.int64), np.asarray(t, np.int64)
+        """Pairs (f_t, f_{t+k}) at given episodes (keys, or rows of this version) and frame indices."""
+        episode = np.asarray([self._resolve(e) for e in np.asarray(episode).tolist()], np.int64)
+        t = np.asarray(t, np.int64)
         if np.any(t < 0) or np.any(t + k >= self._frames_of[episode]):
             raise IndexError(f"pair (t, t+{k}) outside its episode")
-        shards, starts = self._shard_of, self._start_of
-        f_t = np.stack([self._frame(shards[e], starts[e] + ti) for e, ti in zip(episode, t, strict=True)])
-        f_tk = np.stack([self._frame(shards[e], starts[e] + ti + k) for e, ti in zip(episode, t, strict=True)])
-        dts, acts = [], []
-        for e, ti in zip(episode.tolist(), t.tolist(), strict=True):
-            ts = self._timestamps(e)
-            dts.append(ts[ti + k] - ts[ti])
+        n = len(episode)
+        shape = self.token_shape or self.features(int(episode[0])).shape[1:] if n else ()
+        f_t = np.empty((n, *shape), np.float16)
+        f_tk = np.empty((n, *shape), np.float16)
+        dts = np.empty(n)
+        acts: list[np.ndarray | None] = [None] * n
+        for e in np.unique(episode).tolist():  # one read per episode, then vectorised gathers
+            sel = np.flatnonzero(episode == e)
+            feats, ts = self.features(e), self._timestamps(e)
+            ti = t[sel]
+            f_t[sel], f_tk[sel] = feats[ti], feats[ti + k]
+            dts[sel] = ts[ti + k] - ts[ti]
             track = self._actions(e) if with_actions else None
             if track is not None:
                 # [ts_t, ts_t+k) with a quarter control step of slack: frame pts and (often
                 # float32) action timestamps disagree in the last bits.
-                lo, hi = np.searchsorted(track.timestamps, np.array([ts[ti], ts[ti + k]]) - self._slack[e], side="left")
-                acts.append(track.actions[lo:hi])
-            else:
-                acts.append(None)
-        return PairBatch(f_t, f_tk, episode, t, np.asarray(dts), acts)
+                lo = np.searchsorted(track.timestamps, ts[ti] - self._slack[e], side="left")
+                hi = np.searchsorted(track.timestamps, ts[ti + k] - self._slack[e], side="left")
+                for j, a, b in zip(sel.tolist(), lo.tolist(), hi.tolist(), strict=True):
+                    acts[j] = track.actions[a:b]
+        return PairBatch(f_t, f_tk, self.keys[episode], t, dts, acts)
 
     def sample_pairs(self, n: int, k: int, rng: int | np.random.Generator | None = None,
                      with_actions: bool = True) -> PairBatch:
@@ -219,3 +286,7 @@ class FeatureStore:
         episode = np.searchsorted(cum, pos, side="right")
         t = pos - (cum[episode] - valid[episode])
         return self.read_pairs(episode, t, k, with_actions)
+
+
+def _reopen(uri: str, version: str, cache_bytes: int) -> FeatureStore:
+    return FeatureStore.open(uri, version, cache_bytes=cache_bytes)

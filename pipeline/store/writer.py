@@ -27,17 +27,21 @@ import uuid
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
+from typing import TYPE_CHECKING
 
 import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 import zarr
 
-from pipeline.sources.base import ActionTrack, EpisodeRef
 from pipeline.store.backend import WriterLock, open_repo
 from pipeline.store.catalog_file import write_catalog_file
 from pipeline.store.index import read_index, write_index
 from schemas import INDEX_SCHEMA, STORE_LAYOUT_VERSION, EpisodeStatus
+from schemas.records import ActionTrack
+
+if TYPE_CHECKING:  # the store imports no source adapter: trainers never load h5py or LeRobot parsing
+    from pipeline.sources.base import EpisodeRef
 
 log = logging.getLogger(__name__)
 
@@ -237,7 +241,7 @@ class StoreWriter:
             "content_hash": ihash, "status": str(status), "reason": reason, "instruction": ref.instruction,
             "frames": frames, "duration_s": duration, "actions": n_actions, "store_version": None,
             "ingested_at": datetime.now(UTC).replace(microsecond=0), "shard": shard,
-            "frame_start": frame_start, "action_start": action_start,
+            "frame_start": frame_start, "action_start": action_start, "split": ref.split,
         }
 
     def _create_shard(self, name: str) -> zarr.Group:
