@@ -33,12 +33,13 @@ def _fail(message: str) -> None:
 
 def _domain_errors() -> tuple[type[BaseException], ...]:
     """Errors that mean "bad input": shown as one line, never as a traceback."""
+    from model.checkpoint import CheckpointError
     from pipeline.encode import EncoderError
     from pipeline.sources.base import SourceError
     from pipeline.store import StoreBusyError, StoreError, StoreMismatchError
     from schemas import ConfigError
 
-    return (ConfigError, SourceError, StoreError, StoreMismatchError, StoreBusyError, EncoderError)
+    return (ConfigError, SourceError, StoreError, StoreMismatchError, StoreBusyError, EncoderError, CheckpointError)
 
 
 def _env() -> None:
@@ -187,6 +188,11 @@ def catalog(
     for row in summary.quarantined:
         out.print(f"[yellow]quarantined[/yellow] {row['source']}/{row['episode_id']}: {row['reason']}",
                   highlight=False, soft_wrap=True)
+    for ls in summary.label_sets:
+        stale = f", {ls['stale']} stale (episodes redone since)" if ls["stale"] else ""
+        out.print(f"label set {ls['id']}: {ls['labelled']}/{ls['episodes']} episodes ({100 * ls['coverage']:.0f}%)"
+                  f"{stale}; LaWM {ls['lam_dir']}, k = {ls['k_seconds']} s, z dim {ls['dim']}", highlight=False,
+                  soft_wrap=True)
 
 
 @app.command()
@@ -205,6 +211,82 @@ def versions(store: str = typer.Argument(..., help="Store location: local path o
     for v in history:
         table.add_row(v.id, f"{v.written_at:%Y-%m-%d %H:%M:%S}", v.message)
     out.print(table)
+
+
+@app.command("train-lam")
+def train_lam_cmd(
+    store: str = typer.Option(..., help="Store to train from: local path or s3://..."),
+    out_dir: Path = typer.Option(..., "--out", help="Folder for model.safetensors, card.json, curves, checkpoints."),
+    version_id: str = typer.Option(None, "--version", help="Store version (commit id) to read; default: newest."),
+    config: Path = typer.Option(None, help="lam.yaml: pairs / model / optim settings (see configs/lam.yaml)."),
+    steps: int = typer.Option(None, min=1, help="Training steps (overrides optim.steps)."),
+    workers: int = typer.Option(1, min=1, help="Data-parallel workers: >1 runs the same loop under Ray Train (DDP)."),
+    resume: bool = typer.Option(False, help="Continue the run in --out exactly where its last checkpoint stopped."),
+    device: str = typer.Option("auto", help="auto (CUDA with bf16 when present), cpu or cuda."),
+    progress: bool = typer.Option(True, help="Show a progress bar with loss and pairs/s."),
+) -> None:
+    """Train the latent world model (IDM + FDM) on (f_t, f_{t+k}) pairs of a pinned store version.
+
+    Writes OUT/model.safetensors and OUT/card.json (store version, encoder, config, metrics on
+    held-out episodes), metrics.jsonl, TensorBoard events (OUT/tb), metrics.png and curves.png.
+    Ctrl-C checkpoints; --resume continues.
+    """
+    from model.train_lam import train_lam
+    from schemas.training import load_lam_config
+
+    try:
+        cfg = load_lam_config(config)
+        card = train_lam(store, out_dir, cfg, version=version_id, steps=steps, resume=resume, workers=workers,
+                         progress=progress and sys.stderr.isatty(), device=device)
+    except _domain_errors() as e:
+        _fail(str(e).splitlines()[0] if str(e) else type(e).__name__)
+    if card.get("interrupted"):
+        out.print(f"stopped at step {card['steps']}: continue with `lawam train-lam ... --out {out_dir} --resume`")
+        raise typer.Exit(130)
+    m = card["metrics"]
+    out.print(f"LaWM {out_dir}: {card['steps']} steps in {card['wall_time_s']:.0f}s on store "
+              f"{card['store']['version']}; label set {card['label_set']}", highlight=False)
+    line = (f"  held-out forward error {m['forward_mse']:.4f} = {m['forward_over_copy']:.2f}x copying f_t; "
+            f"z explains {100 * m['z_explains']:.0f}% of the gain")
+    if "probe_r2_z" in m:
+        line += f"; probe R^2 z {m['probe_r2_z']:.2f} vs PCA {m['probe_r2_pca']:.2f}"
+    out.print(line, highlight=False)
+
+
+@app.command()
+def label(
+    store: str = typer.Option(..., help="Store to label: local path or s3://..."),
+    lam: Path = typer.Option(..., help="A `lawam train-lam` output folder (model.safetensors + card.json)."),
+    version_id: str = typer.Option(None, "--version", help="Store version to read; default: newest."),
+    export: Path = typer.Option(None, help="Also write (episode, t, z) of the whole label set to this Parquet file."),
+    actors: int = typer.Option(None, min=1, help="Labelling actors (default: one per GPU, else one on every core)."),
+    progress: bool = typer.Option(True, help="Show a progress bar."),
+) -> None:
+    """Label every pair of every episode with the LaWM's latent action, as a label set in the store.
+
+    Only episodes without current labels of this LaWM's set (new, or redone since) are
+    labelled; the labels land in one new commit. Several label sets coexist.
+    """
+    import pyarrow.parquet as pq
+
+    from model.labeler import IdmLabeler
+    from pipeline.label import label_store
+    from pipeline.store import FeatureStore
+
+    try:
+        labeler = IdmLabeler(str(lam))
+        report = label_store(store, labeler, version=version_id, num_actors=actors,
+                             progress=progress and sys.stderr.isatty())
+        if export:
+            table = FeatureStore.open(store, report.version_after or version_id).labels(labeler.set_id).to_table()
+            pq.write_table(table, export)
+    except _domain_errors() as e:
+        _fail(str(e).splitlines()[0] if str(e) else type(e).__name__)
+    out.print(f"label set {report.set_id} in {store}: +{report.episodes} episodes ({report.pairs} pairs, "
+              f"{report.pairs_per_s:.0f} pairs/s), {report.skipped} already labelled; "
+              f"{report.version_before} -> {report.version_after or '(unchanged)'}", highlight=False)
+    if export:
+        out.print(f"exported {table.num_rows} labels to {export}", highlight=False)
 
 
 @app.command()

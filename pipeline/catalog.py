@@ -27,6 +27,7 @@ class CatalogSummary:
     encoder: dict
     sources: list[SourceSummary] = field(default_factory=list)
     quarantined: list[dict] = field(default_factory=list)  # source, episode_id, uri, reason
+    label_sets: list[dict] = field(default_factory=list)  # id, labelled, stale, episodes, coverage, lam_dir, ...
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -46,4 +47,10 @@ def summarize(uri: str, version: str | None = None) -> CatalogSummary:
         ))
     bad = cat.filter(pc.equal(cat["status"], EpisodeStatus.QUARANTINED))
     summary.quarantined = bad.select(["source", "episode_id", "uri", "reason"]).to_pylist()
+    summary.label_sets = [
+        {"id": ls.id, "labelled": ls.labelled, "stale": ls.stale, "episodes": ls.episodes, "coverage": ls.coverage,
+         "lam_dir": ls.attrs.get("lam", {}).get("dir"), "k_seconds": ls.attrs.get("k_seconds"),
+         "dim": ls.attrs.get("dim")}
+        for ls in store.label_sets()
+    ]
     return summary

@@ -23,6 +23,11 @@ class Bar:
         if self._progress is not None:
             self._progress.advance(self._task, n)
 
+    def note(self, text: str) -> None:
+        """Replace the text after the bar (a trainer's loss and pairs/s)."""
+        if self._progress is not None:
+            self._progress.update(self._task, rate=text)
+
     def add_frames(self, n: int) -> None:
         self._frames += n
         if self._progress is not None:

@@ -31,11 +31,11 @@ os.environ.setdefault("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", "0")
 os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
 
 import ray  # noqa: E402
-from ray import exceptions as rex  # noqa: E402
 
 from pipeline.encode import FrozenEncoder  # noqa: E402
 from pipeline.episode_frames import decode_episode_blocks  # noqa: E402
 from pipeline.progress import Bar  # noqa: E402
+from pipeline.ray_runtime import INFRA_ERRORS, ensure_ray  # noqa: E402
 from pipeline.sources import load_actions  # noqa: E402
 from pipeline.sources.base import EpisodeRef  # noqa: E402
 from pipeline.store import StoreWriter  # noqa: E402
@@ -43,18 +43,7 @@ from schemas import EncoderConfig  # noqa: E402
 
 log = logging.getLogger(__name__)
 
-INFRA_ERRORS = (rex.RayActorError, rex.WorkerCrashedError, rex.ObjectLostError, rex.RaySystemError,
-                rex.OutOfMemoryError, rex.TaskCancelledError)
-
-
-def ensure_ray() -> None:
-    """Local Ray by default (all cores, loopback only); `RAY_ADDRESS` selects a cluster."""
-    if ray.is_initialized():
-        return
-    if os.environ.get("RAY_ADDRESS"):
-        ray.init(log_to_driver=False)
-    else:
-        ray.init(num_cpus=os.cpu_count(), include_dashboard=False, log_to_driver=False)
+__all__ = ["INFRA_ERRORS", "IngestRun", "encoder_pool", "ensure_ray"]
 
 
 @ray.remote
@@ -139,13 +128,18 @@ class IngestRun:
         self._inflight: dict = {}  # encode ref -> episode
         self._next_actor = 0
         self._last_commit = time.monotonic()
+        self._decode_cpus = 1.0
 
     def run(self, todo: list[EpisodeRef]) -> RunStats:
         queue = deque(todo)
         # Every CPU the encoders leave free decodes (a GPU encoder outruns one decoder by far);
         # at least two per encoder so the next episode is decoding when one ends.
-        spare_cpus = int(ray.cluster_resources().get("CPU", 1)) - len(self.actors)
+        spare_cpus = max(0, int(ray.cluster_resources().get("CPU", 1)) - len(self.actors))
         max_decoders, max_inflight = max(2 * len(self.actors), spare_cpus), 2 * len(self.actors) + 1
+        # Decoders never claim the encoders' CPUs: with 2 CPUs, two whole-CPU decoders scheduled
+        # before the actor starts held both, paused by backpressure, waiting on an actor that
+        # could never be placed (a deadlock seen on a loaded 2-core machine).
+        self._decode_cpus = round(min(1.0, spare_cpus / max_decoders), 4)
         try:
             while queue or self._gens or self._inflight:
                 while queue and len(self._gens) < max_decoders:
@@ -171,7 +165,8 @@ class IngestRun:
     def _start(self, ref: EpisodeRef) -> None:
         p = self.params_for(ref)
         self.writer.start_episode(ref, p)
-        gen = decode_task.options(num_returns="streaming", _generator_backpressure_num_objects=2).remote(
+        gen = decode_task.options(num_returns="streaming", _generator_backpressure_num_objects=2,
+                                  num_cpus=self._decode_cpus).remote(
             ref, fps=p["fps"], size=p["size"], resize=p["resize"], max_seconds=p["max_seconds"],
             block_frames=self.block_frames, decoder=self.decoder)
         self._gens[gen] = _Episode(ref, p, actions_task.remote(ref))

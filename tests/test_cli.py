@@ -14,7 +14,7 @@ from typer.testing import CliRunner
 from flows.cli import app
 
 runner = CliRunner()
-COMMANDS = ["samples", "ingest", "catalog", "versions", "demo", "version"]
+COMMANDS = ["samples", "ingest", "catalog", "versions", "demo", "version", "train-lam", "label"]
 
 
 def test_help_lists_every_command():

@@ -1,0 +1,100 @@
+"""Checkpoints: `model.safetensors` + `card.json`, and the resumable trainer state beside them.
+
+    DIR/model.safetensors   weights and buffers (feature mean/std included); nothing is pickled
+    DIR/card.json           what the model is and what it was made from (lineage)
+    DIR/resume/             optimizer, scheduler, RNG and data position of the last checkpoint
+
+A card names the store (uri + version) and encoder identity it read, the config it was built
+with and the sha256 of its weights file; a label set is keyed by that hash. Loading reads
+safetensors and `torch.load(weights_only=True)` only: a checkpoint from anywhere can be opened
+without running its code.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+from importlib.metadata import PackageNotFoundError, version
+from pathlib import Path
+from typing import Any
+
+import torch
+from safetensors.torch import load_file, save_file
+
+WEIGHTS = "model.safetensors"
+CARD = "card.json"
+RESUME = "resume"
+
+
+class CheckpointError(ValueError):
+    """A checkpoint folder is missing, incomplete or of another kind."""
+
+
+def lawam_version() -> str:
+    try:
+        return version("lawam")
+    except PackageNotFoundError:  # running from a source tree without an install
+        return "0+unknown"
+
+
+def _atomic_write(path: Path, data: bytes) -> None:
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_bytes(data)
+    os.replace(tmp, path)
+
+
+def file_sha256(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()
+
+
+def save_weights(module: torch.nn.Module, out_dir: Path) -> str:
+    """Write DIR/model.safetensors atomically; returns the sha256 of the file."""
+    out_dir.mkdir(parents=True, exist_ok=True)
+    state = {k: v.detach().cpu().contiguous() for k, v in module.state_dict().items()}
+    tmp = out_dir / (WEIGHTS + ".tmp")
+    save_file(state, str(tmp))
+    os.replace(tmp, out_dir / WEIGHTS)
+    return file_sha256(out_dir / WEIGHTS)
+
+
+def write_card(out_dir: Path, card: dict[str, Any]) -> None:
+    _atomic_write(out_dir / CARD, json.dumps(card, indent=2, default=str).encode())
+
+
+def read_card(out_dir: str | Path, kind: str | None = None) -> dict[str, Any]:
+    out_dir = Path(out_dir)
+    path = out_dir / CARD
+    if not path.is_file() or not (out_dir / WEIGHTS).is_file():
+        raise CheckpointError(f"{out_dir}: no {CARD} and {WEIGHTS} here (is it a training output folder?)")
+    try:
+        card = json.loads(path.read_text())
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
+        raise CheckpointError(f"{path}: unreadable card: {e}") from None
+    if kind and card.get("kind") != kind:
+        raise CheckpointError(f"{out_dir}: a {card.get('kind')!r} checkpoint, expected {kind!r}")
+    return card
+
+
+def load_weights(module: torch.nn.Module, out_dir: str | Path) -> None:
+    module.load_state_dict(load_file(str(Path(out_dir) / WEIGHTS), device="cpu"))
+
+
+def save_resume_state(out_dir: Path, rank: int, state: dict[str, Any]) -> None:
+    """Optimizer/scheduler/RNG/position of one rank, atomically (torch tensors and plain values only)."""
+    d = out_dir / RESUME
+    d.mkdir(parents=True, exist_ok=True)
+    tmp = d / f"rank{rank}.pt.tmp"
+    torch.save(state, tmp)
+    os.replace(tmp, d / f"rank{rank}.pt")
+
+
+def load_resume_state(out_dir: Path, rank: int) -> dict[str, Any] | None:
+    path = out_dir / RESUME / f"rank{rank}.pt"
+    if not path.is_file():
+        return None
+    return torch.load(path, map_location="cpu", weights_only=True)

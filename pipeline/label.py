@@ -1,0 +1,199 @@
+"""Labelling: an inverse-dynamics model over every pair of every episode, into a label set.
+
+    from model.labeler import IdmLabeler
+    report = label_store("data/demo/store", IdmLabeler("runs/lam"))
+
+The job knows nothing of the model (datatrove's step/executor split): `labeler` is any
+picklable object with `set_id`, `attrs`, `k_seconds`, `encoder` and, called on a worker,
+returning a function `(f_t, f_tk) -> z` or `-> (z, codes)` over numpy batches.
+
+1. plan    — under the store's writer lock, the episodes of the newest commit that lack
+             current labels of this set (never labelled, or redone since). Nothing to do:
+             no Ray, no model, no commit.
+2. infer   — `LabelActor`s (one per GPU, else one using every core) reopen the store by
+             `(uri, version)`, read whole episodes and run the model on batches of pairs
+             (t, t + k) with k = k_seconds at the episode's rate. At most two tasks per actor
+             are in flight (backpressure); features never pass through the driver.
+3. write   — the driver buffers the labels and publishes them in one commit at the end: a
+             run killed mid-way leaves no label of that run visible.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import time
+from collections import deque
+from dataclasses import dataclass
+from typing import Any, Protocol
+
+import numpy as np
+
+from pipeline.progress import progress_bar
+from pipeline.ray_runtime import ensure_ray
+from pipeline.store import FeatureStore, StoreMismatchError
+from pipeline.store.labels import LabelWriter
+from pipeline.store.pairs import k_frames_for
+
+log = logging.getLogger(__name__)
+
+
+class Labeler(Protocol):
+    set_id: str  # label set id (keyed by the model's weights hash)
+    attrs: dict[str, Any]  # stored with the set: what made it (lineage)
+    k_seconds: float  # the model's frame gap
+    encoder: dict[str, Any]  # the encoder identity of the features it was trained on
+
+    def __call__(self): ...  # on the worker: load the model, return fn(f_t, f_tk) -> z | (z, codes)
+
+
+@dataclass
+class LabelReport:
+    store: str
+    set_id: str
+    version_before: str
+    version_after: str | None  # None when nothing was labelled
+    episodes: int = 0  # labelled in this run
+    pairs: int = 0
+    skipped: int = 0  # already had current labels
+    seconds: float = 0.0
+
+    @property
+    def pairs_per_s(self) -> float:
+        return self.pairs / self.seconds if self.seconds else 0.0
+
+    def to_markdown(self) -> str:
+        rows = [("label set", f"`{self.set_id}`"), ("episodes labelled", self.episodes),
+                ("episodes skipped (labels current)", self.skipped), ("pairs", self.pairs),
+                ("throughput", f"{self.pairs_per_s:.0f} pairs/s"),
+                ("store version", f"{self.version_before} → {self.version_after or '(unchanged)'}")]
+        return f"## Labels in `{self.store}`\n\n| | |\n|---|---|\n" + "".join(f"| {a} | {b} |\n" for a, b in rows)
+
+
+def _label_episodes(store: FeatureStore, fn, keys: list[str], k_seconds: float,
+                    batch_pairs: int) -> list[tuple[str, str, int, np.ndarray, np.ndarray | None]]:
+    """(key, content_hash, k, z, codes) for each episode: pairs of several episodes are
+    batched together, so short clips still fill a forward pass."""
+    hashes = store.episodes()["content_hash"].to_pylist()
+    metas, f_t, f_tk = [], [], []
+    for key in keys:
+        row = store.row(key)
+        feats = store.features(row)
+        k = int(k_frames_for(store.fps[row], k_seconds))
+        n = max(0, len(feats) - k)
+        metas.append((key, hashes[row], k, n))
+        f_t.append(feats[:n])
+        f_tk.append(feats[k : k + n])
+    a, b = np.concatenate(f_t), np.concatenate(f_tk)
+    zs, codes = [], []
+    for s in range(0, len(a), batch_pairs):
+        out = fn(a[s : s + batch_pairs], b[s : s + batch_pairs])
+        z, c = out if isinstance(out, tuple) else (out, None)
+        zs.append(np.asarray(z, np.float32))
+        if c is not None:
+            codes.append(np.asarray(c, np.int32))
+    z_all = np.concatenate(zs) if zs else np.zeros((0, 0), np.float32)
+    c_all = np.concatenate(codes) if codes else None
+    results, at = [], 0
+    for key, h, k, n in metas:
+        results.append((key, h, k, z_all[at : at + n], None if c_all is None else c_all[at : at + n]))
+        at += n
+    return results
+
+
+def _actor_class():
+    import ray
+
+    @ray.remote
+    class LabelActor:
+        """Holds one model (loaded here, on the worker) and a store handle reopened by version."""
+
+        def __init__(self, store: FeatureStore, labeler: Labeler, threads: int, batch_pairs: int):
+            import torch
+
+            torch.set_num_threads(threads)
+            self.store, self.k_seconds, self.batch_pairs = store, labeler.k_seconds, batch_pairs
+            self.fn = labeler()
+
+        def label(self, keys: list[str]):
+            return _label_episodes(self.store, self.fn, keys, self.k_seconds, self.batch_pairs)
+
+    return LabelActor
+
+
+def _tasks(store: FeatureStore, keys: list[str], pairs_per_task: int) -> list[list[str]]:
+    """Group episodes into tasks of about `pairs_per_task` frames each."""
+    out, cur, n = [], [], 0
+    for key in keys:
+        cur.append(key)
+        n += int(store.frames[store.row(key)])
+        if n >= pairs_per_task:
+            out.append(cur)
+            cur, n = [], 0
+    if cur:
+        out.append(cur)
+    return out
+
+
+def label_store(uri: str, labeler: Labeler, *, version: str | None = None, num_actors: int | None = None,
+                batch_pairs: int = 1024, pairs_per_task: int = 8192, use_ray: bool = True,
+                progress: bool = True) -> LabelReport:
+    """Label every episode of the store (at `version`, default the newest) that lacks current
+    labels of `labeler.set_id`; one new commit. `use_ray=False` runs in this process."""
+    t0 = time.monotonic()
+    with LabelWriter.open(uri, labeler.set_id, labeler.attrs) as writer:
+        store = FeatureStore.open(uri, version or writer.parent_version)
+        if store.encoder != labeler.encoder:
+            raise StoreMismatchError(
+                f"label set {labeler.set_id}: its LaWM was trained on features of encoder "
+                f"{labeler.encoder.get('model')!r} ({labeler.encoder.get('weights')}); store {uri!r} holds "
+                f"{store.encoder.get('model')!r} ({store.encoder.get('weights')}): labels would be meaningless")
+        todo = writer.todo(store)
+        report = LabelReport(uri, labeler.set_id, writer.parent_version, None, skipped=len(store) - len(todo))
+        if not todo:
+            report.seconds = time.monotonic() - t0
+            return report
+        tasks = _tasks(store, todo, pairs_per_task)
+        with progress_bar("label", total=len(todo), enabled=progress, unit="episodes") as bar:
+            results = _run_ray(store, labeler, tasks, num_actors, batch_pairs) if use_ray else (
+                _label_episodes(store, labeler(), keys, labeler.k_seconds, batch_pairs) for keys in tasks)
+            for batch in results:
+                for key, h, k, z, codes in batch:
+                    writer.put(key, h, z, k, codes)
+                    report.episodes += 1
+                    report.pairs += len(z)
+                bar.advance(len(batch))
+        report.version_after = writer.commit(f"label {labeler.set_id}: +{report.episodes} episodes",
+                                             {"label_set": labeler.set_id, "read_version": store.version})
+    report.seconds = time.monotonic() - t0
+    return report
+
+
+def _run_ray(store: FeatureStore, labeler: Labeler, tasks: list[list[str]], num_actors: int | None,
+             batch_pairs: int):
+    import ray
+
+    ensure_ray()
+    gpus = int(ray.cluster_resources().get("GPU", 0))
+    actor_cls = _actor_class()
+    if gpus:
+        actors = [actor_cls.options(num_gpus=1, num_cpus=1).remote(store, labeler, 4, batch_pairs)
+                  for _ in range(num_actors or gpus)]
+    else:
+        n = num_actors or 1
+        threads = max(1, (os.cpu_count() or 1) // n)
+        actors = [actor_cls.options(num_cpus=1).remote(store, labeler, threads, batch_pairs) for _ in range(n)]
+    pending: deque = deque()
+    queue = deque(tasks)
+    free = deque(actors * 2)  # two tasks in flight per actor: one running, one queued
+    try:
+        while queue or pending:
+            while queue and free:
+                actor = free.popleft()
+                pending.append((actor, actor.label.remote(queue.popleft())))
+            actor, ref = pending.popleft()
+            yield ray.get(ref)  # in submission order: the writer sees episodes deterministically
+            free.append(actor)
+    finally:
+        for a in actors:
+            ray.kill(a)

@@ -1,0 +1,286 @@
+"""Training pairs from one pinned store version, torch-free: what every trainer reads.
+
+    reader = PairReader(FeatureStore.open(uri, version), PairQuery(k_seconds=0.5, split="train"))
+    for rows, t in reader.batch_indices(epoch=0, batch_size=256):   # index-level plan, no I/O
+        batch = reader.read(rows, t)                                 # numpy dict, one read per episode
+
+Promises (DESIGN.md, "Training"):
+- `k` is in **seconds**, converted per episode at the rate it was sampled, so sources of
+  different fps give pairs of the same time gap.
+- The held-out split is by **episode** (a hash of its key, or the source's own split), never
+  by frame, and is the same in every store version: keys are identities, rows are not.
+- **Every pair once per epoch**: an epoch is a permutation of all (episode, t) pairs of the
+  selection, cut into windows of consecutive episodes; windows are dealt round-robin to the
+  `num_shards` readers (DataLoader workers × Ray Train ranks). The shards partition the
+  epoch: no pair is read twice, none is skipped. Per-source mixing weights, when given,
+  replace "once" by "in proportion" (whole episodes repeated or dropped per epoch).
+- Reads are per episode (contiguous rows of a shard through the store's chunk cache), and a
+  window's pairs are shuffled in memory: random order without random I/O.
+- The plan is computed from the index alone, so a resumed run skips the batches it already
+  consumed without reading them.
+
+The FeatureStore inside pickles as `(uri, version)`: a copy sent to another process reopens
+exactly the version this reader was built on.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from pipeline.store.reader import FeatureStore
+
+log = logging.getLogger(__name__)
+
+HELDOUT_SPLITS = frozenset({"val", "valid", "validation", "test", "heldout", "eval"})
+
+
+@dataclass(frozen=True)
+class PairQuery:
+    """Which pairs to read and what comes with them (the fields of `schemas.PairsConfig`)."""
+
+    k_seconds: float = 0.5  # gap between f_t and f_{t+k}
+    horizon: int = 5  # action chunk length H
+    action_rate: float | None = 10.0  # Hz of the chunk; None = each episode's control rate
+    sources: tuple[str, ...] = ()  # empty = every source
+    kinds: tuple[str, ...] = ()  # empty = robot and human
+    split: str = "train"  # train | heldout | all
+    heldout_fraction: float = 0.1
+    weights: dict[str, float] = field(default_factory=dict)  # per-source mixing; empty = by size
+    seed: int = 0
+    label_set: str | None = None  # serve labels of this set (stage 2)
+
+    @classmethod
+    def from_config(cls, cfg, **overrides) -> PairQuery:
+        """From a `schemas.training.PairsConfig` (or anything with the same fields)."""
+        kw = {"k_seconds": cfg.k_seconds, "horizon": cfg.horizon, "action_rate": cfg.action_rate,
+              "sources": tuple(cfg.sources), "kinds": tuple(cfg.kinds), "heldout_fraction": cfg.heldout_fraction,
+              "weights": dict(cfg.weights), "seed": cfg.seed}
+        return cls(**{**kw, **overrides})
+
+
+def is_heldout(key: str, split: str | None, fraction: float) -> bool:
+    """Deterministic by episode key (stable across versions and machines); a source's own
+    split decides when it names one."""
+    if split:
+        return split.lower() in HELDOUT_SPLITS
+    h = int.from_bytes(hashlib.sha256(key.encode()).digest()[:8], "big")
+    return h / 2**64 < fraction
+
+
+def k_frames_for(fps: np.ndarray | float, k_seconds: float) -> np.ndarray:
+    """The gap in frames at each episode's rate (at least one frame)."""
+    return np.maximum(1, np.rint(np.asarray(fps, np.float64) * k_seconds)).astype(np.int64)
+
+
+class PairReader:
+    """Selects episodes of a store version, plans epochs of pairs, reads them as numpy batches."""
+
+    def __init__(self, store: FeatureStore, query: PairQuery):
+        if query.split not in ("train", "heldout", "all"):
+            raise ValueError(f"split {query.split!r}: use train, heldout or all")
+        self.store, self.query = store, query
+        table = store.episodes()
+        sources = np.array(table["source"].to_pylist(), dtype=object)
+        kinds = np.array(table["kind"].to_pylist(), dtype=object)
+        splits = table["split"].to_pylist()
+        keep = np.ones(len(store), bool)
+        if query.sources:
+            unknown = set(query.sources) - set(sources.tolist())
+            if unknown:
+                raise ValueError(f"no source {sorted(unknown)!r} in store version {store.version}; "
+                                 f"it has {sorted(set(sources.tolist()))!r}")
+            keep &= np.isin(sources, list(query.sources))
+        if query.kinds:
+            keep &= np.isin(kinds, list(query.kinds))
+        if query.split != "all":
+            held = np.array([is_heldout(k, s, query.heldout_fraction) for k, s in zip(store.keys, splits, strict=True)],
+                            bool)
+            keep &= held if query.split == "heldout" else ~held
+        self.rows = np.flatnonzero(keep)  # rows of the store version
+        self.keys = store.keys[self.rows]
+        self.sources = sources[self.rows]
+        self.robot = kinds[self.rows] == "robot"
+        self.instructions = np.array(table["instruction"].to_pylist(), dtype=object)[self.rows]
+        self.k = k_frames_for(store.fps[self.rows], query.k_seconds)
+        self.n_pairs = np.clip(store.frames[self.rows] - self.k, 0, None)
+        self._labels = store.labels(query.label_set) if query.label_set else None
+        self.action_dim, self.state_dim = self._dims()
+
+    def __len__(self) -> int:
+        """Pairs per epoch (without mixing weights)."""
+        return int(self.n_pairs.sum())
+
+    @property
+    def label_dim(self) -> int:
+        return self._labels.dim if self._labels is not None else 0
+
+    def _dims(self) -> tuple[int, int]:
+        for i in np.flatnonzero(self.robot):
+            track = self.store.actions(int(self.rows[i]))
+            if track is not None:
+                return track.actions.shape[1], 0 if track.state is None else track.state.shape[1]
+        return 0, 0
+
+    # -- planning (index only, no I/O) -------------------------------------------------
+    def epoch_order(self, epoch: int) -> np.ndarray:
+        """Selected-episode indices in this epoch's order (repeated or dropped by mixing weights)."""
+        rng = np.random.default_rng([self.query.seed, epoch])
+        eps = np.flatnonzero(self.n_pairs > 0)
+        if self.query.weights:
+            eps = self._mix(eps, rng)
+        return rng.permutation(eps)
+
+    def _mix(self, eps: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+        w = self.query.weights
+        missing = set(self.sources[eps].tolist()) - set(w)
+        if missing:
+            raise ValueError(f"weights name no weight for sources {sorted(missing)!r}; give every source one")
+        total_w = sum(w[s] for s in set(self.sources[eps].tolist()))
+        total = self.n_pairs[eps].sum()
+        out = []
+        for s in sorted(set(self.sources[eps].tolist())):
+            mine = eps[self.sources[eps] == s]
+            ratio = (w[s] / total_w) * total / max(self.n_pairs[mine].sum(), 1)
+            whole, frac = int(np.floor(ratio)), ratio - np.floor(ratio)
+            out.extend([mine] * whole)
+            out.append(rng.choice(mine, size=int(round(frac * len(mine))), replace=False))
+        return np.concatenate(out) if out else eps[:0]
+
+    def windows(self, epoch: int, shard: int = 0, num_shards: int = 1,
+                window_pairs: int = 8192) -> Iterator[tuple[np.ndarray, np.ndarray]]:
+        """This shard's windows of one epoch, each (episode index, t) shuffled within itself."""
+        order = self.epoch_order(epoch)
+        counts = self.n_pairs[order]
+        total = int(counts.sum())
+        if total == 0:
+            return
+        size = max(1, min(window_pairs, -(-total // num_shards)))
+        cum = np.concatenate([[0], np.cumsum(counts)])
+        for w in range(shard, -(-total // size), num_shards):
+            lo, hi = w * size, min((w + 1) * size, total)
+            first, last = np.searchsorted(cum, lo, "right") - 1, np.searchsorted(cum, hi, "left")
+            eps, ts = [], []
+            for j in range(first, last):
+                a, b = max(lo, cum[j]) - cum[j], min(hi, cum[j + 1]) - cum[j]
+                eps.append(np.full(b - a, order[j], np.int64))
+                ts.append(np.arange(a, b, dtype=np.int64))
+            e, t = np.concatenate(eps), np.concatenate(ts)
+            perm = np.random.default_rng([self.query.seed, epoch, w]).permutation(len(e))
+            yield e[perm], t[perm]
+
+    def batch_indices(self, batch_size: int, *, epoch: int = 0, epochs: int | None = 1, shard: int = 0,
+                      num_shards: int = 1, window_pairs: int = 8192) -> Iterator[tuple[int, np.ndarray, np.ndarray]]:
+        """(epoch, episode index, t) batches of this shard, epochs after epochs (None = forever).
+        The last batch of an epoch may be short; batches never span two epochs."""
+        if len(self) == 0:
+            raise ValueError(f"no pairs at k={self.query.k_seconds}s in the selection "
+                             f"({len(self.rows)} episodes of store version {self.store.version})")
+        e = epoch
+        while epochs is None or e < epoch + epochs:
+            buf_e: list[np.ndarray] = []
+            buf_t: list[np.ndarray] = []
+            n = 0
+            for we, wt in self.windows(e, shard, num_shards, window_pairs):
+                buf_e.append(we)
+                buf_t.append(wt)
+                n += len(we)
+                if n >= batch_size:
+                    all_e, all_t = np.concatenate(buf_e), np.concatenate(buf_t)
+                    cut = (n // batch_size) * batch_size
+                    for s in range(0, cut, batch_size):
+                        yield e, all_e[s : s + batch_size], all_t[s : s + batch_size]
+                    buf_e, buf_t, n = [all_e[cut:]], [all_t[cut:]], n - cut
+            if n:
+                yield e, np.concatenate(buf_e), np.concatenate(buf_t)
+            e += 1
+
+    # -- reading -----------------------------------------------------------------------
+    def read(self, eps: np.ndarray, t: np.ndarray) -> dict[str, np.ndarray]:
+        """The batch at (selected-episode index, t): features, gap, state, action chunk, labels."""
+        n, q = len(eps), self.query
+        T = self.store.token_shape
+        out = {
+            "f_t": np.empty((n, *T), np.float16), "f_tk": np.empty((n, *T), np.float16),
+            "dt": np.zeros(n, np.float32), "t": t.astype(np.int64),
+            "episode": self.keys[eps], "source": self.sources[eps], "instruction": self.instructions[eps],
+            "robot": self.robot[eps].copy(),
+            "state_t": np.zeros((n, self.state_dim), np.float32), "state_tk": np.zeros((n, self.state_dim), np.float32),
+            "state_mask": np.zeros(n, bool),
+            "actions": np.zeros((n, q.horizon, self.action_dim), np.float32),
+            "action_mask": np.zeros((n, q.horizon), bool),
+        }
+        if self._labels is not None:
+            out["label"] = np.zeros((n, self._labels.dim), np.float32)
+            out["label_mask"] = np.zeros(n, bool)
+        for e in np.unique(eps).tolist():
+            sel = np.flatnonzero(eps == e)
+            self._fill(out, sel, e, t[sel])
+        return out
+
+    def _fill(self, out: dict, sel: np.ndarray, e: int, t: np.ndarray) -> None:
+        row, k = int(self.rows[e]), int(self.k[e])
+        feats, ts = self.store.features(row), self.store.timestamps(row)
+        out["f_t"][sel], out["f_tk"][sel] = feats[t], feats[t + k]
+        out["dt"][sel] = ts[t + k] - ts[t]
+        track = self.store.actions(row) if self.robot[e] else None
+        if track is not None and len(track.timestamps):
+            self._fill_actions(out, sel, track, ts[t], ts[t + k])
+        if self._labels is not None:
+            z = self._labels.episode(self.keys[e])
+            if z is not None:
+                ok = t < len(z)
+                out["label"][sel[ok]] = z[t[ok]]
+                out["label_mask"][sel[ok]] = True
+
+    def _fill_actions(self, out: dict, sel: np.ndarray, track, t0: np.ndarray, t1: np.ndarray) -> None:
+        A, S = self.action_dim, self.state_dim
+        if track.actions.shape[1] != A or (track.state is not None and track.state.shape[1] != S):
+            raise ValueError(f"episode actions/state of shape {track.actions.shape[1:]}/"
+                             f"{None if track.state is None else track.state.shape[1:]} differ from the selection's "
+                             f"({A},)/({S},): select sources with one action space (pairs.sources)")
+        rate = self.query.action_rate or track.rate or 1.0
+        ats = track.timestamps
+        slack = 0.25 / (track.rate or rate)  # frame pts and float32 action stamps differ in the last bits
+        tau = t0[:, None] + np.arange(self.query.horizon)[None, :] / rate  # (n, H) chunk step times
+        idx = np.searchsorted(ats, tau - slack, side="left")
+        valid = (idx < len(ats)) & (tau <= ats[-1] + slack)
+        idx = np.minimum(idx, len(ats) - 1)
+        out["actions"][sel] = np.where(valid[..., None], track.actions[idx], 0.0)
+        out["action_mask"][sel] = valid
+        if track.state is not None and S:
+            i0 = np.minimum(np.searchsorted(ats, t0 - slack, side="left"), len(ats) - 1)
+            i1 = np.minimum(np.searchsorted(ats, t1 - slack, side="left"), len(ats) - 1)
+            out["state_t"][sel], out["state_tk"][sel] = track.state[i0], track.state[i1]
+            out["state_mask"][sel] = True
+
+    def episode_pairs(self, e: int) -> dict[str, np.ndarray]:
+        """Every pair of one selected episode, in order of t (labelling, evaluation)."""
+        t = np.arange(int(self.n_pairs[e]), dtype=np.int64)
+        return self.read(np.full(len(t), e, np.int64), t)
+
+    def feature_stats(self, max_frames: int = 50_000, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
+        """Per-dimension mean and std (D,) of the selection's features, over frames and tokens,
+        from whole episodes in random order until `max_frames` frames are seen."""
+        rng = np.random.default_rng(seed)
+        total = np.zeros(self.store.token_shape[-1]) if self.store.token_shape else None
+        s1 = s2 = total
+        count, seen = 0, 0
+        for e in rng.permutation(len(self.rows)):
+            f = self.store.features(int(self.rows[e])).astype(np.float64)
+            f = f.reshape(-1, f.shape[-1])
+            s1 = f.sum(0) + (0 if s1 is None else s1)
+            s2 = (f * f).sum(0) + (0 if s2 is None else s2)
+            count += len(f)
+            seen += self.store.frames[int(self.rows[e])]
+            if seen >= max_frames:
+                break
+        if not count:
+            raise ValueError("no frames in the selection to compute feature statistics from")
+        mean = s1 / count
+        std = np.sqrt(np.maximum(s2 / count - mean**2, 0.0))
+        return mean.astype(np.float32), std.astype(np.float32)

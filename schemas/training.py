@@ -1,0 +1,95 @@
+"""Validated configs of the trainers: what pairs they read and how the models are built.
+
+`LamConfig` is the file behind `lawam train-lam --config lam.yaml`; every field has a
+default small enough to train in minutes on a 2-core CPU, and unknown fields fail at
+load time (a typo never silently falls back to a default).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated, Literal
+
+from pydantic import Field, model_validator
+
+from schemas.config import ConfigError, _read_yaml, _Strict, _validate
+
+
+class PairsConfig(_Strict):
+    """Which frame pairs (f_t, f_{t+k}) a trainer reads from the store, and what comes with them."""
+
+    # Gap between the two frames, in seconds; converted per episode at its sampling fps
+    # (the public LaWAM default is 1.2-1.6 s; 0.5 s suits the short Meta-World samples).
+    k_seconds: Annotated[float, Field(gt=0)] = 0.5
+    horizon: Annotated[int, Field(ge=1)] = 5  # action-chunk length H, in steps at action_rate
+    action_rate: Annotated[float | None, Field(gt=0)] = 10.0  # Hz of the chunk; None = the source's control rate
+    sources: list[str] = Field(default_factory=list)  # only these source ids; empty = all
+    kinds: list[Literal["robot", "human"]] = Field(default_factory=list)  # only these kinds; empty = both
+    # Episodes held out for metrics: chosen by a hash of the episode key (never by frame), so
+    # the split is the same in every store version; a source's own split ("val", "test") wins.
+    heldout_fraction: Annotated[float, Field(ge=0, lt=1)] = 0.1
+    # Per-source mixing weights (share of each epoch); empty = in proportion to their pairs.
+    weights: dict[str, Annotated[float, Field(ge=0)]] = Field(default_factory=dict)
+    seed: int = 0  # shuffles pairs; with the same seed the order of pairs is the same
+
+
+class LamModelConfig(_Strict):
+    """The latent world model: inverse dynamics (IDM) + bottleneck + forward model (FDM)."""
+
+    width: Annotated[int, Field(ge=8)] = 192  # transformer width of IDM and FDM
+    heads: Annotated[int, Field(ge=1)] = 4
+    idm_layers: Annotated[int, Field(ge=1)] = 2
+    fdm_layers: Annotated[int, Field(ge=1)] = 2
+    queries: Annotated[int, Field(ge=1)] = 1  # learned query tokens of the IDM (LaWAM: 1; UniVLA: 4)
+    bottleneck: Literal["vae", "vq"] = "vae"  # continuous (small KL) or vector-quantised
+    code_dim: Annotated[int, Field(ge=1)] = 32  # per query; z has queries * code_dim numbers
+    kl_beta: Annotated[float, Field(ge=0)] = 1e-4  # vae: weight of the KL term
+    vq_codes: Annotated[int, Field(ge=2)] = 16  # vq: codebook size
+    vq_beta: Annotated[float, Field(ge=0)] = 0.25  # vq: commitment weight
+    vq_restart_every: Annotated[int, Field(ge=0)] = 100  # vq: steps between dead-code restarts; 0 = never
+    aux_weight: Annotated[float, Field(ge=0)] = 0.1  # auxiliary head z -> state change, when state exists
+    # Separate Gaussian noise (in standardised units) on the IDM's and the FDM's inputs, so the
+    # decoder cannot read the future from the latent through shared input details.
+    idm_noise: Annotated[float, Field(ge=0)] = 0.05
+    fdm_noise: Annotated[float, Field(ge=0)] = 0.05
+    dropout: Annotated[float, Field(ge=0, lt=1)] = 0.0
+
+    @model_validator(mode="after")
+    def _heads_divide_width(self) -> LamModelConfig:
+        if self.width % self.heads:
+            raise ValueError(f"width {self.width} must be a multiple of heads {self.heads}")
+        return self
+
+
+class OptimConfig(_Strict):
+    """AdamW with linear warm-up then cosine decay, and gradient clipping."""
+
+    steps: Annotated[int, Field(ge=1)] = 2000
+    batch_size: Annotated[int, Field(ge=1)] = 128  # pairs per step (per worker under Ray Train)
+    lr: Annotated[float, Field(gt=0)] = 1e-3
+    weight_decay: Annotated[float, Field(ge=0)] = 0.01
+    warmup_steps: Annotated[int, Field(ge=0)] = 100
+    min_lr_ratio: Annotated[float, Field(ge=0, le=1)] = 0.05  # cosine floor, as a fraction of lr
+    grad_clip: Annotated[float, Field(gt=0)] = 1.0
+    eval_every: Annotated[int, Field(ge=0)] = 500  # steps between held-out evaluations; 0 = only at the end
+    checkpoint_every: Annotated[int, Field(ge=0)] = 500  # steps between resumable checkpoints; 0 = only at the end
+    loader_workers: Annotated[int, Field(ge=0)] = 0  # DataLoader worker processes per trainer
+    seed: int = 0  # model init and noise
+
+
+class LamConfig(_Strict):
+    """Everything `lawam train-lam` needs besides the store: pairs, model, optimiser."""
+
+    pairs: PairsConfig = PairsConfig()
+    model: LamModelConfig = LamModelConfig()
+    optim: OptimConfig = OptimConfig()
+
+
+def load_lam_config(path: str | Path | None) -> LamConfig:
+    """Load `lam.yaml` (all fields optional); None gives the defaults."""
+    if path is None:
+        return LamConfig()
+    path = Path(path)
+    if not path.is_file():
+        raise ConfigError(f"{path}: no such file")
+    return _validate(LamConfig, _read_yaml(path), path)
