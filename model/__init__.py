@@ -1,5 +1,5 @@
-"""LaWM / LaWAM models, trainers and torch datasets (next issues).
+"""LaWM / LaWAM models, trainers and the torch dataset layer over the feature store.
 
-Reads the feature store only through `pipeline.store` (FeatureStore.sample_pairs /
-read_pairs / episode), pinned to a version it records with each checkpoint.
+Reads the store only through `pipeline.store` (FeatureStore, pairs.PairReader, label sets),
+pinned to a version it records with each checkpoint.
 """

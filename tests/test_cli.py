@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import subprocess
@@ -107,3 +108,24 @@ def test_demo_end_to_end_and_again_does_nothing(tmp_path):
     again = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=600, cwd=repo)
     assert again.returncode == 0, again.stderr[-3000:]
     assert "(cached)" in again.stdout and "added 0, skipped 8" in again.stdout and "(unchanged)" in again.stdout
+
+    # Stage 1 on the demo store, as the README goes on: train-lam, label, then the dataset serves the labels.
+    store, lam = str(tmp_path / "demo" / "store"), tmp_path / "lam"
+    train = subprocess.run([sys.executable, "-m", "flows.cli", "train-lam", "--store", store, "--out", str(lam),
+                            "--steps", "20"], capture_output=True, text=True, env=env, timeout=600, cwd=repo)
+    assert train.returncode == 0, train.stdout[-2000:] + train.stderr[-3000:]
+    assert "held-out forward error" in train.stdout and (lam / "card.json").is_file()
+    label = subprocess.run([sys.executable, "-m", "flows.cli", "label", "--store", store, "--lam", str(lam)],
+                           capture_output=True, text=True, env=env, timeout=600, cwd=repo)
+    assert label.returncode == 0, label.stdout[-2000:] + label.stderr[-3000:]
+    assert "+8 episodes" in label.stdout
+
+    from model.data import collect
+    from pipeline.store import FeatureStore
+    from pipeline.store.pairs import PairQuery
+
+    card = json.loads((lam / "card.json").read_text())
+    batch = collect(FeatureStore.open(store), PairQuery(k_seconds=card["k_seconds"], split="all",
+                                                        label_set=card["label_set"]))
+    assert batch["label_mask"].all() and batch["label"].shape[1] == card["latent_dim"]
+    assert batch["robot"].any() and batch["action_mask"][batch["robot"]].any()

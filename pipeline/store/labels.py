@@ -25,6 +25,7 @@ from __future__ import annotations
 import logging
 import re
 import uuid
+from collections import OrderedDict
 from dataclasses import dataclass
 from datetime import UTC, datetime
 
@@ -43,6 +44,7 @@ log = logging.getLogger(__name__)
 LABELS_GROUP = "labels"
 _SET_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
 _FLUSH_BYTES = 64 << 20  # buffered label rows are written in blocks of about this size
+_CACHE_BYTES = 128 << 20  # labels a reader keeps in memory (a trainer reads each episode many times)
 
 
 def label_set_id(weights_hash: str) -> str:
@@ -84,6 +86,8 @@ class LabelSet:
         self._rows = table["rows"].to_numpy()
         self._k = table["k_frames"].to_numpy()
         self._arrays: dict[str, zarr.Array] = {}
+        self._cache: OrderedDict[str, np.ndarray] = OrderedDict()  # episode key -> z, LRU
+        self._cached = 0
 
     @classmethod
     def open(cls, store: FeatureStore, set_id: str) -> LabelSet:
@@ -117,8 +121,16 @@ class LabelSet:
         i = self._current.get(key)
         if i is None:
             return None
-        s, n = int(self._start[i]), int(self._rows[i])
-        return self._array(self._shard[i], "z")[s : s + n]
+        z = self._cache.get(key)
+        if z is None:
+            s, n = int(self._start[i]), int(self._rows[i])
+            z = self._cache[key] = self._array(self._shard[i], "z")[s : s + n]
+            self._cached += z.nbytes
+            while self._cached > _CACHE_BYTES and len(self._cache) > 1:
+                self._cached -= self._cache.popitem(last=False)[1].nbytes
+        else:
+            self._cache.move_to_end(key)
+        return z
 
     def codes(self, key: str) -> np.ndarray | None:
         """(N - k, Q) int32 code indices of a vector-quantised set; None otherwise."""

@@ -267,16 +267,14 @@ class PairReader:
         """Per-dimension mean and std (D,) of the selection's features, over frames and tokens,
         from whole episodes in random order until `max_frames` frames are seen."""
         rng = np.random.default_rng(seed)
-        total = np.zeros(self.store.token_shape[-1]) if self.store.token_shape else None
-        s1 = s2 = total
+        s1 = s2 = 0.0
         count, seen = 0, 0
         for e in rng.permutation(len(self.rows)):
             f = self.store.features(int(self.rows[e])).astype(np.float64)
-            f = f.reshape(-1, f.shape[-1])
-            s1 = f.sum(0) + (0 if s1 is None else s1)
-            s2 = (f * f).sum(0) + (0 if s2 is None else s2)
+            f = f.reshape(-1, f.shape[-1])  # frames x tokens, D
+            s1, s2 = s1 + f.sum(0), s2 + (f * f).sum(0)
             count += len(f)
-            seen += self.store.frames[int(self.rows[e])]
+            seen += int(self.store.frames[int(self.rows[e])])
             if seen >= max_frames:
                 break
         if not count:
