@@ -232,12 +232,17 @@ def train_lam_cmd(
     Ctrl-C checkpoints; --resume continues.
     """
     from model.train_lam import train_lam
+    from pipeline.progress import progress_bar
     from schemas.training import load_lam_config
 
     try:
         cfg = load_lam_config(config)
+        if workers > 1:
+            from pipeline.ray_runtime import ensure_ray
+
+            ensure_ray()
         card = train_lam(store, out_dir, cfg, version=version_id, steps=steps, resume=resume, workers=workers,
-                         progress=progress and sys.stderr.isatty(), device=device)
+                         progress=progress_bar if progress and sys.stderr.isatty() else None, device=device)
     except _domain_errors() as e:
         _fail(str(e).splitlines()[0] if str(e) else type(e).__name__)
     if card.get("interrupted"):
@@ -271,14 +276,15 @@ def label(
 
     from model.labeler import IdmLabeler
     from pipeline.label import label_store
-    from pipeline.store import FeatureStore
+    from pipeline.store import FeatureStore, LabelSet
 
     try:
         labeler = IdmLabeler(str(lam))
         report = label_store(store, labeler, version=version_id, num_actors=actors,
                              progress=progress and sys.stderr.isatty())
         if export:
-            table = FeatureStore.open(store, report.version_after or version_id).labels(labeler.set_id).to_table()
+            pinned = FeatureStore.open(store, report.version_after or version_id)
+            table = LabelSet.open(pinned, labeler.set_id).to_table()
             pq.write_table(table, export)
     except _domain_errors() as e:
         _fail(str(e).splitlines()[0] if str(e) else type(e).__name__)

@@ -25,9 +25,12 @@ from __future__ import annotations
 import json
 import logging
 import math
+import os
 import signal
 import threading
 import time
+from collections.abc import Callable
+from contextlib import AbstractContextManager, nullcontext
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
@@ -48,7 +51,6 @@ from model.checkpoint import (
 )
 from model.data import PairDataset, collect, pair_loader, rank_and_world
 from model.lawm import LaWM
-from pipeline.progress import progress_bar
 from pipeline.store import FeatureStore
 from pipeline.store.labels import label_set_id
 from pipeline.store.pairs import PairQuery, PairReader
@@ -60,6 +62,26 @@ KIND = "lawm"
 EVAL_PAIRS = 4096  # held-out pairs per evaluation (and train pairs for the probe's fit)
 
 
+os.environ.setdefault("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", "0")  # if Ray Train starts Ray: loopback only
+
+ProgressFactory = Callable[..., AbstractContextManager]  # (description, total=, unit=) -> bar with advance/note
+
+
+class _NoBar:
+    def advance(self, n: int = 1) -> None:
+        pass
+
+    def note(self, text: str) -> None:
+        pass
+
+
+def _bar(progress: ProgressFactory | bool | None, total: int) -> AbstractContextManager:
+    """The caller's progress bar (flows pass `pipeline.progress.progress_bar`), or none."""
+    if not callable(progress):
+        return nullcontext(_NoBar())
+    return progress("train-lam", total=total, unit="steps")
+
+
 @dataclass(frozen=True)
 class RunSpec:
     """Everything a worker needs to run the loop; picklable (sent to Ray Train workers)."""
@@ -69,7 +91,7 @@ class RunSpec:
     cfg: LamConfig
     out_dir: str
     resume: bool = False
-    progress: bool = True
+    progress: ProgressFactory | None = None
     device: str = "auto"
     stop_at: int | None = None  # stop (resumably) after this step, as an interrupted run would
     workers: int = 1
@@ -191,8 +213,7 @@ def _loop(spec: RunSpec) -> dict[str, Any] | None:
     metrics: dict[str, float] = {}
     t_start, pairs_seen, data_wait = time.monotonic(), 0, 0.0
     stopped = False
-    with _Stop() as stop, progress_bar("train-lam", total=cfg.optim.steps, enabled=spec.progress and rank == 0,
-                                       unit="steps") as bar:
+    with _Stop() as stop, _bar(spec.progress if rank == 0 else None, cfg.optim.steps) as bar:
         bar.advance(step)
         model.train()
         while step < cfg.optim.steps:
@@ -321,9 +342,13 @@ def resolve_version(store_uri: str, version: str | None) -> str:
 
 
 def train_lam(store_uri: str, out_dir: str | Path, cfg: LamConfig | None = None, *, version: str | None = None,
-              steps: int | None = None, resume: bool = False, workers: int = 1, progress: bool = True,
-              device: str = "auto", stop_at: int | None = None) -> dict[str, Any]:
-    """Train a LaWM on the store at `version` (default: its newest commit) and return its card."""
+              steps: int | None = None, resume: bool = False, workers: int = 1,
+              progress: ProgressFactory | bool | None = None, device: str = "auto",
+              stop_at: int | None = None) -> dict[str, Any]:
+    """Train a LaWM on the store at `version` (default: its newest commit) and return its card.
+
+    `progress` is a progress-bar factory such as `pipeline.progress.progress_bar` (the CLI
+    passes it); `workers > 1` runs on the Ray instance already started (or starts a local one)."""
     cfg = cfg or LamConfig()
     if steps is not None:
         cfg = cfg.model_copy(update={"optim": cfg.optim.model_copy(update={"steps": steps})})
@@ -340,8 +365,8 @@ def train_lam(store_uri: str, out_dir: str | Path, cfg: LamConfig | None = None,
             cfg = LamConfig.model_validate({**saved["config"], "optim": {**saved["config"]["optim"], "steps": steps}})
     elif (out / "card.json").exists() or (out / RESUME).exists():
         raise CheckpointError(f"{out}: holds a training run already; use --resume or another --out")
-    spec = RunSpec(store_uri, resolve_version(store_uri, version), cfg, str(out), resume, progress, device,
-                   stop_at, workers)
+    spec = RunSpec(store_uri, resolve_version(store_uri, version), cfg, str(out), resume,
+                   progress if callable(progress) else None, device, stop_at, workers)
     out.mkdir(parents=True, exist_ok=True)
     (out / RESUME).mkdir(exist_ok=True)
     (out / RESUME / "trainer.json").write_text(json.dumps(
@@ -355,9 +380,6 @@ def _train_on_ray(spec: RunSpec) -> dict[str, Any]:
     from ray.train import RunConfig, ScalingConfig
     from ray.train.torch import TorchTrainer
 
-    from pipeline.ray_job import ensure_ray
-
-    ensure_ray()
     use_gpu = _device(spec.device).type == "cuda"
     trainer = TorchTrainer(
         _ray_loop, train_loop_config={"spec": spec},

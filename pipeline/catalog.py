@@ -6,7 +6,7 @@ from dataclasses import asdict, dataclass, field
 
 import pyarrow.compute as pc
 
-from pipeline.store import FeatureStore
+from pipeline.store import FeatureStore, list_label_sets
 from schemas import EpisodeStatus
 
 
@@ -51,6 +51,6 @@ def summarize(uri: str, version: str | None = None) -> CatalogSummary:
         {"id": ls.id, "labelled": ls.labelled, "stale": ls.stale, "episodes": ls.episodes, "coverage": ls.coverage,
          "lam_dir": ls.attrs.get("lam", {}).get("dir"), "k_seconds": ls.attrs.get("k_seconds"),
          "dim": ls.attrs.get("dim")}
-        for ls in store.label_sets()
+        for ls in list_label_sets(store)
     ]
     return summary

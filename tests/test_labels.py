@@ -22,7 +22,7 @@ from model.data import collect
 from model.labeler import IdmLabeler
 from model.train_lam import load_lawm, train_lam
 from pipeline.label import label_store
-from pipeline.store import FeatureStore, StoreMismatchError
+from pipeline.store import FeatureStore, LabelSet, StoreMismatchError, list_label_sets
 from pipeline.store.pairs import PairQuery, k_frames_for
 from schemas.training import LamConfig
 from tests.stores import SynthSource, write_store
@@ -58,7 +58,7 @@ def test_labels_cover_every_pair_and_are_the_idms_latents(ray_local, lam_dir, st
     report = label_store(store_uri, labeler, progress=False)
     assert report.episodes == 8 and report.version_before == before and report.version_after
     store = FeatureStore.open(store_uri)
-    labels = store.labels(labeler.set_id)
+    labels = LabelSet.open(store, labeler.set_id)
     model, card = load_lawm(lam_dir)
     assert labels.attrs["lam"]["weights_sha256"] == card["weights_sha256"]
     gaps = k_frames_for(store.fps, card["k_seconds"])
@@ -78,7 +78,7 @@ def test_labels_are_deterministic(lam_dir, store_uri, tmp_path):
     labeler = IdmLabeler(str(lam_dir))
     for uri in (store_uri, copy):
         label_store(uri, labeler, use_ray=False, progress=False)
-    a, b = FeatureStore.open(store_uri).labels(labeler.set_id), FeatureStore.open(copy).labels(labeler.set_id)
+    a, b = (LabelSet.open(FeatureStore.open(uri), labeler.set_id) for uri in (store_uri, copy))
     for key in a.keys:
         np.testing.assert_array_equal(a.episode(key), b.episode(key))
 
@@ -94,14 +94,14 @@ def test_rerun_labels_only_new_and_redone_episodes(lam_dir, store_uri):
     write_store(store_uri, [SynthSource("bot", episodes=6, seconds=3.0)], only={"bot/ep005"})  # a new episode
     write_store(store_uri, [BOT], content="v2", only={"bot/ep001"})  # a redone episode: new bytes, same key
     store = FeatureStore.open(store_uri)
-    labels = store.labels(labeler.set_id)
+    labels = LabelSet.open(store, labeler.set_id)
     assert labels.episode("bot/ep001") is None, "labels of the old features are no longer served"
     assert "bot/ep005" not in labels and labels.stale == 1
     old_other = labels.episode("bot/ep002")
 
     again = label_store(store_uri, labeler, use_ray=False, progress=False)
     assert again.episodes == 2
-    labels = FeatureStore.open(store_uri).labels(labeler.set_id)
+    labels = LabelSet.open(FeatureStore.open(store_uri), labeler.set_id)
     assert len(labels.keys) == 9 and labels.stale == 0
     np.testing.assert_array_equal(labels.episode("bot/ep002"), old_other)
     assert labels.episode("bot/ep001") is not None
@@ -114,7 +114,7 @@ def test_the_dataset_serves_labels_of_a_named_set(lam_dir, store_uri):
     k = labeler.k_seconds
     batch = collect(store, PairQuery(k_seconds=k, split="all", label_set=labeler.set_id))
     assert batch["label_mask"].all()
-    labels = store.labels(labeler.set_id)
+    labels = LabelSet.open(store, labeler.set_id)
     for i in range(0, len(batch["t"]), 7):
         np.testing.assert_array_equal(batch["label"][i], labels.episode(batch["episode"][i])[batch["t"][i]])
 
@@ -127,7 +127,7 @@ def test_several_label_sets_coexist(lam_dir, store_uri, tmp_path):
     assert a.set_id != b.set_id
     label_store(store_uri, a, use_ray=False, progress=False)
     label_store(store_uri, b, use_ray=False, progress=False)
-    sets = {s.id: s for s in FeatureStore.open(store_uri).label_sets()}
+    sets = {s.id: s for s in list_label_sets(FeatureStore.open(store_uri))}
     assert set(sets) == {a.set_id, b.set_id} and all(s.coverage == 1.0 for s in sets.values())
 
 
@@ -136,7 +136,7 @@ def test_a_lawm_of_another_encoder_is_refused(lam_dir, tmp_path):
     write_store(uri, [BOT], encoder={"model": "another", "weights": "random-init:seed=1", "tokens": "grid:2x2"})
     with pytest.raises(StoreMismatchError, match="labels would be meaningless"):
         label_store(uri, IdmLabeler(str(lam_dir)), use_ray=False, progress=False)
-    assert FeatureStore.open(uri).label_sets() == []
+    assert list_label_sets(FeatureStore.open(uri)) == []
     result = CliRunner().invoke(app, ["label", "--store", uri, "--lam", str(lam_dir), "--no-progress"])
     assert result.exit_code == 2 and "meaningless" in result.output and "Traceback" not in result.output
 
@@ -171,7 +171,7 @@ def test_sigkill_mid_label_leaves_no_label_visible(lam_dir, store_uri, tmp_path)
     os.killpg(proc.pid, signal.SIGKILL)
     proc.wait()
     store = FeatureStore.open(store_uri)
-    assert store.version == before and store.label_sets() == []
+    assert store.version == before and list_label_sets(store) == []
     report = label_store(store_uri, IdmLabeler(str(lam_dir)), use_ray=False, progress=False)
     assert report.episodes == 8
 
@@ -185,7 +185,8 @@ def test_cli_label_exports_and_catalog_shows_coverage(lam_dir, store_uri, tmp_pa
     card = json.loads((lam_dir / "card.json").read_text())
     table = pq.read_table(export)
     assert set(table.column_names) == {"episode", "t", "z"}
-    assert table.num_rows == sum(len(z) for z in [FeatureStore.open(store_uri).labels(card["label_set"]).episode(k)
-                                                  for k in FeatureStore.open(store_uri).keys])
+    store = FeatureStore.open(store_uri)
+    labels = LabelSet.open(store, card["label_set"])
+    assert table.num_rows == sum(len(labels.episode(k)) for k in store.keys)
     catalog = runner.invoke(app, ["catalog", store_uri])
     assert f"label set {card['label_set']}: 8/8 episodes (100%)" in catalog.output

@@ -85,9 +85,16 @@ def test_split_is_by_episode_and_stable_across_versions(tmp_path):
     assert not held2 & train2 and held2 | train2 == set(v2.keys)
 
 
-def test_a_sources_own_split_decides():
+def test_a_sources_own_split_decides_when_it_holds_episodes_out(tmp_path):
+    """A source with a "val" split is split its way; a source whose every episode says "train"
+    (LeRobot's default `splits`) is split by key, or nothing of it would ever be held out."""
     assert is_heldout("x/ep1", "val", 0.0) and is_heldout("x/ep1", "test", 0.0)
     assert not is_heldout("x/ep1", "train", 0.99)
+    uri = str(tmp_path / "store")
+    write_store(uri, [SynthSource("lerobot", episodes=20, split="train"), SynthSource("own", episodes=3, split="val")])
+    held = set(PairReader(FeatureStore.open(uri), PairQuery(split="heldout", heldout_fraction=0.3)).keys)
+    assert {k for k in held if k.startswith("own/")} == {"own/ep000", "own/ep001", "own/ep002"}
+    assert 0 < len({k for k in held if k.startswith("lerobot/")}) < 20
 
 
 def test_dataloader_with_two_workers_yields_every_pair_once_per_epoch(store_uri):

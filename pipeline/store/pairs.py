@@ -7,8 +7,9 @@
 Promises (DESIGN.md, "Training"):
 - `k` is in **seconds**, converted per episode at the rate it was sampled, so sources of
   different fps give pairs of the same time gap.
-- The held-out split is by **episode** (a hash of its key, or the source's own split), never
-  by frame, and is the same in every store version: keys are identities, rows are not.
+- The held-out split is by **episode** (a hash of its key, or the source's own split when it
+  holds episodes out itself), never by frame, and is the same in every store version: keys
+  are identities, rows are not.
 - **Every pair once per epoch**: an epoch is a permutation of all (episode, t) pairs of the
   selection, cut into windows of consecutive episodes; windows are dealt round-robin to the
   `num_shards` readers (DataLoader workers × Ray Train ranks). The shards partition the
@@ -32,6 +33,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+from pipeline.store.labels import LabelSet
 from pipeline.store.reader import FeatureStore
 
 log = logging.getLogger(__name__)
@@ -63,10 +65,12 @@ class PairQuery:
         return cls(**{**kw, **overrides})
 
 
-def is_heldout(key: str, split: str | None, fraction: float) -> bool:
-    """Deterministic by episode key (stable across versions and machines); a source's own
-    split decides when it names one."""
-    if split:
+def is_heldout(key: str, split: str | None, fraction: float, source_splits: bool = True) -> bool:
+    """Deterministic by episode key (stable across versions and machines). When the episode's
+    source holds out episodes of its own (`source_splits`: some are "val", "test", ...), its
+    split decides instead. A source whose only split is "train" (LeRobot writes
+    `splits: {train: 0:N}` by default) is split by key: honouring it would hold out nothing."""
+    if source_splits and split:
         return split.lower() in HELDOUT_SPLITS
     h = int.from_bytes(hashlib.sha256(key.encode()).digest()[:8], "big")
     return h / 2**64 < fraction
@@ -98,8 +102,9 @@ class PairReader:
         if query.kinds:
             keep &= np.isin(kinds, list(query.kinds))
         if query.split != "all":
-            held = np.array([is_heldout(k, s, query.heldout_fraction) for k, s in zip(store.keys, splits, strict=True)],
-                            bool)
+            own = {src for src, sp in zip(sources.tolist(), splits, strict=True) if sp and sp.lower() in HELDOUT_SPLITS}
+            held = np.array([is_heldout(k, sp, query.heldout_fraction, src in own)
+                             for k, sp, src in zip(store.keys, splits, sources.tolist(), strict=True)], bool)
             keep &= held if query.split == "heldout" else ~held
         self.rows = np.flatnonzero(keep)  # rows of the store version
         self.keys = store.keys[self.rows]
@@ -108,7 +113,7 @@ class PairReader:
         self.instructions = np.array(table["instruction"].to_pylist(), dtype=object)[self.rows]
         self.k = k_frames_for(store.fps[self.rows], query.k_seconds)
         self.n_pairs = np.clip(store.frames[self.rows] - self.k, 0, None)
-        self._labels = store.labels(query.label_set) if query.label_set else None
+        self._labels = LabelSet.open(store, query.label_set) if query.label_set else None
         self.action_dim, self.state_dim = self._dims()
 
     def __len__(self) -> int:

@@ -154,18 +154,6 @@ class FeatureStore:
         """(episodes,) frames per ingested episode."""
         return self._frames_of
 
-    def label_sets(self) -> list:
-        """The label sets of this version (see `pipeline.store.labels`), with their coverage."""
-        from pipeline.store.labels import list_label_sets
-
-        return list_label_sets(self)
-
-    def labels(self, set_id: str):
-        """One label set of this version, read-only (`pipeline.store.labels.LabelSet`)."""
-        from pipeline.store.labels import LabelSet
-
-        return LabelSet.open(self, set_id)
-
     # -- data --------------------------------------------------------------------------
     def _array(self, shard: str, name: str) -> zarr.Array:
         key = f"{shard}/{name}"
