@@ -359,6 +359,10 @@ def train_lam(store_uri: str, out_dir: str | Path, cfg: LamConfig | None = None,
             raise CheckpointError(f"{out}: nothing to resume (no {RESUME}/trainer.json); run without --resume")
         saved = json.loads(trainer_json.read_text())
         version = version or saved["version"]
+        if saved.get("workers", 1) != workers:
+            # Each rank's data position and RNG belong to its shard of the epoch: another
+            # number of workers would re-read some pairs and skip others.
+            raise CheckpointError(f"{out}: the run used --workers {saved.get('workers', 1)}; resume it with the same")
         if steps is None:
             cfg = LamConfig.model_validate(saved["config"])
         else:

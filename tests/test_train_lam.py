@@ -85,6 +85,8 @@ def test_an_out_dir_holding_a_run_is_refused_without_resume(store_uri, tmp_path)
         train_lam(store_uri, tmp_path / "lam", TINY, progress=False)
     with pytest.raises(CheckpointError, match="nothing to resume"):
         train_lam(store_uri, tmp_path / "empty", TINY, resume=True, progress=False)
+    with pytest.raises(CheckpointError, match="--workers 1; resume it with the same"):
+        train_lam(store_uri, tmp_path / "lam", resume=True, workers=2, progress=False)
 
 
 def test_the_run_reads_the_version_it_was_given(store_uri, tmp_path):
