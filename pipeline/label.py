@@ -74,14 +74,14 @@ def _label_episodes(store: FeatureStore, fn, keys: list[str], k_seconds: float,
                     batch_pairs: int) -> list[tuple[str, str, int, np.ndarray, np.ndarray | None]]:
     """(key, content_hash, k, z, codes) for each episode: pairs of several episodes are
     batched together, so short clips still fill a forward pass."""
-    hashes = store.episodes()["content_hash"].to_pylist()
+    hashes = store.episodes()["content_hash"]
     metas, f_t, f_tk = [], [], []
     for key in keys:
         row = store.row(key)
         feats = store.features(row)
         k = int(k_frames_for(store.fps[row], k_seconds))
         n = max(0, len(feats) - k)
-        metas.append((key, hashes[row], k, n))
+        metas.append((key, hashes[row].as_py(), k, n))
         f_t.append(feats[:n])
         f_tk.append(feats[k : k + n])
     a, b = np.concatenate(f_t), np.concatenate(f_tk)

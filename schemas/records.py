@@ -7,6 +7,7 @@ these without loading any source adapter (h5py, LeRobot parsing) or torch.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from functools import cached_property
 
 import numpy as np
 
@@ -25,9 +26,10 @@ class ActionTrack:
                 f"{len(self.timestamps)} action timestamps for {len(self.actions)} action rows"
             )
 
-    @property
+    @cached_property
     def rate(self) -> float:
-        """Control rate in Hz (median step), 0 when the track has fewer than two rows."""
+        """Control rate in Hz (median step), 0 when the track has fewer than two rows.
+        Cached: trainers ask for it on every batch that reads the episode."""
         if len(self.timestamps) < 2:
             return 0.0
         return float(1.0 / np.median(np.diff(self.timestamps)))

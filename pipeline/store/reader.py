@@ -90,6 +90,8 @@ class FeatureStore:
         self._shard_of = self._ok["shard"].to_pylist()
         self._start_of = self._ok["frame_start"].to_numpy()
         self._frames_of = self._ok["frames"].to_numpy()
+        dur = self._ok["duration_s"].to_numpy()
+        self._fps_of = np.divide(self._frames_of, dur, out=np.zeros(len(dur)), where=dur > 0)
         self.keys = np.array(pc.binary_join_element_wise(self._ok["source"], self._ok["episode_id"], "/")
                              .to_pylist(), dtype=object)
         self._row_of_key = {k: row for row, k in enumerate(self.keys)}
@@ -146,8 +148,7 @@ class FeatureStore:
     @property
     def fps(self) -> np.ndarray:
         """(episodes,) the frame rate each episode was sampled at (frames / duration)."""
-        dur = self._ok["duration_s"].to_numpy()
-        return np.divide(self._frames_of, dur, out=np.zeros(len(dur)), where=dur > 0)
+        return self._fps_of
 
     @property
     def frames(self) -> np.ndarray:
@@ -203,8 +204,7 @@ class FeatureStore:
                 group = self.root[f"shards/{r['shard']}"]
                 state = group["state"][s : s + m] if "state" in group else None
                 track = ActionTrack(group["action_timestamps"][s : s + m], group["actions"][s : s + m], state)
-                step = np.median(np.diff(track.timestamps)) if m > 1 else 0.0
-                self._slack[i] = 0.25 * step
+                self._slack[i] = 0.25 / track.rate if track.rate else 0.0  # a quarter control step
             self._tracks[i] = track
         return self._tracks[i]
 
