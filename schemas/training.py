@@ -93,3 +93,62 @@ def load_lam_config(path: str | Path | None) -> LamConfig:
     if not path.is_file():
         raise ConfigError(f"{path}: no such file")
     return _validate(LamConfig, _read_yaml(path), path)
+
+
+class PolicyModelConfig(_Strict):
+    """The LaWAM policy: features + instruction + proprioception -> latent action -> subgoal -> chunk."""
+
+    width: Annotated[int, Field(ge=8)] = 128  # trunk width
+    heads: Annotated[int, Field(ge=1)] = 4
+    layers: Annotated[int, Field(ge=1)] = 2  # trunk transformer layers over f_t's tokens
+    hidden: Annotated[int, Field(ge=8)] = 256  # action-head MLP width
+    subgoal_dim: Annotated[int, Field(ge=1)] = 16  # per token: the subgoal's change from f_t, projected
+    # False = the ablation: the same trunk and action head without the subgoal, and no latent
+    # term (plain behaviour cloning from the robot episodes' actions).
+    subgoal: bool = True
+    action_head: Literal["l1", "flow"] = "l1"  # L1 regression, or flow matching (GR00T-style)
+    flow_steps: Annotated[int, Field(ge=1)] = 10  # flow: Euler steps at inference
+    latent_weight: Annotated[float, Field(ge=0)] = 1.0  # distillation term (every episode)
+    action_weight: Annotated[float, Field(ge=0)] = 1.0  # action term (robot episodes with actions)
+    dropout: Annotated[float, Field(ge=0, lt=1)] = 0.0
+
+    @model_validator(mode="after")
+    def _heads_divide_width(self) -> PolicyModelConfig:
+        if self.width % self.heads:
+            raise ValueError(f"width {self.width} must be a multiple of heads {self.heads}")
+        return self
+
+
+class PolicyPairsConfig(PairsConfig):
+    """The pairs a policy reads: a chunk of 8 steps at the robot episodes' own control rate."""
+
+    horizon: Annotated[int, Field(ge=1)] = 8
+    action_rate: Annotated[float | None, Field(gt=0)] = None
+
+
+def _policy_optim() -> OptimConfig:
+    return OptimConfig(steps=2000, batch_size=128, lr=1e-3, warmup_steps=100, eval_every=500,
+                       checkpoint_every=500)
+
+
+class DistillConfig(_Strict):
+    """Everything `lawam distill` needs besides the store and the LaWM: pairs, policy, optimiser.
+
+    `pairs.k_seconds` is taken from the LaWM (labels exist for that gap only)."""
+
+    pairs: PolicyPairsConfig = PolicyPairsConfig()
+    model: PolicyModelConfig = PolicyModelConfig()
+    optim: OptimConfig = Field(default_factory=_policy_optim)
+    # Share of robot episodes that keep their actions (and proprioception); the others serve as
+    # action-free video, as human episodes do. Chosen by a hash of the episode key.
+    action_fraction: Annotated[float, Field(gt=0, le=1)] = 1.0
+
+
+def load_distill_config(path: str | Path | None) -> DistillConfig:
+    """Load `distill.yaml` (all fields optional); None gives the defaults."""
+    if path is None:
+        return DistillConfig()
+    path = Path(path)
+    if not path.is_file():
+        raise ConfigError(f"{path}: no such file")
+    return _validate(DistillConfig, _read_yaml(path), path)

@@ -55,6 +55,9 @@ class PairQuery:
     weights: dict[str, float] = field(default_factory=dict)  # per-source mixing; empty = by size
     seed: int = 0
     label_set: str | None = None  # serve labels of this set (stage 2)
+    # Every frame is a t, the last k seconds included (f_{t+k} is then the episode's last
+    # frame and no label is served): a policy acts at every frame, not only where a pair fits.
+    all_frames: bool = False
 
     @classmethod
     def from_config(cls, cfg, **overrides) -> PairQuery:
@@ -112,7 +115,8 @@ class PairReader:
         self.robot = kinds[self.rows] == "robot"
         self.instructions = np.array(table["instruction"].to_pylist(), dtype=object)[self.rows]
         self.k = k_frames_for(store.fps[self.rows], query.k_seconds)
-        self.n_pairs = np.clip(store.frames[self.rows] - self.k, 0, None)
+        frames = store.frames[self.rows]
+        self.n_pairs = frames.astype(np.int64) if query.all_frames else np.clip(frames - self.k, 0, None)
         self._labels = LabelSet.open(store, query.label_set) if query.label_set else None
         self.action_dim, self.state_dim = self._dims()
 
@@ -230,15 +234,16 @@ class PairReader:
     def _fill(self, out: dict, sel: np.ndarray, e: int, t: np.ndarray) -> None:
         row, k = int(self.rows[e]), int(self.k[e])
         feats, ts = self.store.features(row), self.store.timestamps(row)
-        out["f_t"][sel], out["f_tk"][sel] = feats[t], feats[t + k]
-        out["dt"][sel] = ts[t + k] - ts[t]
+        tk = np.minimum(t + k, len(feats) - 1)  # only all_frames reaches past the end
+        out["f_t"][sel], out["f_tk"][sel] = feats[t], feats[tk]
+        out["dt"][sel] = ts[tk] - ts[t]
         track = self.store.actions(row) if self.robot[e] else None
         if track is not None and len(track.timestamps):
-            self._fill_actions(out, sel, track, ts[t], ts[t + k])
+            self._fill_actions(out, sel, track, ts[t], ts[tk])
         if self._labels is not None:
             z = self._labels.episode(self.keys[e])
             if z is not None:
-                ok = t < len(z)
+                ok = (t < len(z)) & (t + k < len(feats))
                 out["label"][sel[ok]] = z[t[ok]]
                 out["label_mask"][sel[ok]] = True
 
