@@ -151,3 +151,9 @@ def test_resume_continues_exactly(labelled, tmp_path):
     a, b = load_file(tmp_path / "full" / "model.safetensors"), load_file(tmp_path / "part" / "model.safetensors")
     for name in a:
         torch.testing.assert_close(a[name], b[name], rtol=0, atol=0)
+
+
+def test_the_example_config_is_the_defaults():
+    from schemas.training import load_distill_config
+
+    assert load_distill_config(Path(__file__).resolve().parents[1] / "configs" / "distill.yaml") == DistillConfig()
