@@ -5,7 +5,8 @@ The layout follows `lerobot.datasets` (CODEBASE_VERSION "v3.0", `utils.py`,
 small datasets made here without `lerobot` installed:
 
     meta/info.json                          codebase_version, fps, features, path templates, totals
-    meta/stats.json                         per feature: min / max / mean / std / count
+    meta/stats.json                         per feature: min / max / mean / std / count / q01..q99,
+                                            aggregated over the episodes (see `lerobot_stats`)
     meta/tasks.parquet                      task string as the index, column task_index
     meta/episodes/chunk-000/file-000.parquet one row per episode: tasks, length, data and video
                                             locations, dataset_from/to_index, stats/<feature>/<stat>
@@ -15,8 +16,11 @@ small datasets made here without `lerobot` installed:
 
 Videos use lerobot's default encoding (AV1 via libsvtav1, yuv420p, g=2, crf=30) and
 `features[<video_key>]["info"]` holds what lerobot's `get_video_info` reads back from
-the file. Unlike lerobot, the video rate may differ from the row rate (`video_fps`):
-`info["fps"]` is the row rate and each video feature's `info["video.fps"]` its own.
+the file. Our Meta-World corpus has one row per frame, as lerobot requires of the
+datasets it loads. The writer can also make datasets whose rows run at a control rate
+above the video rate (`video_fps`; `info["fps"]` is then the row rate and each video
+feature's `info["video.fps"]` its own): lerobot's loader rejects those, our ingest
+aligns them by timestamp, and the tests use them to keep that path honest.
 Everything goes into one data file and one video file per key (lerobot would start a
 new file past 100 MB of data / 500 MB of video), which is plenty for test datasets.
 """
@@ -36,6 +40,8 @@ import numpy as np
 import pandas as pd
 import pyarrow as pa
 import pyarrow.parquet as pq
+
+from pipeline.samples.lerobot_stats import Stats, aggregate_stats, feature_stats, image_stats, to_lists
 
 logger = logging.getLogger(__name__)
 
@@ -166,15 +172,16 @@ def write_lerobot_v3(
     for key in video_keys:
         features[key]["info"] = get_video_info(root / VIDEO_PATH.format(video_key=key, chunk_index=0,
                                                                         file_index=0))
-    episode_rows = _episode_rows(episodes, video_keys, video_fps, data)
+    starts = np.cumsum([0, *(ep.length for ep in episodes)])[:-1]  # first row of each episode
+    episode_stats = [_episode_stats(ep, data.slice(int(start), ep.length), video_keys)
+                     for ep, start in zip(episodes, starts, strict=True)]
+    episode_rows = _episode_rows(episodes, video_keys, video_fps, episode_stats)
     episodes_file = root / EPISODES_PATH.format(chunk_index=0, file_index=0)
     episodes_file.parent.mkdir(parents=True, exist_ok=True)
     pq.write_table(pa.Table.from_pylist(episode_rows), episodes_file, compression="snappy")
 
-    stats = {key: _stats(_column_values(data, key)) for key in data.column_names}
-    for key in video_keys:
-        stats[key] = _image_stats(np.concatenate([ep.videos[key] for ep in episodes]))
-    _write_json(root / STATS_PATH, stats)
+    stats = aggregate_stats(episode_stats)  # as lerobot: meta/stats.json aggregates the episodes' stats
+    _write_json(root / STATS_PATH, {key: to_lists(value) for key, value in stats.items()})
 
     info = {
         "codebase_version": CODEBASE_VERSION,
@@ -268,8 +275,15 @@ def _features(first: LeRobotEpisode, data: pa.Table, names: Mapping[str, list[st
     return {key: features[key] for key in order}
 
 
+def _episode_stats(episode: LeRobotEpisode, rows: pa.Table, video_keys: list[str]) -> dict[str, Stats]:
+    """lerobot's per-episode stats: every data column (defaults included) and every video."""
+    stats = {key: feature_stats(_column_values(rows, key)) for key in rows.column_names}
+    stats |= {key: image_stats(episode.videos[key]) for key in video_keys}
+    return stats
+
+
 def _episode_rows(episodes: Sequence[LeRobotEpisode], video_keys: list[str], video_fps: int,
-                  data: pa.Table) -> list[dict[str, Any]]:
+                  episode_stats: Sequence[dict[str, Stats]]) -> list[dict[str, Any]]:
     rows = []
     start = 0
     video_start = dict.fromkeys(video_keys, 0)  # frames before this episode in each video file
@@ -290,39 +304,14 @@ def _episode_rows(episodes: Sequence[LeRobotEpisode], video_keys: list[str], vid
             row[f"videos/{key}/from_timestamp"] = video_start[key] / video_fps  # float64, as lerobot
             row[f"videos/{key}/to_timestamp"] = end / video_fps
             video_start[key] = end
-        episode_data = data.slice(start, ep.length)
-        for key in data.column_names:
-            for stat, value in _stats(_column_values(episode_data, key)).items():
-                row[f"stats/{key}/{stat}"] = value
-        for key in video_keys:
-            for stat, value in _image_stats(ep.videos[key]).items():
-                row[f"stats/{key}/{stat}"] = value
+        for key, stats in episode_stats[i].items():
+            row.update({f"stats/{key}/{stat}": value for stat, value in to_lists(stats).items()})
         row["meta/episodes/chunk_index"] = 0
         row["meta/episodes/file_index"] = 0
         row.update(ep.metadata)
         rows.append(row)
         start += ep.length
     return rows
-
-
-def _stats(values: np.ndarray) -> dict[str, list]:
-    """min/max/mean/std/count over rows of an (N, D) array, as lerobot's `compute_episode_stats`."""
-    values = values.astype(np.float64)
-    return {
-        "min": values.min(axis=0).tolist(),
-        "max": values.max(axis=0).tolist(),
-        "mean": values.mean(axis=0).tolist(),
-        "std": values.std(axis=0).tolist(),
-        "count": [len(values)],
-    }
-
-
-def _image_stats(frames: np.ndarray) -> dict[str, list]:
-    """Per-channel stats of (F, H, W, 3) uint8 frames in [0, 1], shaped (3, 1, 1) like lerobot's."""
-    pixels = frames.reshape(-1, frames.shape[-1]).astype(np.float64) / 255.0
-    stats = {key: [[[v]] for v in value] for key, value in _stats(pixels).items() if key != "count"}
-    stats["count"] = [len(frames)]
-    return stats
 
 
 def _write_json(path: Path, payload: dict) -> None:
