@@ -275,7 +275,7 @@ def test_encoder_crash_fails_the_run_but_keeps_finished_episodes(ray_local, vide
 
 
 def test_sample_corpora_ingest_with_control_rate_actions(ray_local, sample_corpora, tmp_path):
-    """The demo's path: our Meta-World LeRobot v3.0 corpus (80 Hz rows, 20 fps AV1 video)
+    """The demo's path: our Meta-World LeRobot v3.0 corpus (20 Hz rows, one per 20 fps AV1 frame)
     and the human stand-in, through the example source specs, into one store."""
     from pipeline.samples import sample_sources
 
@@ -292,4 +292,4 @@ def test_sample_corpora_ingest_with_control_rate_actions(ray_local, sample_corpo
     np.testing.assert_allclose(np.diff(ep.timestamps), 0.1, atol=1e-3)  # the source's own fps: 10
     assert ep.actions.state is not None and ep.instruction
     batch = store.read_pairs(np.array([robot[0]]), np.array([0]), k=2)
-    assert batch.actions[0].shape == (16, 4)  # 0.2 s of 80 Hz control between the two frames
+    assert batch.actions[0].shape == (4, 4)  # 0.2 s of 20 Hz control between the two frames

@@ -18,8 +18,20 @@ import pytest
 
 import pipeline.samples as samples_module
 from pipeline.samples import SampleError, human, make_samples, metaworld_robot, summarize_samples
+from pipeline.samples.lerobot_stats import QUANTILE_KEYS, STAT_KEYS
 from pipeline.samples.lerobot_v3 import LeRobotEpisode, LeRobotWriteError, write_lerobot_v3
-from pipeline.samples.metaworld_robot import CONTROL_HZ, FRAME_STRIDE, VIDEO_FPS, ScriptedTask, upright_turns
+from pipeline.samples.metaworld_robot import (
+    ACTION_REPEAT,
+    CONTROL_HZ,
+    VIDEO_FPS,
+    ScriptedTask,
+    TaskEnv,
+    TaskEnvError,
+    layouts,
+    proprio,
+    read_sample_layouts,
+    upright_turns,
+)
 
 pytestmark = pytest.mark.slow
 
@@ -54,7 +66,7 @@ def test_robot_corpus_has_the_lerobot_v3_layout(sample_corpora: Path, sample_arg
     robot = sample_corpora / "robot"
     info = json.loads((robot / "meta/info.json").read_text())
     assert info["codebase_version"] == "v3.0"
-    assert info["fps"] == CONTROL_HZ == 80
+    assert info["fps"] == CONTROL_HZ == VIDEO_FPS == 20
     assert info["data_path"] == "data/chunk-{chunk_index:03d}/file-{file_index:03d}.parquet"
     assert info["video_path"] == "videos/{video_key}/chunk-{chunk_index:03d}/file-{file_index:03d}.mp4"
     for key in ("robot_type", "total_tasks", "chunks_size", "data_files_size_in_mb", "video_files_size_in_mb"):
@@ -91,13 +103,14 @@ def test_info_episodes_and_rows_agree(sample_corpora: Path, sample_args: dict) -
         assert [tasks.index[i] for i in rows["task_index"].unique()] == list(ep.tasks)
 
 
-def test_rows_are_at_the_control_rate(sample_corpora: Path) -> None:
+def test_one_row_per_frame_at_the_video_rate(sample_corpora: Path) -> None:
+    """Incident guarded: rows at 80 Hz under 20 fps video made lerobot's LeRobotDataset reject the
+    corpus (its frame/timestamp check failed on 495 of 660 rows); rows and frames now share one clock."""
     data = pd.read_parquet(sample_corpora / "robot" / DATA)
     episodes = pd.read_parquet(sample_corpora / "robot" / EPISODES)
-    expected = (data["frame_index"].to_numpy() / CONTROL_HZ).astype(np.float32)
+    expected = (data["frame_index"].to_numpy() / VIDEO_FPS).astype(np.float32)
     assert data["timestamp"].dtype == np.float32
     np.testing.assert_array_equal(data["timestamp"].to_numpy(), expected)
-    assert (episodes["length"] % FRAME_STRIDE == 0).all()
     for ep in episodes.itertuples():
         rows = data.iloc[ep.dataset_from_index:ep.dataset_to_index]
         assert list(rows["next.done"]) == [False] * (ep.length - 1) + [True]
@@ -113,26 +126,127 @@ def test_robot_rows_carry_actions_and_state(sample_corpora: Path) -> None:
     assert np.abs(actions).max() <= 1.0 and np.abs(actions[:, :3]).max() > 0.1
     assert state.shape == (len(data), 4)
     env_state = np.stack(data["observation.environment_state"].to_numpy())
+    np.testing.assert_array_equal(proprio(env_state), state)
     np.testing.assert_array_equal(env_state[:, :4], state)
 
 
-def test_videos_decode_to_one_frame_every_fourth_row(sample_corpora: Path, sample_args: dict) -> None:
+def test_videos_decode_to_one_frame_per_row(sample_corpora: Path, sample_args: dict) -> None:
     robot = sample_corpora / "robot"
     episodes = pd.read_parquet(robot / EPISODES)
     for camera in sample_args["cameras"]:
         frames, times, fps, codec = _decode(_video(robot, camera))
         key = f"videos/observation.images.{camera}"
         assert codec == "av1" and fps == VIDEO_FPS
-        assert len(frames) == episodes["length"].sum() // FRAME_STRIDE
+        assert len(frames) == episodes["length"].sum()
         assert frames[0].shape == (64, 64, 3)
         first = 0
         for _, row in episodes.iterrows():
-            n = row["length"] // FRAME_STRIDE
+            n = row["length"]
             start, end = row[f"{key}/from_timestamp"], row[f"{key}/to_timestamp"]
             assert start == pytest.approx(first / VIDEO_FPS) and end == pytest.approx((first + n) / VIDEO_FPS)
             in_span = [t for t in times if start - 1e-6 <= t < end - 1e-6]
             assert len(in_span) == n
             first += n
+
+
+def test_stats_carry_lerobots_quantiles_and_shapes(sample_corpora: Path, sample_args: dict) -> None:
+    """pi0.5's normaliser reads q01/q99 from meta/stats.json; lerobot 0.4 writes them per episode too."""
+    robot = sample_corpora / "robot"
+    episodes = pq.read_table(robot / EPISODES).to_pydict()  # nested lists, as written
+    stats = json.loads((robot / "meta/stats.json").read_text())
+    data = pd.read_parquet(robot / DATA)
+    images = [f"observation.images.{camera}" for camera in sample_args["cameras"]]
+    for feature in [*data.columns, *images]:
+        assert list(stats[feature]) == list(STAT_KEYS), feature
+        if feature in images:
+            shape: tuple[int, ...] = (3, 1, 1)
+        else:
+            shape = (1,) if data[feature].dtype != object else (len(data[feature][0]),)
+        for key in STAT_KEYS:
+            expected = (1,) if key == "count" else shape
+            assert np.shape(stats[feature][key]) == expected, (feature, key)
+            assert all(np.shape(v) == expected for v in episodes[f"stats/{feature}/{key}"]), (feature, key)
+        quantiles = np.array([stats[feature][q] for q in QUANTILE_KEYS], dtype=np.float64)
+        assert (np.diff(quantiles, axis=0) >= -1e-9).all(), f"{feature}: quantiles out of order"
+    assert stats["action"]["count"] == [len(data)]
+    # An episode's q50 is its middle value to within one of lerobot's 5000 histogram bins.
+    first = np.stack(data["action"].to_numpy())[: episodes["length"][0]]  # rows of episode 0
+    middle = np.sort(first, axis=0)[int(np.ceil(0.5 * len(first))) - 1]
+    bin_width = (first.max(axis=0) - first.min(axis=0)) / 5000
+    assert (np.abs(episodes["stats/action/q50"][0] - middle) <= bin_width + 1e-9).all()
+    for image in images:
+        assert np.min(stats[image]["q01"]) >= -1e-9 and np.max(stats[image]["q99"]) <= 1.0
+
+
+# --- goal layouts and the closed-loop environment --------------------------------------------------------
+
+
+def test_layouts_are_recorded_and_reproduced(sample_corpora: Path, sample_args: dict) -> None:
+    robot = sample_corpora / "robot"
+    record = json.loads((robot / "meta/lawam_samples.json").read_text())
+    expected = {"seed": 0, "stream": "robot", "cameras": list(sample_args["cameras"]), "image_size": 64,
+                "control_hz": 20, "action_repeat": ACTION_REPEAT, "format_version": samples_module.FORMAT_VERSION}
+    assert {key: record["generator"][key] for key in expected} == expected
+    recorded = read_sample_layouts(robot)
+    assert recorded == layouts("reach-v3", seed=0, stream="robot", count=sample_args["episodes_per_task"])
+    assert len({layout.rand_vec for layout in recorded}) == len(recorded)
+    episodes = pd.read_parquet(robot / EPISODES)
+    assert list(episodes["mt1_seed"]) == [layout.mt1_seed for layout in recorded]
+    assert list(episodes["layout_slot"]) == [layout.slot for layout in recorded]
+    assert read_sample_layouts(sample_corpora / "human") == []
+
+
+def test_layouts_past_fifty_use_the_next_mt1_seed() -> None:
+    many = layouts("reach-v3", seed=0, stream="robot", count=52)
+    assert [(layout.slot, layout.mt1_seed == many[0].mt1_seed) for layout in many[49:]] == [
+        (49, True), (0, False), (1, False)]
+    assert many[:2] == layouts("reach-v3", seed=0, stream="robot", count=2)
+
+
+def test_task_env_reset_shows_the_corpus_first_frame(sample_corpora: Path, sample_args: dict) -> None:
+    """An evaluation resets TaskEnv to a recorded layout and must see what the corpus recorded."""
+    robot = sample_corpora / "robot"
+    episodes = pd.read_parquet(robot / EPISODES)
+    data = pd.read_parquet(robot / DATA)
+    recorded = read_sample_layouts(robot)
+    for camera in sample_args["cameras"]:
+        decoded = _decode(_video(robot, camera))[0]
+        with TaskEnv("reach-v3", camera=camera, image_size=64) as env:
+            for layout, ep in zip(reversed(recorded), reversed(list(episodes.itertuples())), strict=True):
+                obs = env.reset(layout)
+                np.testing.assert_array_equal(
+                    obs.astype(np.float32), data["observation.environment_state"][ep.dataset_from_index])
+                image = env.render()
+                assert image.shape == (64, 64, 3) and image.dtype == np.uint8
+                first, last = (decoded[i].astype(np.float32) for i in (ep.dataset_from_index, ep.dataset_to_index - 1))
+                error = np.abs(image.astype(np.float32) - first).mean()  # rows == frames
+                assert error < 8 and error < np.abs(image.astype(np.float32) - last).mean(), "AV1 error only"
+    with ScriptedTask("reach-v3", seed=0, stream="robot", cameras=("corner",), height=64, width=64) as task:
+        task.rollout(0)  # a used environment resets to the same pixels as a fresh one
+        rendered = task.rollout(1, recorded[1]).frames["corner"][0]
+    with TaskEnv("reach-v3", camera="corner", image_size=64) as env:
+        env.reset(recorded[1])
+        np.testing.assert_array_equal(env.render(), rendered)
+
+
+def test_task_env_holds_each_action_for_four_meta_world_steps() -> None:
+    layout = layouts("push-v3", seed=0, stream="robot", count=1)[0]
+    with TaskEnv("push-v3", camera="corner", image_size=32) as env:
+        with pytest.raises(TaskEnvError, match="before reset"):
+            env.step(np.zeros(4))
+        obs = env.reset(layout)
+        np.testing.assert_array_equal(proprio(obs), obs[:4].astype(np.float32))
+        assert env.max_steps == 125
+        moved, _ = env.step(np.array([5.0, 0.0, 0.0, 0.0]))  # clipped to 1
+        assert env.env.curr_path_length == ACTION_REPEAT
+        assert moved[0] > obs[0] + 0.005, "the hand moves along +x"
+        for _ in range(env.max_steps - 1):
+            env.step(np.zeros(4))
+        assert env.env.curr_path_length == 500
+        with pytest.raises(TaskEnvError, match="125 control steps"):
+            env.step(np.zeros(4))
+        env.reset(layout)  # a reset starts the next episode
+        env.step(np.zeros(4))
 
 
 # --- human corpus ----------------------------------------------------------------------------------------
@@ -156,7 +270,7 @@ def test_summary_reads_what_is_on_disk(sample_corpora: Path) -> None:
     robot, human = summary.sources
     episodes = pd.read_parquet(sample_corpora / "robot" / EPISODES)
     assert (robot.source, robot.format, robot.episodes) == ("robot", "lerobot", len(episodes))
-    assert robot.frames == episodes["length"].sum() // FRAME_STRIDE
+    assert robot.frames == episodes["length"].sum()
     assert robot.hours == pytest.approx(robot.frames / VIDEO_FPS / 3600)
     assert robot.tasks == ("reach to the goal position",)
     assert (human.source, human.format, human.episodes) == ("human", "video_dir", 2)
@@ -177,9 +291,9 @@ def test_frames_are_upright_and_not_mirrored(camera: str) -> None:
     right x image up points back at the camera (a right-handed view) on every surface.
     """
     size = 64
-    with ScriptedTask("reach-v3", seed=0, stream="robot", cameras=(camera,), height=size, width=size) as task:
-        model, data = task.env.model, task.env.data
-        task.env.reset()
+    with TaskEnv("reach-v3", camera=camera, image_size=size) as env:
+        model, data = env.env.model, env.env.data
+        env.reset(layouts("reach-v3", seed=0, stream="robot", count=1)[0])
         with mujoco.Renderer(model, size, size) as renderer:
             renderer.enable_depth_rendering()
             renderer.update_scene(data, camera=camera)
@@ -220,7 +334,7 @@ def test_same_seed_gives_identical_files_and_new_arguments_regenerate(tmp_path: 
     second = make_samples(tmp_path / "b", **_tiny(seed=0))
     assert not first.cached and not second.cached
     for rel in (f"robot/{DATA}", "robot/videos/observation.images.corner/chunk-000/file-000.mp4",
-                "human/manifest.csv", "human/videos/reach-v3_000.mp4"):
+                "robot/meta/lawam_samples.json", "human/manifest.csv", "human/videos/reach-v3_000.mp4"):
         assert (tmp_path / "a" / rel).read_bytes() == (tmp_path / "b" / rel).read_bytes(), rel
 
     reseeded = make_samples(tmp_path / "b", **_tiny(seed=1))

@@ -3,7 +3,8 @@
 `make_samples(out_dir)` writes two sources a newcomer can point the pipeline at:
 
     out_dir/robot/   a LeRobot codebase v3.0 dataset of scripted-expert episodes
-                     (actions at 80 Hz, video at 20 fps; see `metaworld_robot`)
+                     (one row per video frame at 20 Hz; see `metaworld_robot`), with
+                     meta/lawam_samples.json recording each episode's goal layout
     out_dir/human/   an action-free video folder with manifest.csv (see `human`)
     out_dir/.samples.json  the arguments and format version the corpora were made with
 
@@ -52,8 +53,10 @@ from schemas import SourceSpec
 
 logger = logging.getLogger(__name__)
 
-FORMAT_VERSION = 1  # bump when the on-disk layout or the rendering changes: caches regenerate
+FORMAT_VERSION = 2  # bump when the on-disk layout or the rendering changes: caches regenerate
 CACHE_FILE = ".samples.json"
+# Inside the robot dataset: generator arguments and each episode's layout (see metaworld_robot).
+LAYOUTS_FILE = "meta/lawam_samples.json"
 
 __all__ = [
     "sample_sources",
@@ -217,7 +220,7 @@ def _expected_files(out_dir: Path, args: dict[str, Any]) -> list[Path]:
     if args["tasks"]:
         robot = out_dir / "robot"
         files += [robot / INFO_PATH, robot / TASKS_PATH, robot / DATA_PATH.format(chunk_index=0, file_index=0),
-                  robot / EPISODES_PATH.format(chunk_index=0, file_index=0)]
+                  robot / EPISODES_PATH.format(chunk_index=0, file_index=0), robot / LAYOUTS_FILE]
         files += [robot / VIDEO_PATH.format(video_key=f"observation.images.{camera}", chunk_index=0, file_index=0)
                   for camera in args["cameras"]]
     if args["human_tasks"]:
@@ -246,6 +249,7 @@ def _render_corpora(root: Path, args: dict[str, Any], show_progress: bool) -> No
             metaworld_robot.make_robot_corpus(
                 root / "robot", tasks=args["tasks"], episodes_per_task=args["episodes_per_task"],
                 seed=args["seed"], image_size=args["image_size"], cameras=args["cameras"],
+                record={"format_version": args["format_version"], "versions": args["versions"]},
                 on_episode=lambda _: bar.advance())
     if args["human_tasks"]:
         with progress_bar("human clips", len(args["human_tasks"]) * args["human_episodes_per_task"],

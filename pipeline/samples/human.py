@@ -42,7 +42,7 @@ def make_human_corpus(root: Path, *, tasks: Sequence[str], episodes_per_task: in
                       on_episode: Callable[[Rollout], None] | None = None) -> Path:
     """Render `episodes_per_task` clips per task into `root` (a new folder) with their manifest.
 
-    Clips play at the robot corpus's video rate (20 fps, one frame every 4th control step).
+    Clips play at the robot corpus's video rate (20 fps, one frame per control step).
     """
     from pipeline.samples import metaworld_robot  # MuJoCo + Meta-World: the `sim` extra
 
