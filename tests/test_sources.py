@@ -16,6 +16,7 @@ import fsspec
 import numpy as np
 import pytest
 
+from pipeline.samples.lerobot_v3 import LeRobotEpisode, write_lerobot_v3
 from pipeline.sources import SourceError, hashing, iter_episodes, load_actions, read_image_frames, read_image_timestamps
 from schemas.config import SourceSpec
 from tests.datasets import CAM, make_hdf5, make_lerobot_v21, make_lerobot_v30, make_video
@@ -29,7 +30,7 @@ def spec(uri: Path | str, fmt: str, kind: str = "robot", **kw: object) -> Source
 
 @pytest.fixture(scope="session")
 def v30(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    # 80 Hz rows under 20 fps video, as our Meta-World sample writer does.
+    # 80 Hz rows under 20 fps video: a robot that logs control faster than its camera.
     return make_lerobot_v30(
         tmp_path_factory.mktemp("v30"), episodes=(6, 4, 5), fps=80, video_fps=20, tasks=["reach", "push", "reach"]
     )
@@ -171,6 +172,25 @@ def test_lerobot_v30_actions_are_the_episodes_own_rows_at_the_control_rate(v30: 
     np.testing.assert_array_equal(track.actions[:, 0], 1000 + np.arange(16))
     np.testing.assert_allclose(track.timestamps, np.arange(16) / 80)
     assert track.state is not None and track.state.shape == (16, 3) and (track.state == 1).all()
+
+
+def test_lerobot_rows_faster_than_the_video_are_timed_by_their_timestamps(tmp_path: Path) -> None:
+    """Our writer, told `fps=80, video_fps=20`, makes the case lerobot's own loader refuses (rows
+    are no longer frames); the adapter still hands on each episode's rows at the control rate."""
+    def actions(ep: int, rows: int) -> np.ndarray:
+        return np.column_stack([1000 * ep + np.arange(rows), np.zeros((rows, 3))]).astype(np.float32)
+
+    episodes = [LeRobotEpisode(task="reach", data={"action": actions(ep, 4 * n)},
+                               videos={CAM: np.full((n, 24, 32, 3), 40 * ep, np.uint8)})
+                for ep, n in enumerate((3, 5))]
+    write_lerobot_v3(tmp_path / "ds", episodes, fps=80, video_fps=20)
+    refs = list(iter_episodes(spec(tmp_path / "ds", "lerobot")))
+    assert [(r.start_s, r.end_s, r.fps, r.action_rate) for r in refs] == [(0.0, 0.15, 20.0, 80.0),
+                                                                           (0.15, 0.4, 20.0, 80.0)]
+    track = load_actions(refs[1])
+    assert track is not None and track.actions.shape == (20, 4)  # 5 frames at 20 fps = 20 rows at 80 Hz
+    np.testing.assert_array_equal(track.actions[:, 0], 1000 + np.arange(20))
+    np.testing.assert_allclose(track.timestamps, np.arange(20) / 80)
 
 
 def test_lerobot_v30_episode_in_a_later_file_spans_from_that_files_start(tmp_path: Path) -> None:

@@ -14,8 +14,9 @@ Layouts (checked against files written by lerobot 0.4.4 / `tests/fixtures_lerobo
 Enumeration reads `meta/` only (plus the hashes of the files each episode points at).
 Actions are read later by `load_lerobot_actions`: the episode's own rows of the data file
 (filtered on `episode_index`), timed by the `timestamp` column, which LeRobot resets to 0
-at every episode start. Rows may run at a higher control rate than the video (our
-Meta-World samples: 80 Hz rows, 20 fps video): nothing here assumes one row per frame.
+at every episode start. Rows may run at a higher control rate than the video (a robot
+logging control at 80 Hz under a 20 fps camera; lerobot itself writes one row per frame,
+as do our Meta-World samples): nothing here assumes one row per frame.
 """
 
 from __future__ import annotations
