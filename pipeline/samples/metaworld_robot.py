@@ -88,7 +88,7 @@ __all__ = [
 logger = logging.getLogger(__name__)
 
 SUCCESS_TAIL_STEPS = 4  # control steps kept after the first success (0.2 s of the settled outcome)
-MAX_STEPS = 60  # cap (3 s); the default experts succeed in 8-27 control steps
+MAX_STEPS = 60  # cap (3 s); the default experts first succeed after 8-37 control steps
 ROBOT_TYPE = "sawyer"
 
 STATE_NAMES = ["hand_x", "hand_y", "hand_z", "gripper_opening"]
