@@ -41,6 +41,10 @@ log = logging.getLogger(__name__)
 EVAL_PAIRS = 4096
 
 
+class SelectionError(ValueError):
+    """The store version (or the selection of it) lacks what a policy trains on."""
+
+
 def keeps_actions(keys, fraction: float) -> np.ndarray:
     """Which episodes keep their actions under `action_fraction`: by a hash of the key, so the
     same episodes keep them in every run and store version."""
@@ -69,7 +73,7 @@ class DistillRecipe:
     def build(self, store: FeatureStore, query: PairQuery, fresh: bool) -> LaWAMPolicy:
         reader = PairReader(store, query)
         if not reader.robot.any() or not reader.action_dim:
-            raise ValueError(f"store version {store.version} has no robot episodes with actions in this "
+            raise SelectionError(f"store version {store.version} has no robot episodes with actions in this "
                              "selection: a policy needs some")
         tokens, dim = store.token_shape
         lawm = load_lawm(self.lam_dir)[0] if self.lam_dir else None
@@ -92,7 +96,7 @@ class DistillRecipe:
             z = sample["label"][sample["label_mask"]]
             z_mean, z_std = z.mean(0), z.std(0)
         elif lawm is not None:
-            raise ValueError(f"no labels of {self.label_set} in this selection: run `lawam label` first")
+            raise SelectionError(f"no labels of {self.label_set} in this selection: run `lawam label` first")
         model.set_stats(mean, std, state_mean, state_std, z_mean, z_std)
         return model
 
@@ -206,4 +210,4 @@ def distill(store_uri: str, out_dir: str | Path, lam_dir: str | Path | None, cfg
                device=device, stop_at=stop_at, name="distill", saved_config=DistillConfig.model_validate, steps=steps)
 
 
-__all__ = ["DistillRecipe", "distill", "keeps_actions"]
+__all__ = ["DistillRecipe", "SelectionError", "distill", "keeps_actions"]
