@@ -33,6 +33,7 @@ import av
 import numpy as np
 
 from pipeline.decode import (
+    RESIZE_MODES,
     CorruptVideoError,
     DecodeRequest,
     FrameBlock,
@@ -238,6 +239,15 @@ class _FrameSource:
         return self.frames_from(pts)
 
 
+def _swscale_geometry(width: int, height: int, rotation: int, size: int, resize: str) -> tuple[int, int, int, int]:
+    """For a coded (width, height) frame shown rotated by `rotation`: the (w, h) to ask swscale
+    for (pre-rotation) and the (x0, y0) of the size x size crop in the upright scaled frame."""
+    quarter = rotation % 180 == 90
+    dw, dh = (height, width) if quarter else (width, height)
+    sw, sh, x0, y0 = resize_geometry(dw, dh, size, resize)
+    return (sh, sw, x0, y0) if quarter else (sw, sh, x0, y0)
+
+
 class _Converter:
     """Picked frame -> (size, size, 3) upright RGB, one swscale call per frame."""
 
@@ -248,16 +258,37 @@ class _Converter:
     def into(self, frame: av.VideoFrame, rotation: int, out: np.ndarray) -> None:
         key = (frame.width, frame.height, rotation)
         if key != self._key:
-            quarter = rotation % 180 == 90
-            dw, dh = (frame.height, frame.width) if quarter else (frame.width, frame.height)
-            sw, sh, self._x0, self._y0 = resize_geometry(dw, dh, self.size, self.resize)
-            self._scaled = (sh, sw) if quarter else (sw, sh)  # what to ask swscale for, pre-rotation
+            self._geometry = _swscale_geometry(frame.width, frame.height, rotation, self.size, self.resize)
             self._key = key
-        width, height = self._scaled
+        width, height, x0, y0 = self._geometry
         rgb = frame.to_ndarray(width=width, height=height, format="rgb24", interpolation="AREA", threads=1)
         if rotation:
             rgb = np.rot90(rgb, k=rotation // 90)  # rotation is counter-clockwise, as is rot90
-        out[...] = rgb[self._y0 : self._y0 + self.size, self._x0 : self._x0 + self.size]
+        out[...] = rgb[y0 : y0 + self.size, x0 : x0 + self.size]
+
+
+def resize_like_decode(frames: np.ndarray, size: int, resize: str = "center_crop") -> np.ndarray:
+    """Upright RGB frames (n, H, W, 3) uint8 -> (n, size, size, 3), through the pixel path a
+    frame of an ingested video took: rgb24 -> yuv420p (as the video encoder stored it) -> the
+    same swscale call and crop as `decode_pyav`. Closed-loop evaluation feeds the encoder with
+    this, so a policy sees live frames preprocessed exactly like its training features (codec
+    loss aside: the chroma subsampling and the AREA filter are reproduced, compression is not).
+
+    Exact for AV1 and VP9 (LeRobot's default codec, and the sample corpora's): a lossless VP9
+    round trip decodes to the same bytes. h264/HEVC decoders tag their frames' chroma siting
+    ("left"), which FFmpeg 8's swscale honours and PyAV cannot set on a frame it builds: there
+    this path differs by ~0.7 grey levels on average.
+    """
+    if frames.ndim != 4 or frames.shape[-1] != 3 or frames.dtype != np.uint8:
+        raise ValueError(f"expected uint8 frames (n, H, W, 3), got {frames.dtype} {frames.shape}")
+    if resize not in RESIZE_MODES:
+        raise ValueError(f"resize must be one of {RESIZE_MODES}, got {resize!r}")
+    out = np.empty((len(frames), size, size, 3), np.uint8)
+    convert = _Converter(size, resize)
+    for i, rgb in enumerate(frames):
+        yuv = av.VideoFrame.from_ndarray(np.ascontiguousarray(rgb), format="rgb24").reformat(format="yuv420p")
+        convert.into(yuv, 0, out[i])
+    return out
 
 
 def decode_pyav(

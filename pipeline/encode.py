@@ -74,6 +74,44 @@ def encoder_identity(cfg: EncoderConfig) -> dict:
     }
 
 
+def encoder_config_from_identity(identity: dict, checkpoint: Path | None = None, *,
+                                 device: str = "auto") -> EncoderConfig:
+    """The `EncoderConfig` that rebuilds the encoder an identity (from a store or a model card)
+    names, so evaluation encodes live frames exactly as the training features were encoded.
+
+    A random-init identity carries its seed; a `sha256:` identity needs `checkpoint`, a file
+    whose digest matches. The rebuilt config's identity must equal `identity` field for field
+    (a timm upgrade that changed the model's mean/std is refused, not silently used).
+    """
+    weights = str(identity.get("weights", ""))
+    seed, ckpt = 0, None
+    if m := re.fullmatch(r"random-init:seed=(-?\d+)", weights):
+        seed = int(m.group(1))
+    elif weights.startswith("sha256:"):
+        if checkpoint is None:
+            raise EncoderError(f"encoder {identity.get('model')!r} was built from a checkpoint ({weights[:19]}...): "
+                               "pass the checkpoint file (--encoder-checkpoint)")
+        if not Path(checkpoint).is_file():
+            raise EncoderError(f"encoder checkpoint {str(checkpoint)!r} does not exist")
+        if (got := file_digest(str(checkpoint))) != weights:
+            raise EncoderError(f"encoder checkpoint {str(checkpoint)!r} has digest {got[:19]}..., the features were "
+                               f"made with {weights[:19]}...: pass the checkpoint they were made with")
+        ckpt = Path(checkpoint)
+    else:
+        raise EncoderError(f"encoder identity has weights {weights!r}; expected 'random-init:seed=N' or 'sha256:...'")
+    try:
+        cfg = EncoderConfig(model=identity["model"], checkpoint=ckpt, image_size=identity["image_size"],
+                            tokens=identity["tokens"], layer=identity["layer"], seed=seed, device=device)
+    except (KeyError, ValueError) as e:
+        raise EncoderError(f"encoder identity {identity!r} is incomplete or invalid: "
+                           f"{str(e).splitlines()[0]}") from None
+    if (rebuilt := encoder_identity(cfg)) != identity:
+        diff = sorted(k for k in set(rebuilt) | set(identity) if rebuilt.get(k) != identity.get(k))
+        raise EncoderError(f"encoder {cfg.model!r} rebuilt here differs from the recorded identity in {diff}: "
+                           "install the timm version the features were made with")
+    return cfg
+
+
 @dataclass(frozen=True)
 class TokenSpec:
     mode: str  # cls | mean | grid | patches

@@ -1,0 +1,174 @@
+"""What a closed-loop evaluation leaves in its folder, and the success statistics.
+
+    results.json    settings, the policy's lineage, per-task success rate with a 95% Wilson
+                    interval, every episode (task, layout, seed, steps, success), latency
+    success.png     success rate per task, the interval as error bars, the overall rate as a line
+    rollout-<task>.mp4   the task's first episode, every control step's frame, h264
+
+results.json is written last and atomically: a folder without it holds no finished evaluation.
+The Wilson interval (not the normal approximation) because evaluations are small and rates
+near 0 or 1 are common, where the normal interval collapses to a point.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import os
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+log = logging.getLogger(__name__)
+
+RESULTS_FORMAT = 1  # bump when results.json changes incompatibly
+Z95 = 1.959963984540054  # two-sided 95% normal quantile
+# What results.json keeps of the policy card: enough to walk back to the data, not the config.
+LINEAGE_KEYS = ("kind", "lawam_version", "created_at", "weights_sha256", "store", "encoder", "label_set",
+                "subgoal", "action_fraction", "steps")
+
+
+@dataclass
+class EpisodeResult:
+    """One closed-loop episode, as a worker returns it."""
+
+    task: str
+    index: int  # episode index within the task
+    mt1_seed: int  # the layout: MT1 seed ...
+    slot: int  # ... and slot
+    seed: int  # torch / numpy seed of the episode
+    steps: int  # control steps executed
+    success: bool  # success reported at some step
+    act_calls: int  # policy calls (chunks asked for)
+    final_reward: float  # Meta-World's shaped reward after the last step
+    seconds: float  # wall time of the episode on its worker
+    frames: np.ndarray | None = field(default=None, repr=False)  # (steps + 1, H, W, 3) when recorded
+
+    def to_json(self) -> dict[str, Any]:
+        row = {k: v for k, v in asdict(self).items() if k != "frames"}
+        row["final_reward"], row["seconds"] = round(self.final_reward, 6), round(self.seconds, 3)
+        return row
+
+
+def wilson_interval(successes: int, n: int, z: float = Z95) -> tuple[float, float]:
+    """Wilson score interval of a binomial proportion; (0, 1) when n is 0."""
+    if n == 0:
+        return 0.0, 1.0
+    p = successes / n
+    centre = (p + z * z / (2 * n)) / (1 + z * z / n)
+    half = z / (1 + z * z / n) * math.sqrt(p * (1 - p) / n + z * z / (4 * n * n))
+    lo = 0.0 if successes == 0 else max(0.0, centre - half)  # exact ends: no rounding past 0 or 1
+    hi = 1.0 if successes == n else min(1.0, centre + half)
+    return lo, hi
+
+
+def _rate(rows: list[EpisodeResult]) -> dict[str, Any]:
+    k, n = sum(r.success for r in rows), len(rows)
+    lo, hi = wilson_interval(k, n)
+    return {"episodes": n, "successes": k, "success_rate": k / n if n else 0.0, "ci95": [lo, hi],
+            "mean_steps": float(np.mean([r.steps for r in rows])) if rows else 0.0}
+
+
+@dataclass
+class EvalReport:
+    out_dir: Path
+    results: dict[str, Any]  # what results.json holds
+
+    @property
+    def success_rate(self) -> float:
+        return self.results["overall"]["success_rate"]
+
+    @property
+    def per_task(self) -> dict[str, dict[str, Any]]:
+        return self.results["tasks"]
+
+    def summary(self) -> str:
+        o = self.results["overall"]
+        lo, hi = o["ci95"]
+        return (f"{o['successes']}/{o['episodes']} episodes succeeded ({o['success_rate']:.0%}, "
+                f"95% CI {lo:.0%}-{hi:.0%}) in {self.results['seconds']:.0f} s")
+
+    def to_markdown(self) -> str:
+        rows = [f"| {task} | {t['successes']}/{t['episodes']} | {t['success_rate']:.0%} | "
+                f"{t['ci95'][0]:.0%}–{t['ci95'][1]:.0%} | {t['mean_steps']:.1f} |\n"
+                for task, t in self.per_task.items()]
+        text = (f"## Evaluation in `{self.out_dir}`\n\n{self.summary()}\n\n"
+                "| task | succeeded | rate | 95% CI | mean steps |\n|---|---|---|---|---|\n" + "".join(rows))
+        for device, lat in (self.results.get("latency") or {}).items():
+            text += (f"\nlatency ({device}, {lat['torch_threads']} threads): policy "
+                     f"{lat['policy_ms']['median']:.2f} ms median / {lat['policy_ms']['p95']:.2f} ms p95; "
+                     f"encoder + policy {lat['encoder_policy_ms']['median']:.2f} / "
+                     f"{lat['encoder_policy_ms']['p95']:.2f} ms\n")
+        return text
+
+
+def lineage(card: dict[str, Any]) -> dict[str, Any]:
+    out = {k: card[k] for k in LINEAGE_KEYS if k in card}
+    if card.get("lawm"):
+        out["lawm"] = {k: card["lawm"][k] for k in ("dir", "weights_sha256", "store") if k in card["lawm"]}
+    return out
+
+
+def plot_success(tasks: dict[str, dict[str, Any]], overall: dict[str, Any], path: Path, title: str) -> Path:
+    """Bar per task (success rate, Wilson 95% interval as error bars) and the overall rate as a line."""
+    from matplotlib.figure import Figure
+
+    names = list(tasks)
+    rates = np.array([tasks[t]["success_rate"] for t in names])
+    lo = np.array([tasks[t]["ci95"][0] for t in names])
+    hi = np.array([tasks[t]["ci95"][1] for t in names])
+    fig = Figure(figsize=(max(4.0, 1.2 * len(names) + 2), 3.6), layout="constrained")
+    ax = fig.subplots()
+    ax.bar(names, rates, yerr=[rates - lo, hi - rates], capsize=4, color="tab:blue")
+    ax.axhline(overall["success_rate"], color="tab:red", linestyle="--", linewidth=1,
+               label=f"all tasks {overall['success_rate']:.0%} (n={overall['episodes']})")
+    ax.set_ylim(0, 1.05)
+    ax.set_ylabel("success rate (95% Wilson CI)")
+    ax.tick_params(axis="x", labelsize=8, rotation=20)
+    ax.legend(fontsize=8, loc="upper right")
+    ax.set_title(title, fontsize=10)
+    fig.savefig(path, dpi=100)
+    return path
+
+
+def write_video(path: Path, frames: np.ndarray, fps: int) -> Path:
+    """h264 MP4 of RGB frames at `fps`, playable anywhere (yuv420p)."""
+    from pipeline.samples.lerobot_v3 import VideoEncoding, encode_video_frames
+
+    encode_video_frames(path, frames, fps, VideoEncoding(vcodec="libx264", g=None, crf=23))
+    return path
+
+
+def write_report(out_dir: Path, results: list[EpisodeResult], *, settings: dict[str, Any], card: dict[str, Any],
+                 policy: str | None, latency: dict[str, Any] | None, video_fps: int, seconds: float,
+                 rollout_seconds: float) -> EvalReport:
+    """Write the videos, the plot and (last, atomically) results.json into `out_dir`."""
+    by_task: dict[str, list[EpisodeResult]] = {}
+    for r in results:
+        by_task.setdefault(r.task, []).append(r)
+    tasks = {task: _rate(rows) for task, rows in by_task.items()}
+    overall = _rate(results)
+    videos = {}
+    for task, rows in by_task.items():
+        first = next((r for r in rows if r.frames is not None), None)
+        if first is not None and settings.get("video", True):
+            name = f"rollout-{task}.mp4"
+            write_video(out_dir / name, first.frames, video_fps)
+            videos[task] = name
+            tasks[task]["video"] = name
+    plot_success(tasks, overall, out_dir / "success.png",
+                 f"{Path(policy).name if policy else 'policy'}: {overall['episodes']} held-out episodes")
+    doc = {
+        "format": RESULTS_FORMAT, "policy": {"path": policy, **lineage(card)}, "settings": settings,
+        "overall": overall, "tasks": tasks, "episodes": [r.to_json() for r in results],
+        "latency": latency, "seconds": round(seconds, 2),
+        "seconds_per_episode": round(sum(r.seconds for r in results) / max(1, len(results)), 3),
+        "rollout_seconds": round(rollout_seconds, 2),
+    }
+    tmp = out_dir / f".results.json.{os.getpid()}"
+    tmp.write_text(json.dumps(doc, indent=2, default=str))
+    os.replace(tmp, out_dir / "results.json")
+    return EvalReport(out_dir, doc)
