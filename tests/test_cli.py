@@ -103,11 +103,11 @@ def test_demo_end_to_end_and_again_does_nothing(tmp_path):
     repo = Path(__file__).resolve().parents[1]
     first = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=600, cwd=repo)
     assert first.returncode == 0, first.stdout[-2000:] + first.stderr[-3000:]
-    assert "added 8, skipped 0, quarantined 0" in first.stdout  # 4 tasks x 1 robot episode + 2 x 2 human clips
+    assert "added 9, skipped 0, quarantined 0" in first.stdout  # 5 tasks x 1 robot episode + 2 x 2 human clips
     assert "metaworld" in first.stdout and "human-standin" in first.stdout
     again = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=600, cwd=repo)
     assert again.returncode == 0, again.stderr[-3000:]
-    assert "(cached)" in again.stdout and "added 0, skipped 8" in again.stdout and "(unchanged)" in again.stdout
+    assert "(cached)" in again.stdout and "added 0, skipped 9" in again.stdout and "(unchanged)" in again.stdout
 
     # Stage 1 on the demo store, as the README goes on: train-lam, label, then the dataset serves the labels.
     store, lam = str(tmp_path / "demo" / "store"), tmp_path / "lam"
@@ -118,7 +118,7 @@ def test_demo_end_to_end_and_again_does_nothing(tmp_path):
     label = subprocess.run([sys.executable, "-m", "flows.cli", "label", "--store", store, "--lam", str(lam)],
                            capture_output=True, text=True, env=env, timeout=600, cwd=repo)
     assert label.returncode == 0, label.stdout[-2000:] + label.stderr[-3000:]
-    assert "+8 episodes" in label.stdout
+    assert "+9 episodes" in label.stdout
 
     from model.data import collect
     from pipeline.store import FeatureStore
@@ -129,3 +129,32 @@ def test_demo_end_to_end_and_again_does_nothing(tmp_path):
                                                         label_set=card["label_set"]))
     assert batch["label_mask"].all() and batch["label"].shape[1] == card["latent_dim"]
     assert batch["robot"].any() and batch["action_mask"][batch["robot"]].any()
+
+    # Stage 2 on the same store: distil a policy from the labels, evaluate it closed loop, time it.
+    policy = tmp_path / "policy"
+    run = subprocess.run([sys.executable, "-m", "flows.cli", "distill", "--store", store, "--labels", str(lam),
+                          "--out", str(policy), "--steps", "20"],
+                         capture_output=True, text=True, env=env, timeout=600, cwd=repo)
+    assert run.returncode == 0, run.stdout[-2000:] + run.stderr[-3000:]
+    assert "LaWAM policy" in run.stdout and "held-out action L1" in run.stdout
+    pcard = json.loads((policy / "card.json").read_text())
+    assert pcard["label_set"] == card["label_set"] and pcard["lawm"]["weights_sha256"] == card["weights_sha256"]
+    assert pcard["store"]["version"] == FeatureStore.open(store).version
+
+    results = tmp_path / "eval" / "results.json"
+    ev = subprocess.run([sys.executable, "-m", "flows.cli", "eval", "--policy", str(policy), "--tasks", "reach-v3",
+                         "--episodes", "1", "--seed", "3", "--max-steps", "6", "--workers", "1",
+                         "--latency-calls", "0", "--out", str(results)],
+                        capture_output=True, text=True, env=env, timeout=600, cwd=repo)
+    assert ev.returncode == 0, ev.stdout[-2000:] + ev.stderr[-3000:]
+    result = json.loads(results.read_text())
+    assert list(result["tasks"]) == ["reach-v3"] and len(result["episodes"]) == 1
+    episode = result["episodes"][0]
+    assert episode["steps"] <= 6 and episode["act_calls"] >= 2  # receding horizon: 4 of 8 actions per chunk
+    assert (results.parent / "success.png").stat().st_size > 0
+    assert (results.parent / "rollout-reach-v3.mp4").stat().st_size > 0
+
+    lat = subprocess.run([sys.executable, "-m", "flows.cli", "latency", "--policy", str(policy), "--calls", "200",
+                          "--threads", "1"], capture_output=True, text=True, env=env, timeout=600, cwd=repo)
+    assert lat.returncode == 0, lat.stdout[-2000:] + lat.stderr[-3000:]
+    assert "policy alone" in lat.stdout and "encoder + policy" in lat.stdout and "(cpu" in lat.stdout
