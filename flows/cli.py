@@ -379,8 +379,8 @@ def eval_cmd(
     episodes: int = typer.Option(20, min=1, help="Held-out episodes per task."),
     seed: int = typer.Option(0, help="Seed of the held-out layouts (stream 'eval'; an overlap with the "
                                      "training layouts is refused)."),
-    out: Path = typer.Option(None, help="results.json to write (default: POLICY/eval/results.json); "
-                                        "success.png and one rollout MP4 per task go beside it."),
+    results: Path = typer.Option(None, "--out", help="results.json to write (default: POLICY/eval/results.json); "
+                                                    "success.png and one rollout MP4 per task go beside it."),
     execute_steps: int = typer.Option(None, min=1, help="Actions executed per chunk before asking again "
                                                         "(default: half the chunk)."),
     max_steps: int = typer.Option(None, min=1, help="Control steps per episode (default and cap: "
@@ -414,9 +414,9 @@ def eval_cmd(
             tuple(dict.fromkeys(lay.task for lay in view.layouts))
         if not names:
             raise EvalError("give --tasks: the store does not record which tasks the policy was trained on")
-        out_dir = out.parent if out is not None else policy / "eval"
-        if out is not None and out.name != "results.json":
-            raise EvalError(f"--out {out}: name the results file results.json (the PNG and MP4s go beside it)")
+        out_dir = results.parent if results is not None else policy / "eval"
+        if results is not None and results.name != "results.json":
+            raise EvalError(f"--out {results}: name the results file results.json (the PNG and MP4s go beside it)")
         from pipeline.ray_runtime import ensure_ray
 
         ensure_ray()
