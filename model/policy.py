@@ -225,7 +225,8 @@ class PolicyRunner:
         self.model, self.card = model.eval().to(device), card
         self.device = torch.device(device)
         self.horizon, self.action_dim = model.horizon, model.action_dim
-        self.control_hz = float(card["control_hz"])
+        # The rate the chunk's actions were recorded at (None in the card: sources of mixed rates).
+        self.control_hz = float(card["control_hz"]) if card.get("control_hz") else float("nan")
         self._gen = torch.Generator(device=self.device).manual_seed(0)
 
     @torch.inference_mode()
