@@ -16,7 +16,7 @@ import torch.nn.functional as F
 
 from pipeline.decode import decode_frames, pick_frame_indices
 from pipeline.sources import read_image_frames, read_image_timestamps
-from pipeline.sources.base import EpisodeRef
+from pipeline.sources.base import EpisodeRef, SourceError
 
 
 def resize_frames(frames: np.ndarray, size: int, mode: str) -> np.ndarray:
@@ -35,7 +35,10 @@ def resize_frames(frames: np.ndarray, size: int, mode: str) -> np.ndarray:
 def decode_episode_blocks(ref: EpisodeRef, *, fps: float, size: int, resize: str = "center_crop",
                           max_seconds: float | None = None, block_frames: int = 32,
                           decoder: str = "auto") -> Iterator[dict]:
-    """Yield {"frames": (n, size, size, 3) uint8, "timestamps": (n,) float64} blocks."""
+    """Yield {"frames": (n, size, size, 3) uint8, "timestamps": (n,) float64} blocks.
+    A refused episode (bad input found at enumeration) is never opened: SourceError."""
+    if ref.refused is not None:
+        raise SourceError(ref.refused)
     if ref.image_key is None:
         for block in decode_frames(ref.uri, fps=fps, size=size, start_s=ref.start_s, end_s=ref.end_s,
                                    resize=resize, max_seconds=max_seconds, block_frames=block_frames,

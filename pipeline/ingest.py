@@ -90,16 +90,26 @@ def ingest_episodes(
         report = IngestReport(store.uri, writer.parent_version, None)
         plan = writer.plan(refs, params)
         report.skipped, report.retitled = len(plan.skipped), len(plan.retitled)
-        log.info("%d episodes to ingest, %d unchanged", len(plan.todo), len(plan.skipped))
-        if not plan.todo:  # nothing to encode: no Ray, no model; a commit only if instructions changed
-            report.version_after = writer.commit(f"ingest: {len(plan.retitled)} instructions updated")
+        # Refused at enumeration (a path outside the source, a missing file, a demo without
+        # actions): quarantined as they are, their media never opened.
+        todo = [ref for ref in plan.todo if ref.refused is None]
+        for ref in plan.todo:
+            if ref.refused is not None:
+                writer.quarantine(ref, ref.refused, params(ref))
+                report.quarantined.append((ref.key, ref.refused))
+        log.info("%d episodes to ingest, %d unchanged, %d refused", len(todo), len(plan.skipped),
+                 len(plan.todo) - len(todo))
+        if not todo:  # nothing to encode: no Ray, no model; a commit only if the catalog changed
+            report.version_after = writer.commit(f"ingest: {len(plan.retitled)} instructions updated, "
+                                                 f"{len(report.quarantined)} quarantined")
         else:
             ensure_ray()
             actors = encoder_pool(encoder, num_encoders)  # models load on the workers while decoding starts
-            with progress_bar("ingest", total=len(plan.todo), enabled=progress, unit="episodes") as bar:
+            with progress_bar("ingest", total=len(todo), enabled=progress, unit="episodes") as bar:
                 run = IngestRun(writer, actors, params, block_frames=encoder.batch_size, decoder=sampling.decoder,
                                 bar=bar, commit_every_s=commit_every_s)
-                stats = run.run(plan.todo)
+                run.stats.quarantined.extend(report.quarantined)
+                stats = run.run(todo)
                 run.commit(f"ingest: +{stats.added} episodes, {len(stats.quarantined)} quarantined")
             report.version_after = stats.last_version
             report.added, report.frames, report.quarantined = stats.added, stats.frames, stats.quarantined

@@ -85,6 +85,8 @@ def test_manifest_row_for_a_missing_file_still_yields_an_episode(clips: Path) ->
     refs = list(iter_episodes(spec(clips, "video_dir", "human", manifest="m.csv")))
     assert [r.episode_id for r in refs] == ["a.mp4", "gone.mp4"]
     assert not os.path.exists(refs[1].uri)
+    assert refs[0].refused is None
+    assert refs[1].refused == "m.csv row 2: path 'gone.mp4' does not exist in the source folder"
 
 
 def test_manifest_without_file_column_is_a_source_error_naming_it(clips: Path) -> None:

@@ -16,7 +16,8 @@ __all__ = ["ActionTrack", "EpisodeRef", "SourceError"]
 
 class SourceError(ValueError):
     """A whole source cannot be read (missing folder, unreadable LeRobot `meta/info.json`).
-    Per-episode problems are not raised here: they surface at decode and are quarantined."""
+    Per-episode problems are not raised here: they are yielded as refused refs, or surface
+    at decode, and either way are quarantined."""
 
 
 @dataclass(frozen=True)
@@ -36,6 +37,10 @@ class EpisodeRef:
     actions_selector: str | None = None  # adapter-specific: episode index, HDF5 group, ...
     action_rate: float | None = None  # Hz, when actions carry no timestamps of their own
     split: str | None = None  # dataset split the source assigns ("train", "val", ...), if any
+    # Why the episode is bad input, when enumeration already knows (a manifest row leaving the
+    # source folder, a missing file, an HDF5 demo without actions): the ingest quarantines it
+    # with this one-line reason and never opens its media.
+    refused: str | None = None
 
     @property
     def key(self) -> str:

@@ -11,6 +11,11 @@ recording rate), else a SourceError asking for `action_rate`.
 Instruction: `spec.instruction_field` attribute of the demo or `data` group, else LIBERO's
 `data.attrs["problem_info"]["language_instruction"]`, else `spec.instruction` — the
 dataset's own per-episode text wins over the source-wide default, as for the other formats.
+
+Bad input is per demo: a demo without the configured action / state fields or without its
+camera's images is yielded refused (`EpisodeRef.refused`), so the ingest quarantines it
+without decoding it; only a field that no demo of the first file has is a SourceError
+(a wrong field name fails before any work).
 """
 
 from __future__ import annotations
@@ -136,21 +141,24 @@ def _instruction(spec: SourceSpec, data: h5py.Group, demo: h5py.Group) -> str | 
 def iter_hdf5(spec: SourceSpec) -> Iterator[EpisodeRef]:
     """One EpisodeRef per demo, files in path order, demos in numeric order."""
     files = _files(spec.uri)
-    for rel, uri in files:
+    for i, (rel, uri) in enumerate(files):
         digest = file_digest(uri)
         try:
-            yield from _iter_file(spec, rel, uri, digest)
+            yield from _iter_file(spec, rel, uri, digest, first_file=i == 0)
         except OSError as e:
             if len(files) == 1:
                 raise SourceError(f"{uri}: not a readable HDF5 file ({e})") from None
             # One bad file among many: yield it so the ingest quarantines it, the rest go on.
             log.error("%s: not a readable HDF5 file (%s); yielded for quarantine", uri, e)
-            yield EpisodeRef(
-                source=spec.id, episode_id=rel, kind=spec.kind, uri=uri, content_hash=combine(digest), image_key="data"
-            )
+            why = (str(e).splitlines() or [type(e).__name__])[0]
+            yield EpisodeRef(source=spec.id, episode_id=rel, kind=spec.kind, uri=uri, content_hash=combine(digest),
+                             image_key="data", refused=f"{rel}: not a readable HDF5 file ({why})")
 
 
-def _iter_file(spec: SourceSpec, rel: str, uri: str, digest: str) -> Iterator[EpisodeRef]:
+def _iter_file(spec: SourceSpec, rel: str, uri: str, digest: str, first_file: bool) -> Iterator[EpisodeRef]:
+    """The file's demos. A robot field missing from every demo of the first file is a wrong
+    field name (SourceError, at `check_source`); elsewhere, a demo lacking a field or its
+    image is yielded refused, so it is quarantined and the rest of the source goes on."""
     with open_h5(uri) as h5:
         data = h5.get("data")
         if not isinstance(data, h5py.Group):
@@ -166,13 +174,23 @@ def _iter_file(spec: SourceSpec, rel: str, uri: str, digest: str) -> Iterator[Ep
         cam = _pick_camera(spec, first["obs"], f"{uri} data/{demos[0]}")
         actions = list(spec.action_fields or ["actions"])
         state = list(spec.state_fields)
-        if spec.kind == "robot":
-            for name in actions + state:
-                if _field_path(first, name) is None:
-                    raise SourceError(f"{uri}: data/{demos[0]} has no field {name!r} (looked in the demo and obs/)")
+        fields = actions + state if spec.kind == "robot" else []
+        lacking = {demo: [f for f in fields if _field_path(data[demo], f) is None] for demo in demos}
+        nowhere = [f for f in fields if all(f in missing for missing in lacking.values())]
+        if nowhere and first_file:  # in no demo at all: a wrong field name, not one bad demo
+            raise SourceError(f"{uri}: no demo has field(s) {nowhere!r} (looked in data/demo_N and its obs/); "
+                              "fix action_fields / state_fields, or use kind: human")
         for demo in demos:
             group = f"data/{demo}"
             selector = {"format": "hdf5", "group": group, "actions": actions, "state": state}
+            # One bad demo among good ones is bad input: quarantined, never decoded.
+            refused = None
+            if f"{group}/obs/{cam}" not in h5:
+                refused = f"{group} has no image obs/{cam}"
+            elif lacking[demo]:
+                name = lacking[demo][0]
+                what = "action" if name in actions else "state"
+                refused = f"{group} has no {what} field {name!r} (looked in the demo and obs/)"
             yield EpisodeRef(
                 source=spec.id,
                 episode_id=f"{rel}/{demo}" if rel else demo,
@@ -186,6 +204,7 @@ def _iter_file(spec: SourceSpec, rel: str, uri: str, digest: str) -> Iterator[Ep
                 actions_uri=uri if spec.kind == "robot" else None,
                 actions_selector=json.dumps(selector, sort_keys=True) if spec.kind == "robot" else None,
                 action_rate=rate,
+                refused=refused,
             )
 
 

@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import json
 import logging
+import math
 import threading
 from collections import OrderedDict
 from collections.abc import Iterator
@@ -106,10 +107,25 @@ def _fields(spec: SourceSpec, info: dict[str, Any], info_path: str) -> tuple[lis
     return actions, state
 
 
-def _split_of(info: dict[str, Any]) -> Any:
+def _number(value: Any, what: str, where: str, cast: type = float) -> Any:
+    """`value` as a positive number; SourceError naming the field when it is not one."""
+    try:
+        out = cast(value)
+    except (TypeError, ValueError, OverflowError):
+        out = None
+    if out is None or not out > 0 or (cast is float and not math.isfinite(out)):
+        raise SourceError(f"{where}: {what} is {value!r}, not a positive number; the dataset's meta/ is damaged")
+    return out
+
+
+def _split_of(info: dict[str, Any], info_path: str) -> Any:
     """`info["splits"]` such as {"train": "0:40", "val": "40:50"} → episode index → split."""
+    splits = info.get("splits") or {}
+    if not isinstance(splits, dict):
+        raise SourceError(f"{info_path}: splits is {type(splits).__name__}, expected a mapping like "
+                          '{"train": "0:40"}')
     ranges = []
-    for name, span in (info.get("splits") or {}).items():
+    for name, span in splits.items():
         try:
             lo, hi = (int(x) for x in str(span).split(":"))
         except ValueError:
@@ -167,15 +183,16 @@ def iter_lerobot(spec: SourceSpec) -> Iterator[EpisodeRef]:
     cam = pick_camera(spec, info, info_path)
     actions, state = _fields(spec, info, info_path)
     feature = info["features"][cam]
-    video_fps = (feature.get("info") or {}).get("video.fps") or feature.get("fps") or info.get("fps")
+    video_fps = ((feature.get("info") or {}).get("video.fps") or feature.get("fps") or info.get("fps")
+                 if isinstance(feature, dict) else None)
     common = {
         "source": spec.id,
         "kind": spec.kind,
         "camera": cam,
-        "fps": float(video_fps) if video_fps else None,
-        "action_rate": float(info["fps"]) if info.get("fps") else None,
+        "fps": _number(video_fps, f"{cam} fps", info_path) if video_fps else None,
+        "action_rate": _number(info["fps"], "fps", info_path) if info.get("fps") else None,
     }
-    split_of = _split_of(info)
+    split_of = _split_of(info, info_path)
     if info["codebase_version"] == "v3.0":
         rows = _episodes_v30(root, cam, spec.instruction_field)
     else:
@@ -188,7 +205,7 @@ def iter_lerobot(spec: SourceSpec) -> Iterator[EpisodeRef]:
         return digests[uri]
 
     for row in rows:
-        ep = int(row["episode_index"])
+        ep = row["episode_index"]
         where = f"{root} episode {ep}"
         video = join_uri(root, _fill(info, "video_path", info_path, video_key=cam, **row["_fmt_video"]))
         data = join_uri(root, _fill(info, "data_path", info_path, **row["_fmt_data"]))
@@ -219,11 +236,22 @@ def _fill(info: dict[str, Any], key: str, info_path: str, **values: Any) -> str:
         raise SourceError(f"{info_path}: {key} {template!r} has an unknown placeholder ({e})") from None
 
 
+def _indexed(row: Any, where: str) -> dict[str, Any]:
+    """The row with its `episode_index` as an int >= 0; SourceError naming the file when the
+    row is not a mapping or the index is not such a number."""
+    value = row.get("episode_index") if isinstance(row, dict) else None
+    if isinstance(value, bool) or not isinstance(value, int | float) or not 0 <= value < 2**63 or value != int(value):
+        raise SourceError(f"{where}: a row has episode_index {value!r}, not an integer >= 0; "
+                          "the dataset's meta/ is damaged")
+    return {**row, "episode_index": int(value)}
+
+
 def _episodes_v2(root: str, info: dict[str, Any]) -> Iterator[dict[str, Any]]:
-    chunks_size = int(info.get("chunks_size") or 1000)
-    rows = _read_jsonl(join_uri(root, "meta/episodes.jsonl"))
-    for row in sorted(rows, key=lambda r: int(r["episode_index"])):
-        ep = int(row["episode_index"])
+    chunks_size = _number(info.get("chunks_size") or 1000, "chunks_size", join_uri(root, "meta/info.json"), int)
+    path = join_uri(root, "meta/episodes.jsonl")
+    rows = [_indexed(row, path) for row in _read_jsonl(path)]
+    for row in sorted(rows, key=lambda r: r["episode_index"]):
+        ep = row["episode_index"]
         fmt = {"episode_chunk": ep // chunks_size, "episode_index": ep}
         yield {**row, "_fmt_data": fmt, "_fmt_video": fmt}
 
@@ -256,7 +284,8 @@ def _episodes_v30(root: str, cam: str, instruction_field: str | None) -> Iterato
                 rows.extend(pq.read_table(f, columns=wanted + extra).to_pylist())
         except (OSError, pa.ArrowException) as e:
             raise SourceError(f"{path}: unreadable ({e}); re-download the dataset") from None
-    for row in sorted(rows, key=lambda r: int(r["episode_index"])):
+    rows = [_indexed(row, join_uri(root, "meta/episodes")) for row in rows]
+    for row in sorted(rows, key=lambda r: r["episode_index"]):
         yield {
             **row,
             "_fmt_data": {"chunk_index": row["data/chunk_index"], "file_index": row["data/file_index"]},

@@ -4,28 +4,37 @@ This is how human / egocentric collections arrive. Enumeration lists the folder 
 the manifest) and hashes files; it never opens a container, so a zero-byte or non-video
 file is still yielded and the decoder quarantines it with its own reason.
 
-Manifest rules (CSV or JSONL, path relative to the folder unless absolute / a URL):
+Manifest rules (CSV or JSONL):
 
 - `file` (required): path relative to the folder. `instruction` (or the column named by
   `spec.instruction_field`), `split`, and a segment `start_s`/`end_s` (or `start`/`end`),
   in seconds, are optional.
 - With a manifest, **only the files it lists are episodes** — a manifest is how a user
   curates a folder (drops bad clips, cuts segments), so unlisted files are ignored.
-- A listed file that does not exist is still yielded (content hash `missing`), so the
-  ingest quarantines it as a missing file instead of the source silently shrinking.
-- episode_id = the relative path, plus `@<start>-<end>` for a segment: stable across runs
-  and unique as long as the manifest does not list the same segment twice (that is a
-  SourceError, since it is ambiguous which row's instruction to use).
+- A row must stay inside the folder: `../x.mp4`, an absolute path or URL, or a symlink
+  whose target lies outside the folder is never opened, not even hashed. Such a row, and
+  a row naming a file that does not exist, is still yielded, as a refused ref
+  (`EpisodeRef.refused` says why), so the ingest quarantines it with a one-line reason
+  instead of the source silently shrinking — or reading whatever the row points at.
+  A row refused for its path as written is keyed `refused-<hash of the path>`, so no `..`
+  reaches the catalog. Without a manifest, a listed symlink pointing out is refused too.
+- episode_id = the relative path (normalised: `a/./b/../c.mp4` is `a/c.mp4`), plus
+  `@<start>-<end>` for a segment: stable across runs and unique as long as the manifest
+  does not list the same segment twice (that is a SourceError, since it is ambiguous
+  which row's instruction to use).
 """
 
 from __future__ import annotations
 
 import csv
+import hashlib
 import io
 import json
 import logging
 import math
 import os
+import posixpath
+import re
 from collections.abc import Iterator
 from typing import Any
 
@@ -33,7 +42,7 @@ import fsspec
 
 from pipeline.sources.base import EpisodeRef, SourceError
 from pipeline.sources.hashing import combine, file_digest
-from pipeline.uri import is_remote, join_uri, open_uri
+from pipeline.uri import is_remote, join_uri, local_path, open_uri
 from schemas.config import SourceSpec
 
 log = logging.getLogger(__name__)
@@ -41,6 +50,7 @@ log = logging.getLogger(__name__)
 VIDEO_EXTENSIONS = frozenset({".mp4", ".mkv", ".webm", ".mov", ".avi", ".m4v"})
 _START_KEYS = ("start_s", "start")
 _END_KEYS = ("end_s", "end")
+_DRIVE = re.compile(r"^[A-Za-z]:/")  # C:\clips\x.mp4 (backslashes made slashes) is absolute too
 
 
 def is_video_name(name: str) -> bool:
@@ -79,6 +89,8 @@ def _read_manifest(uri: str) -> list[dict[str, Any]]:
             text = f.read().decode("utf-8-sig")
     except (FileNotFoundError, IsADirectoryError):
         raise SourceError(f"{uri}: manifest not found; fix `manifest` (relative to the folder)") from None
+    except UnicodeDecodeError as e:
+        raise SourceError(f"{uri}: not UTF-8 text ({e.reason} at byte {e.start}); save it as UTF-8") from None
     ext = os.path.splitext(uri)[1].lower()
     if ext in (".jsonl", ".ndjson", ".json"):
         rows = []
@@ -94,7 +106,10 @@ def _read_manifest(uri: str) -> list[dict[str, Any]]:
             rows.append(row)
         return rows
     if ext in (".csv", ".tsv"):
-        return list(csv.DictReader(io.StringIO(text), delimiter="\t" if ext == ".tsv" else ","))
+        try:
+            return list(csv.DictReader(io.StringIO(text), delimiter="\t" if ext == ".tsv" else ","))
+        except csv.Error as e:
+            raise SourceError(f"{uri}: not a readable CSV ({e}); one row per file, a `file` column") from None
     raise SourceError(f"{uri}: unknown manifest type {ext!r}; use .csv or .jsonl")
 
 
@@ -122,20 +137,74 @@ def _segment_id(rel: str, start: float | None, end: float | None) -> str:
     return f"{rel}@{start or 0:g}-{'' if end is None else format(end, 'g')}"
 
 
+def _escapes(real_root: str, path: str) -> bool:
+    """True when the local `path` resolves (through symlinks) to a place outside `real_root`."""
+    return os.path.commonpath([real_root, os.path.realpath(path)]) != real_root
+
+
+def _relative(raw: str) -> tuple[str | None, str | None]:
+    """(normalised POSIX path inside the folder, None), or (None, why the path is refused).
+    Decided on the text alone: nothing is opened or looked up."""
+    rel = raw.strip().replace("\\", "/")
+    if "\x00" in rel:
+        return None, "has a NUL byte"
+    try:
+        rel.encode("utf-8")
+    except UnicodeEncodeError:  # a lone surrogate from a JSON escape: no file can have this name
+        return None, "is not valid Unicode"
+    if "://" in rel or rel.startswith("/") or _DRIVE.match(rel):
+        return None, "is absolute; manifest paths are relative to the source folder"
+    rel = posixpath.normpath(rel)
+    if rel == ".." or rel.startswith("../"):
+        return None, "leaves the source folder"
+    if rel == ".":
+        return None, "names the folder itself, not a file"
+    return rel, None
+
+
+def _real_root(root: str) -> str | None:
+    """The local folder with every symlink resolved; None for a remote one (no symlinks)."""
+    return None if is_remote(root) else os.path.realpath(local_path(root))
+
+
+def _refusal(root: str, real_root: str | None, rel: str, info: dict[str, Any] | None) -> tuple[str, str | None]:
+    """(content digest, why the file cannot be an episode or None). A local file whose real
+    path lies outside the folder is refused before it is read."""
+    uri = join_uri(root, rel)
+    if real_root is not None:
+        path = local_path(uri)
+        if _escapes(real_root, path):
+            return "outside", "is a symlink to a file outside the source folder"
+        if os.path.lexists(path) and not os.path.isfile(path):
+            return "not-a-file", "is not a file"
+    try:
+        digest = file_digest(uri, info)
+    except PermissionError as e:
+        return "unreadable", f"cannot be read ({e.strerror})"
+    return digest, ("does not exist in the source folder" if digest == "missing" else None)
+
+
+def _refused_id(raw: str) -> str:
+    """Episode id of a row whose path is refused as written: stable, and free of `..`."""
+    return "refused-" + hashlib.sha256(raw.encode("utf-8", "surrogatepass")).hexdigest()[:12]
+
+
 def iter_video_dir(spec: SourceSpec) -> Iterator[EpisodeRef]:
     """Episodes of a folder of videos, sorted by relative path (manifest order with one)."""
     root = spec.uri
     if spec.manifest is None:
+        real_root = _real_root(root)
         for rel, info in sorted(_list_videos(root).items()):
-            uri = join_uri(root, rel)
+            digest, why = _refusal(root, real_root, rel, info)
             yield EpisodeRef(
                 source=spec.id,
                 episode_id=rel,
                 kind=spec.kind,
-                uri=uri,
-                content_hash=combine(file_digest(uri, info)),
+                uri=join_uri(root, rel),
+                content_hash=combine(digest),
                 camera=spec.cameras[0] if spec.cameras else None,
                 instruction=spec.instruction,
+                refused=None if why is None else f"{rel!r} {why}",
             )
         return
     yield from _iter_manifest(spec)
@@ -150,33 +219,36 @@ def _iter_manifest(spec: SourceSpec) -> Iterator[EpisodeRef]:
     rows = _read_manifest(manifest)
     field = spec.instruction_field or "instruction"
     if rows and "file" not in rows[0]:
-        raise SourceError(f"{manifest}: no `file` column (got {sorted(rows[0])!r}); add one with relative paths")
+        raise SourceError(f"{manifest}: no `file` column (got {sorted(rows[0], key=str)!r}); "
+                          "add one with relative paths")
     if spec.instruction_field and rows and not any(spec.instruction_field in r for r in rows):
-        raise SourceError(
-            f"{manifest}: instruction_field {spec.instruction_field!r} is not a column; got {sorted(rows[0])!r}"
-        )
+        raise SourceError(f"{manifest}: instruction_field {spec.instruction_field!r} is not a column; "
+                          f"got {sorted(rows[0], key=str)!r}")
     # Remote: one listing of the folder gives every file's checksum; no request per file.
     infos = _list_videos(root) if is_remote(root) else {}
+    name, real_root = posixpath.basename(manifest.replace("\\", "/")), _real_root(root)
     seen: set[str] = set()
     for n, row in enumerate(rows, 1):
         where = f"{manifest}: row {n}"
-        rel = row.get("file")
-        if _blank(rel):
+        raw = row.get("file")
+        if _blank(raw):
             raise SourceError(f"{where}: empty `file`; every row needs the video's relative path")
-        rel = str(rel).strip().replace("\\", "/")
-        while rel.startswith("./"):
-            rel = rel[2:]
+        raw = str(raw)
         start, end = _seconds(row, _START_KEYS, where), _seconds(row, _END_KEYS, where)
         if start is not None and end is not None and end <= start:
             raise SourceError(f"{where}: end {end} <= start {start}; a segment needs end > start")
-        episode_id = _segment_id(rel, start, end)
+        rel, why = _relative(raw)
+        if rel is None:  # never looked up, let alone opened: the path is refused as written
+            episode_id, uri, digest = _segment_id(_refused_id(raw), start, end), manifest, "refused"
+        else:
+            episode_id, uri = _segment_id(rel, start, end), join_uri(root, rel)
+            digest, why = _refusal(root, real_root, rel, infos.get(rel))
         if episode_id in seen:
             raise SourceError(f"{where}: {episode_id!r} is listed twice; keep one row per file/segment")
         seen.add(episode_id)
-        uri = join_uri(root, rel)
-        digest = file_digest(uri, infos.get(rel))
-        if digest == "missing":
-            log.warning("%s: %s does not exist; yielded so the ingest quarantines it", where, uri)
+        refused = None if why is None else f"{name} row {n}: path {raw.strip()!r} {why}"
+        if refused:
+            log.warning("%s: path %r %s; yielded so the ingest quarantines it", where, raw.strip(), why)
         instruction = row.get(field)
         split = row.get("split")
         yield EpisodeRef(
@@ -190,4 +262,5 @@ def _iter_manifest(spec: SourceSpec) -> Iterator[EpisodeRef]:
             end_s=end,
             instruction=spec.instruction if _blank(instruction) else str(instruction).strip(),
             split=None if _blank(split) else str(split).strip(),
+            refused=refused,
         )
