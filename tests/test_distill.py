@@ -157,3 +157,25 @@ def test_the_example_config_is_the_defaults():
     from schemas.training import load_distill_config
 
     assert load_distill_config(Path(__file__).resolve().parents[1] / "configs" / "distill.yaml") == DistillConfig()
+
+
+def test_flow_matching_head_trains_and_acts_deterministically(labelled, tmp_path):
+    uri, lam = labelled
+    card = distill(uri, tmp_path / "flow", lam, tiny(steps=6, action_head="flow"), progress=False)
+    assert card["config"]["model"]["action_head"] == "flow" and np.isfinite(card["metrics"]["heldout_action"])
+    runner = load_policy(tmp_path / "flow")
+    feats = FeatureStore.open(uri).features("bot/ep000")[3]
+    a = runner.act(feats, "task 0", np.array([0.0, 0.0, 1.0], np.float32))
+    assert a.shape == (4, 2) and np.isfinite(a).all()
+    np.testing.assert_array_equal(a, runner.act(feats, "task 0", np.array([0.0, 0.0, 1.0], np.float32)))
+
+
+def test_two_workers_on_ray_train_run_ddp(ray_local, labelled, tmp_path):
+    uri, lam = labelled
+    cfg = tiny(steps=30)
+    cfg = cfg.model_copy(update={"optim": cfg.optim.model_copy(update={"lr": 3e-3})})
+    card = distill(uri, tmp_path / "ddp", lam, cfg, workers=2, progress=False)
+    assert card["workers"] == 2 and card["steps"] == 30 and card["label_set"]
+    rows = [json.loads(line) for line in (tmp_path / "ddp" / "metrics.jsonl").read_text().splitlines()]
+    latent = [r["latent"] for r in rows if "latent" in r]
+    assert np.mean(latent[-3:]) < np.mean(latent[:3]), latent
