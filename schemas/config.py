@@ -22,6 +22,14 @@ class ConfigError(ValueError):
     file and the field, so it can be shown to the user as it is."""
 
 
+def _no_nul(v: str | None) -> str | None:
+    """No path can hold a NUL byte; caught here, it is a config error naming the field
+    instead of a ValueError from the OS later."""
+    if v is not None and "\x00" in v:
+        raise ValueError("must not contain a NUL byte")
+    return v
+
+
 class _Strict(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
@@ -50,6 +58,8 @@ class SourceSpec(_Strict):
         if not _SOURCE_ID.match(v):
             raise ValueError(f"{v!r} must be lowercase letters, digits, '.', '_' or '-'")
         return v
+
+    _paths_have_no_nul = field_validator("uri", "manifest")(lambda v: _no_nul(v))
 
     @model_validator(mode="after")
     def _human_has_no_actions(self) -> SourceSpec:
@@ -106,6 +116,8 @@ class StoreConfig(_Strict):
     branch: str = "main"
     chunk_frames: Annotated[int, Field(ge=1)] = 64  # frames per Zarr chunk along time
 
+    _uri_has_no_nul = field_validator("uri")(lambda v: _no_nul(v))
+
 
 class CorpusConfig(_Strict):
     """A corpus: the sources that feed one feature store, and how they are encoded."""
@@ -132,6 +144,7 @@ def _format_errors(path: Path, err: ValidationError) -> str:
     lines = []
     for e in err.errors():
         field = ".".join(str(p) for p in e["loc"]) or "(top level)"
+        field = field if field.isprintable() else repr(field)  # a key "\n" keeps the message one line
         msg = e["msg"]
         if e["type"] == "extra_forbidden":
             msg = "unknown field"
@@ -151,7 +164,8 @@ def _read_yaml(path: Path) -> dict:
     except yaml.YAMLError as e:
         where = getattr(e, "problem_mark", None)
         at = f" at line {where.line + 1}" if where else ""
-        raise ConfigError(f"{path}: not valid YAML{at}: {getattr(e, 'problem', e)}") from None
+        what = str(getattr(e, "problem", None) or e).splitlines()[0]  # a ReaderError has no `problem`
+        raise ConfigError(f"{path}: not valid YAML{at}: {what}") from None
     if not isinstance(data, dict):
         raise ConfigError(f"{path}: expected a mapping of fields at the top, got {type(data).__name__}")
     return data
@@ -189,6 +203,8 @@ def load_corpus(path: str | Path) -> CorpusConfig:
         resolved: list[object] = []
         for i, s in enumerate(sources):
             if isinstance(s, str):
+                if not s.strip() or not s.isprintable():  # also keeps the error one line
+                    raise ConfigError(f"{path}: sources.{i}: {s!r} is not a source file path")
                 resolved.append(load_source(path.parent / s))
             elif isinstance(s, dict):
                 spec = _validate(SourceSpec, s, Path(f"{path} sources.{i}"))

@@ -50,6 +50,7 @@ log = logging.getLogger(__name__)
 VIDEO_EXTENSIONS = frozenset({".mp4", ".mkv", ".webm", ".mov", ".avi", ".m4v"})
 _START_KEYS = ("start_s", "start")
 _END_KEYS = ("end_s", "end")
+_MISSING = "does not exist in the source folder"
 _DRIVE = re.compile(r"^[A-Za-z]:/")  # C:\clips\x.mp4 (backslashes made slashes) is absolute too
 
 
@@ -175,13 +176,13 @@ def _refusal(root: str, real_root: str | None, rel: str, info: dict[str, Any] | 
         path = local_path(uri)
         if _escapes(real_root, path):
             return "outside", "is a symlink to a file outside the source folder"
-        if os.path.lexists(path) and not os.path.isfile(path):
-            return "not-a-file", "is not a file"
+        if not os.path.isfile(path):  # also a name too long, or under a file ('a.mp4/x')
+            return ("not-a-file", "is not a file") if os.path.lexists(path) else ("missing", _MISSING)
     try:
         digest = file_digest(uri, info)
     except PermissionError as e:
         return "unreadable", f"cannot be read ({e.strerror})"
-    return digest, ("does not exist in the source folder" if digest == "missing" else None)
+    return digest, (_MISSING if digest == "missing" else None)
 
 
 def _refused_id(raw: str) -> str:
