@@ -1,7 +1,12 @@
 """The `lawam` command line. Each command is a thin shell over a library function.
 
 Bad input exits with status 2 and one line on stderr; an ingest that quarantined
-episodes completes, lists them, and exits with status 3.
+episodes completes, lists them, and exits with status 3; an infrastructure fault (the
+object store, Ray) exits with status 1 and one line, its traceback only with `-v`.
+`-h` is `--help` everywhere; `lawam --version` prints the version. Long commands show a
+live bar on a terminal and a plain progress line every few seconds when stderr is not one
+(`$LAWAM_PROGRESS_EVERY` seconds, default 5); `--no-progress` silences both. Ray's
+start-up lines and Prefect's run logs are shown only with `-v`.
 """
 
 from __future__ import annotations
@@ -13,17 +18,58 @@ import sys
 from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
 
+import click
 import typer
 from rich.console import Console
 from rich.table import Table
+from typer.core import TyperGroup
 
-app = typer.Typer(help="lawam: latent-action pretraining corpora from robot and human video.",
-                  no_args_is_help=True, add_completion=False, pretty_exceptions_enable=False)
 out = Console(width=None if sys.stdout.isatty() else 160)
 err = Console(stderr=True)
 
+EXIT_INFRASTRUCTURE = 1
 EXIT_BAD_INPUT = 2
 EXIT_QUARANTINED = 3
+VERBOSE = "lawam.verbose"  # key in click's ctx.meta, set by the app callback
+
+
+def infrastructure_line(e: BaseException) -> str | None:
+    """One line for an infrastructure fault (an Icechunk / object store error, a lost Ray
+    worker or object); None for anything else, which is a bug and keeps its traceback.
+    Only libraries already loaded are looked at: an error cannot come from one that is not."""
+    ic = sys.modules.get("icechunk")
+    if ic is not None and isinstance(e, ic.IcechunkError | ic.ConflictError | ic.RebaseFailedError):
+        from pipeline.store.backend import error_summary
+
+        return f"store: {error_summary(e)} (the store was left as it was; retry once this is fixed)"
+    if "ray" in sys.modules:
+        from pipeline.ray_runtime import INFRA_ERRORS
+
+        if isinstance(e, INFRA_ERRORS):
+            text = [ln.strip() for ln in str(e).splitlines() if ln.strip()]
+            what = f"{type(e).__name__}: {text[0]}" if text else type(e).__name__
+            return f"ray: {what} (retry: a re-run skips what was committed)"
+    return None
+
+
+class _Commands(TyperGroup):
+    """Runs a command; an infrastructure fault ends in one line on stderr and exit status 1
+    (its traceback with -v). Bugs are not caught: they fail loudly."""
+
+    def invoke(self, ctx: click.Context):
+        try:
+            return super().invoke(ctx)
+        except Exception as e:
+            line = infrastructure_line(e)
+            if line is None or ctx.meta.get(VERBOSE):
+                raise
+            err.print(f"[red]error:[/red] {line}", highlight=False, soft_wrap=True)
+            raise typer.Exit(EXIT_INFRASTRUCTURE) from None
+
+
+app = typer.Typer(help="lawam: latent-action pretraining corpora from robot and human video.",
+                  no_args_is_help=True, add_completion=False, pretty_exceptions_enable=False, cls=_Commands,
+                  context_settings={"help_option_names": ["-h", "--help"]})
 
 
 def _fail(message: str) -> None:
@@ -42,17 +88,38 @@ def _domain_errors() -> tuple[type[BaseException], ...]:
     return (ConfigError, SourceError, StoreError, StoreMismatchError, StoreBusyError, EncoderError, CheckpointError)
 
 
-def _env() -> None:
+def _env(verbose: bool) -> None:
+    """Settings read by the engines when they load, so set before any command imports them."""
     os.environ.setdefault("MUJOCO_GL", "egl")
     os.environ.setdefault("PYOPENGL_PLATFORM", "egl")
     os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
-    os.environ.setdefault("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", "0")
-    logging.basicConfig(level=os.environ.get("LAWAM_LOG", "WARNING"), format="%(levelname)s %(name)s: %(message)s")
+    os.environ.setdefault("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", "0")  # a local Ray binds to loopback only
+    if not verbose:
+        # Prefect's run logs ("Created flow run ...", "Finished in state ...") only with -v.
+        os.environ.setdefault("PREFECT_LOGGING_LEVEL", "WARNING")
+        if not os.environ.get("RAY_ADDRESS"):
+            # What a new local Ray does by default, stated, so it prints no notice about it.
+            os.environ.setdefault("RAY_AUTH_MODE", "token")
+    level = os.environ.get("LAWAM_LOG", "INFO" if verbose else "WARNING")
+    logging.basicConfig(level=level, format="%(levelname)s %(name)s: %(message)s")
+
+
+def _print_version(value: bool) -> None:
+    if value:
+        out.print(f"lawam {version('lawam')}", highlight=False)
+        raise typer.Exit()
 
 
 @app.callback()
-def _main() -> None:
-    _env()
+def _main(
+    ctx: typer.Context,
+    verbose: bool = typer.Option(False, "--verbose", "-v", help="Show INFO logs, Ray's start-up lines, Prefect's "
+                                 "run logs and the traceback of an infrastructure fault."),
+    show_version: bool = typer.Option(False, "--version", is_eager=True, callback=_print_version,
+                                      help="Print the lawam version and exit (`lawam version` lists the engines)."),
+) -> None:
+    ctx.meta[VERBOSE] = verbose
+    _env(verbose)
 
 
 @app.command("version")
@@ -244,7 +311,7 @@ def train_lam_cmd(
 
             ensure_ray()
         card = train_lam(store, out_dir, cfg, version=version_id, steps=steps, resume=resume, workers=workers,
-                         progress=progress_bar if progress and sys.stderr.isatty() else None, device=device)
+                         progress=progress_bar if progress else None, device=device)
     except _domain_errors() as e:
         _fail(str(e).splitlines()[0] if str(e) else type(e).__name__)
     if card.get("interrupted"):
@@ -283,7 +350,7 @@ def label(
     try:
         labeler = IdmLabeler(str(lam))
         report = label_store(store, labeler, version=version_id, num_actors=actors,
-                             progress=progress and sys.stderr.isatty())
+                             progress=progress)
         if export:
             pinned = FeatureStore.open(store, report.version_after or version_id)
             table = LabelSet.open(pinned, labeler.set_id).to_table()
@@ -348,7 +415,7 @@ def distill(
             ensure_ray()
         card = run_distill(store, out_dir, labels if subgoal else None, cfg, version=version_id, steps=steps,
                            resume=resume, workers=workers, device=device,
-                           progress=progress_bar if progress and sys.stderr.isatty() else None)
+                           progress=progress_bar if progress else None)
     except (*_domain_errors(), SelectionError) as e:
         _fail(str(e).splitlines()[0] if str(e) else type(e).__name__)
     if card.get("interrupted"):
@@ -423,7 +490,7 @@ def eval_cmd(
         report = evaluate(partial(load_policy, str(policy.resolve())), tasks=names, episodes=episodes, seed=seed,
                           out_dir=out_dir, camera=view.camera, image_size=view.image_size,
                           training_layouts=view.layouts, execute_steps=execute_steps, workers=workers,
-                          max_steps=max_steps, video=video, progress=progress and sys.stderr.isatty(),
+                          max_steps=max_steps, video=video, progress=progress,
                           encoder_checkpoint=encoder_checkpoint, latency_calls=latency_calls, policy=str(policy))
     except (*_domain_errors(), EvalError, SampleError) as e:
         _fail(str(e).splitlines()[0] if str(e) else type(e).__name__)
@@ -476,10 +543,11 @@ def latency(
 def demo(
     out_dir: Path = typer.Argument(Path("data/demo"), help="Where the sample corpora and the store go."),
     episodes_per_task: int = typer.Option(2, min=1, help="Robot episodes per Meta-World task."),
+    progress: bool = typer.Option(True, help="Show progress while rendering and ingesting."),
 ) -> None:
     """The whole job on the embedded samples: render → ingest → catalog summary."""
     samples(out_dir / "samples", tasks=None, episodes_per_task=episodes_per_task, human_tasks=None,
-            human_episodes_per_task=2, seed=0, image_size=128, cameras="corner", progress=sys.stderr.isatty())
+            human_episodes_per_task=2, seed=0, image_size=128, cameras="corner", progress=progress)
     from pipeline.samples import sample_sources
     from schemas import CorpusConfig, StoreConfig
 
@@ -487,7 +555,7 @@ def demo(
                        store=StoreConfig(uri=str(out_dir / "store")))
     from flows.ingest import ingest_source
 
-    report = ingest_source(cfg, progress=sys.stderr.isatty())
+    report = ingest_source(cfg, progress=progress)
     _print_report(report)
     catalog(str(out_dir / "store"), version_id=None, as_json=False)
 

@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import logging
 import os
 
 # Ray reads these at import: keep a local instance on 127.0.0.1 (never the machine's address).
@@ -16,11 +17,20 @@ INFRA_ERRORS = (rex.RayActorError, rex.WorkerCrashedError, rex.ObjectLostError, 
                 rex.OutOfMemoryError, rex.TaskCancelledError)
 
 
-def ensure_ray() -> None:
-    """Local Ray by default (all cores, loopback only); `RAY_ADDRESS` selects a cluster."""
+def ensure_ray(verbose: bool | None = None) -> None:
+    """Local Ray by default (all cores, loopback only); `RAY_ADDRESS` selects a cluster.
+
+    Ray is as talkative as our own logging: unless `verbose` (default: this process logs
+    at INFO or below, as `lawam -v` sets), its "ray" logger is kept at WARNING, so its
+    start-up lines are dropped. (Its notice that token authentication was enabled by
+    default is avoided by stating `RAY_AUTH_MODE=token` before Ray is imported, which the
+    CLI does: see `flows.cli`.)"""
     if ray.is_initialized():
         return
+    if verbose is None:
+        verbose = logging.getLogger().getEffectiveLevel() <= logging.INFO
+    level = logging.INFO if verbose else logging.WARNING
     if os.environ.get("RAY_ADDRESS"):
-        ray.init(log_to_driver=False)
+        ray.init(log_to_driver=False, logging_level=level)
     else:
-        ray.init(num_cpus=os.cpu_count(), include_dashboard=False, log_to_driver=False)
+        ray.init(num_cpus=os.cpu_count(), include_dashboard=False, log_to_driver=False, logging_level=level)

@@ -158,3 +158,135 @@ def test_demo_end_to_end_and_again_does_nothing(tmp_path):
                           "--threads", "1"], capture_output=True, text=True, env=env, timeout=600, cwd=repo)
     assert lat.returncode == 0, lat.stdout[-2000:] + lat.stderr[-3000:]
     assert "policy alone" in lat.stdout and "encoder + policy" in lat.stdout and "(cpu" in lat.stdout
+
+
+# --- a CLI that behaves (issue #9 item 7) ----------------------------------------------------
+
+
+def _all_commands() -> list[str]:
+    import typer.main
+
+    return sorted(typer.main.get_command(app).commands)
+
+
+def test_dash_h_is_help_on_the_app_and_every_command():
+    commands = _all_commands()
+    assert set(COMMANDS) <= set(commands)
+    for args in [["-h"]] + [[cmd, "-h"] for cmd in commands]:
+        result = runner.invoke(app, args)
+        assert result.exit_code == 0, (args, result.output)
+        assert "Usage" in result.output and "--help" in result.output, args
+
+
+def test_version_option_prints_the_installed_version():
+    from importlib.metadata import version
+
+    result = runner.invoke(app, ["--version"])
+    assert result.exit_code == 0 and result.output == f"lawam {version('lawam')}\n"
+
+
+def test_an_unknown_store_version_is_one_line_naming_store_and_version(tmp_path):
+    """Incident: `catalog STORE --version BOGUS` printed Icechunk's multi-line report."""
+    from tests.stores import SynthSource, write_store
+
+    store = str(tmp_path / "store")
+    write_store(store, [SynthSource("bot", episodes=1, seconds=1.0)])
+    for bogus in ("BOGUS", "0000000000000000000A"):  # not an id; an id of no snapshot
+        line = one_line_error(runner.invoke(app, ["catalog", store, "--version", bogus]))
+        assert store in line and repr(bogus) in line, line
+        assert "|" not in line and ": x " not in line, line  # none of the report's frame
+
+
+def test_an_object_store_fault_is_one_line_and_exit_1(tmp_path, monkeypatch):
+    """An Icechunk error from the object store (here: S3 without a region, which fails before
+    any request) is an infrastructure fault: one line, exit 1, no traceback."""
+    for var in ("AWS_REGION", "AWS_DEFAULT_REGION", "AWS_ENDPOINT_URL", "AWS_ENDPOINT_URL_S3", "AWS_PROFILE"):
+        monkeypatch.delenv(var, raising=False)
+    monkeypatch.setenv("AWS_CONFIG_FILE", str(tmp_path / "none"))
+    monkeypatch.setenv("AWS_SHARED_CREDENTIALS_FILE", str(tmp_path / "none"))
+    result = runner.invoke(app, ["catalog", "s3://lawam-no-such-bucket/store"])
+    lines = [ln for ln in result.output.splitlines() if ln.strip()]
+    assert result.exit_code == 1 and len(lines) == 1, result.output
+    assert lines[0].startswith("error: store: ") and "region" in lines[0], lines[0]
+    assert isinstance(result.exception, SystemExit)  # typer.Exit, not a traceback
+
+
+def test_only_infrastructure_faults_are_cut_to_one_line():
+    import ray.exceptions as rex
+
+    from flows.cli import infrastructure_line
+
+    line = infrastructure_line(rex.WorkerCrashedError())
+    assert line is not None and line.startswith("ray: WorkerCrashedError: The worker died") and "\n" not in line
+    assert infrastructure_line(ValueError("a bug")) is None  # bugs keep their traceback
+    assert infrastructure_line(rex.RayTaskError("f", "Traceback ...", KeyError("k"))) is None  # a bug in a task
+
+
+def _engines_start_stderr(verbose: bool, prefect: bool) -> str:
+    """stderr of a fresh process that starts Ray (and runs a Prefect flow) the way `lawam`
+    commands do: the app callback's `_env`, then `ensure_ray`."""
+    code = (f"from flows.cli import _env; _env(verbose={verbose}); "
+            "from pipeline.ray_runtime import ensure_ray; import ray; ensure_ray(); "
+            + ("from prefect import flow; flow(lambda: 1, name='noop')(); " if prefect else "") + "ray.shutdown()")
+    drop = ("RAY_AUTH_MODE", "RAY_ADDRESS", "LAWAM_LOG", "PREFECT_LOGGING_LEVEL")
+    env = {k: v for k, v in os.environ.items() if k not in drop}
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, timeout=300,
+                            cwd=Path(__file__).resolve().parents[1])
+    assert result.returncode == 0, result.stderr[-3000:]
+    return result.stderr
+
+
+def test_ray_and_prefect_start_silently_without_verbose():
+    """Incident: Ray's token-auth warning and start-up lines (and Prefect's run logs on the
+    flow path) were printed on every run."""
+    assert _engines_start_stderr(verbose=False, prefect=True) == ""
+
+
+def test_ray_start_up_lines_show_with_verbose():
+    assert "Started a local Ray instance" in _engines_start_stderr(verbose=True, prefect=False)
+
+
+def test_piped_output_gets_a_progress_line_every_few_seconds(tmp_path):
+    """Incident: with output piped, nothing appeared until the end. A fresh `lawam train-lam`
+    (no Ray) with stderr a pipe writes a plain status line every LAWAM_PROGRESS_EVERY seconds."""
+    import re
+
+    from tests.stores import SynthSource, write_store
+
+    store = str(tmp_path / "store")
+    write_store(store, [SynthSource("bot", episodes=6, seconds=3.0)])
+    cfg = tmp_path / "lam.yaml"
+    cfg.write_text("model: {width: 16, heads: 2, idm_layers: 1, fdm_layers: 1, code_dim: 4}\n"
+                   "optim: {steps: 200, batch_size: 8, warmup_steps: 2, eval_every: 0, checkpoint_every: 0}\n"
+                   "pairs: {heldout_fraction: 0.25}\n")
+    env = {**os.environ, "NO_COLOR": "1", "LAWAM_PROGRESS_EVERY": "0.3", "OMP_NUM_THREADS": "1"}
+    result = subprocess.run([sys.executable, "-m", "flows.cli", "train-lam", "--store", store, "--out",
+                             str(tmp_path / "lam"), "--config", str(cfg)], capture_output=True, text=True,
+                            env=env, timeout=300, cwd=Path(__file__).resolve().parents[1])
+    assert result.returncode == 0, result.stderr[-3000:]
+    lines = [ln for ln in result.stderr.splitlines() if ln.startswith("train-lam: ")]
+    steps = [int(re.match(r"train-lam: (\d+)/200 steps, [\d.]+/s, ", ln).group(1)) for ln in lines]
+    assert len(steps) >= 3 and steps == sorted(steps) and steps[-1] == 200, result.stderr
+    assert "eta" in lines[0] and "done in" in lines[-1] and "loss" in lines[-1]
+    assert "train-lam:" not in result.stdout and "LaWM" in result.stdout  # stdout keeps only the result
+
+
+def test_progress_lines_are_periodic_off_a_terminal_and_silent_when_disabled(capsys):
+    import time
+
+    from pipeline.progress import progress_bar
+
+    with progress_bar("ingest", total=4, unit="episodes", every_s=0.05) as bar:
+        for _ in range(4):
+            time.sleep(0.12)
+            bar.advance()
+            bar.add_frames(10)
+    lines = capsys.readouterr().err.splitlines()
+    assert len(lines) >= 5, lines  # ~9 periodic lines and the last one
+    assert lines[0].startswith("ingest: 0/4 episodes") or lines[0].startswith("ingest: 1/4 episodes"), lines
+    assert "eta" in lines[1] and lines[-1].startswith("ingest: 4/4 episodes") and "done in" in lines[-1]
+    assert "40 frames" in lines[-1]
+    with progress_bar("ingest", total=4, enabled=False, every_s=0.01) as bar:
+        time.sleep(0.05)
+        bar.advance()
+    assert capsys.readouterr().err == ""

@@ -36,6 +36,20 @@ class StoreBusyError(RuntimeError):
     """Another process is writing to this store."""
 
 
+def error_summary(e: BaseException) -> str:
+    """One line of an Icechunk error, whose text is a multi-line report (the message, a
+    context trace, the chain of causes): the message, plus the innermost cause when it says
+    something more ("... dispatch failure: A region must be set when sending requests to S3.")."""
+    lines = [ln.strip() for ln in str(e).splitlines() if ln.strip()]
+    if not lines:
+        return type(e).__name__
+    head = lines[0].removeprefix("x ").removeprefix("× ").strip()
+    causes = [ln.lstrip("|`").strip()[2:].strip() for ln in lines[1:] if ln.lstrip("|`").strip().startswith("->")]
+    if causes and causes[-1] and causes[-1] not in head:
+        return f"{head}: {causes[-1]}"
+    return head
+
+
 def storage_for(uri: str) -> ic.Storage:
     """Icechunk storage for the repo under URI. Object stores read credentials from the
     environment (AWS_*, GOOGLE_APPLICATION_CREDENTIALS, ...) as their SDKs do."""

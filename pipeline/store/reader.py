@@ -21,7 +21,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import zarr
 
-from pipeline.store.backend import StoreError, open_repo
+from pipeline.store.backend import StoreError, error_summary, open_repo
 from pipeline.store.index import read_index
 from schemas import CATALOG_SCHEMA, EpisodeStatus
 from schemas.records import ActionTrack
@@ -105,8 +105,7 @@ class FeatureStore:
             session = (repo.readonly_session(snapshot_id=version) if version
                        else repo.readonly_session(branch=branch))
         except Exception as e:  # icechunk raises its own error types for unknown refs
-            raise StoreError(f"store {uri!r} has no version {version or branch!r}: "
-                             f"{str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__}") from None
+            raise StoreError(f"store {uri!r} has no version {version or branch!r}: {error_summary(e)}") from None
         return cls(uri, repo, session, cache_bytes)
 
     def __reduce__(self):
