@@ -73,6 +73,8 @@ app = typer.Typer(help="lawam: latent-action pretraining corpora from robot and 
 
 
 def _fail(message: str) -> None:
+    """Bad input: its first line on stderr (a library's multi-line report stays behind), exit 2."""
+    message = next((ln.strip() for ln in message.splitlines() if ln.strip()), message)
     err.print(f"[red]error:[/red] {message}", highlight=False, soft_wrap=True)
     raise typer.Exit(EXIT_BAD_INPUT)
 

@@ -211,6 +211,17 @@ def test_an_object_store_fault_is_one_line_and_exit_1(tmp_path, monkeypatch):
     assert isinstance(result.exception, SystemExit)  # typer.Exit, not a traceback
 
 
+def test_a_multi_line_bad_input_message_is_cut_to_its_first_line(capsys):
+    import typer
+
+    from flows.cli import _fail
+
+    with pytest.raises(typer.Exit) as stop:
+        _fail("\n  store 's' cannot be read: a report\n  | context: ...\n")
+    assert stop.value.exit_code == 2
+    assert capsys.readouterr().err == "error: store 's' cannot be read: a report\n"
+
+
 def test_only_infrastructure_faults_are_cut_to_one_line():
     import ray.exceptions as rex
 
