@@ -18,6 +18,9 @@ Manifest rules (CSV or JSONL):
   instead of the source silently shrinking — or reading whatever the row points at.
   A row refused for its path as written is keyed `refused-<hash of the path>`, so no `..`
   reaches the catalog. Without a manifest, a listed symlink pointing out is refused too.
+  There is deliberately no switch to allow outside paths: a source is its folder (its
+  hashes, its keys, what a config reviewer sees), so point `uri` at a folder that holds
+  every file — a folder of symlinks into a shared pool is the one layout this refuses.
 - episode_id = the relative path (normalised: `a/./b/../c.mp4` is `a/c.mp4`), plus
   `@<start>-<end>` for a segment: stable across runs and unique as long as the manifest
   does not list the same segment twice (that is a SourceError, since it is ambiguous
