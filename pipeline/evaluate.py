@@ -43,14 +43,14 @@ import zlib
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Protocol
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
 from pipeline.decode_pyav import resize_like_decode
 from pipeline.encode import FrozenEncoder, encoder_config_from_identity
 from pipeline.eval_report import EpisodeResult, EvalReport, write_report
-from pipeline.latency import latency_report, measure_latency
+from pipeline.latency import Runner, latency_report, measure_latency
 from pipeline.progress import progress_bar
 from schemas import EncoderConfig
 
@@ -70,15 +70,6 @@ class EvalError(ValueError):
 
 class LayoutOverlapError(EvalError):
     """An evaluation layout is one the policy was trained on: its success would say nothing."""
-
-
-class Runner(Protocol):
-    card: dict[str, Any]  # the policy card: card["encoder"] is the encoder identity of its features
-    horizon: int  # actions per chunk
-    action_dim: int
-    control_hz: float  # the rate the chunk's actions are meant to be executed at
-
-    def act(self, features: np.ndarray, instruction: str, proprio: np.ndarray) -> np.ndarray: ...
 
 
 # -- 0. what the training data was ------------------------------------------------------------------

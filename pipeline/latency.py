@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable
-from typing import TYPE_CHECKING, Any
+from typing import Any, Protocol
 
 import numpy as np
 
@@ -23,10 +23,18 @@ from pipeline.decode_pyav import resize_like_decode
 from pipeline.encode import FrozenEncoder
 from schemas import EncoderConfig
 
-if TYPE_CHECKING:
-    from pipeline.evaluate import Runner
+__all__ = ["Runner", "latency_report", "measure_latency"]
 
-__all__ = ["latency_report", "measure_latency"]
+
+class Runner(Protocol):
+    """What the evaluation and the latency figures need of a policy (model.policy's `PolicyRunner`)."""
+
+    card: dict[str, Any]  # the policy card: card["encoder"] is the encoder identity of its features
+    horizon: int  # actions per chunk
+    action_dim: int
+    control_hz: float  # the rate the chunk's actions are meant to be executed at
+
+    def act(self, features: np.ndarray, instruction: str, proprio: np.ndarray) -> np.ndarray: ...
 
 
 def _ms_stats(seconds: list[float]) -> dict[str, float]:
