@@ -99,8 +99,9 @@ def _env(verbose: bool) -> None:
     if not verbose:
         # Prefect's run logs ("Created flow run ...", "Finished in state ...") only with -v.
         os.environ.setdefault("PREFECT_LOGGING_LEVEL", "WARNING")
-        if not os.environ.get("RAY_ADDRESS"):
-            # What a new local Ray does by default, stated, so it prints no notice about it.
+        if not os.environ.get("RAY_ADDRESS") and "ray" not in sys.modules:
+            # What a new local Ray does by default, stated, so it prints no notice about it. Only
+            # before Ray loads: a Ray imported already read the mode, and its GCS would disagree.
             os.environ.setdefault("RAY_AUTH_MODE", "token")
     level = os.environ.get("LAWAM_LOG", "INFO" if verbose else "WARNING")
     logging.basicConfig(level=level, format="%(levelname)s %(name)s: %(message)s")

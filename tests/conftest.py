@@ -22,6 +22,18 @@ REPO_ROOT = Path(__file__).resolve().parents[1]
 TEST_CACHE = Path(os.environ.get("LAWAM_TEST_CACHE", REPO_ROOT / ".pytest_cache" / "lawam"))
 
 
+@pytest.fixture(autouse=True)
+def _environment_restored():
+    """A command run in-process (typer's CliRunner) sets engine variables in os.environ for
+    its own run (`flows.cli._env`); they must not leak into later tests: Ray already imported
+    here would disagree with a GCS started under them (RAY_AUTH_MODE)."""
+    saved = dict(os.environ)
+    yield
+    for key in set(os.environ) - set(saved):
+        del os.environ[key]
+    os.environ.update(saved)
+
+
 @pytest.fixture(scope="session")
 def sample_args() -> dict[str, Any]:
     """Arguments of the shared sample corpora: small enough to render in seconds."""
