@@ -16,7 +16,7 @@ Side by side, in one run, on the same store, the same budget and the same held-o
 
 Prints a table and writes benchmarks/results/policy.json. Every stage is cached under --work
 (a folder that exists is reused), so a second run only redoes what is missing.
-Usage: python -m benchmarks.bench_policy [--episodes 30] [--eval-episodes 20] [--steps 3000]
+Usage: python -m benchmarks.bench_policy [--episodes 30] [--eval-episodes 20] [--steps 2000]
 """
 
 from __future__ import annotations
@@ -92,7 +92,7 @@ def main() -> None:
     p.add_argument("--fps", type=float, default=20.0, help="sampling rate of the corpus (the video is 20 fps)")
     p.add_argument("--k-seconds", type=float, default=0.25, help="LaWM frame gap (the clips last 0.5-1.5 s)")
     p.add_argument("--lam-steps", type=int, default=1500)
-    p.add_argument("--steps", type=int, default=3000, help="distillation steps, the same for every arm")
+    p.add_argument("--steps", type=int, default=2000, help="distillation steps, the same for every arm")
     p.add_argument("--arms", default="lawam,bc", help="lawam (subgoal) and/or bc (--no-subgoal)")
     p.add_argument("--fractions", default="1.0,0.5", help="action fractions to train each arm at")
     p.add_argument("--eval-episodes", type=int, default=20, help="held-out episodes per task")
