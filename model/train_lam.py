@@ -3,21 +3,11 @@
     card = train_lam("data/demo/store", "runs/lam", LamConfig())        # one process
     card = train_lam(..., workers=2)                                     # same loop, Ray Train DDP
 
-Promises:
-- **Pinned data.** The run resolves the store's newest commit once, at the start, and every
-  worker reopens exactly that `(uri, version)`; the card records it.
-- **One loop.** `workers > 1` runs the very same `_loop` under Ray Train's `TorchTrainer`
-  (DDP: gloo on CPU, NCCL on GPU); there is no hand-made distributed code. Each rank reads
-  its own shard of every epoch (`model.data`).
-- **Exact resume.** A checkpoint holds weights, optimizer, scheduler, every rank's torch RNG
-  and its data position (batches consumed): `resume=True` continues as if never stopped.
-  SIGINT/SIGTERM in a one-process run checkpoints at the end of the current step and returns.
-- **Outputs** in `out_dir`: `model.safetensors` + `card.json` (lineage: store uri + version,
-  encoder identity, config, feature statistics, metrics, weights hash, label-set id),
-  `metrics.jsonl`, TensorBoard events in `tb/`, `metrics.png` and `curves.png`.
-
-AdamW with linear warm-up and cosine decay, gradient clipping, bf16 autocast on CUDA and
-float32 on CPU.
+Runs `model.loop` (`LamRecipe`), whose promises it keeps: pinned store version, one loop
+for one process and for Ray Train, exact resume, Ctrl-C checkpoints. Outputs in `out_dir`:
+`model.safetensors` + `card.json` (lineage: store uri + version, encoder identity, config,
+feature statistics, metrics, weights hash, label-set id), `metrics.jsonl`, TensorBoard
+events in `tb/`, `metrics.png` and `curves.png`.
 """
 
 from __future__ import annotations
