@@ -14,9 +14,14 @@ from schemas.config import (
     load_corpus,
     load_source,
 )
+from schemas.errors import BadInputError, InfrastructureError, LawamError, ResourceError
 from schemas.tables import CATALOG_SCHEMA, INDEX_SCHEMA, LABEL_INDEX_SCHEMA, STORE_LAYOUT_VERSION, EpisodeStatus
 
 __all__ = [
+    "BadInputError",
+    "InfrastructureError",
+    "LawamError",
+    "ResourceError",
     "CATALOG_SCHEMA",
     "INDEX_SCHEMA",
     "LABEL_INDEX_SCHEMA",

@@ -13,13 +13,10 @@ from typing import Annotated, Literal, TypeVar
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
+from schemas.errors import ConfigError
+
 _SOURCE_ID = re.compile(r"^[a-z0-9][a-z0-9_.-]*$")
 _TOKENS = re.compile(r"^(cls|mean|patches|grid:(\d+)x(\d+))$")
-
-
-class ConfigError(ValueError):
-    """A config file is missing, is not YAML, or does not validate. The message names the
-    file and the field, so it can be shown to the user as it is."""
 
 
 def _no_nul(v: str | None) -> str | None:
