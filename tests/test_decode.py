@@ -89,7 +89,7 @@ def test_sparse_rate_skips_ahead_to_the_right_frames(media: dict[str, Clip], cod
 
 def test_sparse_rate_does_not_decode_every_frame(media: dict[str, Clip], caplog: pytest.LogCaptureFixture) -> None:
     # LeRobot's AV1 (a keyframe every 2 frames) at 1.5 fps: most GOPs hold no pick and are skipped.
-    with caplog.at_level(logging.DEBUG, logger="pipeline.decode_pyav"):
+    with caplog.at_level(logging.DEBUG, logger="pipeline.decode.pyav"):
         decode_all(media["av1"].path, fps=1.5)
     decoded = int(caplog.text.split("decoded ")[1].split()[0])
     assert decoded < 90 // 2
@@ -209,7 +209,7 @@ def test_av1_requested_from_decord_falls_back_to_pyav(media: dict[str, Clip], ca
 def test_decord_failure_mid_file_resumes_with_pyav_without_repeats(
     media: dict[str, Clip], monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    import pipeline.decode_decord as dd
+    import pipeline.decode.decord as dd
 
     real = dd.decode_decord
 

@@ -15,8 +15,7 @@ import av
 import numpy as np
 import pytest
 
-from pipeline.decode import decode_frames
-from pipeline.decode_pyav import resize_like_decode
+from pipeline.decode import decode_frames, resize_like_decode
 from pipeline.encode import EncoderError, FrozenEncoder, encoder_config_from_identity, encoder_identity
 from pipeline.eval_report import wilson_interval
 from pipeline.evaluate import (
