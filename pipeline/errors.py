@@ -34,7 +34,7 @@ def _ray_infra(e: BaseException) -> bool:
     from ray import exceptions as rex
 
     return isinstance(e, rex.RayActorError | rex.WorkerCrashedError | rex.ObjectLostError | rex.RaySystemError
-                      | rex.OutOfMemoryError | rex.NodeDiedError | rex.GetTimeoutError)
+                      | rex.OutOfMemoryError | rex.NodeDiedError | rex.GetTimeoutError | rex.TaskCancelledError)
 
 
 def _icechunk(e: BaseException) -> Kind | None:

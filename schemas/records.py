@@ -12,6 +12,8 @@ from functools import cached_property
 
 import numpy as np
 
+from schemas.errors import BadInputError
+
 
 @dataclass(frozen=True)
 class ActionTrack:
@@ -23,7 +25,7 @@ class ActionTrack:
 
     def __post_init__(self) -> None:
         if len(self.timestamps) != len(self.actions):
-            raise ValueError(
+            raise BadInputError(
                 f"{len(self.timestamps)} action timestamps for {len(self.actions)} action rows"
             )
 
