@@ -245,7 +245,7 @@ def ingest(
             _fail(f"{config}: no such file")
         try:
             raw = yaml.safe_load(config.read_text())
-        except yaml.YAMLError:
+        except (yaml.YAMLError, UnicodeDecodeError):
             raw = None  # load_source reports it, with the file and the line
         if isinstance(raw, dict) and "sources" in raw:
             cfg = load_corpus(config)
