@@ -15,10 +15,8 @@ import os
 import re
 import resource
 import shutil
-import socket
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import pytest
@@ -28,6 +26,7 @@ from pipeline.errors import classify, is_retryable
 from pipeline.store import FeatureStore
 from schemas import EncoderConfig
 from tests.datasets import make_video
+from tests.s3server import s3_server, upload
 
 REPO = Path(__file__).resolve().parents[1]
 TINY = EncoderConfig(model="vit_tiny_patch16_224", image_size=32, tokens="mean", batch_size=8)
@@ -88,52 +87,59 @@ def videos(tmp_path) -> Path:
 
 
 def first_ingest(videos: Path, store: str, tmp_path: Path) -> str:
+    """A committed version, then new work for the next run; in this process (its Ray)."""
+    from pipeline.ingest import ingest_corpus
+    from schemas import load_corpus
+
     corpus = write_corpus(tmp_path / "corpus.yaml", str(videos), store)
-    result = lawam("ingest", str(corpus), "--no-flow", "--no-progress")
-    assert result.returncode == 0, result.stderr[-2000:]
-    make_video(videos / "v9.mp4", n_frames=40, fps=10, seed=9)  # new work for the next run
+    assert ingest_corpus(load_corpus(corpus), progress=False).added == 2
+    make_video(videos / "v9.mp4", n_frames=40, fps=10, seed=9)
     return FeatureStore.open(store).version
+
+
+def lawam_here(*args: str) -> tuple[int, list[str], str]:
+    """`lawam ARGS` in this process (its Ray): exit status, non-empty output lines, output."""
+    from typer.testing import CliRunner
+
+    from flows.cli import app
+
+    result = CliRunner().invoke(app, list(args))
+    return result.exit_code, [ln for ln in result.output.splitlines() if ln.strip()], result.output
 
 
 def test_a_full_disk_stops_in_one_line_keeps_the_version_and_is_not_retryable(ray_local, videos, tmp_path):
     with small_disk(tmp_path / "disk") as disk:
+        store = str((disk or tmp_path) / "store")
+        before = first_ingest(videos, store, tmp_path)
         if disk is not None:
-            store = str(disk / "store")
-            before = first_ingest(videos, store, tmp_path)
             fill(disk)
-            result = lawam("ingest", str(tmp_path / "corpus.yaml"), "--no-flow", "--no-progress")
+            # The fault raised in-process: a resource fault, which the flow does not retry.
+            from pipeline.ingest import ingest_corpus
+            from schemas import load_corpus
+
+            with pytest.raises(Exception) as failure:  # noqa: PT011 - which kind it is is the point
+                ingest_corpus(load_corpus(tmp_path / "corpus.yaml"), progress=False)
+            assert classify(failure.value) == "resource" and not is_retryable(failure.value)
+            code, lines, output = lawam_here("ingest", str(tmp_path / "corpus.yaml"), "--no-flow", "--no-progress")
             cause = "No space left on device"
         else:  # no mount here: a file-size limit is the machine refusing the write (EFBIG)
-            store = str(tmp_path / "store")
-            before = first_ingest(videos, store, tmp_path)
-            used = sum(p.stat().st_size for p in Path(store).rglob("*") if p.is_file())
             limit = max(p.stat().st_size for p in Path(store).rglob("*") if p.is_file()) + 1
 
             def preexec() -> None:
                 resource.setrlimit(resource.RLIMIT_FSIZE, (limit, limit))
 
-            assert used > 0
             result = lawam("ingest", str(tmp_path / "corpus.yaml"), "--no-flow", "--no-progress", preexec=preexec)
+            code, lines, output = result.returncode, error_lines(result), result.stderr
             cause = "File too large"
-        lines = error_lines(result)
-        assert result.returncode == 4, result.stderr[-3000:]
+        assert code == 4, output[-3000:]
         assert len(lines) == 1 and cause in lines[0] and "last committed version" in lines[0], lines
-        assert "Traceback" not in result.stderr
+        assert "Traceback" not in output
         after = FeatureStore.open(store)
         assert after.version == before and len(after.episodes()) == 2  # the previous version, whole
         assert not [r for r in after.catalog().to_pylist() if r["status"] != "ok"]  # nothing quarantined
-        # The same fault raised in-process: a resource fault, which the flow does not retry.
-        from pipeline.ingest import ingest_corpus
-        from schemas import load_corpus
-
-        if disk is not None:
-            with pytest.raises(Exception) as failure:  # noqa: PT011 - which type is the point of the asserts
-                ingest_corpus(load_corpus(tmp_path / "corpus.yaml"), progress=False)
-            assert classify(failure.value) == "resource" and not is_retryable(failure.value)
-            assert FeatureStore.open(store).version == before
 
 
-def test_a_read_only_store_stops_in_one_line_and_keeps_the_version(videos, tmp_path):
+def test_a_read_only_store_stops_in_one_line_and_keeps_the_version(ray_local, videos, tmp_path):
     with small_disk(tmp_path / "disk") as disk:
         store_dir = (disk or tmp_path) / "store"
         before = first_ingest(videos, str(store_dir), tmp_path)
@@ -142,11 +148,10 @@ def test_a_read_only_store_stops_in_one_line_and_keeps_the_version(videos, tmp_p
         else:
             for p in [store_dir, *store_dir.rglob("*")]:
                 p.chmod(p.stat().st_mode & ~0o222)
-        result = lawam("ingest", str(tmp_path / "corpus.yaml"), "--no-flow", "--no-progress")
-        lines = error_lines(result)
-        assert result.returncode == 4, result.stderr[-3000:]
+        code, lines, output = lawam_here("ingest", str(tmp_path / "corpus.yaml"), "--no-flow", "--no-progress")
+        assert code == 4, output[-3000:]
         assert len(lines) == 1 and re.search("Read-only file system|Permission denied", lines[0]), lines
-        assert "last committed version" in lines[0] and "Traceback" not in result.stderr
+        assert "last committed version" in lines[0] and "Traceback" not in output
         assert FeatureStore.open(str(store_dir)).version == before
         with pytest.raises(OSError) as failure:  # what the writer meets, classified for the flow's retry policy
             from pipeline.store.backend import WriterLock
@@ -158,62 +163,17 @@ def test_a_read_only_store_stops_in_one_line_and_keeps_the_version(videos, tmp_p
 def test_a_binary_config_file_is_one_config_line_exit_2(tmp_path):
     corpus = tmp_path / "corpus.yaml"
     corpus.write_bytes(bytes(range(256)) * 8)  # not UTF-8, not YAML
-    result = lawam("ingest", str(corpus), "--no-flow", "--no-progress", timeout=120)
-    lines = error_lines(result)
-    assert result.returncode == 2 and len(lines) == 1, result.stderr[-2000:]
-    assert str(corpus) in lines[0] and "Traceback" not in result.stderr
+    code, lines, output = lawam_here("ingest", str(corpus), "--no-flow", "--no-progress")
+    assert code == 2 and len(lines) == 1, output[-2000:]
+    assert str(corpus) in lines[0] and "not UTF-8" in lines[0] and "Traceback" not in output
 
 
 # -- an S3 source whose server goes away mid-run ---------------------------------------------
 
 
-class Moto:
-    """moto's S3 server on a fixed loopback port, which can be stopped and started again."""
-
-    def __init__(self) -> None:
-        with socket.socket() as sock:
-            sock.bind(("127.0.0.1", 0))
-            self.port = sock.getsockname()[1]
-        self.endpoint = f"http://127.0.0.1:{self.port}"
-        self.proc: subprocess.Popen | None = None
-
-    def start(self) -> None:
-        self.proc = subprocess.Popen([str(Path(sys.executable).parent / "moto_server"), "-H", "127.0.0.1",
-                                      "-p", str(self.port)], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-        deadline = time.monotonic() + 30
-        while True:
-            try:
-                socket.create_connection(("127.0.0.1", self.port), timeout=1).close()
-                return
-            except OSError:
-                assert time.monotonic() < deadline and self.proc.poll() is None, "moto_server did not start"
-                time.sleep(0.2)
-
-    def stop(self) -> None:
-        if self.proc is not None and self.proc.poll() is None:
-            self.proc.kill()
-            self.proc.wait(timeout=10)
-
-
 @pytest.fixture
 def moto(monkeypatch):
-    server = Moto()
-    env = {"AWS_ENDPOINT_URL": server.endpoint, "AWS_ACCESS_KEY_ID": "test", "AWS_SECRET_ACCESS_KEY": "test",
-           "AWS_REGION": "us-east-1", "AWS_DEFAULT_REGION": "us-east-1"}
-    for k, v in env.items():
-        monkeypatch.setenv(k, v)
-    server.start()
-    yield server
-    server.stop()
-
-
-def upload(clips: list[Path]) -> None:
-    import fsspec
-
-    fs = fsspec.filesystem("s3", skip_instance_cache=True)
-    fs.mkdir("lawam-faults")
-    for clip in clips:
-        fs.put(str(clip), f"lawam-faults/videos/{clip.name}")
+    yield from s3_server(monkeypatch)
 
 
 def test_an_s3_source_going_away_mid_run_is_retryable_and_quarantines_nothing(moto, tmp_path):
