@@ -19,6 +19,7 @@ the re-run skipping what was committed; a full or read-only disk, not retried; a
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import time
@@ -172,8 +173,22 @@ class IngestRun:
             except Exception as e:  # noqa: BLE001 - the original error is the one to report
                 log.warning("could not commit the episodes completed before %s: %s", type(failure).__name__,
                             error_summary(e))
+            self._release()
             raise
         return self.stats
+
+    def _release(self) -> None:
+        """A failed run gives its CPUs back now: the raised error's traceback keeps this run (and
+        its actor handles) alive, and a retry in the same process (Prefect's, a notebook's)
+        would otherwise wait forever for the CPUs the old encoders and paused decoders hold."""
+        for gen in list(self._gens):
+            with contextlib.suppress(Exception):  # already finished or gone: nothing to give back
+                ray.cancel(gen, force=True)
+        for actor in self.actors:
+            with contextlib.suppress(Exception):
+                ray.kill(actor)
+        self._gens.clear()
+        self._inflight.clear()
 
     def _start(self, ref: EpisodeRef) -> None:
         p = self.params_for(ref)
