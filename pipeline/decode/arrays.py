@@ -15,10 +15,7 @@ import numpy as np
 from pipeline.decode.base import RESIZE_MODES
 from pipeline.decode.pyav import resize_like_decode
 
-# Recorded in the encoder identity (`preprocess`): which resize produced the features.
-RESIZE_FILTER = "swscale-area-yuv420p"
-
-__all__ = ["RESIZE_FILTER", "RESIZE_MODES", "resize_frames"]
+__all__ = ["RESIZE_MODES", "resize_frames"]
 
 
 def resize_frames(frames: np.ndarray, size: int, mode: str = "center_crop") -> np.ndarray:
