@@ -39,10 +39,10 @@ from pipeline.ingest import ensure_ray, ingest_corpus  # noqa: E402
 from pipeline.label import label_store  # noqa: E402
 from pipeline.progress import progress_bar  # noqa: E402
 from pipeline.samples import make_samples, sample_sources  # noqa: E402
-from pipeline.sources.base import EpisodeRef  # noqa: E402
 from pipeline.store import FeatureStore, StoreWriter  # noqa: E402
 from pipeline.store.pairs import PairQuery, k_frames_for  # noqa: E402
 from schemas import CorpusConfig, StoreConfig  # noqa: E402
+from schemas.records import EpisodeRef  # noqa: E402
 from schemas.training import LamConfig, load_lam_config  # noqa: E402
 
 TASKS = ("reach-v3", "push-v3", "drawer-open-v3", "button-press-topdown-v3", "door-open-v3")

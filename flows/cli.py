@@ -1,8 +1,11 @@
 """The `lawam` command line. Each command is a thin shell over a library function.
 
-Bad input exits with status 2 and one line on stderr; an ingest that quarantined
-episodes completes, lists them, and exits with status 3; an infrastructure fault (the
-object store, Ray) exits with status 1 and one line, its traceback only with `-v`.
+Bad input or a bad config exits with status 2 and one line on stderr; an ingest that
+quarantined episodes completes, lists them, and exits with status 3; an infrastructure
+fault (the object store, Ray, another writer holding the store) exits with status 1 and one
+line saying to retry; a resource fault (a full disk, a read-only or forbidden store) exits
+with status 4 and one line naming the cause (the store keeps its last committed version; a
+retry would fail the same way). Tracebacks only with `-v`, or for a bug.
 `-h` is `--help` everywhere; `lawam --version` prints the version. Long commands show a
 live bar on a terminal and a plain progress line every few seconds when stderr is not one
 (`$LAWAM_PROGRESS_EVERY` seconds, default 5); `--no-progress` silences both. Ray's
@@ -24,47 +27,85 @@ from rich.console import Console
 from rich.table import Table
 from typer.core import TyperGroup
 
+from schemas.errors import LawamError
+
 out = Console(width=None if sys.stdout.isatty() else 160)
 err = Console(stderr=True)
 
 EXIT_INFRASTRUCTURE = 1
 EXIT_BAD_INPUT = 2
 EXIT_QUARANTINED = 3
+EXIT_RESOURCE = 4
 VERBOSE = "lawam.verbose"  # key in click's ctx.meta, set by the app callback
 
 
 def infrastructure_line(e: BaseException) -> str | None:
-    """One line for an infrastructure fault (an Icechunk / object store error, a lost Ray
-    worker or object); None for anything else, which is a bug and keeps its traceback.
-    Only libraries already loaded are looked at: an error cannot come from one that is not."""
+    """One line for a fault that is not a bug, by what `pipeline.errors.classify` says it is:
+    an infrastructure fault (the object store, a lost Ray worker, another writer holding the
+    store) says to retry; a resource fault (a full disk, a read-only or forbidden store) names
+    the cause and says the store kept its last committed version; bad input or config is its
+    own first line. None for a bug, which keeps its traceback."""
+    from pipeline.errors import classify
+
+    kind = classify(e)
+    if kind == "bug":
+        return None
+    what = _summary(_innermost_known(e, kind))
+    if kind == "infrastructure":
+        return f"{what} (retry: a re-run skips what was committed)"
+    if kind == "resource":
+        return (f"{what} — the run stopped and the store keeps its last committed version; "
+                "free space or make the store writable, then re-run (not retried)")
+    return what
+
+
+def _innermost_known(e: BaseException, kind: str) -> BaseException:
+    """The exception in `e`'s cause chain that carries its kind (a RayTaskError's original
+    error, an OSError raised under a wrapper), whose message is the one worth a line."""
+    from pipeline.errors import classify
+
+    seen: set[int] = set()
+    cur: BaseException | None = e
+    while cur is not None and id(cur) not in seen:
+        seen.add(id(cur))
+        nxt = getattr(cur, "cause", None) or cur.__cause__
+        if nxt is None or classify(nxt) != kind:
+            return cur
+        cur = nxt
+    return e
+
+
+def _summary(e: BaseException) -> str:
+    """One line: an Icechunk report's message and innermost cause, else the first line."""
     ic = sys.modules.get("icechunk")
     if ic is not None and isinstance(e, ic.IcechunkError | ic.ConflictError | ic.RebaseFailedError):
         from pipeline.store.backend import error_summary
 
-        return f"store: {error_summary(e)} (the store was left as it was; retry once this is fixed)"
-    if "ray" in sys.modules:
-        from pipeline.ray_runtime import INFRA_ERRORS
-
-        if isinstance(e, INFRA_ERRORS):
-            text = [ln.strip() for ln in str(e).splitlines() if ln.strip()]
-            what = f"{type(e).__name__}: {text[0]}" if text else type(e).__name__
-            return f"ray: {what} (retry: a re-run skips what was committed)"
-    return None
+        return f"store: {error_summary(e)}"
+    text = [ln.strip() for ln in str(e).splitlines() if ln.strip()]
+    if isinstance(e, LawamError) and text:
+        return text[0]
+    line = f"{type(e).__name__}: {text[0]}" if text else type(e).__name__
+    return f"ray: {line}" if type(e).__module__.startswith("ray.") else line
 
 
 class _Commands(TyperGroup):
-    """Runs a command; an infrastructure fault ends in one line on stderr and exit status 1
-    (its traceback with -v). Bugs are not caught: they fail loudly."""
+    """Runs a command; a fault that is not a bug ends in one line on stderr (its traceback
+    with -v): bad input or config exit 2, infrastructure (retryable) exit 1, resource (a
+    full or read-only disk, not retryable) exit 4. Bugs are not caught: they fail loudly."""
 
     def invoke(self, ctx: click.Context):
         try:
             return super().invoke(ctx)
         except Exception as e:
+            from pipeline.errors import classify
+
             line = infrastructure_line(e)
             if line is None or ctx.meta.get(VERBOSE):
                 raise
             err.print(f"[red]error:[/red] {line}", highlight=False, soft_wrap=True)
-            raise typer.Exit(EXIT_INFRASTRUCTURE) from None
+            code = {"infrastructure": EXIT_INFRASTRUCTURE, "resource": EXIT_RESOURCE}.get(classify(e), EXIT_BAD_INPUT)
+            raise typer.Exit(code) from None
 
 
 app = typer.Typer(help="lawam: latent-action pretraining corpora from robot and human video.",
@@ -80,14 +121,13 @@ def _fail(message: str) -> None:
 
 
 def _domain_errors() -> tuple[type[BaseException], ...]:
-    """Errors that mean "bad input": shown as one line, never as a traceback."""
+    """Errors that mean bad input or a bad config (`schemas.errors`): shown as one line,
+    exit 2, never as a traceback. (Infrastructure and resource faults are not in here: they
+    reach `_Commands.invoke`, which exits 1 or 4.)"""
     from model.checkpoint import CheckpointError
-    from pipeline.encode import EncoderError
-    from pipeline.sources.base import SourceError
-    from pipeline.store import StoreBusyError, StoreError, StoreMismatchError
-    from schemas import ConfigError
+    from schemas.errors import BadInputError, ConfigError
 
-    return (ConfigError, SourceError, StoreError, StoreMismatchError, StoreBusyError, EncoderError, CheckpointError)
+    return (ConfigError, BadInputError, CheckpointError)
 
 
 def _env(verbose: bool) -> None:
@@ -205,7 +245,7 @@ def ingest(
             _fail(f"{config}: no such file")
         try:
             raw = yaml.safe_load(config.read_text())
-        except yaml.YAMLError:
+        except (yaml.YAMLError, UnicodeDecodeError):
             raw = None  # load_source reports it, with the file and the line
         if isinstance(raw, dict) and "sources" in raw:
             cfg = load_corpus(config)

@@ -20,12 +20,14 @@ import torch.nn.functional as F
 
 from pipeline.sources.hashing import file_digest
 from schemas import EncoderConfig
+from schemas.errors import ConfigError
 
 log = logging.getLogger(__name__)
 
 
-class EncoderError(ValueError):
-    """The encoder cannot be built as configured (unknown model, unreadable checkpoint)."""
+class EncoderError(ConfigError):
+    """The encoder cannot be built as configured (unknown model, unreadable checkpoint): a
+    config error (exit 2), never retried."""
 
 
 def _load_state_dict(path: Path) -> dict[str, torch.Tensor]:

@@ -47,7 +47,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from pipeline.decode_pyav import resize_like_decode
+from pipeline.decode import resize_like_decode
 from pipeline.encode import FrozenEncoder, encoder_config_from_identity
 from pipeline.eval_report import EpisodeResult, EvalReport, write_report
 from pipeline.latency import Runner, latency_report, measure_latency

@@ -22,9 +22,9 @@ from pipeline.encode import encoder_identity
 from pipeline.progress import progress_bar
 from pipeline.ray_job import IngestRun, encoder_pool, ensure_ray
 from pipeline.sources import iter_episodes
-from pipeline.sources.base import EpisodeRef
 from pipeline.store import StoreWriter
 from schemas import ConfigError, CorpusConfig, EncoderConfig, SamplingConfig, SourceSpec, StoreConfig
+from schemas.records import EpisodeRef
 
 __all__ = ["IngestReport", "ensure_ray", "ingest_corpus", "ingest_episodes"]
 

@@ -19,7 +19,7 @@ from typing import Any, Protocol
 
 import numpy as np
 
-from pipeline.decode_pyav import resize_like_decode
+from pipeline.decode import resize_like_decode
 from pipeline.encode import FrozenEncoder
 from schemas import EncoderConfig
 

@@ -10,13 +10,16 @@ Stages, top-down:
 3. write   — the driver gets float16 features back (small), hands them to the store writer
              in episode order, and quarantines episodes whose decode failed.
 
-Infrastructure faults (a dead actor or worker, lost objects) are not the episode's fault:
-they stop the run after committing the episodes already complete, and are raised so the
-caller (a Prefect retry, a person) can run it again; the re-run skips what was committed.
+Only bad input (`schemas.errors.BadInputError`: a corrupt video, unparsable actions) is the
+episode's fault and quarantines it. Anything else stops the run after committing the
+episodes already complete, and is raised: an infrastructure fault (a dead actor or worker,
+lost objects, the object store) so the caller (a Prefect retry, a person) can run it again,
+the re-run skipping what was committed; a full or read-only disk, not retried; a bug, loudly.
 """
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import time
@@ -34,12 +37,14 @@ import ray  # noqa: E402
 
 from pipeline.encode import FrozenEncoder  # noqa: E402
 from pipeline.episode_frames import decode_episode_blocks  # noqa: E402
+from pipeline.errors import classify  # noqa: E402
 from pipeline.progress import Bar  # noqa: E402
 from pipeline.ray_runtime import INFRA_ERRORS, ensure_ray  # noqa: E402
 from pipeline.sources import load_actions  # noqa: E402
-from pipeline.sources.base import EpisodeRef  # noqa: E402
 from pipeline.store import StoreWriter  # noqa: E402
+from pipeline.store.backend import error_summary  # noqa: E402
 from schemas import EncoderConfig  # noqa: E402
+from schemas.records import EpisodeRef  # noqa: E402
 
 log = logging.getLogger(__name__)
 
@@ -74,6 +79,13 @@ decode_task = ray.remote(num_cpus=1)(decode_episode_blocks)
 # Zero CPUs: reading a few parquet rows must never wait behind decode tasks that are
 # themselves paused by backpressure until the driver (waiting on these actions) reads on.
 actions_task = ray.remote(num_cpus=0)(load_actions)
+
+
+def quarantinable(e: BaseException) -> bool:
+    """Only bad input quarantines an episode (`schemas.errors`): `classify` looks through
+    Ray's RayTaskError to the original exception. Infrastructure and resource faults and
+    bugs are raised instead, after the episodes already complete are committed."""
+    return classify(e) == "bad_input"
 
 
 def reason(e: BaseException) -> str:
@@ -153,14 +165,30 @@ class IngestRun:
                         ep = self._inflight.pop(r)
                         ep.done.add(r)
                         self._flush(ep)
-        except BaseException:
-            # An infrastructure fault or an interrupt: keep every episode already complete.
+        except BaseException as failure:
+            # Not an episode's fault (infrastructure, a full disk, a bug) or an interrupt: keep
+            # every episode already complete, then raise the original error.
             try:
                 self.commit("ingest (interrupted)")
-            except Exception:  # noqa: BLE001 - the original error is the one to report
-                log.exception("could not commit the episodes completed before the failure")
+            except Exception as e:  # noqa: BLE001 - the original error is the one to report
+                log.warning("could not commit the episodes completed before %s: %s", type(failure).__name__,
+                            error_summary(e))
+            self._release()
             raise
         return self.stats
+
+    def _release(self) -> None:
+        """A failed run gives its CPUs back now: the raised error's traceback keeps this run (and
+        its actor handles) alive, and a retry in the same process (Prefect's, a notebook's)
+        would otherwise wait forever for the CPUs the old encoders and paused decoders hold."""
+        for gen in list(self._gens):
+            with contextlib.suppress(Exception):  # already finished or gone: nothing to give back
+                ray.cancel(gen, force=True)
+        for actor in self.actors:
+            with contextlib.suppress(Exception):
+                ray.kill(actor)
+        self._gens.clear()
+        self._inflight.clear()
 
     def _start(self, ref: EpisodeRef) -> None:
         p = self.params_for(ref)
@@ -194,9 +222,9 @@ class IngestRun:
                 continue
             try:
                 feats, stamps = ray.get(ref)
-            except INFRA_ERRORS:
-                raise
-            except Exception as e:  # noqa: BLE001 - the decode of this episode failed
+            except Exception as e:
+                if not quarantinable(e):  # infrastructure, resource or a bug: stop the run
+                    raise
                 ep.error = reason(e)
                 continue
             self.writer.append_frames(ep.ref, feats, stamps)
@@ -217,10 +245,10 @@ class IngestRun:
                 self.writer.finish_episode(ep.ref, ray.get(ep.actions), ep.params["fps"])
                 self.stats.added += 1
                 self.stats.seconds_of_video += ep.frames / ep.params["fps"]
-            except INFRA_ERRORS:
-                raise
-            except Exception as e:  # noqa: BLE001 - bad actions or no frames: this episode only
-                error = reason(e)
+            except Exception as e:
+                if not quarantinable(e):  # infrastructure, resource or a bug: stop the run
+                    raise
+                error = reason(e)  # bad actions or no frames: this episode only
         if error is not None:
             self.writer.quarantine(ep.ref, error, ep.params)
             self.stats.quarantined.append((ep.ref.key, error))

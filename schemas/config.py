@@ -156,6 +156,8 @@ def _read_yaml(path: Path) -> dict:
         text = path.read_text()
     except OSError as e:
         raise ConfigError(f"{path}: cannot read: {e.strerror or e}") from None
+    except UnicodeDecodeError as e:  # a binary file given as config
+        raise ConfigError(f"{path}: not UTF-8 text ({e.reason} at byte {e.start}); a config is a YAML file") from None
     try:
         data = yaml.safe_load(text)
     except yaml.YAMLError as e:

@@ -1,7 +1,8 @@
-"""Records that cross room boundaries: what the store hands to trainers and adapters.
+"""Records that cross room boundaries: what adapters hand to the store, what the store hands
+to trainers.
 
-Plain, picklable dataclasses over numpy arrays: a trainer that reads the store imports
-these without loading any source adapter (h5py, LeRobot parsing) or torch.
+Plain, picklable dataclasses over numpy arrays: a trainer or the store imports these without
+loading any source adapter (h5py, LeRobot parsing) or torch.
 """
 
 from __future__ import annotations
@@ -10,6 +11,8 @@ from dataclasses import dataclass
 from functools import cached_property
 
 import numpy as np
+
+from schemas.errors import BadInputError
 
 
 @dataclass(frozen=True)
@@ -22,7 +25,7 @@ class ActionTrack:
 
     def __post_init__(self) -> None:
         if len(self.timestamps) != len(self.actions):
-            raise ValueError(
+            raise BadInputError(
                 f"{len(self.timestamps)} action timestamps for {len(self.actions)} action rows"
             )
 
@@ -33,3 +36,33 @@ class ActionTrack:
         if len(self.timestamps) < 2:
             return 0.0
         return float(1.0 / np.median(np.diff(self.timestamps)))
+
+
+@dataclass(frozen=True)
+class EpisodeRef:
+    """One episode of a source, as enumerated: where its media and actions are, no pixels."""
+
+    source: str  # SourceSpec.id
+    episode_id: str  # unique within the source and stable across runs
+    kind: str  # "robot" | "human"
+    uri: str  # the episode's media: a video file, or the HDF5 file holding its images
+    content_hash: str  # changes whenever the bytes the episode is read from change
+    camera: str | None = None  # camera key the frames come from
+    start_s: float = 0.0  # span within the video file (LeRobot v3.0 packs episodes per file)
+    end_s: float | None = None  # None = to the end of the file
+    fps: float | None = None  # nominal frame rate of the media, when the source says
+    instruction: str | None = None
+    image_key: str | None = None  # HDF5 dataset of uint8 (N, H, W, 3) images; None = uri is a video
+    actions_uri: str | None = None  # where `load_actions` reads actions from (parquet / HDF5)
+    actions_selector: str | None = None  # adapter-specific: episode index, HDF5 group, ...
+    action_rate: float | None = None  # Hz, when actions carry no timestamps of their own
+    split: str | None = None  # dataset split the source assigns ("train", "val", ...), if any
+    # Why the episode is bad input, when enumeration already knows (a manifest row leaving the
+    # source folder, a missing file, an HDF5 demo without actions): the ingest quarantines it
+    # with this one-line reason and never opens its media.
+    refused: str | None = None
+
+    @property
+    def key(self) -> str:
+        """Store-wide unique episode key."""
+        return f"{self.source}/{self.episode_id}"

@@ -13,9 +13,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from pipeline.sources.base import EpisodeRef
 from pipeline.store import StoreWriter
-from schemas.records import ActionTrack
+from schemas.records import ActionTrack, EpisodeRef
 
 ENCODER = {"model": "synthetic", "weights": "random-init:seed=0", "tokens": "grid:2x2"}
 TOKENS, DIM = 4, 16

@@ -89,7 +89,7 @@ def test_sparse_rate_skips_ahead_to_the_right_frames(media: dict[str, Clip], cod
 
 def test_sparse_rate_does_not_decode_every_frame(media: dict[str, Clip], caplog: pytest.LogCaptureFixture) -> None:
     # LeRobot's AV1 (a keyframe every 2 frames) at 1.5 fps: most GOPs hold no pick and are skipped.
-    with caplog.at_level(logging.DEBUG, logger="pipeline.decode_pyav"):
+    with caplog.at_level(logging.DEBUG, logger="pipeline.decode.pyav"):
         decode_all(media["av1"].path, fps=1.5)
     decoded = int(caplog.text.split("decoded ")[1].split()[0])
     assert decoded < 90 // 2
@@ -209,7 +209,7 @@ def test_av1_requested_from_decord_falls_back_to_pyav(media: dict[str, Clip], ca
 def test_decord_failure_mid_file_resumes_with_pyav_without_repeats(
     media: dict[str, Clip], monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    import pipeline.decode_decord as dd
+    import pipeline.decode.decord as dd
 
     real = dd.decode_decord
 
@@ -282,3 +282,23 @@ def test_missing_file_raises_file_not_found(media_dir: Path) -> None:
 def test_bad_arguments_raise_at_the_call(media: dict[str, Clip], kwargs: dict) -> None:
     with pytest.raises(ValueError, match="must be"):
         decode_frames(str(media["h264"].path), **{"size": 32, **kwargs})  # before any iteration
+
+
+def test_array_frames_are_resized_like_video_frames(tmp_path: Path) -> None:
+    """HDF5 image arrays and video frames share one resize (DESIGN: one encoder identity, one
+    preprocessing): an HDF5 episode's frames are the swscale path's output of its images."""
+    import h5py
+
+    from pipeline.decode import resize_like_decode
+    from pipeline.episode_frames import decode_episode_blocks
+    from pipeline.sources import iter_episodes, read_image_frames
+    from schemas import SourceSpec
+    from tests.datasets import make_hdf5
+
+    path = make_hdf5(tmp_path / "d.hdf5", demos=(6,), size=(40, 30))
+    with h5py.File(path, "a") as f:  # textured images: a flat grey would hide the filter
+        f["data/demo_0/obs/agentview_image"][...] = np.random.default_rng(0).integers(0, 256, (6, 30, 40, 3))
+    ref = next(iter(iter_episodes(SourceSpec(id="h5", kind="robot", format="hdf5", uri=str(path)))))
+    images, _ = read_image_frames(ref)
+    got = np.concatenate([b["frames"] for b in decode_episode_blocks(ref, fps=20, size=16)])
+    np.testing.assert_array_equal(got, resize_like_decode(images, 16, "center_crop"))

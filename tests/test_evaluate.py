@@ -15,8 +15,7 @@ import av
 import numpy as np
 import pytest
 
-from pipeline.decode import decode_frames
-from pipeline.decode_pyav import resize_like_decode
+from pipeline.decode import decode_frames, resize_like_decode
 from pipeline.encode import EncoderError, FrozenEncoder, encoder_config_from_identity, encoder_identity
 from pipeline.eval_report import wilson_interval
 from pipeline.evaluate import (
@@ -123,8 +122,8 @@ def test_eval_refuses_the_training_layouts_and_writes_nothing(sample_corpora: Pa
 
 def test_training_samples_reads_layouts_and_camera_of_the_stores_robot_episodes(sample_corpora, tmp_path):
     from pipeline.samples.metaworld_robot import read_sample_layouts
-    from pipeline.sources.base import EpisodeRef
     from pipeline.store import StoreWriter
+    from schemas.records import EpisodeRef
 
     video = sample_corpora / "robot/videos/observation.images.corner2/chunk-000/file-000.mp4"
     ref = EpisodeRef(source="robot", episode_id="0", kind="robot", uri=str(video), content_hash="x")

@@ -17,7 +17,15 @@ import numpy as np
 import pytest
 
 from pipeline.samples.lerobot_v3 import LeRobotEpisode, write_lerobot_v3
-from pipeline.sources import SourceError, hashing, iter_episodes, load_actions, read_image_frames, read_image_timestamps
+from pipeline.sources import (
+    EpisodeError,
+    SourceError,
+    hashing,
+    iter_episodes,
+    load_actions,
+    read_image_frames,
+    read_image_timestamps,
+)
 from schemas.config import SourceSpec
 from tests.datasets import CAM, make_hdf5, make_lerobot_v21, make_lerobot_v30, make_video
 
@@ -350,7 +358,7 @@ def test_hdf5_unreadable_file_in_a_folder_is_yielded_for_quarantine(tmp_path: Pa
     (tmp_path / "b.hdf5").write_bytes(b"not hdf5 at all")
     refs = list(iter_episodes(spec(tmp_path, "hdf5")))
     assert [r.episode_id for r in refs] == ["a.hdf5/demo_0", "b.hdf5"]
-    with pytest.raises(SourceError, match=r"b\.hdf5: not a readable HDF5 file"):
+    with pytest.raises(EpisodeError, match=r"b\.hdf5: not a readable HDF5 file"):  # bad input: quarantined
         read_image_frames(refs[1])
 
 

@@ -6,8 +6,8 @@ import numpy as np
 import pyarrow.parquet as pq
 import pytest
 
-from pipeline.sources.base import ActionTrack, EpisodeRef
 from pipeline.store import FeatureStore, StoreBusyError, StoreError, StoreMismatchError, StoreWriter
+from schemas.records import ActionTrack, EpisodeRef
 
 ENC = {"model": "fake", "weights": "random-init:seed=0", "tokens": "grid:2x2"}
 TOKENS = (4, 8)

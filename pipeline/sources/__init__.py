@@ -10,8 +10,9 @@ The public surface is four functions, dispatching on the format:
   timestamps of episodes whose images are stored as arrays (`ref.image_key` set: HDF5),
   for the decoder to use instead of a video container.
 
-Whole-source problems raise `SourceError` (a ValueError) with the path and the fix;
-per-episode problems surface when the episode is decoded or its actions are loaded.
+Whole-source problems raise `SourceError` (a `ConfigError`) with the path and the fix;
+per-episode problems surface when the episode is decoded or its actions are loaded, as
+`EpisodeError` (a `BadInputError`: the episode is quarantined). See `pipeline.sources.base`.
 """
 
 from __future__ import annotations
@@ -22,7 +23,7 @@ from dataclasses import replace
 
 import numpy as np
 
-from pipeline.sources.base import ActionTrack, EpisodeRef, SourceError
+from pipeline.sources.base import ActionTrack, EpisodeError, EpisodeRef, SourceError
 from pipeline.sources.hdf5 import iter_hdf5, load_hdf5_actions
 from pipeline.sources.hdf5 import read_image_frames as _hdf5_frames
 from pipeline.sources.hdf5 import read_image_timestamps as _hdf5_timestamps
@@ -32,6 +33,7 @@ from schemas.config import SourceSpec
 
 __all__ = [
     "ActionTrack",
+    "EpisodeError",
     "EpisodeRef",
     "SourceError",
     "check_source",
@@ -74,7 +76,7 @@ def load_actions(ref: EpisodeRef) -> ActionTrack | None:
     try:
         loader = _ACTION_LOADERS[fmt]
     except KeyError:
-        raise SourceError(f"{ref.key}: unknown actions selector format {fmt!r}") from None
+        raise EpisodeError(f"{ref.key}: unknown actions selector format {fmt!r}") from None
     return loader(ref)
 
 
@@ -82,7 +84,7 @@ def read_image_frames(ref: EpisodeRef, indices: np.ndarray | list[int] | None = 
     """(frames uint8 (K, H, W, 3), timestamps float64 (K,)) of an array-stored episode;
     all frames, or only `indices` (read sparsely)."""
     if ref.image_key is None:
-        raise SourceError(f"{ref.key}: {ref.uri} is a video file; decode it with pipeline.decode")
+        raise EpisodeError(f"{ref.key}: {ref.uri} is a video file; decode it with pipeline.decode")
     return _hdf5_frames(ref, indices)
 
 
@@ -90,5 +92,5 @@ def read_image_timestamps(ref: EpisodeRef) -> np.ndarray:
     """(N,) float64 seconds of every stored image of an array-stored episode; no pixels read,
     so a decoder can pick frames by timestamp and then read only those."""
     if ref.image_key is None:
-        raise SourceError(f"{ref.key}: {ref.uri} is a video file; decode it with pipeline.decode")
+        raise EpisodeError(f"{ref.key}: {ref.uri} is a video file; decode it with pipeline.decode")
     return _hdf5_timestamps(ref)

@@ -1,48 +1,48 @@
-"""What a source adapter hands to the rest of the pipeline: episode references, no pixels.
+"""What a source adapter hands to the rest of the pipeline, and the two ways a source is bad.
 
-An `EpisodeRef` is small, picklable and cheap to make: enumerating a source reads
-metadata (file listings, LeRobot `meta/`, HDF5 keys) and never decodes video. Actions
-are loaded later, next to the decode, by `load_actions`.
+An `EpisodeRef` (defined in `schemas.records`, since the store and trainers use it too) is
+small, picklable and cheap to make: enumerating a source reads metadata (file listings,
+LeRobot `meta/`, HDF5 keys) and never decodes video. Actions are loaded later, next to the
+decode, by `load_actions`.
+
+Errors, by what they mean (`schemas.errors`):
+
+- `SourceError` (a `ConfigError`): the *source* cannot be read at all: a missing folder, an
+  unreadable LeRobot `meta/info.json`, a field no demo has. Raised while enumerating, before
+  anything runs; the run stops with exit 2 and the file and field named.
+- `EpisodeError` (a `BadInputError`): *one episode's* data is bad: its actions do not parse,
+  its HDF5 image array is unreadable, enumeration refused it (`EpisodeRef.refused`). Raised
+  next to the decode; the episode is quarantined and the run goes on.
+
+A network or object-store fault while reading is neither: it is left as it is (an OSError,
+a botocore error), `pipeline.errors.classify` calls it infrastructure, and the run stops,
+retryable, with nothing quarantined.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from schemas.errors import BadInputError, ConfigError
+from schemas.records import ActionTrack, EpisodeRef
 
-from schemas.records import ActionTrack
-
-__all__ = ["ActionTrack", "EpisodeRef", "SourceError"]
+__all__ = ["ActionTrack", "EpisodeError", "EpisodeRef", "SourceError", "reraise_if_infrastructure"]
 
 
-class SourceError(ValueError):
+class SourceError(ConfigError):
     """A whole source cannot be read (missing folder, unreadable LeRobot `meta/info.json`).
-    Per-episode problems are not raised here: they are yielded as refused refs, or surface
-    at decode, and either way are quarantined."""
+    Per-episode problems are not raised as this: they are yielded as refused refs, or raise
+    `EpisodeError` at decode, and either way are quarantined."""
 
 
-@dataclass(frozen=True)
-class EpisodeRef:
-    source: str  # SourceSpec.id
-    episode_id: str  # unique within the source and stable across runs
-    kind: str  # "robot" | "human"
-    uri: str  # the episode's media: a video file, or the HDF5 file holding its images
-    content_hash: str  # changes whenever the bytes the episode is read from change
-    camera: str | None = None  # camera key the frames come from
-    start_s: float = 0.0  # span within the video file (LeRobot v3.0 packs episodes per file)
-    end_s: float | None = None  # None = to the end of the file
-    fps: float | None = None  # nominal frame rate of the media, when the source says
-    instruction: str | None = None
-    image_key: str | None = None  # HDF5 dataset of uint8 (N, H, W, 3) images; None = uri is a video
-    actions_uri: str | None = None  # where `load_actions` reads actions from (parquet / HDF5)
-    actions_selector: str | None = None  # adapter-specific: episode index, HDF5 group, ...
-    action_rate: float | None = None  # Hz, when actions carry no timestamps of their own
-    split: str | None = None  # dataset split the source assigns ("train", "val", ...), if any
-    # Why the episode is bad input, when enumeration already knows (a manifest row leaving the
-    # source folder, a missing file, an HDF5 demo without actions): the ingest quarantines it
-    # with this one-line reason and never opens its media.
-    refused: str | None = None
+class EpisodeError(BadInputError):
+    """One episode's own data is bad (its actions, its image array, refused at enumeration):
+    the episode is quarantined with this one-line reason; the rest of the run goes on."""
 
-    @property
-    def key(self) -> str:
-        """Store-wide unique episode key."""
-        return f"{self.source}/{self.episode_id}"
+
+def reraise_if_infrastructure(e: BaseException) -> None:
+    """Inside an `except OSError` that would call the file bad: re-raise `e` as it is when it is
+    a network / object-store fault (ECONNRESET, a timeout, a 5xx), which is not the file's
+    fault and must never quarantine an episode or fail a source."""
+    from pipeline.errors import classify
+
+    if classify(e) == "infrastructure":
+        raise e

@@ -32,7 +32,7 @@ import fsspec
 import h5py
 import numpy as np
 
-from pipeline.sources.base import ActionTrack, EpisodeRef, SourceError
+from pipeline.sources.base import ActionTrack, EpisodeError, EpisodeRef, SourceError, reraise_if_infrastructure
 from pipeline.sources.hashing import combine, file_digest
 from pipeline.uri import is_remote, join_uri, open_uri
 from schemas.config import SourceSpec
@@ -146,6 +146,7 @@ def iter_hdf5(spec: SourceSpec) -> Iterator[EpisodeRef]:
         try:
             yield from _iter_file(spec, rel, uri, digest, first_file=i == 0)
         except OSError as e:
+            reraise_if_infrastructure(e)
             if len(files) == 1:
                 raise SourceError(f"{uri}: not a readable HDF5 file ({e})") from None
             # One bad file among many: yield it so the ingest quarantines it, the rest go on.
@@ -218,7 +219,7 @@ def _field_path(demo: h5py.Group, name: str) -> str | None:
 def _rate_of(ref: EpisodeRef) -> float:
     rate = ref.action_rate or ref.fps
     if not rate:
-        raise SourceError(f"{ref.uri}: episode {ref.episode_id} has no rate; set `action_rate` in the YAML")
+        raise EpisodeError(f"{ref.uri}: episode {ref.episode_id} has no rate; set `action_rate` in the YAML")
     return float(rate)
 
 
@@ -226,7 +227,7 @@ def _images(h5: h5py.File, ref: EpisodeRef) -> h5py.Dataset:
     d = h5.get(ref.image_key)
     if not isinstance(d, h5py.Dataset) or d.ndim != 4 or d.shape[-1] != 3:
         shape = getattr(d, "shape", None)
-        raise SourceError(f"{ref.uri}: {ref.image_key} is not a (N, H, W, 3) image array (shape {shape})")
+        raise EpisodeError(f"{ref.uri}: {ref.image_key} is not a (N, H, W, 3) image array (shape {shape})")
     return d
 
 
@@ -236,7 +237,8 @@ def read_image_timestamps(ref: EpisodeRef) -> np.ndarray:
         with open_h5(ref.uri) as h5:
             n = _images(h5, ref).shape[0]
     except OSError as e:
-        raise SourceError(f"{ref.uri}: not a readable HDF5 file ({e})") from None
+        reraise_if_infrastructure(e)
+        raise EpisodeError(f"{ref.uri}: not a readable HDF5 file ({e})") from None
     return np.arange(n, dtype=np.float64) / _rate_of(ref)
 
 
@@ -252,11 +254,12 @@ def read_image_frames(ref: EpisodeRef, indices: np.ndarray | list[int] | None = 
             else:
                 idx = np.asarray(indices, dtype=np.int64).reshape(-1)
                 if idx.size and (idx.min() < 0 or idx.max() >= d.shape[0]):
-                    raise SourceError(f"{ref.uri}: {ref.image_key} has {d.shape[0]} frames, asked for {idx.tolist()}")
+                    raise EpisodeError(f"{ref.uri}: {ref.image_key} has {d.shape[0]} frames, asked for {idx.tolist()}")
                 uniq, inverse = np.unique(idx, return_inverse=True)  # h5py wants increasing indices
                 frames = d[uniq.tolist()][inverse] if uniq.size else np.empty((0, *d.shape[1:]), np.uint8)
     except OSError as e:
-        raise SourceError(f"{ref.uri}: not a readable HDF5 file ({e})") from None
+        reraise_if_infrastructure(e)
+        raise EpisodeError(f"{ref.uri}: not a readable HDF5 file ({e})") from None
     return np.ascontiguousarray(frames, dtype=np.uint8), idx.astype(np.float64) / _rate_of(ref)
 
 
@@ -268,18 +271,19 @@ def load_hdf5_actions(ref: EpisodeRef) -> ActionTrack:
         with open_h5(ref.actions_uri) as h5:
             demo = h5.get(sel["group"])
             if demo is None:
-                raise SourceError(f"{ref.actions_uri}: no group {sel['group']!r}")
+                raise EpisodeError(f"{ref.actions_uri}: no group {sel['group']!r}")
 
             def read(name: str) -> np.ndarray:
                 path = _field_path(demo, name)
                 if path is None:
-                    raise SourceError(f"{ref.actions_uri}: {sel['group']} has no field {name!r}")
+                    raise EpisodeError(f"{ref.actions_uri}: {sel['group']} has no field {name!r}")
                 a = np.asarray(demo[path][()], dtype=np.float32)
                 return a.reshape(len(a), -1)
 
             acts = np.concatenate([read(a) for a in sel["actions"]], axis=1)
             state = np.concatenate([read(s) for s in sel["state"]], axis=1) if sel["state"] else None
     except OSError as e:
-        raise SourceError(f"{ref.actions_uri}: not a readable HDF5 file ({e})") from None
+        reraise_if_infrastructure(e)
+        raise EpisodeError(f"{ref.actions_uri}: not a readable HDF5 file ({e})") from None
     ts = np.arange(len(acts), dtype=np.float64) / _rate_of(ref)
     return ActionTrack(timestamps=ts, actions=acts, state=state)

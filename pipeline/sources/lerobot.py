@@ -35,7 +35,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
-from pipeline.sources.base import ActionTrack, EpisodeRef, SourceError
+from pipeline.sources.base import ActionTrack, EpisodeError, EpisodeRef, SourceError, reraise_if_infrastructure
 from pipeline.sources.hashing import combine, file_digest, stat_key
 from pipeline.uri import is_remote, join_uri, open_uri
 from schemas.config import SourceSpec
@@ -57,6 +57,7 @@ def read_info(root: str) -> dict[str, Any]:
     except FileNotFoundError:
         raise SourceError(f"{path}: not found; `uri` must be a LeRobot dataset root (holding meta/)") from None
     except (OSError, ValueError) as e:
+        reraise_if_infrastructure(e)
         raise SourceError(f"{path}: unreadable ({e}); re-download or re-convert the dataset") from None
     if not isinstance(info, dict) or not isinstance(info.get("features"), dict):
         raise SourceError(f"{path}: no `features` mapping; not a LeRobot info.json")
@@ -154,6 +155,7 @@ def _read_jsonl(path: str) -> list[dict[str, Any]]:
     except FileNotFoundError:
         raise SourceError(f"{path}: not found; the dataset's meta/ is incomplete, re-download it") from None
     except (OSError, ValueError) as e:
+        reraise_if_infrastructure(e)
         raise SourceError(f"{path}: unreadable ({e}); re-download the dataset") from None
 
 
@@ -283,6 +285,7 @@ def _episodes_v30(root: str, cam: str, instruction_field: str | None) -> Iterato
                 f.seek(0)
                 rows.extend(pq.read_table(f, columns=wanted + extra).to_pylist())
         except (OSError, pa.ArrowException) as e:
+            reraise_if_infrastructure(e)
             raise SourceError(f"{path}: unreadable ({e}); re-download the dataset") from None
     rows = [_indexed(row, join_uri(root, "meta/episodes")) for row in rows]
     for row in sorted(rows, key=lambda r: r["episode_index"]):
@@ -306,7 +309,7 @@ def _matrix(col: pa.ChunkedArray | pa.Array, name: str, where: str) -> np.ndarra
     if pa.types.is_fixed_size_list(arr.type) or pa.types.is_list(arr.type) or pa.types.is_large_list(arr.type):
         flat = arr.flatten().to_numpy(zero_copy_only=False).astype(np.float32)
         if n and flat.size % n:
-            raise SourceError(f"{where}: column {name!r} has rows of different lengths")
+            raise EpisodeError(f"{where}: column {name!r} has rows of different lengths")
         return flat.reshape(n, -1 if n else 0)
     return arr.to_numpy(zero_copy_only=False).astype(np.float32).reshape(n, 1)
 
@@ -347,14 +350,15 @@ def load_lerobot_actions(ref: EpisodeRef) -> ActionTrack:
     try:
         table = _data_columns(ref.actions_uri, cols)
     except FileNotFoundError:
-        raise SourceError(f"{where}: data file not found; re-download the dataset") from None
+        raise EpisodeError(f"{where}: data file not found; re-download the dataset") from None
     except (OSError, pa.ArrowException) as e:
-        raise SourceError(f"{where}: unreadable ({e})") from None
+        reraise_if_infrastructure(e)
+        raise EpisodeError(f"{where}: unreadable ({e})") from None
     table = table.filter(pc.equal(table.column("episode_index"), ep))
     if table.num_rows == 0:
-        raise SourceError(f"{where}: no rows for this episode in its data file")
+        raise EpisodeError(f"{where}: no rows for this episode in its data file")
     if table.column("timestamp").null_count:
-        raise SourceError(f"{where}: null timestamps; the data file is damaged")
+        raise EpisodeError(f"{where}: null timestamps; the data file is damaged")
     ts = table.column("timestamp").to_numpy().astype(np.float64)
     order = np.argsort(ts, kind="stable")
     table = table.take(pa.array(order)) if np.any(order != np.arange(len(order))) else table

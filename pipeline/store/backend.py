@@ -16,6 +16,7 @@ from __future__ import annotations
 import fcntl
 import logging
 import os
+import re
 from pathlib import Path
 from urllib.parse import urlparse
 
@@ -24,16 +25,30 @@ os.environ.setdefault("ICECHUNK_LOG", "icechunk=error")  # silence the local-sto
 import icechunk as ic  # noqa: E402
 
 from pipeline.uri import is_remote, join_uri, local_path  # noqa: E402
+from schemas.errors import ConfigError, InfrastructureError  # noqa: E402
 
 log = logging.getLogger(__name__)
 
 
-class StoreError(ValueError):
-    """The store cannot be opened as asked (no such store, version, or unsupported URL)."""
+class StoreError(ConfigError):
+    """The store cannot be opened as asked (no such store, version, or unsupported URL): the
+    command names a store or version that is not there. Raised only for that: a storage fault
+    while opening (network, object store 5xx, a full or read-only disk) keeps its own type,
+    which `pipeline.errors.classify` sorts into infrastructure or resource."""
 
 
-class StoreBusyError(RuntimeError):
-    """Another process is writing to this store."""
+class StoreBusyError(InfrastructureError):
+    """Another process is writing to this store: nothing is wrong with the input or the
+    config, and the same run succeeds once the other writer is done (retryable)."""
+
+
+_UNKNOWN_VERSION = re.compile(r"snapshot not found|ref not found|invalid snapshot id|branch not found|tag not found")
+
+
+def unknown_version(e: BaseException) -> bool:
+    """Whether an Icechunk error says the asked-for version, branch or tag does not exist (as
+    opposed to the storage failing while looking)."""
+    return isinstance(e, ValueError | TypeError) or bool(_UNKNOWN_VERSION.search(str(e)))
 
 
 def error_summary(e: BaseException) -> str:

@@ -21,7 +21,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import zarr
 
-from pipeline.store.backend import StoreError, error_summary, open_repo
+from pipeline.store.backend import StoreError, error_summary, open_repo, unknown_version
 from pipeline.store.index import read_index
 from schemas import CATALOG_SCHEMA, EpisodeStatus
 from schemas.records import ActionTrack
@@ -104,7 +104,9 @@ class FeatureStore:
         try:
             session = (repo.readonly_session(snapshot_id=version) if version
                        else repo.readonly_session(branch=branch))
-        except Exception as e:  # icechunk raises its own error types for unknown refs
+        except Exception as e:  # noqa: BLE001 - icechunk raises one error type for everything
+            if not unknown_version(e):  # the object store failed, not the version: classify says so
+                raise
             raise StoreError(f"store {uri!r} has no version {version or branch!r}: {error_summary(e)}") from None
         return cls(uri, repo, session, cache_bytes)
 

@@ -38,16 +38,18 @@ from pipeline.store.backend import WriterLock, open_repo
 from pipeline.store.catalog_file import write_catalog_file
 from pipeline.store.index import read_index, write_index
 from schemas import INDEX_SCHEMA, STORE_LAYOUT_VERSION, EpisodeStatus
+from schemas.errors import BadInputError, ConfigError
 from schemas.records import ActionTrack
 
 if TYPE_CHECKING:  # the store imports no source adapter: trainers never load h5py or LeRobot parsing
-    from pipeline.sources.base import EpisodeRef
+    from schemas.records import EpisodeRef
 
 log = logging.getLogger(__name__)
 
 
-class StoreMismatchError(ValueError):
-    """The store was built by another encoder: features of two encoders never mix."""
+class StoreMismatchError(ConfigError):
+    """The store was built by another encoder: features of two encoders never mix (choose
+    another store: a config error, exit 2)."""
 
 
 def ingest_hash(ref: EpisodeRef, params: dict) -> str:
@@ -200,7 +202,7 @@ class StoreWriter:
     def finish_episode(self, ref: EpisodeRef, actions: ActionTrack | None, fps: float) -> None:
         p = self._pending.pop(ref.key)
         if p.n == 0:
-            raise ValueError(f"{ref.key}: no frames decoded")
+            raise BadInputError(f"{ref.key}: no frames decoded")
         if p.spilled is not None:
             shard, group, start = p.spilled_name, p.spilled, 0
         else:

@@ -18,7 +18,7 @@ from collections.abc import Iterator
 
 import numpy as np
 
-from pipeline.decode import (
+from pipeline.decode.base import (
     DECORD_CODECS,
     DecodeRequest,
     FrameBlock,

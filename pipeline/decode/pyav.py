@@ -32,12 +32,13 @@ from fractions import Fraction
 import av
 import numpy as np
 
-from pipeline.decode import (
+from pipeline.decode.base import (
     RESIZE_MODES,
     CorruptVideoError,
     DecodeRequest,
     FrameBlock,
     FramePicker,
+    MissingVideoError,
     VideoInfo,
     check_complete,
     empty_span_error,
@@ -45,7 +46,9 @@ from pipeline.decode import (
     resize_geometry,
     timestamp_tolerance,
 )
+from pipeline.errors import classify
 from pipeline.uri import is_remote, local_path
+from schemas.errors import InfrastructureError
 
 log = logging.getLogger(__name__)
 
@@ -58,7 +61,10 @@ _FIX = "re-download or re-encode the file"
 def open_container(uri: str) -> Iterator[av.container.InputContainer]:
     """Open `uri` (local path or fsspec URL) for reading; close it (and the remote file) after.
 
-    Missing files raise FileNotFoundError; anything FFmpeg cannot read raises CorruptVideoError.
+    A missing file raises `MissingVideoError` (a CorruptVideoError and a FileNotFoundError);
+    bytes FFmpeg cannot read raise CorruptVideoError; a fault of the network or the storage
+    underneath (a connection reset, a timeout, EIO) is raised as it is, or as an
+    `InfrastructureError`: see `_read_failure`.
     """
     name = uri
     remote = None
@@ -70,20 +76,37 @@ def open_container(uri: str) -> Iterator[av.container.InputContainer]:
             container = av.open(remote, mode="r")
         else:
             container = av.open(local_path(uri), mode="r")
-    except FileNotFoundError:
-        if remote is not None:
-            remote.close()
-        raise
     except (av.error.FFmpegError, OSError) as exc:
         if remote is not None:
             remote.close()
-        raise CorruptVideoError(f"{name}: cannot open as a video ({_reason(exc)}); {_FIX}") from exc
+        raise _read_failure(name, exc, "cannot open as a video") from exc
     try:
         yield container
     finally:
         container.close()
         if remote is not None:
             remote.close()
+
+
+def _read_failure(uri: str, exc: BaseException, what: str) -> BaseException:
+    """What an exception raised while opening or decoding `uri` means.
+
+    Only FFmpeg's verdict on the bytes (invalid data, no stream, an unexpected end...) makes
+    the video bad input. An error of the reading machinery (an S3 connection reset, a timeout,
+    EIO from fsspec, a full or read-only disk) says nothing about the file: it is returned as
+    it is when `classify` already calls it infrastructure or resource, and any other OSError
+    raised by Python-side I/O (an fsspec file object) becomes an InfrastructureError, so the run
+    stops, retryable, instead of quarantining a good video.
+    """
+    if isinstance(exc, FileNotFoundError):
+        return MissingVideoError(f"{uri}: no such file; it was listed but is gone, re-download it or drop it")
+    if isinstance(exc, IsADirectoryError | NotADirectoryError):
+        return CorruptVideoError(f"{uri}: {what} ({_reason(exc)}); point the episode at a video file")
+    if classify(exc) in ("infrastructure", "resource"):
+        return exc
+    if isinstance(exc, av.error.FFmpegError):
+        return CorruptVideoError(f"{uri}: {what} ({_reason(exc)}); {_FIX}")
+    return InfrastructureError(f"{uri}: reading failed ({type(exc).__name__}: {_reason(exc)}); retry the run")
 
 
 def _reason(exc: BaseException) -> str:
@@ -155,8 +178,8 @@ def probe_pyav(uri: str) -> VideoInfo:
         stream = _video_stream(container, uri)
         try:
             first = next(container.decode(stream), None)
-        except av.error.FFmpegError as exc:
-            raise CorruptVideoError(f"{uri}: first frame does not decode ({_reason(exc)}); {_FIX}") from exc
+        except (av.error.FFmpegError, OSError) as exc:
+            raise _read_failure(uri, exc, "first frame does not decode") from exc
         if first is None:
             raise CorruptVideoError(f"{uri}: the video stream holds no decodable frame; {_FIX}")
         return _info(container, stream, _rotation(first))
@@ -350,9 +373,9 @@ def decode_pyav(
                 decoded_end = last_frame_end(last_pts, last_dur or 1 / (nominal or 30), duration, _stream_start(stream))
                 yield from keep(picker.finish(decoded_end))
                 check_complete(request, decoded_end, duration, _stream_start(stream), nominal)
-        except av.error.FFmpegError as exc:
+        except (av.error.FFmpegError, OSError) as exc:
             at = f"after {last_pts:.3f}s" if n_decoded else "at the first frame"
-            raise CorruptVideoError(f"{uri}: decoding failed {at} ({_reason(exc)}); {_FIX}") from exc
+            raise _read_failure(uri, exc, f"decoding failed {at}") from exc
         if n:
             yield FrameBlock(frames[:n].copy(), stamps[:n].copy())
         log.debug("%s: decoded %d frames, kept %d, %d skip-ahead seeks", uri, n_decoded, picker.n_kept, source.skips)
