@@ -35,6 +35,7 @@ import pyarrow.compute as pc
 import zarr
 
 from pipeline.store.backend import StoreError, WriterLock, open_repo
+from pipeline.store.format import checksummed
 from pipeline.store.index import read_index, write_index
 from pipeline.store.reader import FeatureStore
 from schemas import LABEL_INDEX_SCHEMA
@@ -248,7 +249,10 @@ class LabelWriter:
             data = np.concatenate(bufs)
             if name not in shard:
                 shard.create_array(name, shape=(0, data.shape[1]), chunks=(8192, data.shape[1]), dtype=data.dtype,
-                                   dimension_names=("pair", "dim" if name == "z" else "query"))
+                                   dimension_names=("pair", "dim" if name == "z" else "query"),
+                                   compressors=checksummed(),
+                                   attributes={"description": "latent action z of pair (t, t + k_frames)" if name == "z"
+                                               else "quantizer code per query of pair (t, t + k_frames)"})
             arr = shard[name]
             start = arr.shape[0]
             arr.resize((start + len(data), data.shape[1]))
