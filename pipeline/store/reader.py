@@ -127,13 +127,18 @@ class FeatureStore:
     @classmethod
     def open(cls, uri: str, version: str | None = None, *, branch: str = "main",
              cache_bytes: int = 512 << 20) -> FeatureStore:
-        """Open `uri` at `version` (a commit id) or at the tip of `branch`."""
+        """Open `uri` at `version` (a commit id or a tag) or at the tip of `branch`."""
         repo = open_repo(uri, create=False)
         try:
             session = (repo.readonly_session(snapshot_id=version) if version
                        else repo.readonly_session(branch=branch))
         except Exception as e:  # icechunk raises its own error types for unknown refs
-            raise StoreError(f"store {uri!r} has no version {version or branch!r}: {error_summary(e)}") from None
+            try:  # a tag (`lawam tag`) names a version too
+                session = repo.readonly_session(tag=version) if version else None
+            except Exception:  # noqa: BLE001 - reported as the unknown version below
+                session = None
+            if session is None:
+                raise StoreError(f"store {uri!r} has no version {version or branch!r}: {error_summary(e)}") from None
         return cls(uri, repo, session, cache_bytes, pinned=version is not None)
 
     def __reduce__(self):

@@ -270,7 +270,7 @@ class StoreWriter:
             sampling = dict(self.root.attrs.get("sources", {})).get(source, {}).get("sampling")
             extra = {"sampling": sampling, "written_with": library_versions()} if name == "features" else {}
             if name == "action_timestamps" and len(data) > 1:  # of the shard's first episode
-                extra["control_rate_hz"] = float(1.0 / np.median(np.diff(data)))
+                extra["control_rate_hz"] = round(float(1.0 / np.median(np.diff(data))), 6)
             group.create_array(name, shape=(0,) + data.shape[1:], chunks=chunk, dtype=data.dtype,
                                compressors=checksummed(), dimension_names=dimension_names(name, data.ndim),
                                attributes=array_attributes(name, **extra))
