@@ -302,6 +302,8 @@ def verify(
     """Read every chunk of a store version and check every episode (shapes, dtypes, finite
     values, frame counts against the index, checksums). Names each bad episode and exits 4
     if any; 0 when all is well."""
+    from rich.markup import escape
+
     from pipeline.store.verify import verify_store
 
     try:
@@ -309,7 +311,7 @@ def verify(
     except _domain_errors() as e:
         _fail(str(e))
     for p in report.problems:
-        err.print(f"[red]bad[/red] {p}", highlight=False, soft_wrap=True)
+        err.print(f"[red]bad[/red] {escape(str(p))}", highlight=False, soft_wrap=True)
     line = (f"{store} @ {report.version}: {report.episodes} episodes, {report.chunks} chunks, "
             f"{report.bytes / 1e6:.1f} MB read")
     if report.ok:

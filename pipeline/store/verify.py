@@ -33,7 +33,7 @@ class Problem:
     what: str
 
     def __str__(self) -> str:
-        return f"{self.episode or '(no episode)'} [shard {self.shard}]: {self.what}"
+        return f"{self.episode or '(no episode)'} (shard {self.shard}): {self.what}"
 
 
 @dataclass
