@@ -327,7 +327,8 @@ def gc(
     store: str = typer.Argument(..., help="Store location: local path or s3://..."),
     older_than: str = typer.Option("7d", "--older-than", help="Drop commits and unreferenced files older than "
                                    "this (7d, 12h, 30m, 0 for all); tags and branch tips are always kept."),
-    dry_run: bool = typer.Option(False, "--dry-run", help="Only count what would be deleted."),
+    dry_run: bool = typer.Option(False, "--dry-run", help="Expire nothing, delete nothing: count the files no "
+                                 "version references now."),
 ) -> None:
     """Expire old versions and delete the files no kept version references (Icechunk's
     expire_snapshots + garbage_collect). Tagged versions (`lawam tag`) and branch tips stay."""

@@ -84,7 +84,8 @@ def gc_store(uri: str, older_than: timedelta, *, dry_run: bool = False, branch: 
     tip) and delete the files no kept commit references that are older than `older_than`.
     Holds the writer lock (local stores), so no ingest or label run commits meanwhile; files
     younger than the threshold are kept, so on object stores a writer that started less than
-    `older_than` ago keeps its uncommitted chunks. `dry_run` only counts."""
+    `older_than` ago keeps its uncommitted chunks. `dry_run` expires nothing and deletes
+    nothing: it counts the files no commit references now."""
     cut = datetime.now(UTC) - older_than
     with WriterLock(uri):
         repo = open_repo(uri, create=False)
