@@ -7,6 +7,7 @@ from datetime import timedelta
 from pathlib import Path
 
 import numpy as np
+import pyarrow.parquet as pq
 import pytest
 from typer.testing import CliRunner
 
@@ -61,11 +62,13 @@ def test_a_damaged_chunk_is_an_error_naming_the_episode_and_verify_lists_it(tmp_
             np.testing.assert_array_equal(store.features(key), episode_data(ARM, i)[0])
 
 
-def test_gc_keeps_tagged_versions_and_the_tip_and_deletes_the_rest(tmp_path):
+def test_gc_keeps_tagged_versions_and_the_tip_deletes_the_rest_and_repairs_the_catalog(tmp_path):
     uri = str(tmp_path / "s")
     v1 = write_store(uri, [ARM])
+    stale = (Path(uri) / "catalog.parquet").read_bytes()
     v2 = write_store(uri, [ARM], content="v2")  # every episode redone: v1's chunks only v1 needs
     v3 = write_store(uri, [ARM], content="v3")
+    (Path(uri) / "catalog.parquet").write_bytes(stale)  # as if killed between commit and copy
     before = len(chunk_files(uri))
     assert runner.invoke(app, ["tag", uri, v1, "run-1"]).exit_code == 0
     dry = runner.invoke(app, ["gc", uri, "--older-than", "7d"])
@@ -79,6 +82,7 @@ def test_gc_keeps_tagged_versions_and_the_tip_and_deletes_the_rest(tmp_path):
             np.testing.assert_array_equal(store.features(f"arm/ep{i:03d}"), episode_data(ARM, i)[0])
     with pytest.raises(StoreError, match="no version"):
         FeatureStore.open(uri, v2)
+    assert pq.read_schema(Path(uri) / "catalog.parquet").metadata[b"lawam.version"] == v3.encode()  # repaired
     listed = runner.invoke(app, ["versions", uri])
     assert "run-1" in listed.output and v1 in listed.output and v3 in listed.output
     assert runner.invoke(app, ["verify", uri, "--no-progress"]).exit_code == 0

@@ -16,7 +16,9 @@ import re
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 
-from pipeline.store.backend import StoreError, WriterLock, error_summary, open_repo
+from pipeline.store.backend import StoreBusyError, StoreError, WriterLock, error_summary, open_repo
+from pipeline.store.catalog_file import sync_catalog_file
+from pipeline.store.reader import FeatureStore
 
 _DURATION = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([smhdw]?)\s*$")
 _UNITS = {"": 1, "s": 1, "m": 60, "h": 3600, "d": 86400, "w": 7 * 86400}
@@ -93,9 +95,27 @@ def gc_store(uri: str, older_than: timedelta, *, dry_run: bool = False, branch: 
         if not dry_run:
             expired = repo.expire_snapshots(older_than=cut)
         summary = repo.garbage_collect(cut, dry_run=dry_run)
+        repair_catalog_file(uri, branch=branch, locked=True)
         kept = [s.id for s in repo.ancestry(branch=branch)]
         for tagged in tags(uri):
             if tagged not in kept:
                 kept.append(tagged)
     return GcReport(len(expired), summary.chunks_deleted, summary.manifests_deleted, summary.snapshots_deleted,
                     summary.bytes_deleted, kept, dry_run)
+
+
+def repair_catalog_file(uri: str, *, branch: str = "main", locked: bool = False) -> bool:
+    """Rewrite URI/catalog.parquet if it does not describe the tip of `branch`; True if it was
+    rewritten. Takes the writer lock unless `locked` (the caller holds it); when another
+    process holds it, does nothing (that writer rewrites the file itself)."""
+    if not locked:
+        try:
+            with WriterLock(uri):
+                return repair_catalog_file(uri, branch=branch, locked=True)
+        except StoreBusyError:
+            return False
+    try:
+        store = FeatureStore.open(uri, branch=branch)
+    except StoreError:  # nothing committed yet: no catalog to describe
+        return False
+    return sync_catalog_file(uri, store.index, store.version)
