@@ -262,18 +262,24 @@ class StoreWriter:
     def _create_shard(self, name: str) -> zarr.Group:
         return self.root.require_group(f"shards/{name}")
 
+    def _described(self, group: zarr.Group, name: str, data: np.ndarray) -> dict:
+        """`create_array` arguments that make shard array group[name] (first rows: `data`)
+        checksummed and self-describing (docs/store-format.md)."""
+        source = group.path.split("/")[1]
+        sampling = dict(self.root.attrs.get("sources", {})).get(source, {}).get("sampling")
+        extra = {"sampling": sampling, "written_with": library_versions()} if name == "features" else {}
+        if name == "action_timestamps" and len(data) > 1:  # of the first episode(s) written
+            steps = np.diff(data)
+            extra["control_rate_hz"] = round(float(1.0 / np.median(steps[steps > 0])), 6)
+        return {"compressors": checksummed(), "dimension_names": dimension_names(name, data.ndim),
+                "attributes": array_attributes(name, **extra)}
+
     def _append(self, group: zarr.Group, name: str, data: np.ndarray) -> int:
         """Append rows to group[name] (created on first use); returns the first new row."""
         if name not in group:
             chunk = (self.chunk_frames if name == "features" else 4096,) + data.shape[1:]
-            source = group.path.split("/")[1]
-            sampling = dict(self.root.attrs.get("sources", {})).get(source, {}).get("sampling")
-            extra = {"sampling": sampling, "written_with": library_versions()} if name == "features" else {}
-            if name == "action_timestamps" and len(data) > 1:  # of the shard's first episode
-                extra["control_rate_hz"] = round(float(1.0 / np.median(np.diff(data))), 6)
             group.create_array(name, shape=(0,) + data.shape[1:], chunks=chunk, dtype=data.dtype,
-                               compressors=checksummed(), dimension_names=dimension_names(name, data.ndim),
-                               attributes=array_attributes(name, **extra))
+                               **self._described(group, name, data))
         arr = group[name]
         start = arr.shape[0]
         arr.resize((start + len(data),) + arr.shape[1:])
