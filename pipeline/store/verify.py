@@ -21,7 +21,9 @@ import numpy as np
 import zarr
 
 from pipeline.progress import progress_bar
+from pipeline.store.index import read_index
 from pipeline.store.reader import CHUNK_ERRORS, FeatureStore
+from schemas import LABEL_INDEX_SCHEMA
 
 _BATCH_BYTES = 64 << 20
 
@@ -212,11 +214,15 @@ def _verify_labels(store: FeatureStore, report: VerifyReport) -> None:
     for set_name, label_set in store.root["labels"].groups():
         if "shards" not in label_set:
             continue
+        rows = read_index(label_set, LABEL_INDEX_SCHEMA).to_pylist()
         for shard_name, shard in label_set["shards"].groups():
             for name, arr in shard.arrays():
                 scan = _scan(arr, keep=False)
                 report.chunks += scan.chunks
                 report.bytes += scan.nbytes
                 for lo, hi, why in scan.bad:
-                    report.problems.append(Problem(None, f"labels/{set_name}/{shard_name}",
-                                                   f"{name} rows {lo}-{hi} unreadable ({why})"))
+                    keys = [r["key"] for r in rows if r["shard"] == shard_name
+                            and r["row_start"] < hi and lo < r["row_start"] + r["rows"]] or [None]
+                    for key in keys:
+                        report.problems.append(Problem(key, f"labels/{set_name}/{shard_name}",
+                                                       f"label {name} rows {lo}-{hi} unreadable ({why})"))
