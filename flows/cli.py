@@ -317,12 +317,89 @@ def versions(store: str = typer.Argument(..., help="Store location: local path o
         history = FeatureStore.open(store).versions()
     except _domain_errors() as e:
         _fail(str(e))
+    from pipeline.store.maintenance import tags
+
+    tagged = tags(store)
     table = Table(title=f"versions of {store}")
-    for col in ("version", "written at (UTC)", "message"):
+    for col in ("version", "written at (UTC)", "tags", "message"):
         table.add_column(col)
     for v in history:
-        table.add_row(v.id, f"{v.written_at:%Y-%m-%d %H:%M:%S}", v.message)
+        table.add_row(v.id, f"{v.written_at:%Y-%m-%d %H:%M:%S}", ", ".join(tagged.get(v.id, [])), v.message)
+    for vid in sorted(set(tagged) - {v.id for v in history}):  # tagged commits gc cut from the history
+        table.add_row(vid, "", ", ".join(tagged[vid]), "(tagged; no longer in the branch history)")
     out.print(table)
+
+
+EXIT_DAMAGED = 4
+
+
+@app.command()
+def verify(
+    store: str = typer.Argument(..., help="Store location: local path or s3://..."),
+    version_id: str = typer.Option(None, "--version", help="A store version (commit id or tag); default: newest."),
+    no_progress: bool = typer.Option(False, "--no-progress", help="No progress bar or status lines."),
+) -> None:
+    """Read every chunk of a store version and check every episode (shapes, dtypes, finite
+    values, frame counts against the index, checksums). Names each bad episode and exits 4
+    if any; 0 when all is well."""
+    from rich.markup import escape
+
+    from pipeline.store.verify import verify_store
+
+    try:
+        report = verify_store(store, version_id, progress=not no_progress)
+    except _domain_errors() as e:
+        _fail(str(e))
+    for p in report.problems:
+        err.print(f"[red]bad[/red] {escape(str(p))}", highlight=False, soft_wrap=True)
+    line = (f"{store} @ {report.version}: {report.episodes} episodes, {report.chunks} chunks, "
+            f"{report.bytes / 1e6:.1f} MB read")
+    if report.ok:
+        out.print(f"ok: {line}", highlight=False, soft_wrap=True)
+        return
+    out.print(f"damaged: {line}; {len(report.bad_episodes)} bad episodes, {len(report.problems)} problems",
+              highlight=False, soft_wrap=True)
+    raise typer.Exit(EXIT_DAMAGED)
+
+
+@app.command()
+def gc(
+    store: str = typer.Argument(..., help="Store location: local path or s3://..."),
+    older_than: str = typer.Option("7d", "--older-than", help="Drop commits and unreferenced files older than "
+                                   "this (7d, 12h, 30m, 0 for all); tags and branch tips are always kept."),
+    dry_run: bool = typer.Option(False, "--dry-run", help="Expire nothing, delete nothing: count the files no "
+                                 "version references now."),
+) -> None:
+    """Expire old versions and delete the files no kept version references (Icechunk's
+    expire_snapshots + garbage_collect). Tagged versions (`lawam tag`) and branch tips stay."""
+    from pipeline.store.maintenance import gc_store, parse_duration
+
+    try:
+        report = gc_store(store, parse_duration(older_than), dry_run=dry_run)
+    except ValueError as e:
+        _fail(str(e))
+    except _domain_errors() as e:
+        _fail(str(e))
+    verb = "would delete" if dry_run else "deleted"
+    out.print(f"{store}: {report.expired} versions expired; {verb} {report.chunks_deleted} chunks, "
+              f"{report.manifests_deleted} manifests, {report.snapshots_deleted} snapshots "
+              f"({report.bytes_deleted / 1e6:.1f} MB); {len(report.kept)} versions kept", highlight=False)
+
+
+@app.command()
+def tag(
+    store: str = typer.Argument(..., help="Store location: local path or s3://..."),
+    version_id: str = typer.Argument(..., help="The version to keep: a commit id (or a tag or branch name)."),
+    name: str = typer.Argument(..., help="Tag name, e.g. the training run's name."),
+) -> None:
+    """Tag a version so `lawam gc` keeps it; open it later by id or by tag name."""
+    from pipeline.store.maintenance import tag_version
+
+    try:
+        snapshot = tag_version(store, version_id, name)
+    except _domain_errors() as e:
+        _fail(str(e))
+    out.print(f"tagged {snapshot} as {name!r}", highlight=False)
 
 
 @app.command("train-lam")

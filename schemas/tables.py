@@ -30,22 +30,25 @@ CATALOG_SCHEMA = pa.schema(
         pa.field("frames", pa.int64(), nullable=False),  # frames kept at the corpus fps
         pa.field("duration_s", pa.float64(), nullable=False),  # span of the kept frames
         pa.field("actions", pa.int64(), nullable=False),  # control-rate action rows (0 for human)
+        # Where the episode lives and how it was sampled (docs/store-format.md): rows
+        # [frame_start, frame_start + frames) of /shards/<shard>/features and /timestamps, rows
+        # [action_start, action_start + actions) of its actions, action_timestamps and state.
+        pa.field("fps", pa.float64()),  # frames per second it was sampled at (frames / duration_s); null if none
+        pa.field("shard", pa.string()),  # group under /shards holding the episode's arrays; null if quarantined
+        pa.field("frame_start", pa.int64(), nullable=False),  # first row in the shard's features
+        pa.field("action_start", pa.int64(), nullable=False),  # first row in the shard's actions
         pa.field("store_version", pa.string()),  # commit id that made this row visible
         pa.field("ingested_at", pa.timestamp("s", tz="UTC")),
         pa.field("split", pa.string()),  # the source's own split ("train", "val", ...), if it names one
     ]
 )
 
-# The store's own episode index: the catalog plus where each episode's arrays live.
-# Stored inside every store commit, so a version id pins both data and index.
-INDEX_SCHEMA = pa.schema(
-    list(CATALOG_SCHEMA)
-    + [
-        pa.field("shard", pa.string()),  # group under /shards holding the episode's arrays
-        pa.field("frame_start", pa.int64(), nullable=False),  # first row in shard features
-        pa.field("action_start", pa.int64(), nullable=False),  # first row in shard actions
-    ]
-)
+# The store's own episode index (/index): the catalog's columns but `fps`, which readers derive
+# as frames / duration_s. Stored inside every store commit, so a version id pins both data and
+# index. `store_version` is empty for the rows added by the commit itself (a snapshot cannot
+# name itself); readers fill it (docs/store-format.md).
+CATALOG_DERIVED = ("fps",)
+INDEX_SCHEMA = pa.schema([f for f in CATALOG_SCHEMA if f.name not in CATALOG_DERIVED])
 
 # One row per labelled episode of a label set (`/labels/<set>/index` in the store). A row is
 # current while its content_hash equals the episode's in the store index; a redone episode

@@ -6,7 +6,7 @@
 
 from pipeline.store.backend import StoreBusyError, StoreError
 from pipeline.store.labels import LabelSet, LabelSetInfo, LabelWriter, label_set_id, list_label_sets
-from pipeline.store.reader import Episode, FeatureStore, PairBatch, VersionInfo
+from pipeline.store.reader import Episode, FeatureStore, PairBatch, StoreCorruptError, VersionInfo
 from pipeline.store.writer import Plan, StoreMismatchError, StoreWriter, ingest_hash
 
 __all__ = [
@@ -18,6 +18,7 @@ __all__ = [
     "PairBatch",
     "Plan",
     "StoreBusyError",
+    "StoreCorruptError",
     "StoreError",
     "StoreMismatchError",
     "StoreWriter",

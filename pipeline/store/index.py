@@ -12,6 +12,7 @@ import numpy as np
 import pyarrow as pa
 import zarr
 
+from pipeline.store.format import checksummed
 from schemas import INDEX_SCHEMA
 
 INDEX_GROUP = "index"
@@ -39,7 +40,8 @@ def write_index(root: zarr.Group, table: pa.Table, schema: pa.Schema = INDEX_SCH
     for field in schema:
         values = _to_numpy(table.column(field.name), field)
         dtype = str if pa.types.is_string(field.type) else values.dtype
-        arr = group.create_array(field.name, shape=(n,), chunks=(max(1, min(n, _CHUNK_ROWS)),), dtype=dtype)
+        arr = group.create_array(field.name, shape=(n,), chunks=(max(1, min(n, _CHUNK_ROWS)),), dtype=dtype,
+                                 compressors=checksummed(), dimension_names=("row",))
         if n:
             arr[:] = values
 

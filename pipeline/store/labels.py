@@ -35,8 +35,9 @@ import pyarrow.compute as pc
 import zarr
 
 from pipeline.store.backend import StoreError, WriterLock, open_repo
+from pipeline.store.format import checksummed
 from pipeline.store.index import read_index, write_index
-from pipeline.store.reader import FeatureStore
+from pipeline.store.reader import CHUNK_ERRORS, FeatureStore, StoreCorruptError
 from schemas import LABEL_INDEX_SCHEMA
 
 log = logging.getLogger(__name__)
@@ -124,7 +125,13 @@ class LabelSet:
         z = self._cache.get(key)
         if z is None:
             s, n = int(self._start[i]), int(self._rows[i])
-            z = self._cache[key] = self._array(self._shard[i], "z")[s : s + n]
+            try:
+                z = self._cache[key] = self._array(self._shard[i], "z")[s : s + n]
+            except CHUNK_ERRORS as e:
+                cause = next((ln.strip() for ln in str(e).splitlines() if ln.strip()), type(e).__name__)
+                raise StoreCorruptError(
+                    f"store {self.store.uri!r} version {self.store.version}: labels of episode {key} (label set "
+                    f"{self.id}, shard {self._shard[i]}) cannot be read: {cause[:200]}") from e
             self._cached += z.nbytes
             while self._cached > _CACHE_BYTES and len(self._cache) > 1:
                 self._cached -= self._cache.popitem(last=False)[1].nbytes
@@ -248,7 +255,10 @@ class LabelWriter:
             data = np.concatenate(bufs)
             if name not in shard:
                 shard.create_array(name, shape=(0, data.shape[1]), chunks=(8192, data.shape[1]), dtype=data.dtype,
-                                   dimension_names=("pair", "dim" if name == "z" else "query"))
+                                   dimension_names=("pair", "dim" if name == "z" else "query"),
+                                   compressors=checksummed(),
+                                   attributes={"description": "latent action z of pair (t, t + k_frames)" if name == "z"
+                                               else "quantizer code per query of pair (t, t + k_frames)"})
             arr = shard[name]
             start = arr.shape[0]
             arr.resize((start + len(data), data.shape[1]))

@@ -22,11 +22,35 @@ import pyarrow.compute as pc
 import zarr
 
 from pipeline.store.backend import StoreError, error_summary, open_repo, unknown_version
+from pipeline.store.catalog_file import catalog_table, fill_store_version
 from pipeline.store.index import read_index
-from schemas import CATALOG_SCHEMA, EpisodeStatus
+from schemas import EpisodeStatus
+from schemas.errors import ResourceError
 from schemas.records import ActionTrack
 
 log = logging.getLogger(__name__)
+
+
+class StoreCorruptError(ResourceError):
+    """Stored bytes do not decode (a chunk whose checksum does not match, or that is missing):
+    one line naming the episode, shard and version. A retry reads the same bytes: run
+    `lawam verify` to list every damaged episode, then re-ingest them into a new version."""
+
+
+# What zarr raises for a chunk it cannot decode: CRC32C mismatch (ValueError), zstd
+# (RuntimeError), a truncated buffer (ValueError/TypeError). Network faults are Icechunk's
+# own errors and stay retryable.
+CHUNK_ERRORS = (ValueError, RuntimeError, TypeError)
+
+
+def store_commit_at(repo, snapshot_id: str) -> str:
+    """The newest commit at or before `snapshot_id` that wrote the episode index (a StoreWriter
+    commit: its metadata has `lawam_run`): the commit that added the index rows whose
+    `store_version` is empty. Label commits do not touch the index, so they are skipped."""
+    for snap in repo.ancestry(snapshot_id=snapshot_id):
+        if "lawam_run" in (snap.metadata or {}):
+            return snap.id
+    return snapshot_id
 
 
 @dataclass(frozen=True)
@@ -65,7 +89,7 @@ class FeatureStore:
     """One pinned version of a store. Picklable: a copy sent to a DataLoader worker, a Ray
     task or a subprocess reopens `(uri, version)` there, with an empty cache of its own."""
 
-    def __init__(self, uri: str, repo, session, cache_bytes: int):
+    def __init__(self, uri: str, repo, session, cache_bytes: int, pinned: bool = False):
         self.uri = uri
         self._repo = repo
         self._session = session
@@ -73,12 +97,16 @@ class FeatureStore:
         try:
             self.root = zarr.open_group(session.store, mode="r")
         except zarr.errors.GroupNotFoundError:
-            raise StoreError(f"store {uri!r} has no committed data at {self.version}") from None
+            if not pinned:
+                raise StoreError(f"store {uri!r} has no committed data at {self.version}") from None
+            # A version asked for by id that holds nothing (the repository's root commit, which
+            # `lawam versions` lists): an empty store, not an error.
+            self.root = zarr.open_group(zarr.storage.MemoryStore(), mode="w")
         self.attrs = dict(self.root.attrs)
         index = read_index(self.root)
-        sv = index.column("store_version")
-        self.index = index.set_column(index.schema.get_field_index("store_version"), "store_version",
-                                      pc.if_else(pc.is_null(sv), pa.scalar(self.version), sv))
+        if index.num_rows and index["store_version"].null_count:
+            index = fill_store_version(index, store_commit_at(repo, self.version))
+        self.index = index
         self._ok = self.index.filter(pc.equal(self.index["status"], EpisodeStatus.OK))
         self._cache: OrderedDict[tuple[str, int], np.ndarray] = OrderedDict()
         self._cache_bytes = cache_bytes
@@ -99,7 +127,7 @@ class FeatureStore:
     @classmethod
     def open(cls, uri: str, version: str | None = None, *, branch: str = "main",
              cache_bytes: int = 512 << 20) -> FeatureStore:
-        """Open `uri` at `version` (a commit id) or at the tip of `branch`."""
+        """Open `uri` at `version` (a commit id or a tag) or at the tip of `branch`."""
         repo = open_repo(uri, create=False)
         try:
             session = (repo.readonly_session(snapshot_id=version) if version
@@ -107,8 +135,13 @@ class FeatureStore:
         except Exception as e:  # noqa: BLE001 - icechunk raises one error type for everything
             if not unknown_version(e):  # the object store failed, not the version: classify says so
                 raise
-            raise StoreError(f"store {uri!r} has no version {version or branch!r}: {error_summary(e)}") from None
-        return cls(uri, repo, session, cache_bytes)
+            try:  # a tag (`lawam tag`) names a version too
+                session = repo.readonly_session(tag=version) if version else None
+            except Exception:  # noqa: BLE001 - reported as the unknown version below
+                session = None
+            if session is None:
+                raise StoreError(f"store {uri!r} has no version {version or branch!r}: {error_summary(e)}") from None
+        return cls(uri, repo, session, cache_bytes, pinned=version is not None)
 
     def __reduce__(self):
         # Reopen by (uri, version) wherever it is unpickled: sessions and caches stay behind.
@@ -130,7 +163,7 @@ class FeatureStore:
 
     def catalog(self) -> pa.Table:
         """Every episode this version knows of, quarantined ones included."""
-        return self.index.select(CATALOG_SCHEMA.names)
+        return catalog_table(self.index)
 
     def episodes(self) -> pa.Table:
         """The ingested (status ok) episodes; row i is the episode `keys[i]`."""
@@ -181,7 +214,16 @@ class FeatureStore:
     def features(self, i: int | str) -> np.ndarray:
         """(N, T, D) float16 features of one episode, read through the chunk cache."""
         i = self._resolve(i)
-        return self._rows(self._shard_of[i], int(self._start_of[i]), int(self._frames_of[i]))
+        try:
+            return self._rows(self._shard_of[i], int(self._start_of[i]), int(self._frames_of[i]))
+        except CHUNK_ERRORS as e:
+            raise self._corrupt(i, "features", e) from e
+
+    def _corrupt(self, i: int, array: str, e: BaseException) -> StoreCorruptError:
+        cause = next((ln.strip() for ln in str(e).splitlines() if ln.strip()), type(e).__name__)
+        return StoreCorruptError(
+            f"store {self.uri!r} version {self.version}: episode {self.keys[i]} (shard {self._shard_of[i]}, "
+            f"{array}) cannot be read: {cause[:200]} (`lawam verify {self.uri}` lists every damaged episode)")
 
     def timestamps(self, i: int | str) -> np.ndarray:
         return self._timestamps(self._resolve(i))
@@ -193,7 +235,10 @@ class FeatureStore:
     def _timestamps(self, i: int) -> np.ndarray:
         if i not in self._ts:
             s, n = int(self._start_of[i]), int(self._frames_of[i])
-            self._ts[i] = self._array(self._shard_of[i], "timestamps")[s : s + n]
+            try:
+                self._ts[i] = self._array(self._shard_of[i], "timestamps")[s : s + n]
+            except CHUNK_ERRORS as e:
+                raise self._corrupt(i, "timestamps", e) from e
         return self._ts[i]
 
     def _actions(self, i: int) -> ActionTrack | None:
@@ -203,8 +248,11 @@ class FeatureStore:
             track = None
             if m:
                 group = self.root[f"shards/{r['shard']}"]
-                state = group["state"][s : s + m] if "state" in group else None
-                track = ActionTrack(group["action_timestamps"][s : s + m], group["actions"][s : s + m], state)
+                try:
+                    state = group["state"][s : s + m] if "state" in group else None
+                    track = ActionTrack(group["action_timestamps"][s : s + m], group["actions"][s : s + m], state)
+                except CHUNK_ERRORS as e:
+                    raise self._corrupt(i, "actions", e) from e
                 self._slack[i] = 0.25 / track.rate if track.rate else 0.0  # a quarter control step
             self._tracks[i] = track
         return self._tracks[i]

@@ -35,8 +35,10 @@ import pyarrow.compute as pc
 import zarr
 
 from pipeline.store.backend import WriterLock, open_repo
-from pipeline.store.catalog_file import write_catalog_file
+from pipeline.store.catalog_file import fill_store_version, sync_catalog_file, write_catalog_file
+from pipeline.store.format import FORMAT_DOC, array_attributes, checksummed, dimension_names, library_versions
 from pipeline.store.index import read_index, write_index
+from pipeline.store.reader import store_commit_at
 from schemas import INDEX_SCHEMA, STORE_LAYOUT_VERSION, EpisodeStatus
 from schemas.errors import BadInputError, ConfigError
 from schemas.records import ActionTrack
@@ -116,6 +118,7 @@ class StoreWriter:
         attrs = dict(self.root.attrs)
         if "encoder" not in attrs:
             self.root.attrs.update({"lawam_layout": STORE_LAYOUT_VERSION, "encoder": encoder})
+            attrs = dict(self.root.attrs)
         elif attrs["encoder"] != encoder:
             raise StoreMismatchError(
                 f"store {uri!r} holds features of encoder {attrs['encoder']!r}; this run uses "
@@ -126,6 +129,20 @@ class StoreWriter:
                                      f"this lawam writes {STORE_LAYOUT_VERSION}")
         if attrs.get("token_shape"):
             self.token_shape = tuple(attrs["token_shape"])
+        # What a plain zarr reader needs to make sense of the store (docs/store-format.md);
+        # written only when it changes, and published with the run's first commit.
+        about = {"format": FORMAT_DOC, "written_with": library_versions()}
+        if any(attrs.get(k) != v for k, v in about.items()):
+            self.root.attrs.update(about)
+
+    def _note_sampling(self, ref: EpisodeRef, params: dict) -> None:
+        """Record in the root attrs `sources` how `ref`'s source is sampled (fps, resize mode,
+        image size, ...): the newest run's settings per source."""
+        sources = dict(self.root.attrs.get("sources", {}))
+        entry = {"kind": ref.kind, "sampling": params}
+        if sources.get(ref.source) != entry:
+            sources[ref.source] = entry
+            self.root.attrs["sources"] = sources
 
     def _begin(self) -> None:
         self.session = self.repo.writable_session(self.branch)
@@ -133,13 +150,10 @@ class StoreWriter:
         self.index = read_index(self.root)
         self._shards.clear()
         self._seq += 1
-        parent = self.session.snapshot_id
-        # Rows the parent commit added carry no id yet (a snapshot cannot name itself).
-        sv = self.index.column("store_version")
-        self.index = self.index.set_column(
-            self.index.schema.get_field_index("store_version"), "store_version",
-            pc.if_else(pc.is_null(sv), pa.scalar(parent), sv),
-        )
+        # Rows the last index-writing commit added carry no id yet (a snapshot cannot name
+        # itself): it is the parent, or the newest ingest before label commits.
+        if self.index["store_version"].null_count:
+            self.index = fill_store_version(self.index, store_commit_at(self.repo, self.session.snapshot_id))
         keys = pc.binary_join_element_wise(self.index["source"], self.index["episode_id"], "/")
         self._row_of = {k: i for i, k in enumerate(keys.to_pylist())}
 
@@ -177,6 +191,7 @@ class StoreWriter:
     # -- writing -----------------------------------------------------------------------
     def start_episode(self, ref: EpisodeRef, params: dict) -> None:
         self._pending[ref.key] = _Pending(ref, ingest_hash(ref, params))
+        self._note_sampling(ref, params)
 
     def append_frames(self, ref: EpisodeRef, features: np.ndarray, timestamps: np.ndarray) -> None:
         p = self._pending[ref.key]
@@ -249,11 +264,24 @@ class StoreWriter:
     def _create_shard(self, name: str) -> zarr.Group:
         return self.root.require_group(f"shards/{name}")
 
+    def _described(self, group: zarr.Group, name: str, data: np.ndarray) -> dict:
+        """`create_array` arguments that make shard array group[name] (first rows: `data`)
+        checksummed and self-describing (docs/store-format.md)."""
+        source = group.path.split("/")[1]
+        sampling = dict(self.root.attrs.get("sources", {})).get(source, {}).get("sampling")
+        extra = {"sampling": sampling, "written_with": library_versions()} if name == "features" else {}
+        if name == "action_timestamps" and len(data) > 1:  # of the first episode(s) written
+            steps = np.diff(data)
+            extra["control_rate_hz"] = round(float(1.0 / np.median(steps[steps > 0])), 6)
+        return {"compressors": checksummed(), "dimension_names": dimension_names(name, data.ndim),
+                "attributes": array_attributes(name, **extra)}
+
     def _append(self, group: zarr.Group, name: str, data: np.ndarray) -> int:
         """Append rows to group[name] (created on first use); returns the first new row."""
         if name not in group:
             chunk = (self.chunk_frames if name == "features" else 4096,) + data.shape[1:]
-            group.create_array(name, shape=(0,) + data.shape[1:], chunks=chunk, dtype=data.dtype)
+            group.create_array(name, shape=(0,) + data.shape[1:], chunks=chunk, dtype=data.dtype,
+                               **self._described(group, name, data))
         arr = group[name]
         start = arr.shape[0]
         arr.resize((start + len(data),) + arr.shape[1:])
@@ -265,6 +293,7 @@ class StoreWriter:
         """Publish everything finished so far as one new version; None if nothing changed.
         Episodes still in flight stay buffered and land in a later commit."""
         if not self._new_rows:
+            self._sync_catalog_file()  # a run killed between its commit and the Parquet copy
             return None
         replaced = {self._row_of[k] for k in self._new_rows if k in self._row_of}
         keep = pa.array([i not in replaced for i in range(self.index.num_rows)], pa.bool_())
@@ -280,7 +309,15 @@ class StoreWriter:
         for p in pending_spills.values():  # re-open their shards in the new session
             p.spilled = self.root[f"shards/{p.spilled_name}"]
         try:
-            write_catalog_file(self.uri, self.index)
+            write_catalog_file(self.uri, self.index, version)
         except OSError as e:  # the commit is what counts; the Parquet copy is a convenience
-            log.warning("could not write catalog.parquet: %s", e)
+            log.warning("could not write catalog.parquet: %s (the next run rewrites it)", e)
         return version
+
+    def _sync_catalog_file(self) -> None:
+        """Rewrite catalog.parquet if it does not describe the branch tip this writer holds."""
+        try:
+            if sync_catalog_file(self.uri, self.index, self.parent_version):
+                log.info("catalog.parquet rewritten for %s", self.parent_version)
+        except OSError as e:
+            log.warning("could not write catalog.parquet: %s (the next run rewrites it)", e)

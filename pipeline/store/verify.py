@@ -1,0 +1,228 @@
+"""`lawam verify`: read every chunk of one version of a store and check every episode.
+
+    report = verify_store("data/store")          # newest commit; version=... for another
+    report.ok, report.problems                   # [(episode key, shard, what is wrong), ...]
+
+For each ingested episode: its arrays exist with the dtypes and shapes the index and the
+root attrs promise (features float16 (frames, *token_shape), timestamps float64 (frames,),
+actions / action_timestamps / state with `actions` rows), the frame and action counts fit
+the shard, every value is finite, timestamps never go back, and every chunk it touches
+decodes with a matching CRC32C checksum. Label-set arrays are read for checksums too.
+Chunks are read in batches of about 64 MB; a batch that fails is re-read chunk by chunk to
+name the damaged rows, hence the episodes.
+"""
+
+from __future__ import annotations
+
+from collections import defaultdict
+from dataclasses import dataclass, field
+
+import numpy as np
+import zarr
+
+from pipeline.progress import progress_bar
+from pipeline.store.index import read_index
+from pipeline.store.reader import CHUNK_ERRORS, FeatureStore
+from schemas import LABEL_INDEX_SCHEMA
+
+_BATCH_BYTES = 64 << 20
+
+
+@dataclass
+class Problem:
+    episode: str | None  # episode key; None for rows no episode of this version uses
+    shard: str
+    what: str
+
+    def __str__(self) -> str:
+        return f"{self.episode or '(no episode)'} (shard {self.shard}): {self.what}"
+
+
+@dataclass
+class VerifyReport:
+    store: str
+    version: str
+    episodes: int = 0
+    chunks: int = 0  # chunks read
+    bytes: int = 0  # decoded bytes read
+    problems: list[Problem] = field(default_factory=list)
+
+    @property
+    def ok(self) -> bool:
+        return not self.problems
+
+    @property
+    def bad_episodes(self) -> list[str]:
+        return sorted({p.episode for p in self.problems if p.episode})
+
+
+@dataclass
+class _Scan:
+    """One array read whole, chunk by chunk where a batch fails."""
+
+    data: np.ndarray | None  # kept for small arrays; None for features
+    bad: list[tuple[int, int, str]]  # unreadable row ranges [a, b) and why
+    nonfinite: np.ndarray  # (rows,) bool: a row holding a NaN or an infinity
+    chunks: int
+    nbytes: int
+
+
+def _cause(e: BaseException) -> str:
+    line = next((ln.strip() for ln in str(e).splitlines() if ln.strip()), type(e).__name__)
+    return f"{type(e).__name__}: {line[:160]}"
+
+
+def _scan(arr: zarr.Array, keep: bool) -> _Scan:
+    rows = arr.shape[0] if arr.ndim else 0
+    size = arr.chunks[0] if arr.ndim else 1
+    row_bytes = max(1, int(np.prod(arr.shape[1:], dtype=np.int64)) * arr.dtype.itemsize) if arr.ndim else 1
+    step = max(size, (_BATCH_BYTES // row_bytes) // size * size)
+    nonfinite = np.zeros(rows, bool)
+    bad: list[tuple[int, int, str]] = []
+    parts: list[np.ndarray] = []
+    chunks = nbytes = 0
+    floating = np.issubdtype(arr.dtype, np.floating)
+    for a in range(0, rows, step):
+        b = min(rows, a + step)
+        try:
+            pieces = [(a, arr[a:b])]
+        except CHUNK_ERRORS:
+            pieces = []
+            for c in range(a, b, size):
+                d = min(b, c + size)
+                try:
+                    pieces.append((c, arr[c:d]))
+                except CHUNK_ERRORS as e:
+                    bad.append((c, d, _cause(e)))
+                    pieces.append((c, np.zeros((d - c, *arr.shape[1:]), arr.dtype)))
+        for start, block in pieces:
+            chunks += -(-len(block) // size)
+            nbytes += block.nbytes
+            if floating:
+                nonfinite[start : start + len(block)] = ~np.isfinite(block.reshape(len(block), -1)).all(axis=1)
+            if keep:
+                parts.append(block)
+    data = (np.concatenate(parts) if parts else np.zeros((0, *arr.shape[1:]), arr.dtype)) if keep else None
+    return _Scan(data, bad, nonfinite, chunks, nbytes)
+
+
+def _overlap(scan: _Scan, a: int, b: int) -> str | None:
+    for lo, hi, why in scan.bad:
+        if lo < b and a < hi:
+            return f"rows {lo}-{hi} unreadable ({why})"
+    return None
+
+
+def verify_store(uri: str, version: str | None = None, *, progress: bool = True) -> VerifyReport:
+    """Check every ingested episode of `version` (default: the newest commit) and read every
+    chunk of its shards and label sets; the report names each bad episode and what is wrong.
+    Reads the whole store once: time grows with its size (about a decode of every chunk)."""
+    try:
+        store = FeatureStore.open(uri, version)
+    except CHUNK_ERRORS as e:  # the episode index itself does not decode
+        report = VerifyReport(uri, version or "(branch tip)")
+        report.problems.append(Problem(None, "index", f"the episode index cannot be read ({_cause(e)})"))
+        return report
+    report = VerifyReport(uri, store.version)
+    eps = store.episodes()
+    cols = {c: eps[c].to_pylist() for c in ("shard", "frame_start", "frames", "action_start", "actions")}
+    by_shard: dict[str, list[int]] = defaultdict(list)
+    for i, shard in enumerate(cols["shard"]):
+        by_shard[shard].append(i)
+    token_shape = tuple(store.token_shape)
+    with progress_bar("verify", total=len(eps), enabled=progress, unit="episodes") as bar:
+        for shard, rows in by_shard.items():
+            _verify_shard(store, shard, rows, cols, token_shape, report)
+            report.episodes += len(rows)
+            bar.advance(len(rows))
+    _verify_labels(store, report)
+    return report
+
+
+def _verify_shard(store: FeatureStore, shard: str, rows: list[int], cols: dict, token_shape: tuple,
+                  report: VerifyReport) -> None:
+    def bad(i: int, what: str) -> None:
+        report.problems.append(Problem(str(store.keys[i]), shard, what))
+
+    path = f"shards/{shard}"
+    if path not in store.root:
+        for i in rows:
+            bad(i, f"shard group /{path} is missing")
+        return
+    group = store.root[path]
+    scans: dict[str, _Scan] = {}
+    arrays: dict[str, zarr.Array] = {}
+    for name, arr in group.arrays():
+        arrays[name] = arr
+        scans[name] = _scan(arr, keep=name != "features")
+        report.chunks += scans[name].chunks
+        report.bytes += scans[name].nbytes
+    expect = {"features": np.float16, "timestamps": np.float64, "actions": np.float32,
+              "action_timestamps": np.float64, "state": np.float32}
+    for name, dtype in expect.items():
+        if name in arrays and arrays[name].dtype != dtype:
+            for i in rows:
+                bad(i, f"{name} is {arrays[name].dtype}, expected {np.dtype(dtype)}")
+            return
+    used: dict[str, np.ndarray] = {n: np.zeros(a.shape[0], bool) for n, a in arrays.items()}
+    for i in rows:
+        s, n = cols["frame_start"][i], cols["frames"][i]
+        a, m = cols["action_start"][i], cols["actions"][i]
+        problems_before = len(report.problems)
+        for name in ("features", "timestamps"):
+            if name not in arrays:
+                bad(i, f"{name} array is missing")
+                continue
+            if s + n > arrays[name].shape[0]:
+                bad(i, f"{name} has {arrays[name].shape[0]} rows; the index puts frames {s}-{s + n} there")
+                continue
+            used[name][s : s + n] = True
+            why = _overlap(scans[name], s, s + n)
+            if why:
+                bad(i, f"{name} {why}")
+            elif scans[name].nonfinite[s : s + n].any():
+                bad(i, f"{name}: {int(scans[name].nonfinite[s : s + n].sum())} frames hold NaN or inf")
+        if "features" in arrays and token_shape and tuple(arrays["features"].shape[1:]) != token_shape:
+            bad(i, f"features are {tuple(arrays['features'].shape[1:])} per frame; the store says {token_shape}")
+        ts = scans["timestamps"].data if "timestamps" in scans else None
+        if ts is not None and len(report.problems) == problems_before and n > 1 and np.any(np.diff(ts[s : s + n]) < 0):
+            bad(i, "timestamps go back in time")
+        if m:
+            for name in ("actions", "action_timestamps", "state"):
+                if name not in arrays:
+                    if name != "state":
+                        bad(i, f"{name} array is missing ({m} action rows in the index)")
+                    continue
+                if a + m > arrays[name].shape[0]:
+                    bad(i, f"{name} has {arrays[name].shape[0]} rows; the index puts rows {a}-{a + m} there")
+                    continue
+                used[name][a : a + m] = True
+                why = _overlap(scans[name], a, a + m)
+                if why:
+                    bad(i, f"{name} {why}")
+                elif scans[name].nonfinite[a : a + m].any():
+                    bad(i, f"{name}: {int(scans[name].nonfinite[a : a + m].sum())} rows hold NaN or inf")
+    for name, scan in scans.items():  # damage in rows of redone episodes: older versions only
+        for lo, hi, why in scan.bad:
+            if not used[name][lo:hi].any():
+                report.problems.append(Problem(None, shard, f"{name} rows {lo}-{hi} unreadable ({why})"))
+
+
+def _verify_labels(store: FeatureStore, report: VerifyReport) -> None:
+    if "labels" not in store.root:
+        return
+    for set_name, label_set in store.root["labels"].groups():
+        if "shards" not in label_set:
+            continue
+        rows = read_index(label_set, LABEL_INDEX_SCHEMA).to_pylist()
+        for shard_name, shard in label_set["shards"].groups():
+            for name, arr in shard.arrays():
+                scan = _scan(arr, keep=False)
+                report.chunks += scan.chunks
+                report.bytes += scan.nbytes
+                for lo, hi, why in scan.bad:
+                    keys = [r["key"] for r in rows if r["shard"] == shard_name
+                            and r["row_start"] < hi and lo < r["row_start"] + r["rows"]] or [None]
+                    for key in keys:
+                        report.problems.append(Problem(key, f"labels/{set_name}/{shard_name}",
+                                                       f"label {name} rows {lo}-{hi} unreadable ({why})"))
