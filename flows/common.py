@@ -86,6 +86,6 @@ def stage_row(stage: str, *, items: int | None = None, unit: str = "", hours: fl
     """One row of a per-stage table: counts, hours, throughput, store versions before → after."""
     per_s = items / seconds if items is not None and seconds else None
     return {"stage": stage, "items": items, "unit": unit, "hours": hours, "seconds": seconds,
-            "throughput": f"{per_s:.1f} {unit}/s" if per_s is not None else None,
+            "throughput": f"{per_s:.3g} {unit}/s" if per_s is not None else None,
             "version_before": version_before,
             "version_after": version_after or ("(unchanged)" if version_before else None), **extra}
