@@ -1,7 +1,8 @@
 """Prefect flow `ingest_source`: config in, `pipeline.ingest` does the work, artifacts out.
 
-One-off runs need no server (Prefect's ephemeral mode); schedules come with `lawam serve`.
-The ingest runs as a task that retries on infrastructure faults only (`flows.common`).
+Runs against the configured Prefect server, else Prefect's temporary one; schedules come
+with `lawam serve`. The ingest runs as a task that retries on infrastructure faults only
+(`flows.common`); a re-run skips every episode the failed attempt committed.
 """
 
 from __future__ import annotations
@@ -29,10 +30,10 @@ def ingest_row(report: IngestReport) -> dict:
 
 @flow(name="ingest_source", log_prints=False, validate_parameters=False)
 def ingest_source(cfg: CorpusConfig, sources: list[str] | None = None, store_uri: str | None = None,
-                  progress: bool = True) -> IngestReport:
+                  progress: bool = True, retry_quarantined: bool = False) -> IngestReport:
     """Ingest the corpus's sources (or the named ones) into its feature store and publish a
     markdown artifact: episodes added / skipped / quarantined, frames/s, version before → after."""
-    report = ingest_task(cfg, sources, store_uri, progress)
+    report = ingest_task(cfg, sources, store_uri, progress, retry_quarantined)
     publish("ingest-report", report.to_markdown(), [ingest_row(report)], f"ingest into {report.store}")
     get_run_logger().info("ingest: +%d episodes, %d skipped, %d quarantined, %.1f frames/s",
                           report.added, report.skipped, len(report.quarantined), report.frames_per_s)
