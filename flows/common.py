@@ -11,7 +11,7 @@ from __future__ import annotations
 import hashlib
 import re
 from collections.abc import Iterator
-from contextlib import contextmanager
+from contextlib import contextmanager, suppress
 from pathlib import Path
 from typing import Any
 
@@ -38,16 +38,30 @@ def refresh_limit_name(store_uri: str) -> str:
     return f"refresh:{tail}-{hashlib.sha256(store_uri.encode()).hexdigest()[:10]}"
 
 
+def ensure_refresh_limit(store_uri: str) -> str:
+    """Create the store's refresh limit (1 slot) unless it exists; its name. Two refreshes
+    creating it at the same moment are fine: the loser finds it made."""
+    from prefect.client.orchestration import get_client
+    from prefect.client.schemas.actions import GlobalConcurrencyLimitCreate
+    from prefect.exceptions import ObjectAlreadyExists, ObjectNotFound
+
+    name = refresh_limit_name(store_uri)
+    with get_client(sync_client=True) as client:
+        try:
+            client.read_global_concurrency_limit_by_name(name)
+        except ObjectNotFound:
+            with suppress(ObjectAlreadyExists):
+                client.create_global_concurrency_limit(GlobalConcurrencyLimitCreate(name=name, limit=1))
+    return name
+
+
 @contextmanager
 def one_refresh_per_store(store_uri: str, log=None) -> Iterator[None]:
     """Hold the store's refresh slot (a Prefect global concurrency limit of 1, created on
     first use) for the block: a second refresh of the same store waits for the first."""
-    from prefect.client.orchestration import get_client
     from prefect.concurrency.sync import concurrency
 
-    name = refresh_limit_name(store_uri)
-    with get_client(sync_client=True) as client:
-        client.upsert_global_concurrency_limit_by_name(name, 1)
+    name = ensure_refresh_limit(store_uri)
     if log is not None:
         log.info("waiting for the refresh slot %r (one refresh per store at a time)", name)
     with concurrency(name, occupy=1, strict=True):

@@ -73,6 +73,9 @@ def serve_corpus(corpus: str | Path, *, cron: str = "0 3 * * *", runs_dir: str |
     """Check the server, register the corpus's deployments and run them until interrupted."""
     from prefect import serve
 
+    from flows.common import ensure_refresh_limit
+
     check_server()
     deployments = corpus_deployments(corpus, cron=cron, runs_dir=runs_dir)
+    ensure_refresh_limit(load_corpus(corpus).store.uri)  # before any run, so none races to make it
     serve(*deployments, limit=limit, print_starting_message=True)
