@@ -22,6 +22,7 @@ from flows.stages import (
     distill_policy,
     eval_row,
     evaluate_policy,
+    finished_policy,
     finished_run,
     label_corpus,
     label_row,
@@ -42,12 +43,26 @@ class ChainResult:
     report: str | None = None  # the HTML page, when asked for
 
 
-def _run_dir(runs: Path, prefix: str, store_uri: str, version: str, config: dict) -> Path:
-    """A finished run of this config on the same data, else a new folder for this version."""
-    for d in sorted(runs.glob(f"{prefix}-*")):
-        if finished_run(d, store_uri, version, config) is not None:
-            return d
-    return runs / f"{prefix}-{version[:12]}"
+def _run_dir(runs: Path, prefix: str, store_uri: str, version: str, config: dict | None) -> Path:
+    """A finished run of this config on the same data (`config` given), else a new folder named
+    by the version (and a number when a run of other settings, or one cut short, holds that name)."""
+    if config is not None:
+        for d in sorted(runs.glob(f"{prefix}-*")):
+            if finished_run(d, store_uri, version, config) is not None:
+                return d
+    new, n = runs / f"{prefix}-{version[:12]}", 1
+    while new.exists():
+        n += 1
+        new = runs / f"{prefix}-{version[:12]}-{n}"
+    return new
+
+
+def _policy_dir(runs: Path, store: str, version: str, lam_dir: str, policy: DistillConfig, reuse: bool) -> Path:
+    if reuse:
+        for d in sorted(runs.glob("policy-*")):
+            if finished_policy(d, store, version, lam_dir, policy) is not None:
+                return d
+    return _run_dir(runs, "policy", store, version, None)
 
 
 @flow(name="lawam_chain", validate_parameters=False)
@@ -64,8 +79,7 @@ def lawam_chain(cfg: CorpusConfig | str, runs_dir: str, *, lam: LamConfig | None
 
     lam = lam or LamConfig()
     version = resolve_version(store, None)
-    lam_dir = _run_dir(runs, "lam", store, version, lam.model_dump(mode="json")) if reuse else \
-        runs / f"lam-{version[:12]}"
+    lam_dir = _run_dir(runs, "lam", store, version, lam.model_dump(mode="json") if reuse else None)
     card = train_lam(store, str(lam_dir), lam, version=version, reuse=reuse, progress=progress)
     stages.append(train_row("train_lam", card))
 
@@ -74,7 +88,7 @@ def lawam_chain(cfg: CorpusConfig | str, runs_dir: str, *, lam: LamConfig | None
 
     policy = policy or DistillConfig()
     version = resolve_version(store, None)
-    policy_dir = runs / f"policy-{version[:12]}"
+    policy_dir = _policy_dir(runs, store, version, str(lam_dir), policy, reuse)
     pcard = distill_policy(store, str(policy_dir), str(lam_dir), policy, version=version, reuse=reuse,
                            progress=progress)
     stages.append(train_row("distill", pcard))

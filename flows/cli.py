@@ -544,6 +544,7 @@ def latency(
 
 @app.command()
 def demo(
+    ctx: typer.Context,
     out_dir: Path = typer.Argument(Path("data/demo"), help="Where samples, store, runs, report.html go."),
     episodes_per_task: int = typer.Option(2, min=1, help="Robot episodes per Meta-World task."),
     lam_steps: int = typer.Option(300, min=1, help="LaWM training steps (stage 1)."),
@@ -561,15 +562,29 @@ def demo(
     A second run redoes nothing that is done: the samples are cached, the ingest and the
     labels skip what the store holds, and finished runs on the same data and settings are kept.
     """
+    from pipeline.samples import SampleError
+    from pipeline.samples.tasks import check_tasks
+
+    try:  # a typo fails now, not after training
+        tasks = list(check_tasks([t.strip() for t in eval_tasks.split(",") if t.strip()], "--eval-tasks")) \
+            if eval_tasks else None
+    except SampleError as e:
+        _fail(str(e))
     # No server configured: the flows run on Prefect's ephemeral one, which may start slowly on a busy machine.
     os.environ.setdefault("PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS", "120")
     samples(out_dir / "samples", tasks=None, episodes_per_task=episodes_per_task, human_tasks=None,
             human_episodes_per_task=2, seed=0, image_size=128, cameras="corner", progress=progress)
     from flows.chain import lawam_chain
+    from model.distill import SelectionError
+    from pipeline.evaluate import EvalError
     from pipeline.samples import sample_sources
     from schemas import CorpusConfig, StoreConfig
     from schemas.training import DistillConfig, LamConfig
 
+    if not ctx.meta.get(VERBOSE):
+        # A failed stage ends in one line below; Prefect's own report of it (a traceback) only with -v.
+        for name in ("prefect", "prefect.flow_runs", "prefect.task_runs"):
+            logging.getLogger(name).setLevel(logging.CRITICAL)
     cfg = CorpusConfig(name="demo", sources=sample_sources(out_dir / "samples"),
                        store=StoreConfig(uri=str((out_dir / "store").resolve())))
     lam = LamConfig()
@@ -578,12 +593,11 @@ def demo(
     policy = DistillConfig()
     policy = policy.model_copy(update={"optim": policy.optim.model_copy(
         update={"steps": policy_steps, "eval_every": 0, "checkpoint_every": 0})})
-    tasks = [t.strip() for t in eval_tasks.split(",") if t.strip()] if eval_tasks else None
     try:
         result = lawam_chain(cfg, str((out_dir / "runs").resolve()), lam=lam, policy=policy, eval_tasks=tasks,
                              eval_episodes=eval_episodes, eval_max_steps=eval_max_steps, latency_calls=latency_calls,
                              report=str(out_dir / "report.html"), progress=progress)
-    except _domain_errors() as e:
+    except (*_domain_errors(), SampleError, EvalError, SelectionError) as e:
         _fail(str(e).splitlines()[0] if str(e) else type(e).__name__)
     table = Table(title="lawam chain")
     for col in ("stage", "done", "seconds", "throughput", "store version"):

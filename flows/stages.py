@@ -56,6 +56,18 @@ def finished_run(out_dir: str | Path, store_uri: str, version: str | None, confi
     return None
 
 
+def finished_policy(out_dir: str | Path, store_uri: str, version: str | None, lam_dir: str,
+                    cfg: DistillConfig) -> dict | None:
+    """`finished_run` for a policy: also distilled from the LaWM in `lam_dir` (whose k the
+    saved config carries)."""
+    from model.train_lam import load_lawm
+
+    k = float(load_lawm(lam_dir)[1]["k_seconds"])
+    saved = cfg.model_copy(update={"pairs": cfg.pairs.model_copy(update={"k_seconds": k})})
+    card = finished_run(out_dir, store_uri, version, saved.model_dump(mode="json"))
+    return card if card is not None and card.get("lawm", {}).get("dir") == str(Path(lam_dir).resolve()) else None
+
+
 def _metric_rows(stage: str, card: dict) -> list[dict]:
     return [{"stage": stage, "metric": k, "value": v} for k, v in sorted(card.get("metrics", {}).items())]
 
@@ -157,16 +169,7 @@ def distill_policy(store_uri: str, out_dir: str, lam_dir: str | None, cfg: Disti
     cfg = cfg or DistillConfig()
     if steps is not None:
         cfg = cfg.model_copy(update={"optim": cfg.optim.model_copy(update={"steps": steps})})
-    card = None
-    if reuse and lam_dir is not None:
-        from model.train_lam import load_lawm
-
-        # the saved config carries the LaWM's k (distill sets it): compare with that
-        k = float(load_lawm(lam_dir)[1]["k_seconds"])
-        saved = cfg.model_copy(update={"pairs": cfg.pairs.model_copy(update={"k_seconds": k})})
-        card = finished_run(out_dir, store_uri, version, saved.model_dump(mode="json"))
-        if card is not None and card.get("lawm", {}).get("dir") != str(Path(lam_dir).resolve()):
-            card = None
+    card = finished_policy(out_dir, store_uri, version, lam_dir, cfg) if reuse and lam_dir is not None else None
     reused = card is not None
     if card is None:
         card = _distill_task(store_uri, out_dir, lam_dir, cfg, version, device, progress)
