@@ -90,10 +90,12 @@ def test_compose_file_runs_real_commands():
 
 
 def test_ray_cluster_launcher_config_is_valid():
-    from ray.autoscaler._private.util import validate_config
+    from ray.autoscaler._private.util import prepare_config, validate_config
 
     cfg = yaml.safe_load((INFRA / "ray" / "cluster.yaml").read_text())
-    validate_config(cfg)  # Ray's own schema for `ray up`
+    validate_config(prepare_config(cfg))  # what `ray up` does first: defaults filled, Ray's schema checked
+    with pytest.raises(Exception, match="head_start_ray_comands"):  # and the schema does catch a typo
+        validate_config(prepare_config({**cfg, "head_start_ray_comands": []}))
     assert cfg["provider"]["type"] == "local"
     for cmd in cfg["head_start_ray_commands"] + cfg["worker_start_ray_commands"]:
         check_command(cmd)
