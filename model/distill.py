@@ -26,10 +26,11 @@ from typing import Any
 import numpy as np
 import torch
 
-from model.checkpoint import WEIGHTS, CheckpointError, file_sha256
+from model.checkpoint import WEIGHTS, CheckpointError, file_sha256, read_card
 from model.data import collect
 from model.loop import ProgressFactory, run
 from model.policy import KIND, LaWAMPolicy, build_vocab
+from model.train_lam import KIND as LAWM_KIND
 from model.train_lam import load_lawm
 from pipeline.store import FeatureStore
 from pipeline.store.labels import LabelSet, label_set_id
@@ -155,7 +156,7 @@ class DistillRecipe:
         control_hz = self.cfg.pairs.action_rate or (rates.pop() if len(rates) == 1 else None)
         lawm = None
         if self.lam_dir:
-            _, lam_card = load_lawm(self.lam_dir)
+            lam_card = read_card(self.lam_dir, LAWM_KIND)
             lawm = {"dir": self.lam_dir, "weights_sha256": file_sha256(Path(self.lam_dir) / WEIGHTS),
                     "store": lam_card["store"], "config": lam_card["config"], "state_dim": lam_card["state_dim"],
                     "k_seconds": lam_card["k_seconds"]}
@@ -197,7 +198,7 @@ def distill(store_uri: str, out_dir: str | Path, lam_dir: str | Path | None, cfg
             raise CheckpointError("a LaWAM policy needs --labels (a train-lam output folder); "
                                   "--no-subgoal trains the ablation without one")
         lam = str(Path(lam_dir).resolve())
-        _, lam_card = load_lawm(lam)
+        lam_card = read_card(lam, LAWM_KIND)  # the card only: the weights load in the recipe's build
         label_set = label_set_id(file_sha256(Path(lam) / WEIGHTS))
         store = FeatureStore.open(store_uri, version)
         LabelSet.open(store, label_set)  # fails with "run lawam label" when the set is not there

@@ -34,6 +34,19 @@ def _environment_restored():
     os.environ.update(saved)
 
 
+@pytest.fixture
+def one_thread():
+    """Torch at one intra-op thread for the test, restored after: the suite shares 2 cores
+    with other work, and a second thread only waits for it (oversubscription made small
+    models 6-12x slower)."""
+    import torch
+
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
 @pytest.fixture(scope="session")
 def sample_args() -> dict[str, Any]:
     """Arguments of the shared sample corpora: small enough to render in seconds."""

@@ -30,6 +30,8 @@ TINY_LAM = LamConfig.model_validate({
     "pairs": {"k_seconds": 0.4},
 })
 
+pytestmark = pytest.mark.usefixtures("one_thread")  # see tests/conftest.py
+
 
 def tiny(steps: int = 12, **model) -> DistillConfig:
     return DistillConfig.model_validate({
@@ -37,14 +39,6 @@ def tiny(steps: int = 12, **model) -> DistillConfig:
         "optim": {"steps": steps, "batch_size": 32, "warmup_steps": 2, "eval_every": 0, "checkpoint_every": 0},
         "pairs": {"heldout_fraction": 0.25, "horizon": 4},
     })
-
-
-@pytest.fixture(autouse=True)
-def one_thread():
-    old = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(old)
 
 
 @pytest.fixture(scope="module")

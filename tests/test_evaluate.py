@@ -142,17 +142,6 @@ def test_training_samples_reads_layouts_and_camera_of_the_stores_robot_episodes(
         training_view(str(tmp_path / "store"), version, camera="corner")
 
 
-@pytest.fixture
-def one_thread():
-    """The suite shares 2 cores with other work: a second torch thread only waits for it."""
-    import torch
-
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
-
 def test_latency_reports_policy_alone_and_with_the_encoder(one_thread):
     frame = np.random.default_rng(0).integers(0, 255, (64, 64, 3), dtype=np.uint8)
     runner = CountingRunner()

@@ -21,6 +21,8 @@ TINY = LamConfig.model_validate({
     "pairs": {"heldout_fraction": 0.25},
 })
 
+pytestmark = pytest.mark.usefixtures("one_thread")  # see tests/conftest.py
+
 
 @pytest.fixture(scope="module")
 def store_uri(tmp_path_factory) -> str:
@@ -28,15 +30,6 @@ def store_uri(tmp_path_factory) -> str:
     write_store(uri, [SynthSource("bot", episodes=16, seconds=4.0), SynthSource("cam", kind="human", fps=10.0,
                                                                                  episodes=6, seconds=3.0)])
     return uri
-
-
-@pytest.fixture(autouse=True)
-def one_thread():
-    """Deterministic and fast on a 2-core machine shared with other work."""
-    old = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(old)
 
 
 def test_card_names_its_lineage_and_the_checkpoint_round_trips(store_uri, tmp_path):
