@@ -60,9 +60,9 @@ def finished_policy(out_dir: str | Path, store_uri: str, version: str | None, la
                     cfg: DistillConfig) -> dict | None:
     """`finished_run` for a policy: also distilled from the LaWM in `lam_dir` (whose k the
     saved config carries)."""
-    from model.train_lam import load_lawm
+    from model.checkpoint import read_card
 
-    k = float(load_lawm(lam_dir)[1]["k_seconds"])
+    k = float(read_card(lam_dir, "lawm")["k_seconds"])
     saved = cfg.model_copy(update={"pairs": cfg.pairs.model_copy(update={"k_seconds": k})})
     card = finished_run(out_dir, store_uri, version, saved.model_dump(mode="json"))
     return card if card is not None and card.get("lawm", {}).get("dir") == str(Path(lam_dir).resolve()) else None

@@ -7,7 +7,6 @@ import errno
 
 import pyarrow.compute as pc
 import pytest
-import torch
 from prefect.artifacts import Artifact
 from prefect.testing.utilities import prefect_test_harness
 
@@ -84,14 +83,6 @@ def test_only_infrastructure_faults_are_retried():
     assert not retried(ValueError("a bug"))
     assert not retried(RuntimeError("a bug"))
     assert not retried(OSError(errno.ENOSPC, "no space left"))  # a resource: a retry fails the same way
-
-
-@pytest.fixture
-def one_thread():
-    old = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(old)
 
 
 def test_refresh_ingests_then_labels_new_episodes(prefect_server, ray_local, one_thread, tmp_path):
