@@ -7,6 +7,7 @@ PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 DEB_PACKAGES := libegl1 libegl-mesa0 libgl1-mesa-dri libgles2
 DEMO_DIR ?= data/demo
+DEMO_ARGS ?=
 
 export MUJOCO_GL ?= egl
 export PYOPENGL_PLATFORM ?= egl
@@ -17,7 +18,7 @@ export RAY_USAGE_STATS_ENABLED ?= 0
 .PHONY: demo test lint deb venv clean
 
 demo: $(STAMP)
-	$(VENV)/bin/lawam demo $(DEMO_DIR)
+	$(VENV)/bin/lawam demo $(DEMO_DIR) $(DEMO_ARGS)
 
 test: $(STAMP)
 	$(VENV)/bin/ruff check .

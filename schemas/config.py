@@ -116,6 +116,14 @@ class StoreConfig(_Strict):
     _uri_has_no_nul = field_validator("uri")(lambda v: _no_nul(v))
 
 
+class LabelsConfig(_Strict):
+    """The current LaWM of a corpus: `refresh_corpus` labels new and redone episodes with it."""
+
+    lam: str  # a `lawam train-lam` output folder (relative to the YAML file)
+
+    _lam_has_no_nul = field_validator("lam")(lambda v: _no_nul(v))
+
+
 class CorpusConfig(_Strict):
     """A corpus: the sources that feed one feature store, and how they are encoded."""
 
@@ -124,6 +132,7 @@ class CorpusConfig(_Strict):
     encoder: EncoderConfig = EncoderConfig()
     sampling: SamplingConfig = SamplingConfig()
     store: StoreConfig = StoreConfig()
+    labels: LabelsConfig | None = None  # None: a refresh ingests only
 
     @model_validator(mode="after")
     def _unique_ids(self) -> CorpusConfig:
@@ -213,4 +222,7 @@ def load_corpus(path: str | Path) -> CorpusConfig:
         data = {**data, "sources": resolved}
     cfg = _validate(CorpusConfig, data, path)
     store = cfg.store.model_copy(update={"uri": _resolve(cfg.store.uri, path.parent)})
-    return cfg.model_copy(update={"store": store})
+    update: dict = {"store": store}
+    if cfg.labels is not None:
+        update["labels"] = cfg.labels.model_copy(update={"lam": _resolve(cfg.labels.lam, path.parent)})
+    return cfg.model_copy(update=update)

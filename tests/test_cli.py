@@ -15,7 +15,7 @@ from typer.testing import CliRunner
 from flows.cli import app
 
 runner = CliRunner()
-COMMANDS = ["samples", "ingest", "catalog", "versions", "demo", "version", "train-lam", "label"]
+COMMANDS = ["samples", "ingest", "catalog", "versions", "demo", "version", "train-lam", "label", "serve"]
 
 
 def test_help_lists_every_command():
@@ -95,66 +95,51 @@ def test_ingest_of_broken_yaml_names_file_and_line(tmp_path):
     assert "src.yaml: not valid YAML at line" in ingest_error(tmp_path, "id: a\nkind: [robot\n")
 
 
-def test_demo_end_to_end_and_again_does_nothing(tmp_path):
-    """The README's `make demo`, in a fresh process as a user runs it: render, ingest through
-    the Prefect flow, summarise; the second run renders and ingests nothing."""
-    cmd = [sys.executable, "-m", "flows.cli", "demo", str(tmp_path / "demo"), "--episodes-per-task", "1"]
-    env = {**os.environ, "NO_COLOR": "1", "COLUMNS": "200"}
+def test_demo_runs_the_chain_writes_the_report_and_again_redoes_nothing(tmp_path):
+    """The README's `make demo` at its smallest, in a fresh process as a user runs it: render →
+    ingest → train-lam → label → distill → eval as the Prefect flow `lawam_chain`, then the
+    catalog and report.html. The second run renders, ingests, labels and trains nothing.
+    The policy it made then runs at batch 1 (`lawam latency`)."""
+    out = tmp_path / "demo"
+    cmd = [sys.executable, "-m", "flows.cli", "demo", str(out), "--episodes-per-task", "1", "--lam-steps", "20",
+           "--policy-steps", "20", "--eval-tasks", "reach-v3", "--eval-episodes", "1", "--eval-max-steps", "6",
+           "--latency-calls", "0", "--no-progress"]
+    env = {**os.environ, "NO_COLOR": "1", "COLUMNS": "200", "OMP_NUM_THREADS": "1"}
     repo = Path(__file__).resolve().parents[1]
-    first = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=600, cwd=repo)
-    assert first.returncode == 0, first.stdout[-2000:] + first.stderr[-3000:]
-    assert "added 9, skipped 0, quarantined 0" in first.stdout  # 5 tasks x 1 robot episode + 2 x 2 human clips
+    first = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=900, cwd=repo)
+    assert first.returncode == 0, first.stdout[-3000:] + first.stderr[-3000:]
+    # 5 tasks x 1 robot episode + 2 x 2 human clips, every one labelled
+    assert "+9 episodes" in first.stdout and "0 quarantined" in first.stdout, first.stdout[-3000:]
     assert "metaworld" in first.stdout and "human-standin" in first.stdout
-    again = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=600, cwd=repo)
-    assert again.returncode == 0, again.stderr[-3000:]
-    assert "(cached)" in again.stdout and "added 0, skipped 9" in again.stdout and "(unchanged)" in again.stdout
+    assert "9/9 episodes (100%)" in first.stdout
 
-    # Stage 1 on the demo store, as the README goes on: train-lam, label, then the dataset serves the labels.
-    store, lam = str(tmp_path / "demo" / "store"), tmp_path / "lam"
-    train = subprocess.run([sys.executable, "-m", "flows.cli", "train-lam", "--store", store, "--out", str(lam),
-                            "--steps", "20"], capture_output=True, text=True, env=env, timeout=600, cwd=repo)
-    assert train.returncode == 0, train.stdout[-2000:] + train.stderr[-3000:]
-    assert "held-out forward error" in train.stdout and (lam / "card.json").is_file()
-    label = subprocess.run([sys.executable, "-m", "flows.cli", "label", "--store", store, "--lam", str(lam)],
-                           capture_output=True, text=True, env=env, timeout=600, cwd=repo)
-    assert label.returncode == 0, label.stdout[-2000:] + label.stderr[-3000:]
-    assert "+9 episodes" in label.stdout
+    html = (out / "report.html").read_text()
+    for stage in ("ingest", "train_lam", "label", "distill", "evaluate", "Hours per source", "metaworld"):
+        assert stage in html, stage
+    assert html.count("data:image/png;base64,") == 3  # stage-1 curves and metrics, success rates
 
-    from model.data import collect
-    from pipeline.store import FeatureStore
-    from pipeline.store.pairs import PairQuery
-
-    card = json.loads((lam / "card.json").read_text())
-    batch = collect(FeatureStore.open(store), PairQuery(k_seconds=card["k_seconds"], split="all",
-                                                        label_set=card["label_set"]))
-    assert batch["label_mask"].all() and batch["label"].shape[1] == card["latent_dim"]
-    assert batch["robot"].any() and batch["action_mask"][batch["robot"]].any()
-
-    # Stage 2 on the same store: distil a policy from the labels, evaluate it closed loop, time it.
-    policy = tmp_path / "policy"
-    run = subprocess.run([sys.executable, "-m", "flows.cli", "distill", "--store", store, "--labels", str(lam),
-                          "--out", str(policy), "--steps", "20"],
-                         capture_output=True, text=True, env=env, timeout=600, cwd=repo)
-    assert run.returncode == 0, run.stdout[-2000:] + run.stderr[-3000:]
-    assert "LaWAM policy" in run.stdout and "held-out action L1" in run.stdout
-    pcard = json.loads((policy / "card.json").read_text())
+    [lam] = list((out / "runs").glob("lam-*"))
+    [policy] = list((out / "runs").glob("policy-*"))
+    card, pcard = (json.loads((d / "card.json").read_text()) for d in (lam, policy))
+    assert card["steps"] == 20 and pcard["steps"] == 20 and (lam / "curves.png").stat().st_size > 0
     assert pcard["label_set"] == card["label_set"] and pcard["lawm"]["weights_sha256"] == card["weights_sha256"]
-    assert pcard["store"]["version"] == FeatureStore.open(store).version
+    from pipeline.store import FeatureStore
 
-    results = tmp_path / "eval" / "results.json"
-    ev = subprocess.run([sys.executable, "-m", "flows.cli", "eval", "--policy", str(policy), "--tasks", "reach-v3",
-                         "--episodes", "1", "--seed", "3", "--max-steps", "6", "--workers", "1",
-                         "--latency-calls", "0", "--out", str(results)],
-                        capture_output=True, text=True, env=env, timeout=600, cwd=repo)
-    assert ev.returncode == 0, ev.stdout[-2000:] + ev.stderr[-3000:]
-    result = json.loads(results.read_text())
+    store = FeatureStore.open(str(out / "store"))
+    assert pcard["store"]["version"] == store.version  # the policy read the labelled version
+    result = json.loads((policy / "eval" / "results.json").read_text())
     assert list(result["tasks"]) == ["reach-v3"] and len(result["episodes"]) == 1
     episode = result["episodes"][0]
     assert episode["steps"] <= 6 and episode["act_calls"] >= 2  # receding horizon: 4 of 8 actions per chunk
-    assert (results.parent / "success.png").stat().st_size > 0
-    assert (results.parent / "rollout-reach-v3.mp4").stat().st_size > 0
+    assert (policy / "eval" / "rollout-reach-v3.mp4").stat().st_size > 0
 
-    lat = subprocess.run([sys.executable, "-m", "flows.cli", "latency", "--policy", str(policy), "--calls", "200",
+    again = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=900, cwd=repo)
+    assert again.returncode == 0, again.stdout[-3000:] + again.stderr[-3000:]
+    assert "(cached)" in again.stdout and "+0 episodes" in again.stdout and again.stdout.count("(reused)") == 3
+    assert FeatureStore.open(str(out / "store")).version == store.version
+    assert sorted(p.name for p in (out / "runs").iterdir()) == sorted([lam.name, policy.name])  # no new runs
+
+    lat = subprocess.run([sys.executable, "-m", "flows.cli", "latency", "--policy", str(policy), "--calls", "50",
                           "--threads", "1"], capture_output=True, text=True, env=env, timeout=600, cwd=repo)
     assert lat.returncode == 0, lat.stdout[-2000:] + lat.stderr[-3000:]
     assert "policy alone" in lat.stdout and "encoder + policy" in lat.stdout and "(cpu" in lat.stdout
