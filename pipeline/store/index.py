@@ -62,8 +62,9 @@ def read_index(root: zarr.Group, schema: pa.Schema = INDEX_SCHEMA, name: str = I
         values = group[field.name][:]
         if pa.types.is_string(field.type):
             arr = pa.array([None if (v == "" and field.nullable) else str(v) for v in values], pa.string())
-        elif pa.types.is_timestamp(field.type):
-            arr = pa.array(values.astype(np.int64)).cast(field.type)
+        elif pa.types.is_timestamp(field.type):  # 0 is how a null was written
+            ints = values.astype(np.int64)
+            arr = pa.array(ints, mask=(ints == 0) if field.nullable else None).cast(field.type)
         else:
             arr = pa.array(values, type=field.type)
         columns.append(arr)

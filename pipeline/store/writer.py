@@ -83,6 +83,9 @@ class StoreWriter:
     """The store's one writer. `open()` takes the writer lock; use it as a context manager
     (`with StoreWriter.open(uri, encoder=...) as w:`) or call `close()`."""
 
+    # Remembered file hashes alone make a commit only when they spare a later refresh this much reading.
+    remember_alone_bytes: int = 1 << 30
+
     def __init__(self, uri: str, repo, branch: str, chunk_frames: int, spill_frames: int, lock: WriterLock):
         self.uri = uri
         self.repo = repo
@@ -98,6 +101,7 @@ class StoreWriter:
         self._files: dict[str, dict] | None = None  # uri -> committed `files` row, read on first use
         self._new_files: dict[str, dict] = {}  # uri -> `files` row staged for the next commit
         self._trusted_changes = 0  # staged rows a later run could trust
+        self._trusted_bytes = 0  # ... and the bytes of those files: what they spare a later refresh
         self._shards: dict[str, zarr.Group] = {}
         self.parent_version = repo.lookup_branch(branch)
         self._begin()
@@ -276,9 +280,12 @@ class StoreWriter:
     def remember_files(self, records: Iterable) -> int:
         """Stage source files' identity -> digest records (`pipeline.sources.hashing.FileRecord`s,
         or mappings with the FILES_SCHEMA fields) to be written with the next commit; returns
-        how many differ from the committed ones. A commit happens for new episode rows, or for a
-        changed trusted record alone (so a later run need not read that file again); records
-        whose `trusted()` is False (racy: hashed right after a write) only ride along."""
+        how many differ from the committed ones. They ride along with the next commit of
+        episodes; alone they make a commit only when their trusted records cover at least
+        `remember_alone_bytes` of files (a later refresh is then spared reading them: e.g. after
+        a restore touched every file), so a refresh that changed no episode keeps the store
+        version unchanged. Records whose `trusted()` is False (racy: hashed right after a
+        write) never count."""
         committed = self.committed_files()
         changed = 0
         for rec in records:
@@ -291,6 +298,7 @@ class StoreWriter:
             self._new_files[row["uri"]] = row
             if getattr(rec, "trusted", lambda: True)():
                 self._trusted_changes += 1
+                self._trusted_bytes += row["size"] or 0
             changed += 1
         return changed
 
@@ -312,7 +320,7 @@ class StoreWriter:
     def commit(self, message: str, metadata: dict | None = None) -> str | None:
         """Publish everything finished so far as one new version; None if nothing changed.
         Episodes still in flight stay buffered and land in a later commit."""
-        if not self._new_rows and not self._trusted_changes:
+        if not self._new_rows and (not self._trusted_changes or self._trusted_bytes < self.remember_alone_bytes):
             return None
         if self._new_files:
             files = {**self.committed_files(), **self._new_files}
@@ -329,7 +337,7 @@ class StoreWriter:
         self._new_rows.clear()
         if self._new_files:
             self._files = files
-            self._new_files, self._trusted_changes = {}, 0
+            self._new_files, self._trusted_changes, self._trusted_bytes = {}, 0, 0
         pending_spills = {k: p for k, p in self._pending.items() if p.spilled is not None}
         self._begin()
         for p in pending_spills.values():  # re-open their shards in the new session
