@@ -13,8 +13,8 @@ driver), and the driver's /proc/self/io `rchar` (every byte it read through read
 store, metadata) and `read_bytes` (what reached the disk) over the ingest call. Decoding
 happens in Ray workers, so the first ingest reads each clip once more there, uncounted here.
 
-Corpus: 200 files of 2 s clips (640x480 h264 30 fps, the recipe of benchmarks/clips.py; 20
-distinct videos, each copied to 10 files), cached under data/bench-refresh/.
+Corpus: 200 clips of 2 s (640x480 h264 30 fps, the recipe of benchmarks/clips.py; `--unique
+20` makes 20 and copies each to 10 files, quicker to build), cached under data/bench-refresh/.
 Prints the figures and ratios, writes benchmarks/results/refresh.json.
 Usage: python -m benchmarks.bench_refresh [--clips 200] [--seconds 2] [--model M] [--size 112]
 """
@@ -74,7 +74,7 @@ def main() -> None:
     ap.add_argument("--child", help=argparse.SUPPRESS)
     ap.add_argument("--clips", type=int, default=200)
     ap.add_argument("--seconds", type=float, default=2.0)
-    ap.add_argument("--unique", type=int, default=20, help="distinct videos, repeated to make --clips files")
+    ap.add_argument("--unique", type=int, default=200, help="distinct videos, copied round-robin to make --clips files")
     ap.add_argument("--fps", type=float, default=5.0)
     ap.add_argument("--model", default="vit_small_patch14_dinov2")
     ap.add_argument("--size", type=int, default=112)
@@ -89,10 +89,10 @@ def main() -> None:
 
     t = time.perf_counter()
     unique = make_clips(DATA / f"unique-{args.seconds:g}s", n=min(args.unique, args.clips), seconds=args.seconds)
-    clips = DATA / f"clips-{args.clips}x{args.seconds:g}s"
+    clips = unique[0].parent if len(unique) == args.clips else DATA / f"clips-{args.clips}x{args.seconds:g}s"
     clips.mkdir(parents=True, exist_ok=True)
-    paths = []
-    for k in range(args.clips):  # distinct files (own inode, own bytes on disk), repeating the unique videos
+    paths = unique if len(unique) == args.clips else []
+    for k in range(len(paths), args.clips):  # distinct files (own inode and bytes), repeating the videos
         path = clips / f"clip_{k:04d}.mp4"
         if not path.exists():
             shutil.copyfile(unique[k % len(unique)], path.with_suffix(".partial"))
