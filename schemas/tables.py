@@ -64,7 +64,8 @@ FILES_SCHEMA = pa.schema(
         pa.field("inode", pa.int64()),
         pa.field("etag", pa.string()),  # object stores: the store's checksum ("ETag:...") or "mtime:<stamp>"
         pa.field("digest", pa.string(), nullable=False),  # what pipeline.sources.hashing.file_digest returns
-        pa.field("hashed_at_ns", pa.int64(), nullable=False),  # when it was stat'ed for hashing (ns since epoch)
+        # when it was stat'ed for hashing (ns since the epoch); 0 when the object store's checksum was used
+        pa.field("hashed_at_ns", pa.int64(), nullable=False),
     ]
 )
 

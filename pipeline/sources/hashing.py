@@ -69,7 +69,7 @@ class FileRecord(NamedTuple):
     inode: int | None
     etag: str | None
     digest: str
-    hashed_at_ns: int  # wall clock (ns since the epoch) when the file was stat'ed for hashing
+    hashed_at_ns: int  # wall clock (ns since the epoch) when the file was stat'ed for hashing; 0: not read
 
     def trusted(self) -> bool:
         """False for a racy entry: modified within RACY_WINDOW_S of when it was hashed."""
@@ -148,7 +148,9 @@ def _remote_digest(uri: str, info: Mapping[str, Any] | None) -> str:
             tag = f"{k}:{str(v).strip(chr(34))}"
             digest = f"{tag}:{info.get('size')}"
             with _memo_lock:
-                _observed[uri] = FileRecord(uri, size, None, None, None, tag, digest, time.time_ns())
+                # hashed_at 0: nothing was read, the store vouches for the bytes (and the record stays
+                # equal across runs, so remembering it changes nothing)
+                _observed[uri] = FileRecord(uri, size, None, None, None, tag, digest, 0)
             return digest
     mtime = info.get("mtime") or info.get("LastModified") or info.get("updated") or info.get("created")
     tag = None if mtime is None else f"mtime:{mtime}"
