@@ -43,9 +43,6 @@ def ensure_ray(verbose: bool | None = None) -> None:
     _ensure_ray(verbose)
 
 
-_CHEAP_IDENTITY_KEYS = ("model", "weights", "image_size", "tokens", "layer")
-
-
 def _stored_encoder(store: StoreConfig) -> dict | None:
     """The encoder identity the store's branch was built with; None for a new store."""
     return committed_attrs(store.uri, store.branch).get("encoder") or None
