@@ -89,9 +89,10 @@ def main() -> None:
 
     t = time.perf_counter()
     unique = make_clips(DATA / f"unique-{args.seconds:g}s", n=min(args.unique, args.clips), seconds=args.seconds)
-    clips = unique[0].parent if len(unique) == args.clips else DATA / f"clips-{args.clips}x{args.seconds:g}s"
+    whole = len(unique) == args.clips == len(list(unique[0].parent.glob("*.mp4")))  # the folder is the corpus
+    clips = unique[0].parent if whole else DATA / f"clips-{args.clips}x{args.seconds:g}s"
     clips.mkdir(parents=True, exist_ok=True)
-    paths = unique if len(unique) == args.clips else []
+    paths = unique if whole else []
     for k in range(len(paths), args.clips):  # distinct files (own inode and bytes), repeating the videos
         path = clips / f"clip_{k:04d}.mp4"
         if not path.exists():
