@@ -218,6 +218,26 @@ def _print_report(report) -> None:
               f"{report.frames} frames in {report.seconds:.1f}s = {report.frames_per_s:.1f} frames/s", highlight=False)
     for key, reason in report.quarantined:
         out.print(f"  [yellow]quarantined[/yellow] {key}: {reason}", highlight=False, soft_wrap=True)
+    if getattr(report, "held", 0):
+        out.print(f"  {report.held} still quarantined, input unchanged: not retried (--retry-quarantined "
+                  "retries them; `lawam catalog` lists them)", highlight=False)
+
+
+def _prefect_api_configured() -> bool:
+    """True when runs should go to a Prefect server: `PREFECT_API_URL` in the environment or
+    in the active Prefect profile (read as TOML, so deciding imports no Prefect)."""
+    if os.environ.get("PREFECT_API_URL"):
+        return True
+    import tomllib
+
+    home = Path(os.environ.get("PREFECT_HOME") or Path.home() / ".prefect")
+    profiles = Path(os.environ.get("PREFECT_PROFILES_PATH") or home / "profiles.toml")
+    try:
+        data = tomllib.loads(profiles.read_text())
+    except (OSError, tomllib.TOMLDecodeError):
+        return False
+    active = os.environ.get("PREFECT_PROFILE") or data.get("active") or "ephemeral"
+    return bool(data.get("profiles", {}).get(active, {}).get("PREFECT_API_URL"))
 
 
 @app.command()
@@ -226,18 +246,32 @@ def ingest(
     store: str = typer.Option(None, help="Store location: local path or s3://... (default: the corpus's store.uri)."),
     corpus: Path = typer.Option(None, help="Corpus YAML whose encoder/sampling settings to use with a source file."),
     source: list[str] = typer.Option(None, help="With a corpus file: ingest only these source ids."),
-    flow: bool = typer.Option(True, help="Run as the Prefect flow `ingest_source` (no server needed)."),
+    flow: bool = typer.Option(None, "--flow/--no-flow", show_default=False,
+                              help="Run as the Prefect flow `ingest_source` (--flow) or as a plain library call "
+                              "(--no-flow). Default: the flow when a Prefect server is configured "
+                              "(PREFECT_API_URL in the environment or the active profile), the plain call "
+                              "otherwise, which skips the ~15 s temporary server Prefect starts for a flow "
+                              "run without one."),
+    retry_quarantined: bool = typer.Option(False, "--retry-quarantined",
+                                           help="Retry quarantined episodes whose input did not change too "
+                                           "(by default only changed ones are retried)."),
     progress: bool = typer.Option(True, help="Show a progress bar."),
 ) -> None:
     """Ingest a source (or a whole corpus) into a versioned feature store.
 
     Episodes already in the store with the same content are skipped; new and changed ones
-    are decoded, encoded and committed as one new store version. Exit status 3 when some
-    episodes were quarantined (they are listed, the rest is committed).
+    are decoded, encoded and committed as one new store version. Unchanged files are not read
+    again (the store remembers each file's size, mtime, ctime and inode beside its hash), so a
+    refresh with nothing new costs a stat per file. A quarantined episode is retried when its
+    file changed, or with --retry-quarantined. Exit status 3 when this run quarantined
+    episodes (they are listed, the rest is committed).
+
+    A one-off run is a plain library call unless a Prefect server is configured
+    (PREFECT_API_URL) or --flow is given: then it runs as the flow `ingest_source`, with its
+    retries and report artifact, visible in the Prefect UI.
     """
     import yaml
 
-    from pipeline.ingest import ingest_corpus
     from schemas import CorpusConfig, load_corpus, load_source
 
     try:
@@ -255,6 +289,8 @@ def ingest(
             cfg = base.model_copy(update={"sources": [spec]})
             if not corpus and not store:
                 _fail("a source file needs --store (or --corpus naming one)")
+        if flow is None:
+            flow = _prefect_api_configured()
         if flow:
             from flows.ingest import ingest_source
             from pipeline.sources import check_source
@@ -263,9 +299,13 @@ def ingest(
                 if not source or spec.id in source:
                     check_source(spec)
 
-            report = ingest_source(cfg, sources=source or None, store_uri=store, progress=progress)
+            report = ingest_source(cfg, sources=source or None, store_uri=store, progress=progress,
+                                   retry_quarantined=retry_quarantined)
         else:
-            report = ingest_corpus(cfg, sources=source or None, store_uri=store, progress=progress)
+            from pipeline.ingest import ingest_corpus
+
+            report = ingest_corpus(cfg, sources=source or None, store_uri=store, progress=progress,
+                                   retry_quarantined=retry_quarantined)
     except _domain_errors() as e:
         _fail(str(e).splitlines()[0] if str(e) else type(e).__name__)
     _print_report(report)
@@ -279,7 +319,8 @@ def catalog(
     version_id: str = typer.Option(None, "--version", help="A store version (commit id); default: newest."),
     as_json: bool = typer.Option(False, "--json", help="Print the summary as JSON."),
 ) -> None:
-    """Summarise a store: hours / episodes / frames per source, and the quarantined list."""
+    """Summarise a store: hours / episodes / frames per source, and the quarantined list (each
+    with its reason, since when it fails and how many attempts failed)."""
     from pipeline.catalog import summarize
 
     try:
@@ -298,7 +339,9 @@ def catalog(
     out.print(f"encoder: {summary.encoder.get('model')} ({summary.encoder.get('tokens')}, "
               f"{summary.encoder.get('image_size')} px, {summary.encoder.get('weights')})", highlight=False)
     for row in summary.quarantined:
-        out.print(f"[yellow]quarantined[/yellow] {row['source']}/{row['episode_id']}: {row['reason']}",
+        since = row.get("failed_since")
+        when = f" (failed {row.get('failures') or 1}x since {since:%Y-%m-%d %H:%M} UTC)" if since else ""
+        out.print(f"[yellow]quarantined[/yellow] {row['source']}/{row['episode_id']}: {row['reason']}{when}",
                   highlight=False, soft_wrap=True)
     for ls in summary.label_sets:
         stale = f", {ls['stale']} stale (episodes redone since)" if ls["stale"] else ""

@@ -1,8 +1,10 @@
 """Prefect flow `ingest_source`: config in, `pipeline.ingest` does the work, artifacts out.
 
-Runs against the configured Prefect server, else Prefect's temporary one; schedules come
-with `lawam serve`. The ingest runs as a task that retries on infrastructure faults only
-(`flows.common`); a re-run skips every episode the failed attempt committed.
+Runs against the configured Prefect server; without one Prefect starts a temporary server
+(~15 s), which is why a one-off `lawam ingest` calls `pipeline.ingest` directly unless a
+server is configured or `--flow` is given. Schedules come with `lawam serve`. The ingest
+runs as a task that retries on infrastructure faults only (`flows.common`); a re-run skips
+every episode the failed attempt committed.
 """
 
 from __future__ import annotations
@@ -17,9 +19,8 @@ from schemas import CorpusConfig
 @task(name="ingest", retries=RETRIES, retry_delay_seconds=RETRY_DELAY_S, retry_condition_fn=retry_on_infrastructure)
 def ingest_task(cfg: CorpusConfig, sources: list[str] | None, store_uri: str | None, progress: bool,
                 retry_quarantined: bool = False) -> IngestReport:
-    # Passed only when asked for, so the flow runs on an ingest that predates the option.
-    kw = {"retry_quarantined": True} if retry_quarantined else {}
-    return ingest_corpus(cfg, sources=sources, store_uri=store_uri, progress=progress, **kw)
+    return ingest_corpus(cfg, sources=sources, store_uri=store_uri, progress=progress,
+                         retry_quarantined=retry_quarantined)
 
 
 def ingest_row(report: IngestReport) -> dict:

@@ -26,7 +26,8 @@ class CatalogSummary:
     version: str
     encoder: dict
     sources: list[SourceSummary] = field(default_factory=list)
-    quarantined: list[dict] = field(default_factory=list)  # source, episode_id, uri, reason
+    # source, episode_id, uri, reason, failed_since (first failure, UTC), failures (attempts that failed)
+    quarantined: list[dict] = field(default_factory=list)
     label_sets: list[dict] = field(default_factory=list)  # id, labelled, stale, episodes, coverage, lam_dir, ...
 
     def to_dict(self) -> dict:
@@ -46,7 +47,7 @@ def summarize(uri: str, version: str | None = None) -> CatalogSummary:
             quarantined=rows.num_rows - ok.num_rows,
         ))
     bad = cat.filter(pc.equal(cat["status"], EpisodeStatus.QUARANTINED))
-    summary.quarantined = bad.select(["source", "episode_id", "uri", "reason"]).to_pylist()
+    summary.quarantined = bad.select(["source", "episode_id", "uri", "reason", "failed_since", "failures"]).to_pylist()
     summary.label_sets = [
         {"id": ls.id, "labelled": ls.labelled, "stale": ls.stale, "episodes": ls.episodes, "coverage": ls.coverage,
          "lam_dir": ls.attrs.get("lam", {}).get("dir"), "k_seconds": ls.attrs.get("k_seconds"),

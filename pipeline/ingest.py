@@ -5,8 +5,13 @@
 
 `plan` first: the refs are diffed against the store's committed index and unchanged
 episodes are skipped before anything is decoded — a re-run with nothing new starts
-neither Ray nor the model. The rest runs on Ray (`pipeline.ray_job`): local by default,
-the cluster named by `RAY_ADDRESS` otherwise. One commit at the end (and every
+neither Ray nor the model, nor even imports them (Ray, torch and timm load only when there
+is something to encode). Unchanged files are not even read: `ingest_corpus` seeds the
+content-hash memo from the store's `files` table before it enumerates (see
+`pipeline.sources.hashing`). A quarantined episode is retried only when its input changed,
+or with `retry_quarantined=True`; the catalog counts its `failures` since `failed_since`.
+The rest runs on Ray (`pipeline.ray_job`): local by default, the cluster named by
+`RAY_ADDRESS` otherwise. One commit at the end (and every
 `commit_every_s` seconds on long runs) publishes the new episodes; failed episodes are
 quarantined in the catalog with a one-line reason and listed in the report.
 """
@@ -18,17 +23,63 @@ import time
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 
-from pipeline.encode import encoder_identity
 from pipeline.progress import progress_bar
-from pipeline.ray_job import IngestRun, encoder_pool, ensure_ray
-from pipeline.sources import iter_episodes
-from pipeline.store import StoreWriter
+from pipeline.sources import hashing, iter_episodes
+from pipeline.store import StoreMismatchError, StoreWriter
+from pipeline.store.index import committed_attrs, committed_files
 from schemas import ConfigError, CorpusConfig, EncoderConfig, SamplingConfig, SourceSpec, StoreConfig
 from schemas.records import EpisodeRef
 
-__all__ = ["IngestReport", "ensure_ray", "ingest_corpus", "ingest_episodes"]
+__all__ = ["IngestReport", "ensure_ray", "ingest_corpus", "ingest_episodes", "remember_hashes"]
 
 log = logging.getLogger(__name__)
+
+
+def ensure_ray(verbose: bool | None = None) -> None:
+    """Start (or connect to) Ray: see `pipeline.ray_runtime.ensure_ray`. Imported on call, so
+    importing this module does not load Ray."""
+    from pipeline.ray_runtime import ensure_ray as _ensure_ray
+
+    _ensure_ray(verbose)
+
+
+def _stored_encoder(store: StoreConfig) -> dict | None:
+    """The encoder identity the store's branch was built with; None for a new store."""
+    return committed_attrs(store.uri, store.branch).get("encoder") or None
+
+
+def _encoder_identity(encoder: EncoderConfig, stored: dict | None) -> tuple[dict, bool]:
+    """(identity to open the store with, whether it is the full one). When the store already
+    names this encoder by model, weights, image size, tokens and layer, its identity is used
+    as is and timm (torch) is not imported; `_full_identity_check` verifies it before any
+    frame is encoded."""
+    if stored and (encoder.checkpoint is None or encoder.checkpoint.is_file()):
+        weights = (hashing.file_digest(str(encoder.checkpoint)) if encoder.checkpoint is not None
+                   else f"random-init:seed={encoder.seed}")
+        cheap = {"model": encoder.model, "weights": weights, "image_size": encoder.image_size,
+                 "tokens": encoder.tokens, "layer": encoder.layer}
+        if all(stored.get(k) == v for k, v in cheap.items()):
+            return stored, False
+    from pipeline.encode import encoder_identity
+
+    return encoder_identity(encoder), True
+
+
+def _full_identity_check(encoder: EncoderConfig, identity: dict, uri: str) -> None:
+    from pipeline.encode import encoder_identity
+
+    full = encoder_identity(encoder)
+    if full != identity:
+        raise StoreMismatchError(f"store {uri!r} holds features of encoder {identity!r}; this run uses "
+                                 f"{full!r}. Features of two encoders never mix: choose another --store.")
+
+
+def remember_hashes(store: StoreConfig) -> int:
+    """Seed the content-hash memo from the store's committed `files` table, so enumerating the
+    sources afterwards reads only files whose stat identity changed. Returns the entries trusted."""
+    n = hashing.seed(committed_files(store.uri, store.branch).to_pylist())
+    log.info("%d file hashes remembered from %s", n, store.uri)
+    return n
 
 
 @dataclass
@@ -39,6 +90,7 @@ class IngestReport:
     added: int = 0
     skipped: int = 0
     retitled: int = 0  # skipped episodes whose instruction text was updated
+    held: int = 0  # quarantined before with this same input: not retried (retry_quarantined=True does)
     quarantined: list[tuple[str, str]] = field(default_factory=list)  # (episode key, reason)
     frames: int = 0
     hours: float = 0.0  # of video added, at the kept frame rate
@@ -52,7 +104,7 @@ class IngestReport:
     def to_markdown(self) -> str:
         rows = [
             ("episodes added", self.added), ("episodes skipped (unchanged)", self.skipped),
-            ("instructions updated", self.retitled),
+            ("instructions updated", self.retitled), ("still quarantined (input unchanged, not retried)", self.held),
             ("episodes quarantined", len(self.quarantined)), ("frames encoded", self.frames),
             ("hours added", f"{self.hours:.3f}"), ("throughput", f"{self.frames_per_s:.1f} frames/s"),
             ("store version", f"{self.version_before or '(new)'} → {self.version_after or '(unchanged)'}"),
@@ -74,9 +126,12 @@ def ingest_episodes(
     num_encoders: int | None = None,
     commit_every_s: float = 300.0,
     progress: bool = True,
+    retry_quarantined: bool = False,
 ) -> IngestReport:
     """Ingest `refs` into `store` and return what was done. Quarantined episodes do not
-    raise; bad config, a store of another encoder, or an infrastructure fault do."""
+    raise; bad config, a store of another encoder, or an infrastructure fault do. An episode
+    quarantined before is retried only when its input changed, or with `retry_quarantined`.
+    The digests of the files the refs were hashed from are committed with the episodes."""
     t0 = time.monotonic()
     refs = list(refs)
     fps_for = fps_for or (lambda ref: sampling.fps)
@@ -85,11 +140,15 @@ def ingest_episodes(
         return {"fps": fps_for(ref), "size": encoder.image_size, "resize": sampling.resize,
                 "max_seconds": sampling.max_seconds}
 
-    with StoreWriter.open(store.uri, encoder=encoder_identity(encoder), chunk_frames=store.chunk_frames,
+    identity, full = _encoder_identity(encoder, _stored_encoder(store))
+    with StoreWriter.open(store.uri, encoder=identity, chunk_frames=store.chunk_frames,
                           branch=store.branch) as writer:
         report = IngestReport(store.uri, writer.parent_version, None)
-        plan = writer.plan(refs, params)
-        report.skipped, report.retitled = len(plan.skipped), len(plan.retitled)
+        plan = writer.plan(refs, params, retry_quarantined=retry_quarantined)
+        report.skipped, report.retitled, report.held = len(plan.skipped), len(plan.retitled), len(plan.held)
+        remembered = writer.remember_files(hashing.observed())
+        if not full and any(ref.refused is None for ref in plan.todo):
+            _full_identity_check(encoder, identity, store.uri)
         # Refused at enumeration (a path outside the source, a missing file, a demo without
         # actions): quarantined as they are, their media never opened.
         todo = [ref for ref in plan.todo if ref.refused is None]
@@ -97,12 +156,16 @@ def ingest_episodes(
             if ref.refused is not None:
                 writer.quarantine(ref, ref.refused, params(ref))
                 report.quarantined.append((ref.key, ref.refused))
-        log.info("%d episodes to ingest, %d unchanged, %d refused", len(todo), len(plan.skipped),
-                 len(plan.todo) - len(todo))
+        log.info("%d episodes to ingest, %d unchanged, %d still quarantined, %d refused; %d files read "
+                 "for hashing (%d new file hashes)", len(todo), len(plan.skipped), len(plan.held),
+                 len(plan.todo) - len(todo), hashing.hash_stats()["files"], remembered)
         if not todo:  # nothing to encode: no Ray, no model; a commit only if the catalog changed
             report.version_after = writer.commit(f"ingest: {len(plan.retitled)} instructions updated, "
-                                                 f"{len(report.quarantined)} quarantined")
+                                                 f"{len(report.quarantined)} quarantined, "
+                                                 f"{remembered} file hashes remembered")
         else:
+            from pipeline.ray_job import IngestRun, encoder_pool
+
             ensure_ray()
             actors = encoder_pool(encoder, num_encoders)  # models load on the workers while decoding starts
             with progress_bar("ingest", total=len(todo), enabled=progress, unit="episodes") as bar:
@@ -126,14 +189,18 @@ def source_fps(sampling: SamplingConfig, specs: Iterable[SourceSpec]) -> Callabl
 
 
 def ingest_corpus(cfg: CorpusConfig, *, sources: list[str] | None = None, store_uri: str | None = None,
-                  progress: bool = True, **kw) -> IngestReport:
-    """Ingest every source of a corpus config (or the named ones) into its store."""
+                  progress: bool = True, retry_quarantined: bool = False, **kw) -> IngestReport:
+    """Ingest every source of a corpus config (or the named ones) into its store. Files whose
+    stat identity matches the store's `files` table are not re-hashed; quarantined episodes
+    are retried only when their input changed, or with `retry_quarantined`."""
     specs = [s for s in cfg.sources if not sources or s.id in sources]
     missing = set(sources or []) - {s.id for s in specs}
     if missing:
         have = [s.id for s in cfg.sources]
         raise ConfigError(f"no source {sorted(missing)!r} in corpus {cfg.name!r}; it has {have!r}")
-    refs = [ref for spec in specs for ref in iter_episodes(spec)]
     store = cfg.store if store_uri is None else cfg.store.model_copy(update={"uri": store_uri})
+    remember_hashes(store)  # before enumerating: unchanged files are then not read again
+    refs = [ref for spec in specs for ref in iter_episodes(spec)]
     return ingest_episodes(refs, encoder=cfg.encoder, sampling=cfg.sampling, store=store,
-                           fps_for=source_fps(cfg.sampling, specs), progress=progress, **kw)
+                           fps_for=source_fps(cfg.sampling, specs), progress=progress,
+                           retry_quarantined=retry_quarantined, **kw)

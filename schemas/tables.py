@@ -26,6 +26,10 @@ CATALOG_SCHEMA = pa.schema(
         pa.field("content_hash", pa.string(), nullable=False),  # of the bytes it was read from
         pa.field("status", pa.string(), nullable=False),  # EpisodeStatus
         pa.field("reason", pa.string()),  # one line, set when quarantined
+        # While quarantined: when it first failed, and how many ingest attempts failed since (one per
+        # run that tried it: a run retries it only when its input changed, or with --retry-quarantined).
+        pa.field("failed_since", pa.timestamp("s", tz="UTC")),
+        pa.field("failures", pa.int64()),  # 0 once ok
         pa.field("instruction", pa.string()),
         pa.field("frames", pa.int64(), nullable=False),  # frames kept at the corpus fps
         pa.field("duration_s", pa.float64(), nullable=False),  # span of the kept frames
@@ -49,6 +53,24 @@ CATALOG_SCHEMA = pa.schema(
 # name itself); readers fill it (docs/store-format.md).
 CATALOG_DERIVED = ("fps",)
 INDEX_SCHEMA = pa.schema([f for f in CATALOG_SCHEMA if f.name not in CATALOG_DERIVED])
+
+# The store's memory of its source files (`/files` in the store, committed with the index): each
+# file's stat identity beside its content digest, so a refresh in a fresh process re-reads only
+# files whose identity changed (pipeline.sources.hashing). Entries hashed within the racy window
+# of the file's last modification are kept but not trusted.
+FILES_SCHEMA = pa.schema(
+    [
+        pa.field("uri", pa.string(), nullable=False),  # absolute local path, or the object's URL
+        pa.field("size", pa.int64(), nullable=False),
+        pa.field("mtime_ns", pa.int64()),  # local files
+        pa.field("ctime_ns", pa.int64()),
+        pa.field("inode", pa.int64()),
+        pa.field("etag", pa.string()),  # object stores: the store's checksum ("ETag:...") or "mtime:<stamp>"
+        pa.field("digest", pa.string(), nullable=False),  # what pipeline.sources.hashing.file_digest returns
+        # when it was stat'ed for hashing (ns since the epoch); 0 when the object store's checksum was used
+        pa.field("hashed_at_ns", pa.int64(), nullable=False),
+    ]
+)
 
 # One row per labelled episode of a label set (`/labels/<set>/index` in the store). A row is
 # current while its content_hash equals the episode's in the store index; a redone episode

@@ -103,7 +103,7 @@ def test_unknown_version_is_a_clear_error(tmp_path):
         FeatureStore.open(str(tmp_path / "missing"))
 
 
-def test_plan_skips_unchanged_and_redoes_changed_or_quarantined(tmp_path):
+def test_plan_skips_unchanged_holds_quarantined_and_redoes_changed(tmp_path):
     uri = str(tmp_path / "s")
     with open_writer(uri) as w:
         put(w, ref(0), n=3)
@@ -113,7 +113,10 @@ def test_plan_skips_unchanged_and_redoes_changed_or_quarantined(tmp_path):
     with open_writer(uri) as w:
         plan = w.plan([ref(0), ref(1, content="v2"), ref(2), ref(3)], lambda r: PARAMS)
         assert [r.episode_id for r in plan.skipped] == ["ep0"]
-        assert [r.episode_id for r in plan.todo] == ["ep1", "ep2", "ep3"]
+        assert [r.episode_id for r in plan.todo] == ["ep1", "ep3"]
+        assert [r.episode_id for r in plan.held] == ["ep2"]  # quarantined, same input: not retried
+        assert [r.episode_id for r in w.plan([ref(2)], lambda r: PARAMS, retry_quarantined=True).todo] == ["ep2"]
+        assert [r.episode_id for r in w.plan([ref(2, content="v2")], lambda r: PARAMS).todo] == ["ep2"]
         # a different sampling rate is a different ingest: everything is redone
         assert not w.plan([ref(0)], lambda r: {"fps": 10.0}).skipped
 

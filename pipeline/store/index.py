@@ -4,6 +4,10 @@ Finding an episode never lists storage: a reader loads these few 1-D arrays (one
 per column chunk) and looks rows up in memory. At a million episodes that is a few tens
 of MB, read once per open. The index is rewritten in the same commit as the data it
 points to, so a version id pins both.
+
+Beside it, `/files` remembers the source files the ingest hashed (FILES_SCHEMA: stat
+identity, digest, when hashed), written in the same commit; `committed_files` reads it
+back before a refresh enumerates its sources, so unchanged files are not read again.
 """
 
 from __future__ import annotations
@@ -14,8 +18,10 @@ import zarr
 
 from pipeline.store.format import checksummed
 from schemas import INDEX_SCHEMA
+from schemas.tables import FILES_SCHEMA
 
 INDEX_GROUP = "index"
+FILES_GROUP = "files"
 _CHUNK_ROWS = 65536
 
 
@@ -58,9 +64,45 @@ def read_index(root: zarr.Group, schema: pa.Schema = INDEX_SCHEMA, name: str = I
         values = group[field.name][:]
         if pa.types.is_string(field.type):
             arr = pa.array([None if (v == "" and field.nullable) else str(v) for v in values], pa.string())
-        elif pa.types.is_timestamp(field.type):
-            arr = pa.array(values.astype(np.int64)).cast(field.type)
+        elif pa.types.is_timestamp(field.type):  # 0 is how a null was written
+            ints = values.astype(np.int64)
+            arr = pa.array(ints, mask=(ints == 0) if field.nullable else None).cast(field.type)
         else:
             arr = pa.array(values, type=field.type)
         columns.append(arr)
     return pa.Table.from_arrays(columns, schema=schema)
+
+
+def read_files(root: zarr.Group) -> pa.Table:
+    """The store's `files` table (FILES_SCHEMA); empty for stores written before it existed."""
+    return read_index(root, FILES_SCHEMA, FILES_GROUP)
+
+
+def committed_files(uri: str, branch: str = "main") -> pa.Table:
+    """The `files` table of the branch's newest commit, read without taking the writer lock;
+    empty when there is no store (or branch) yet. A hint only: what it says about a file is
+    trusted only while the file's stat identity is unchanged."""
+    root = _committed_root(uri, branch)
+    return FILES_SCHEMA.empty_table() if root is None else read_files(root)
+
+
+def committed_attrs(uri: str, branch: str = "main") -> dict:
+    """The root attributes (encoder identity, layout, token shape) of the branch's newest
+    commit, without reading the index; {} when there is no store (or branch) yet."""
+    root = _committed_root(uri, branch)
+    return {} if root is None else dict(root.attrs)
+
+
+def _committed_root(uri: str, branch: str) -> zarr.Group | None:
+    from pipeline.store.backend import StoreError, open_repo
+
+    try:
+        repo = open_repo(uri, create=False)
+    except StoreError:
+        return None
+    if branch not in repo.list_branches():
+        return None
+    try:
+        return zarr.open_group(repo.readonly_session(branch=branch).store, mode="r")
+    except zarr.errors.GroupNotFoundError:  # a repository with no commit of ours yet
+        return None

@@ -8,7 +8,10 @@ Promises (DESIGN.md, "Feature store"):
   conditional commits on object stores), and every shard array is created and filled by
   this writer alone.
 - Incremental: `plan()` diffs episode refs against the committed index by ingest hash
-  (content hash + sampling); unchanged episodes are skipped before any decoding.
+  (content hash + sampling); unchanged episodes are skipped before any decoding, and so
+  are quarantined ones whose input did not change (unless asked to retry them).
+- Remembered hashes: `remember_files()` stages the source files' stat identities and
+  digests; `commit()` writes them as `/files` in the same snapshot as the index.
 
 Episodes are packed into *shards*: `/shards/<source>/<run>-<seq>/{features,timestamps,
 actions,action_timestamps,state}`, one shard per source per commit, so the number of Zarr
@@ -24,7 +27,7 @@ import hashlib
 import json
 import logging
 import uuid
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING
@@ -37,11 +40,12 @@ import zarr
 from pipeline.store.backend import WriterLock, open_repo
 from pipeline.store.catalog_file import fill_store_version, sync_catalog_file, write_catalog_file
 from pipeline.store.format import FORMAT_DOC, array_attributes, checksummed, dimension_names, library_versions
-from pipeline.store.index import read_index, write_index
+from pipeline.store.index import FILES_GROUP, read_files, read_index, write_index
 from pipeline.store.reader import store_commit_at
 from schemas import INDEX_SCHEMA, STORE_LAYOUT_VERSION, EpisodeStatus
 from schemas.errors import BadInputError, ConfigError
 from schemas.records import ActionTrack
+from schemas.tables import FILES_SCHEMA
 
 if TYPE_CHECKING:  # the store imports no source adapter: trainers never load h5py or LeRobot parsing
     from schemas.records import EpisodeRef
@@ -62,9 +66,10 @@ def ingest_hash(ref: EpisodeRef, params: dict) -> str:
 
 @dataclass
 class Plan:
-    todo: list[EpisodeRef]  # new, changed, or previously quarantined
+    todo: list[EpisodeRef]  # new, changed, or quarantined and retried
     skipped: list[EpisodeRef]  # already committed with the same ingest hash
     retitled: list[EpisodeRef] = field(default_factory=list)  # skipped, but their instruction changed
+    held: list[EpisodeRef] = field(default_factory=list)  # quarantined with this same input: not retried
 
 
 @dataclass
@@ -82,6 +87,9 @@ class StoreWriter:
     """The store's one writer. `open()` takes the writer lock; use it as a context manager
     (`with StoreWriter.open(uri, encoder=...) as w:`) or call `close()`."""
 
+    # Remembered file hashes alone make a commit only when they spare a later refresh this much reading.
+    remember_alone_bytes: int = 1 << 30
+
     def __init__(self, uri: str, repo, branch: str, chunk_frames: int, spill_frames: int, lock: WriterLock):
         self.uri = uri
         self.repo = repo
@@ -94,6 +102,10 @@ class StoreWriter:
         self._seq = 0
         self._pending: dict[str, _Pending] = {}
         self._new_rows: dict[str, dict] = {}  # key -> index row added since the last commit
+        self._files: dict[str, dict] | None = None  # uri -> committed `files` row, read on first use
+        self._new_files: dict[str, dict] = {}  # uri -> `files` row staged for the next commit
+        self._trusted_changes = 0  # staged rows a later run could trust
+        self._trusted_bytes = 0  # ... and the bytes of those files: what they spare a later refresh
         self._shards: dict[str, zarr.Group] = {}
         self.parent_version = repo.lookup_branch(branch)
         self._begin()
@@ -168,22 +180,27 @@ class StoreWriter:
         self._lock.__exit__(None, None, None)
 
     # -- planning ----------------------------------------------------------------------
-    def plan(self, refs: list[EpisodeRef], params_for: Callable[[EpisodeRef], dict]) -> Plan:
+    def plan(self, refs: list[EpisodeRef], params_for: Callable[[EpisodeRef], dict], *,
+             retry_quarantined: bool = False) -> Plan:
         """Sort refs into work to do and work already committed. An unchanged episode whose
         instruction text changed (an edited manifest) is not re-encoded: its catalog row is
-        updated in the next commit."""
+        updated in the next commit. A quarantined episode is retried only when its input
+        changed (its ingest hash differs) or with `retry_quarantined`; otherwise it is held."""
         hashes = self.index.column("content_hash").to_pylist()
         status = self.index.column("status").to_pylist()
         instructions = self.index.column("instruction").to_pylist()
         plan = Plan([], [])
         for ref in refs:
             i = self._row_of.get(ref.key)
-            if i is not None and status[i] == EpisodeStatus.OK and hashes[i] == ingest_hash(ref, params_for(ref)):
+            same = i is not None and hashes[i] == ingest_hash(ref, params_for(ref))
+            if same and status[i] == EpisodeStatus.OK:
                 plan.skipped.append(ref)
                 if instructions[i] != ref.instruction:
                     row = self.index.slice(i, 1).to_pylist()[0]
                     self._new_rows[ref.key] = {**row, "instruction": ref.instruction, "store_version": None}
                     plan.retitled.append(ref)
+            elif same and status[i] == EpisodeStatus.QUARANTINED and not retry_quarantined:
+                plan.held.append(ref)
             else:
                 plan.todo.append(ref)
         return plan
@@ -237,29 +254,70 @@ class StoreWriter:
                       shard, start, action_start)
 
     def quarantine(self, ref: EpisodeRef, reason: str, params: dict) -> None:
-        """Record a failed episode. A previously committed good version of it stays."""
+        """Record a failed episode. A previously committed good version of it stays. The row
+        counts the failed attempts (`failures`) since it was first quarantined (`failed_since`)."""
         self._pending.pop(ref.key, None)
         reason = reason.splitlines()[0][:500] if reason else "unknown error"
         ihash = ingest_hash(ref, params)
+        failures, since = 1, None
         i = self._row_of.get(ref.key)
         if i is not None:
-            row = {c: self.index.column(c)[i].as_py() for c in ("status", "content_hash", "reason")}
+            row = {c: self.index.column(c)[i].as_py()
+                   for c in ("status", "failures", "failed_since", "ingested_at")}
             if row["status"] == EpisodeStatus.OK:
                 log.warning("%s: %s (keeping the committed version)", ref.key, reason)
                 return
-            if (row["content_hash"], row["reason"]) == (ihash, reason):
-                return  # failed again the same way: nothing to commit
-        self._put_row(ref, ihash, EpisodeStatus.QUARANTINED, reason, 0, 0.0, 0, None, 0, 0)
+            # A store written before these columns existed: it failed at least once, when ingested.
+            failures = (row["failures"] or 1) + 1
+            since = row["failed_since"] or row["ingested_at"]
+        self._put_row(ref, ihash, EpisodeStatus.QUARANTINED, reason, 0, 0.0, 0, None, 0, 0,
+                      failures=failures, failed_since=since)
 
     def _put_row(self, ref: EpisodeRef, ihash: str, status: str, reason: str | None, frames: int,
-                 duration: float, n_actions: int, shard: str | None, frame_start: int, action_start: int) -> None:
+                 duration: float, n_actions: int, shard: str | None, frame_start: int, action_start: int, *,
+                 failures: int = 0, failed_since: datetime | None = None) -> None:
+        now = datetime.now(UTC).replace(microsecond=0)
+        if status == EpisodeStatus.QUARANTINED and failed_since is None:
+            failed_since = now
         self._new_rows[ref.key] = {
             "source": ref.source, "episode_id": ref.episode_id, "kind": ref.kind, "uri": ref.uri,
             "content_hash": ihash, "status": str(status), "reason": reason, "instruction": ref.instruction,
             "frames": frames, "duration_s": duration, "actions": n_actions, "store_version": None,
-            "ingested_at": datetime.now(UTC).replace(microsecond=0), "shard": shard,
-            "frame_start": frame_start, "action_start": action_start, "split": ref.split,
+            "ingested_at": now, "shard": shard, "frame_start": frame_start, "action_start": action_start,
+            "split": ref.split, "failures": failures, "failed_since": failed_since,
         }
+
+    # -- remembered file hashes ------------------------------------------------------------
+    def committed_files(self) -> dict[str, dict]:
+        """uri -> the `files` row (FILES_SCHEMA) the session's parent commit holds."""
+        if self._files is None:
+            self._files = {r["uri"]: r for r in read_files(self.root).to_pylist()}
+        return self._files
+
+    def remember_files(self, records: Iterable) -> int:
+        """Stage source files' identity -> digest records (`pipeline.sources.hashing.FileRecord`s,
+        or mappings with the FILES_SCHEMA fields) to be written with the next commit; returns
+        how many differ from the committed ones. They ride along with the next commit of
+        episodes; alone they make a commit only when their trusted records cover at least
+        `remember_alone_bytes` of files (a later refresh is then spared reading them: e.g. after
+        a restore touched every file), so a refresh that changed no episode keeps the store
+        version unchanged. Records whose `trusted()` is False (racy: hashed right after a
+        write) never count."""
+        committed = self.committed_files()
+        changed = 0
+        for rec in records:
+            row = rec._asdict() if hasattr(rec, "_asdict") else dict(rec)
+            row = {name: row.get(name) for name in FILES_SCHEMA.names}
+            old = committed.get(row["uri"])
+            if old is not None and all(old[k] == row[k] or (old[k] in (0, "") and row[k] is None)
+                                       for k in FILES_SCHEMA.names):
+                continue
+            self._new_files[row["uri"]] = row
+            if getattr(rec, "trusted", lambda: True)():
+                self._trusted_changes += 1
+                self._trusted_bytes += row["size"] or 0
+            changed += 1
+        return changed
 
     def _create_shard(self, name: str) -> zarr.Group:
         return self.root.require_group(f"shards/{name}")
@@ -292,9 +350,13 @@ class StoreWriter:
     def commit(self, message: str, metadata: dict | None = None) -> str | None:
         """Publish everything finished so far as one new version; None if nothing changed.
         Episodes still in flight stay buffered and land in a later commit."""
-        if not self._new_rows:
+        if not self._new_rows and (not self._trusted_changes or self._trusted_bytes < self.remember_alone_bytes):
             self._sync_catalog_file()  # a run killed between its commit and the Parquet copy
             return None
+        if self._new_files:
+            files = {**self.committed_files(), **self._new_files}
+            write_index(self.root, pa.Table.from_pylist(list(files.values()), schema=FILES_SCHEMA),
+                        FILES_SCHEMA, FILES_GROUP)
         replaced = {self._row_of[k] for k in self._new_rows if k in self._row_of}
         keep = pa.array([i not in replaced for i in range(self.index.num_rows)], pa.bool_())
         new = pa.Table.from_pylist(list(self._new_rows.values()), schema=INDEX_SCHEMA)
@@ -304,6 +366,9 @@ class StoreWriter:
         log.info("committed %s: %d episodes (+%d)", version, table.num_rows, len(self._new_rows))
         self.parent_version = version
         self._new_rows.clear()
+        if self._new_files:
+            self._files = files
+            self._new_files, self._trusted_changes, self._trusted_bytes = {}, 0, 0
         pending_spills = {k: p for k, p in self._pending.items() if p.spilled is not None}
         self._begin()
         for p in pending_spills.values():  # re-open their shards in the new session
