@@ -2,13 +2,17 @@
 
 Stages, top-down:
 
-1. decode  — one streaming-generator task per episode (1 CPU) yields blocks of frames
-             picked by timestamp; backpressure pauses it while its blocks wait, so memory
-             stays bounded whatever the video length.
+1. decode  — one streaming-generator task per batch of episodes (one episode when there
+             are few, up to `max_batch_episodes` short ones when there are many) yields
+             blocks of frames picked by timestamp, packing the frames of consecutive
+             episodes, each block preceded by its metadata (which episode each frame belongs
+             to, which episodes ended or failed, their actions); backpressure pauses it while
+             its blocks wait, so memory stays bounded whatever the video length.
 2. encode  — `EncoderActor`s (one per GPU, or one using every core) receive block refs
              straight from the decoders: pixels never pass through the driver.
 3. write   — the driver gets float16 features back (small), hands them to the store writer
-             in episode order, and quarantines episodes whose decode failed.
+             in episode order, and quarantines episodes whose decode failed (a failure is
+             one episode's: its batch-mates are written).
 
 Infrastructure faults (a dead actor or worker, lost objects) are not the episode's fault:
 they stop the run after committing the episodes already complete, and are raised so the
@@ -33,7 +37,7 @@ os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
 import ray  # noqa: E402
 
 from pipeline.encode import FrozenEncoder  # noqa: E402
-from pipeline.episode_frames import decode_episode_blocks  # noqa: E402
+from pipeline.episode_frames import decode_packed, one_line  # noqa: E402
 from pipeline.progress import Bar  # noqa: E402
 from pipeline.ray_runtime import INFRA_ERRORS, ensure_ray  # noqa: E402
 from pipeline.sources import load_actions  # noqa: E402
@@ -70,30 +74,43 @@ def encoder_pool(cfg: EncoderConfig, n: int | None = None) -> list:
     return [EncoderActor.options(num_cpus=1).remote(cfg, threads) for _ in range(n)]
 
 
-decode_task = ray.remote(num_cpus=1)(decode_episode_blocks)
-# Zero CPUs: reading a few parquet rows must never wait behind decode tasks that are
-# themselves paused by backpressure until the driver (waiting on these actions) reads on.
-actions_task = ray.remote(num_cpus=0)(load_actions)
+@ray.remote(num_cpus=1)
+def decode_task(items: list[tuple[EpisodeRef, dict]], block_frames: int, decoder: str):
+    """Decode a batch of episodes (`decode_packed`); actions are loaded here too, so an episode
+    costs no task of its own. Yields, per packed block, its metadata (segments and outcomes:
+    small, kept in the driver's memory) and then, if it has frames, the frames block that goes
+    to an encoder actor by reference."""
+    for b in decode_packed(items, block_frames=block_frames, decoder=decoder, actions=load_actions):
+        yield {"n": len(b.frames), "segments": b.segments, "finished": b.finished, "failed": b.failed}
+        if len(b.frames):
+            yield {"frames": b.frames, "timestamps": b.timestamps}
 
 
 def reason(e: BaseException) -> str:
     """One line for the catalog: the innermost cause, without Ray's traceback wrapping."""
     while getattr(e, "cause", None) is not None and e.cause is not e:
         e = e.cause
-    text = str(e).strip().splitlines()
-    return f"{type(e).__name__}: {text[-1] if text else ''}".strip(": ")
+    return one_line(e)
 
 
 @dataclass
 class _Episode:
     ref: EpisodeRef
     params: dict
-    actions: ray.ObjectRef
-    blocks: deque = field(default_factory=deque)  # encode refs, in frame order
-    done: set = field(default_factory=set)  # encode refs that finished
-    decoded_all: bool = False
     frames: int = 0
     error: str | None = None
+    ended: bool = False
+
+
+@dataclass
+class _Batch:
+    """Episodes decoded by one task, and its packed blocks in frame order."""
+
+    episodes: list[_Episode]
+    entries: deque = field(default_factory=deque)  # [metadata, encode ref or None], in order
+    done: set = field(default_factory=set)  # encode refs that finished
+    meta: dict | None = None  # metadata whose frames block is the generator's next item
+    decoded_all: bool = False
 
 
 @dataclass
@@ -118,28 +135,36 @@ class RunStats:
 class IngestRun:
     """Drives decode → encode → write for a list of episodes into an open StoreWriter."""
 
+    # Episodes per decode task: one task per episode when there are few (long videos keep
+    # every decoder busy), up to this many when there are many short ones.
+    max_batch_episodes = 32
+    batches_per_decoder = 8  # at least this many batches per decoder keep the end of a run balanced
+
     def __init__(self, writer: StoreWriter, actors: list, params_for: Callable[[EpisodeRef], dict],
                  block_frames: int, decoder: str, bar: Bar, commit_every_s: float):
         self.writer, self.actors, self.params_for = writer, actors, params_for
         self.block_frames, self.decoder, self.bar = block_frames, decoder, bar
         self.commit_every_s = commit_every_s
         self.stats = RunStats()
-        self._gens: dict = {}  # decode generator -> episode
-        self._inflight: dict = {}  # encode ref -> episode
+        self._gens: dict = {}  # decode generator -> batch
+        self._inflight: dict = {}  # encode ref -> batch
         self._next_actor = 0
         self._last_commit = time.monotonic()
         self._decode_cpus = 1.0
 
     def run(self, todo: list[EpisodeRef]) -> RunStats:
-        queue = deque(todo)
         # Every CPU the encoders leave free decodes (a GPU encoder outruns one decoder by far);
-        # at least two per encoder so the next episode is decoding when one ends.
+        # at least two per encoder so the next batch is decoding when one ends.
         spare_cpus = max(0, int(ray.cluster_resources().get("CPU", 1)) - len(self.actors))
         max_decoders, max_inflight = max(2 * len(self.actors), spare_cpus), 2 * len(self.actors) + 1
         # Decoders never claim the encoders' CPUs: with 2 CPUs, two whole-CPU decoders scheduled
         # before the actor starts held both, paused by backpressure, waiting on an actor that
         # could never be placed (a deadlock seen on a loaded 2-core machine).
         self._decode_cpus = round(min(1.0, spare_cpus / max_decoders), 4)
+        # Many short episodes share a task (a task and an encoder call per one-second clip cost
+        # more than the clip), as long as each decoder still gets `batches_per_decoder` batches.
+        per_task = max(1, min(self.max_batch_episodes, len(todo) // (self.batches_per_decoder * max_decoders)))
+        queue = deque(todo[i : i + per_task] for i in range(0, len(todo), per_task))
         try:
             while queue or self._gens or self._inflight:
                 while queue and len(self._gens) < max_decoders:
@@ -150,9 +175,9 @@ class IngestRun:
                     if r in self._gens:
                         self._pull(r)
                     else:
-                        ep = self._inflight.pop(r)
-                        ep.done.add(r)
-                        self._flush(ep)
+                        batch = self._inflight.pop(r)
+                        batch.done.add(r)
+                        self._drain(batch)
         except BaseException:
             # An infrastructure fault or an interrupt: keep every episode already complete.
             try:
@@ -162,69 +187,105 @@ class IngestRun:
             raise
         return self.stats
 
-    def _start(self, ref: EpisodeRef) -> None:
-        p = self.params_for(ref)
-        self.writer.start_episode(ref, p)
-        gen = decode_task.options(num_returns="streaming", _generator_backpressure_num_objects=2,
+    def _start(self, refs: list[EpisodeRef]) -> None:
+        episodes = []
+        for ref in refs:
+            p = self.params_for(ref)
+            self.writer.start_episode(ref, p)
+            episodes.append(_Episode(ref, p))
+        gen = decode_task.options(num_returns="streaming", _generator_backpressure_num_objects=4,
                                   num_cpus=self._decode_cpus).remote(
-            ref, fps=p["fps"], size=p["size"], resize=p["resize"], max_seconds=p["max_seconds"],
-            block_frames=self.block_frames, decoder=self.decoder)
-        self._gens[gen] = _Episode(ref, p, actions_task.remote(ref))
+            [(e.ref, e.params) for e in episodes], self.block_frames, self.decoder)
+        self._gens[gen] = _Batch(episodes)
 
     def _pull(self, gen) -> None:
-        ep = self._gens[gen]
+        batch = self._gens[gen]
         try:
-            block = next(gen)
+            item = next(gen)
         except StopIteration:
             del self._gens[gen]
-            ep.decoded_all = True
-            self._flush(ep)
+            batch.decoded_all = True
+            self._drain(batch)
+            return
+        if batch.meta is None:
+            # Metadata is small: Ray keeps it in this process's memory, no object-store trip.
+            # A failure here is the task's own (episodes' failures are in the metadata):
+            # an infrastructure fault, or a bug; either stops the run.
+            meta = ray.get(item)
+            if meta["n"]:
+                batch.meta = meta  # its frames are the generator's next item
+            else:
+                batch.entries.append([meta, None])
+                self._drain(batch)
             return
         actor = self.actors[self._next_actor % len(self.actors)]
         self._next_actor += 1
-        enc = actor.encode.remote(block)
-        self._inflight[enc] = ep
-        ep.blocks.append(enc)
+        enc = actor.encode.remote(item)
+        self._inflight[enc] = batch
+        batch.entries.append([batch.meta, enc])
+        batch.meta = None
 
-    def _flush(self, ep: _Episode) -> None:
-        """Write the episode's encoded blocks that are ready, in order; finish it when all are."""
-        while ep.blocks and ep.blocks[0] in ep.done:
-            ref = ep.blocks.popleft()
-            if ep.error is not None:
-                continue
-            try:
-                feats, stamps = ray.get(ref)
-            except INFRA_ERRORS:
-                raise
-            except Exception as e:  # noqa: BLE001 - the decode of this episode failed
-                ep.error = reason(e)
-                continue
-            self.writer.append_frames(ep.ref, feats, stamps)
-            now = time.monotonic()
-            if self.stats.first_block_at is None:
-                self.stats.first_block_at, self.stats.first_block_frames = now, len(feats)
-            self.stats.last_block_at = now
-            ep.frames += len(feats)
-            self.stats.frames += len(feats)
-            self.bar.add_frames(len(feats))
-        if ep.decoded_all and not ep.blocks:
-            self._finish(ep)
+    def _drain(self, batch: _Batch) -> None:
+        """Hand the batch's encoded blocks that are ready to the writer, in order, and end the
+        episodes whose outcome they carry."""
+        while batch.entries:
+            meta, enc = batch.entries[0]
+            if enc is not None and enc not in batch.done:
+                break
+            batch.entries.popleft()
+            if enc is not None:
+                batch.done.discard(enc)
+                self._write(batch, meta, enc)
+            for i, why in meta["failed"]:
+                ep = batch.episodes[i]
+                ep.error = ep.error or why
+                self._finish(ep, None)
+            for i, actions in meta["finished"]:
+                self._finish(batch.episodes[i], actions)
+        if batch.decoded_all and not batch.entries:
+            lost = [ep for ep in batch.episodes if not ep.ended]
+            if lost:  # decode_packed reports every episode: anything else is a bug in it
+                raise RuntimeError(f"decode task ended without an outcome for {lost[0].ref.key} "
+                                   f"(+{len(lost) - 1} more)")
 
-    def _finish(self, ep: _Episode) -> None:
+    def _write(self, batch: _Batch, meta: dict, enc) -> None:
+        try:
+            feats, stamps = ray.get(enc)
+        except INFRA_ERRORS:
+            raise
+        except Exception as e:  # noqa: BLE001 - the encoder refused these frames: their episodes fail
+            for i, _ in meta["segments"]:
+                batch.episodes[i].error = batch.episodes[i].error or reason(e)
+            return
+        now = time.monotonic()
+        offset = 0
+        for i, k in meta["segments"]:
+            ep = batch.episodes[i]
+            if ep.error is None:
+                self.writer.append_frames(ep.ref, feats[offset : offset + k], stamps[offset : offset + k])
+                ep.frames += k
+                self.stats.frames += k
+                if self.stats.first_block_at is None:
+                    self.stats.first_block_at, self.stats.first_block_frames = now, k
+            offset += k
+        self.stats.last_block_at = now
+        self.bar.add_frames(offset)
+
+    def _finish(self, ep: _Episode, actions) -> None:
+        ep.ended = True
         error = ep.error
         if error is None:
             try:
-                self.writer.finish_episode(ep.ref, ray.get(ep.actions), ep.params["fps"])
+                self.writer.finish_episode(ep.ref, actions, ep.params["fps"])
                 self.stats.added += 1
                 self.stats.seconds_of_video += ep.frames / ep.params["fps"]
-            except INFRA_ERRORS:
-                raise
             except Exception as e:  # noqa: BLE001 - bad actions or no frames: this episode only
-                error = reason(e)
+                error = one_line(e)
         if error is not None:
             self.writer.quarantine(ep.ref, error, ep.params)
             self.stats.quarantined.append((ep.ref.key, error))
         self.bar.advance(1)
+        self.writer.flush()  # outside the episode's try: a failed write is the store's fault, not the episode's
         if time.monotonic() - self._last_commit > self.commit_every_s:
             self.commit(f"ingest (partial): {self.stats.added} episodes")
 

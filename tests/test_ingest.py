@@ -293,3 +293,83 @@ def test_sample_corpora_ingest_with_control_rate_actions(ray_local, sample_corpo
     assert ep.actions.state is not None and ep.instruction
     batch = store.read_pairs(np.array([robot[0]]), np.array([0]), k=2)
     assert batch.actions[0].shape == (4, 4)  # 0.2 s of 20 Hz control between the two frames
+
+
+# -- many short episodes: packed decode tasks, buffered writes -----------------------------------
+
+@pytest.fixture
+def short_clips(tmp_path) -> tuple[Path, list[int]]:
+    """24 clips of 0.4 to 1.4 s (2 to 7 frames at 5 fps); the 9th is truncated, the 17th is no video."""
+    d = tmp_path / "short"
+    lengths = [4 + (i * 5) % 11 for i in range(24)]  # source frames at 10 fps
+    for i, n in enumerate(lengths):
+        make_video(d / f"c{i:02d}.mp4", n_frames=n, fps=10, seed=100 + i)
+    make_video(tmp_path / "long.mp4", n_frames=60, fps=10, seed=99)
+    whole = (tmp_path / "long.mp4").read_bytes()
+    (d / "c08.mp4").write_bytes(whole[: len(whole) * 2 // 3])  # decodes some frames, then fails
+    (d / "c16.mp4").write_text("not a video\n")
+    return d, lengths
+
+
+def test_packed_decode_reports_each_episode_alone(short_clips):
+    """A batch's blocks pack several episodes; each one's frames are its own decode's, and a
+    failure is reported for the failing episode only."""
+    from pipeline.episode_frames import decode_episode_blocks, decode_packed
+
+    d, _ = short_clips
+    refs = sorted(iter_episodes(human(d)), key=lambda r: r.episode_id)
+    params = {"fps": 5.0, "size": 32, "resize": "center_crop", "max_seconds": None}
+    got: dict[int, list[np.ndarray]] = {}
+    ended: dict[int, str] = {}
+    for block in decode_packed([(r, params) for r in refs], block_frames=8):
+        assert 0 < len(block.frames) <= 8 or block.finished or block.failed
+        offset = 0
+        for i, k in block.segments:
+            assert i not in ended  # an episode's frames all come before its outcome
+            got.setdefault(i, []).append(block.frames[offset : offset + k])
+            offset += k
+        assert offset == len(block.frames) == len(block.timestamps)
+        ended.update({i: "ok" for i, _ in block.finished})
+        ended.update({i: why for i, why in block.failed})
+    assert sorted(ended) == list(range(len(refs)))
+    assert {refs[i].episode_id for i, why in ended.items() if why != "ok"} == {"c08.mp4", "c16.mp4"}
+    for i, ref in enumerate(refs):
+        if ended[i] == "ok":
+            alone = np.concatenate([b["frames"] for b in decode_episode_blocks(ref, block_frames=8, **params)])
+            np.testing.assert_array_equal(np.concatenate(got[i]), alone)
+
+
+def test_many_short_clips_land_whole_contiguous_and_encoded(ray_local, short_clips, tmp_path, monkeypatch):
+    """Issue #8: many short clips share decode tasks and encoder calls. Each lands with its
+    own frames, contiguous in its shard, with the features encoding it alone gives; the two
+    bad clips among them are quarantined alone."""
+    from pipeline.encode import FrozenEncoder
+    from pipeline.episode_frames import decode_episode_blocks
+    from pipeline.ray_job import IngestRun
+
+    monkeypatch.setattr(IngestRun, "batches_per_decoder", 1)  # few, large batches: many episodes per task
+    d, lengths = short_clips
+    report = run(human(d), tmp_path / "store")
+    assert sorted(k for k, _ in report.quarantined) == ["vids/c08.mp4", "vids/c16.mp4"]
+    assert report.added == len(lengths) - 2
+    store = FeatureStore.open(str(tmp_path / "store"))
+    rows = [r for r in store.index.to_pylist() if r["status"] == "ok"]
+    by_shard: dict[str, list[dict]] = {}
+    for r in rows:
+        by_shard.setdefault(r["shard"], []).append(r)
+    for shard_rows in by_shard.values():  # episodes tile their shard: no gap, no overlap
+        shard_rows.sort(key=lambda r: r["frame_start"])
+        assert shard_rows[0]["frame_start"] == 0
+        for a, b in zip(shard_rows, shard_rows[1:], strict=False):
+            assert b["frame_start"] == a["frame_start"] + a["frames"]
+    encoder = FrozenEncoder(TINY)
+    params = {"fps": 5.0, "size": 32, "resize": "center_crop", "max_seconds": None}
+    for r in rows:
+        ref = next(x for x in iter_episodes(human(d)) if x.episode_id == r["episode_id"])
+        blocks = list(decode_episode_blocks(ref, block_frames=8, **params))
+        frames = np.concatenate([b["frames"] for b in blocks])
+        ep = store.episode(f"vids/{r['episode_id']}")
+        assert r["frames"] == len(frames) == len(ep.features) == int(np.ceil(lengths[int(r["episode_id"][1:3])] / 2))
+        np.testing.assert_allclose(ep.timestamps, np.concatenate([b["timestamps"] for b in blocks]))
+        np.testing.assert_allclose(ep.features.astype(np.float32), encoder.encode(frames).astype(np.float32),
+                                   atol=2e-2, rtol=2e-2)
