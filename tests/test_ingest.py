@@ -373,3 +373,59 @@ def test_many_short_clips_land_whole_contiguous_and_encoded(ray_local, short_cli
         np.testing.assert_allclose(ep.timestamps, np.concatenate([b["timestamps"] for b in blocks]))
         np.testing.assert_allclose(ep.features.astype(np.float32), encoder.encode(frames).astype(np.float32),
                                    atol=2e-2, rtol=2e-2)
+
+
+def test_writer_buffers_episodes_and_writes_them_behind_exactly(tmp_path):
+    """Finished episodes are queued per shard and appended in few writes (here after every
+    chunk of frames, and at commit); a commit between them, an episode still in flight across
+    the commit, and an episode whose actions do not fit the shard's all leave every committed
+    episode exactly as written, contiguous in its shard."""
+    from pipeline.sources.base import ActionTrack, EpisodeRef
+
+    def ref(i: int) -> EpisodeRef:
+        return EpisodeRef(source="s", episode_id=f"e{i:02d}", kind="robot", uri=f"/v/{i}.mp4", content_hash=str(i))
+
+    def feats(i: int, n: int) -> np.ndarray:  # [episode, frame, 0] per frame
+        f = np.zeros((n, 1, 3), np.float16)
+        f[:, 0, 0], f[:, 0, 1] = i, np.arange(n)
+        return f
+
+    lengths = [3, 1, 6, 2, 5, 4, 1, 7]
+    with StoreWriter.open(str(tmp_path / "store"), encoder={"model": "fake"}, chunk_frames=4) as w:
+        w.flush_every_s = 0.0
+        w.start_episode(ref(99), {"fps": 5.0})  # in flight across the first commit
+        w.append_frames(ref(99), feats(99, 5)[:2], np.arange(2) / 5)
+        for i, n in enumerate(lengths):
+            w.start_episode(ref(i), {"fps": 5.0})
+            w.append_frames(ref(i), feats(i, n), np.arange(n) / 5)
+            acts = np.full((2 * n, 2 if i != 5 else 3), i, np.float32)  # episode 5's actions are too wide
+            if i == 5:
+                with pytest.raises(ValueError, match="do not fit"):
+                    w.finish_episode(ref(i), ActionTrack(np.arange(2 * n) / 10, acts), 5.0)
+                w.quarantine(ref(i), "bad actions", {"fps": 5.0})
+            else:
+                w.finish_episode(ref(i), ActionTrack(np.arange(2 * n) / 10, acts), 5.0)
+            w.flush()
+            if i == 3:
+                first = w.commit("first four")
+        w.append_frames(ref(99), feats(99, 5)[2:], np.arange(2, 5) / 5)
+        w.finish_episode(ref(99), None, 5.0)
+        w.commit("the rest")
+    store = FeatureStore.open(str(tmp_path / "store"))
+    assert len(FeatureStore.open(str(tmp_path / "store"), version=first)) == 4
+    rows = {r["episode_id"]: r for r in store.index.to_pylist()}
+    assert rows["e05"]["status"] == "quarantined"
+    for shard in {r["shard"] for r in rows.values() if r["shard"]}:
+        tiles = sorted((r["frame_start"], r["frames"], r["action_start"], r["actions"]) for r in rows.values()
+                       if r["shard"] == shard)
+        assert [t[0] for t in tiles] == list(np.cumsum([0] + [t[1] for t in tiles[:-1]]))
+        with_actions = sorted((a, m) for _, _, a, m in tiles if m)
+        assert [a for a, _ in with_actions] == list(np.cumsum([0] + [m for _, m in with_actions[:-1]]))
+    for i, n in [*enumerate(lengths), (99, 5)]:
+        if i == 5:
+            continue
+        ep = store.episode(f"s/e{i:02d}")
+        np.testing.assert_array_equal(ep.features, feats(i, n))
+        np.testing.assert_allclose(ep.timestamps, np.arange(n) / 5)
+        if i != 99:
+            np.testing.assert_array_equal(ep.actions.actions, np.full((2 * n, 2), i, np.float32))
