@@ -105,9 +105,11 @@ def lawam_ingest(clip_dir: Path, store: Path, cfg) -> dict:
     report = ingest_episodes(refs, encoder=cfg, sampling=SamplingConfig(fps=FPS), store=StoreConfig(uri=str(store)),
                              progress=False)
     t2 = time.perf_counter()
-    ray.shutdown()  # the anchor starts its own Ray: never two instances competing
+    ray.shutdown()
+    steady = (report.steady_frames_per_s or 0) / FPS  # the anchor starts its own Ray: never two instances competing
     assert report.added == len(refs) and not report.quarantined, report.quarantined[:3]
-    return {"start_s": t1 - t0, "run_s": t2 - t1, "frames": report.frames, "episodes": report.added}
+    return {"start_s": t1 - t0, "run_s": t2 - t1, "frames": report.frames, "episodes": report.added,
+            "steady_eps": steady}
 
 
 def anchor(clip_dir: Path, out: Path) -> dict | None:
@@ -128,6 +130,7 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--clips", type=int, default=1000)
     ap.add_argument("--no-anchor", action="store_true")
+    ap.add_argument("--only-ingest", action="store_true", help="only our ingest (development)")
     ap.add_argument("--out", default=str(REPO / "benchmarks" / "results" / "short_clips.json"))
     args = ap.parse_args()
 
@@ -139,6 +142,10 @@ def main() -> None:
     n = len(clips)
     work = Path(tempfile.mkdtemp(prefix="lawam-short-"))
     try:
+        if args.only_ingest:
+            ours = lawam_ingest(clip_dir, work / "store", cfg)
+            print(json.dumps(ours))
+            return
         loop_s, loop_frames = in_process_loop(clips, cfg)
         ours = lawam_ingest(clip_dir, work / "store", cfg)
         anc = None if args.no_anchor else anchor(clip_dir, work / "anchor-out")

@@ -364,9 +364,9 @@ def test_many_short_clips_land_whole_contiguous_and_encoded(ray_local, short_cli
             assert b["frame_start"] == a["frame_start"] + a["frames"]
     encoder = FrozenEncoder(TINY)
     params = {"fps": 5.0, "size": 32, "resize": "center_crop", "max_seconds": None}
+    refs = {x.episode_id: x for x in iter_episodes(human(d))}
     for r in rows:
-        ref = next(x for x in iter_episodes(human(d)) if x.episode_id == r["episode_id"])
-        blocks = list(decode_episode_blocks(ref, block_frames=8, **params))
+        blocks = list(decode_episode_blocks(refs[r["episode_id"]], block_frames=8, **params))
         frames = np.concatenate([b["frames"] for b in blocks])
         ep = store.episode(f"vids/{r['episode_id']}")
         assert r["frames"] == len(frames) == len(ep.features) == int(np.ceil(lengths[int(r["episode_id"][1:3])] / 2))
@@ -429,3 +429,23 @@ def test_writer_buffers_episodes_and_writes_them_behind_exactly(tmp_path):
         np.testing.assert_allclose(ep.timestamps, np.arange(n) / 5)
         if i != 99:
             np.testing.assert_array_equal(ep.actions.actions, np.full((2 * n, 2), i, np.float32))
+
+
+def test_thread_tuner_keeps_the_faster_thread_count():
+    """The CPU encoder times both thread counts in turn and keeps the faster per frame; it
+    looks again every `period` calls, so a run whose bottleneck moves follows it."""
+    from pipeline.ray_job import ThreadTuner
+
+    tuner = ThreadTuner(4, trials=2, period=10)
+    cost = {4: 0.5, 1: 0.1}  # seconds per frame: one thread wins (decoders busy on every core)
+    used = []
+    for call in range(20):
+        t = tuner.threads()
+        used.append(t)
+        if call == 10:
+            cost = {4: 0.05, 1: 0.1}  # now the encoder is the bottleneck: all cores win
+        tuner.record(t, 8, 8 * cost[t])
+    assert used[0] == 4 and sorted(used[1:5]) == [1, 1, 4, 4]
+    assert set(used[5:10]) == {1}
+    assert set(used[15:]) == {4}
+    assert ThreadTuner(4, tune=False).threads() == 4
