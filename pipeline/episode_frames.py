@@ -15,16 +15,17 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 
 import numpy as np
-import torch
-import torch.nn.functional as F
 
 from pipeline.decode import decode_frames, pick_frame_indices
-from pipeline.sources import read_image_frames, read_image_timestamps
+from pipeline.sources import load_actions, read_image_frames, read_image_timestamps
 from pipeline.sources.base import EpisodeRef, SourceError
 
 
 def resize_frames(frames: np.ndarray, size: int, mode: str) -> np.ndarray:
     """(n, H, W, 3) uint8 -> (n, size, size, 3) uint8; center_crop keeps the aspect ratio."""
+    import torch  # here, not at import: a worker decoding videos never loads torch
+    import torch.nn.functional as F
+
     x = torch.from_numpy(np.ascontiguousarray(frames)).permute(0, 3, 1, 2).float()
     h, w = x.shape[-2:]
     if mode == "center_crop" and h != w:
@@ -137,3 +138,14 @@ def decode_packed(items: list[tuple[EpisodeRef, dict]], *, block_frames: int = 3
             yield emit()
     if n or pending.finished or pending.failed:
         yield emit()
+
+
+def decode_task_items(items: list[tuple[EpisodeRef, dict]], block_frames: int, decoder: str) -> Iterator[dict]:
+    """The Ray decode task's body (`pipeline.ray_job`): `decode_packed` with actions loaded,
+    as a flat stream: per packed block its metadata ("n" frames, segments and outcomes: small,
+    kept in the driver's memory), then, if n > 0, {"frames", "timestamps"} for an encoder
+    actor. Defined here so that a decode worker imports this light module, not the driver's."""
+    for b in decode_packed(items, block_frames=block_frames, decoder=decoder, actions=load_actions):
+        yield {"n": len(b.frames), "segments": b.segments, "finished": b.finished, "failed": b.failed}
+        if len(b.frames):
+            yield {"frames": b.frames, "timestamps": b.timestamps}

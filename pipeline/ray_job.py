@@ -37,10 +37,9 @@ os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
 import ray  # noqa: E402
 
 from pipeline.encode import FrozenEncoder  # noqa: E402
-from pipeline.episode_frames import decode_packed, one_line  # noqa: E402
+from pipeline.episode_frames import decode_task_items, one_line  # noqa: E402
 from pipeline.progress import Bar  # noqa: E402
 from pipeline.ray_runtime import INFRA_ERRORS, ensure_ray  # noqa: E402
-from pipeline.sources import load_actions  # noqa: E402
 from pipeline.sources.base import EpisodeRef  # noqa: E402
 from pipeline.store import StoreWriter  # noqa: E402
 from schemas import EncoderConfig  # noqa: E402
@@ -119,16 +118,9 @@ def encoder_pool(cfg: EncoderConfig, n: int | None = None) -> list:
     return [EncoderActor.options(num_cpus=1).remote(cfg, threads) for _ in range(n)]
 
 
-@ray.remote(num_cpus=1)
-def decode_task(items: list[tuple[EpisodeRef, dict]], block_frames: int, decoder: str):
-    """Decode a batch of episodes (`decode_packed`); actions are loaded here too, so an episode
-    costs no task of its own. Yields, per packed block, its metadata (segments and outcomes:
-    small, kept in the driver's memory) and then, if it has frames, the frames block that goes
-    to an encoder actor by reference."""
-    for b in decode_packed(items, block_frames=block_frames, decoder=decoder, actions=load_actions):
-        yield {"n": len(b.frames), "segments": b.segments, "finished": b.finished, "failed": b.failed}
-        if len(b.frames):
-            yield {"frames": b.frames, "timestamps": b.timestamps}
+# One task decodes a batch of episodes (`decode_packed`), actions loaded there too, so an
+# episode costs no task of its own; see `decode_task_items` for what it yields.
+decode_task = ray.remote(num_cpus=1)(decode_task_items)
 
 
 def reason(e: BaseException) -> str:
