@@ -2,13 +2,17 @@
 
 Stages, top-down:
 
-1. decode  — one streaming-generator task per episode (1 CPU) yields blocks of frames
-             picked by timestamp; backpressure pauses it while its blocks wait, so memory
-             stays bounded whatever the video length.
+1. decode  — one streaming-generator task per batch of episodes (one episode when there
+             are few, up to `max_batch_episodes` short ones when there are many) yields
+             blocks of frames picked by timestamp, packing the frames of consecutive
+             episodes, each block preceded by its metadata (which episode each frame belongs
+             to, which episodes ended or failed, their actions); backpressure pauses it while
+             its blocks wait, so memory stays bounded whatever the video length.
 2. encode  — `EncoderActor`s (one per GPU, or one using every core) receive block refs
              straight from the decoders: pixels never pass through the driver.
 3. write   — the driver gets float16 features back (small), hands them to the store writer
-             in episode order, and quarantines episodes whose decode failed.
+             in episode order, and quarantines episodes whose decode failed (a failure is
+             one episode's: its batch-mates are written).
 
 Only bad input (`schemas.errors.BadInputError`: a corrupt video, unparsable actions) is the
 episode's fault and quarantines it. Anything else stops the run after committing the
@@ -36,11 +40,10 @@ os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
 import ray  # noqa: E402
 
 from pipeline.encode import FrozenEncoder  # noqa: E402
-from pipeline.episode_frames import decode_episode_blocks  # noqa: E402
+from pipeline.episode_frames import decode_task_items, one_line  # noqa: E402
 from pipeline.errors import classify  # noqa: E402
 from pipeline.progress import Bar  # noqa: E402
 from pipeline.ray_runtime import INFRA_ERRORS, ensure_ray  # noqa: E402
-from pipeline.sources import load_actions  # noqa: E402
 from pipeline.store import StoreWriter  # noqa: E402
 from pipeline.store.backend import error_summary  # noqa: E402
 from schemas import EncoderConfig  # noqa: E402
@@ -51,22 +54,67 @@ log = logging.getLogger(__name__)
 __all__ = ["INFRA_ERRORS", "IngestRun", "encoder_pool", "ensure_ray"]
 
 
+class ThreadTuner:
+    """Picks torch's thread count for an encoder on CPU by measuring, not by guessing.
+
+    All cores win when the encoder is the bottleneck and the decoders mostly wait; one
+    thread wins when decoders keep the cores busy (many short clips, a light model): each
+    operator's threads then wait on one another behind the decoders (measured here, 2 cores,
+    many one-second clips and a tiny ViT: 4 episodes/s with 2 threads, 10 with 1). So every
+    `period` calls, `trials` calls are timed with each choice in turn, and the faster one per
+    frame is kept."""
+
+    def __init__(self, most: int, trials: int = 3, period: int = 100, tune: bool = True):
+        self.choices = sorted({1, most} if tune else {most}, reverse=True)
+        self.trials, self.period = trials, period
+        self.best = self.choices[0]
+        self._calls = 0
+        self._seconds = {c: [] for c in self.choices}
+
+    def threads(self) -> int:
+        """The thread count for the next call."""
+        k = self._calls % self.period - 1  # the first call of a period warms up with the current choice
+        if len(self.choices) > 1 and 0 <= k < self.trials * len(self.choices):
+            return self.choices[k % len(self.choices)]
+        return self.best
+
+    def record(self, threads: int, frames: int, seconds: float) -> None:
+        k = self._calls % self.period - 1
+        self._calls += 1
+        if len(self.choices) < 2 or not 0 <= k < self.trials * len(self.choices) or not frames:
+            return
+        self._seconds[threads].append(seconds / frames)
+        if k == self.trials * len(self.choices) - 1:  # trials done: keep the faster, start afresh
+            self.best = min(self.choices, key=lambda c: float(np.median(self._seconds[c])))
+            self._seconds = {c: [] for c in self.choices}
+
+
 @ray.remote
 class EncoderActor:
     """Holds one frozen encoder; built here, on the worker, never pickled."""
 
     def __init__(self, cfg: EncoderConfig, threads: int):
-        import torch
-
-        torch.set_num_threads(threads)  # Ray sets OMP threads to the actor's num_cpus; use them all
         self.encoder = FrozenEncoder(cfg)
+        # On a GPU the threads only feed it; on CPU they are the encoder's speed: tuned.
+        self.tuner = ThreadTuner(threads, tune=self.encoder.device.type == "cpu")
+        self._threads = 0
 
     def encode(self, block: dict) -> tuple[np.ndarray, np.ndarray]:
-        return self.encoder.encode(block["frames"]), block["timestamps"]
+        import torch
+
+        threads = self.tuner.threads()
+        if threads != self._threads:
+            torch.set_num_threads(threads)  # Ray sets OMP threads to the actor's num_cpus: choose ourselves
+            self._threads = threads
+        t = time.perf_counter()
+        out = self.encoder.encode(block["frames"])
+        self.tuner.record(threads, len(out), time.perf_counter() - t)
+        return out, block["timestamps"]
 
 
 def encoder_pool(cfg: EncoderConfig, n: int | None = None) -> list:
-    """One actor per GPU (bf16 on CUDA), else one actor whose torch threads use every core."""
+    """One actor per GPU (bf16 on CUDA), else one actor whose torch threads use every core, or
+    one thread when that measures faster (`ThreadTuner`)."""
     gpus = int(ray.cluster_resources().get("GPU", 0)) if cfg.device != "cpu" else 0
     if gpus:
         return [EncoderActor.options(num_gpus=1, num_cpus=1).remote(cfg, 4) for _ in range(n or gpus)]
@@ -75,10 +123,9 @@ def encoder_pool(cfg: EncoderConfig, n: int | None = None) -> list:
     return [EncoderActor.options(num_cpus=1).remote(cfg, threads) for _ in range(n)]
 
 
-decode_task = ray.remote(num_cpus=1)(decode_episode_blocks)
-# Zero CPUs: reading a few parquet rows must never wait behind decode tasks that are
-# themselves paused by backpressure until the driver (waiting on these actions) reads on.
-actions_task = ray.remote(num_cpus=0)(load_actions)
+# One task decodes a batch of episodes (`decode_packed`), actions loaded there too, so an
+# episode costs no task of its own; see `decode_task_items` for what it yields.
+decode_task = ray.remote(num_cpus=1)(decode_task_items)
 
 
 def quarantinable(e: BaseException) -> bool:
@@ -92,20 +139,27 @@ def reason(e: BaseException) -> str:
     """One line for the catalog: the innermost cause, without Ray's traceback wrapping."""
     while getattr(e, "cause", None) is not None and e.cause is not e:
         e = e.cause
-    text = str(e).strip().splitlines()
-    return f"{type(e).__name__}: {text[-1] if text else ''}".strip(": ")
+    return one_line(e)
 
 
 @dataclass
 class _Episode:
     ref: EpisodeRef
     params: dict
-    actions: ray.ObjectRef
-    blocks: deque = field(default_factory=deque)  # encode refs, in frame order
-    done: set = field(default_factory=set)  # encode refs that finished
-    decoded_all: bool = False
     frames: int = 0
     error: str | None = None
+    ended: bool = False
+
+
+@dataclass
+class _Batch:
+    """Episodes decoded by one task, and its packed blocks in frame order."""
+
+    episodes: list[_Episode]
+    entries: deque = field(default_factory=deque)  # [metadata, encode ref or None], in order
+    done: set = field(default_factory=set)  # encode refs that finished
+    meta: dict | None = None  # metadata whose frames block is the generator's next item
+    decoded_all: bool = False
 
 
 @dataclass
@@ -130,28 +184,36 @@ class RunStats:
 class IngestRun:
     """Drives decode → encode → write for a list of episodes into an open StoreWriter."""
 
+    # Episodes per decode task: one task per episode when there are few (long videos keep
+    # every decoder busy), up to this many when there are many short ones.
+    max_batch_episodes = 32
+    batches_per_decoder = 8  # at least this many batches per decoder keep the end of a run balanced
+
     def __init__(self, writer: StoreWriter, actors: list, params_for: Callable[[EpisodeRef], dict],
                  block_frames: int, decoder: str, bar: Bar, commit_every_s: float):
         self.writer, self.actors, self.params_for = writer, actors, params_for
         self.block_frames, self.decoder, self.bar = block_frames, decoder, bar
         self.commit_every_s = commit_every_s
         self.stats = RunStats()
-        self._gens: dict = {}  # decode generator -> episode
-        self._inflight: dict = {}  # encode ref -> episode
+        self._gens: dict = {}  # decode generator -> batch
+        self._inflight: dict = {}  # encode ref -> batch
         self._next_actor = 0
         self._last_commit = time.monotonic()
         self._decode_cpus = 1.0
 
     def run(self, todo: list[EpisodeRef]) -> RunStats:
-        queue = deque(todo)
         # Every CPU the encoders leave free decodes (a GPU encoder outruns one decoder by far);
-        # at least two per encoder so the next episode is decoding when one ends.
+        # at least two per encoder so the next batch is decoding when one ends.
         spare_cpus = max(0, int(ray.cluster_resources().get("CPU", 1)) - len(self.actors))
         max_decoders, max_inflight = max(2 * len(self.actors), spare_cpus), 2 * len(self.actors) + 1
         # Decoders never claim the encoders' CPUs: with 2 CPUs, two whole-CPU decoders scheduled
         # before the actor starts held both, paused by backpressure, waiting on an actor that
         # could never be placed (a deadlock seen on a loaded 2-core machine).
         self._decode_cpus = round(min(1.0, spare_cpus / max_decoders), 4)
+        # Many short episodes share a task (a task and an encoder call per one-second clip cost
+        # more than the clip), as long as each decoder still gets `batches_per_decoder` batches.
+        per_task = max(1, min(self.max_batch_episodes, len(todo) // (self.batches_per_decoder * max_decoders)))
+        queue = deque(todo[i : i + per_task] for i in range(0, len(todo), per_task))
         try:
             while queue or self._gens or self._inflight:
                 while queue and len(self._gens) < max_decoders:
@@ -162,9 +224,9 @@ class IngestRun:
                     if r in self._gens:
                         self._pull(r)
                     else:
-                        ep = self._inflight.pop(r)
-                        ep.done.add(r)
-                        self._flush(ep)
+                        batch = self._inflight.pop(r)
+                        batch.done.add(r)
+                        self._drain(batch)
         except BaseException as failure:
             # Not an episode's fault (infrastructure, a full disk, a bug) or an interrupt: keep
             # every episode already complete, then raise the original error.
@@ -190,69 +252,108 @@ class IngestRun:
         self._gens.clear()
         self._inflight.clear()
 
-    def _start(self, ref: EpisodeRef) -> None:
-        p = self.params_for(ref)
-        self.writer.start_episode(ref, p)
-        gen = decode_task.options(num_returns="streaming", _generator_backpressure_num_objects=2,
+    def _start(self, refs: list[EpisodeRef]) -> None:
+        episodes = []
+        for ref in refs:
+            p = self.params_for(ref)
+            self.writer.start_episode(ref, p)
+            episodes.append(_Episode(ref, p))
+        gen = decode_task.options(num_returns="streaming", _generator_backpressure_num_objects=4,
                                   num_cpus=self._decode_cpus).remote(
-            ref, fps=p["fps"], size=p["size"], resize=p["resize"], max_seconds=p["max_seconds"],
-            block_frames=self.block_frames, decoder=self.decoder)
-        self._gens[gen] = _Episode(ref, p, actions_task.remote(ref))
+            [(e.ref, e.params) for e in episodes], self.block_frames, self.decoder)
+        self._gens[gen] = _Batch(episodes)
 
     def _pull(self, gen) -> None:
-        ep = self._gens[gen]
+        batch = self._gens[gen]
         try:
-            block = next(gen)
+            item = next(gen)
         except StopIteration:
             del self._gens[gen]
-            ep.decoded_all = True
-            self._flush(ep)
+            batch.decoded_all = True
+            self._drain(batch)
+            return
+        if batch.meta is None:
+            # Metadata is small: Ray keeps it in this process's memory, no object-store trip.
+            # A failure here is the task's own (episodes' failures are in the metadata):
+            # an infrastructure fault, or a bug; either stops the run.
+            meta = ray.get(item)
+            if meta["n"]:
+                batch.meta = meta  # its frames are the generator's next item
+            else:
+                batch.entries.append([meta, None])
+                self._drain(batch)
             return
         actor = self.actors[self._next_actor % len(self.actors)]
         self._next_actor += 1
-        enc = actor.encode.remote(block)
-        self._inflight[enc] = ep
-        ep.blocks.append(enc)
+        enc = actor.encode.remote(item)
+        self._inflight[enc] = batch
+        batch.entries.append([batch.meta, enc])
+        batch.meta = None
 
-    def _flush(self, ep: _Episode) -> None:
-        """Write the episode's encoded blocks that are ready, in order; finish it when all are."""
-        while ep.blocks and ep.blocks[0] in ep.done:
-            ref = ep.blocks.popleft()
-            if ep.error is not None:
-                continue
-            try:
-                feats, stamps = ray.get(ref)
-            except Exception as e:
-                if not quarantinable(e):  # infrastructure, resource or a bug: stop the run
-                    raise
-                ep.error = reason(e)
-                continue
-            self.writer.append_frames(ep.ref, feats, stamps)
-            now = time.monotonic()
-            if self.stats.first_block_at is None:
-                self.stats.first_block_at, self.stats.first_block_frames = now, len(feats)
-            self.stats.last_block_at = now
-            ep.frames += len(feats)
-            self.stats.frames += len(feats)
-            self.bar.add_frames(len(feats))
-        if ep.decoded_all and not ep.blocks:
-            self._finish(ep)
+    def _drain(self, batch: _Batch) -> None:
+        """Hand the batch's encoded blocks that are ready to the writer, in order, and end the
+        episodes whose outcome they carry."""
+        while batch.entries:
+            meta, enc = batch.entries[0]
+            if enc is not None and enc not in batch.done:
+                break
+            batch.entries.popleft()
+            if enc is not None:
+                batch.done.discard(enc)
+                self._write(batch, meta, enc)
+            for i, why in meta["failed"]:
+                ep = batch.episodes[i]
+                ep.error = ep.error or why
+                self._finish(ep, None)
+            for i, actions in meta["finished"]:
+                self._finish(batch.episodes[i], actions)
+        if batch.decoded_all and not batch.entries:
+            lost = [ep for ep in batch.episodes if not ep.ended]
+            if lost:  # decode_packed reports every episode: anything else is a bug in it
+                raise RuntimeError(f"decode task ended without an outcome for {lost[0].ref.key} "
+                                   f"(+{len(lost) - 1} more)")
 
-    def _finish(self, ep: _Episode) -> None:
+    def _write(self, batch: _Batch, meta: dict, enc) -> None:
+        try:
+            feats, stamps = ray.get(enc)
+        except Exception as e:
+            if not quarantinable(e):  # infrastructure, resource or a bug: stop the run
+                raise
+            # the encoder refused these frames as bad input: their episodes fail
+            for i, _ in meta["segments"]:
+                batch.episodes[i].error = batch.episodes[i].error or reason(e)
+            return
+        now = time.monotonic()
+        offset = 0
+        for i, k in meta["segments"]:
+            ep = batch.episodes[i]
+            if ep.error is None:
+                self.writer.append_frames(ep.ref, feats[offset : offset + k], stamps[offset : offset + k])
+                ep.frames += k
+                self.stats.frames += k
+                if self.stats.first_block_at is None:
+                    self.stats.first_block_at, self.stats.first_block_frames = now, k
+            offset += k
+        self.stats.last_block_at = now
+        self.bar.add_frames(offset)
+
+    def _finish(self, ep: _Episode, actions) -> None:
+        ep.ended = True
         error = ep.error
         if error is None:
             try:
-                self.writer.finish_episode(ep.ref, ray.get(ep.actions), ep.params["fps"])
+                self.writer.finish_episode(ep.ref, actions, ep.params["fps"])
                 self.stats.added += 1
                 self.stats.seconds_of_video += ep.frames / ep.params["fps"]
             except Exception as e:
                 if not quarantinable(e):  # infrastructure, resource or a bug: stop the run
                     raise
-                error = reason(e)  # bad actions or no frames: this episode only
+                error = one_line(e)  # bad actions or no frames: this episode only
         if error is not None:
             self.writer.quarantine(ep.ref, error, ep.params)
             self.stats.quarantined.append((ep.ref.key, error))
         self.bar.advance(1)
+        self.writer.flush()  # outside the episode's try: a failed write is the store's fault, not the episode's
         if time.monotonic() - self._last_commit > self.commit_every_s:
             self.commit(f"ingest (partial): {self.stats.added} episodes")
 

@@ -293,3 +293,159 @@ def test_sample_corpora_ingest_with_control_rate_actions(ray_local, sample_corpo
     assert ep.actions.state is not None and ep.instruction
     batch = store.read_pairs(np.array([robot[0]]), np.array([0]), k=2)
     assert batch.actions[0].shape == (4, 4)  # 0.2 s of 20 Hz control between the two frames
+
+
+# -- many short episodes: packed decode tasks, buffered writes -----------------------------------
+
+@pytest.fixture
+def short_clips(tmp_path) -> tuple[Path, list[int]]:
+    """24 clips of 0.4 to 1.4 s (2 to 7 frames at 5 fps); the 9th is truncated, the 17th is no video."""
+    d = tmp_path / "short"
+    lengths = [4 + (i * 5) % 11 for i in range(24)]  # source frames at 10 fps
+    for i, n in enumerate(lengths):
+        make_video(d / f"c{i:02d}.mp4", n_frames=n, fps=10, seed=100 + i)
+    make_video(tmp_path / "long.mp4", n_frames=60, fps=10, seed=99)
+    whole = (tmp_path / "long.mp4").read_bytes()
+    (d / "c08.mp4").write_bytes(whole[: len(whole) * 2 // 3])  # decodes some frames, then fails
+    (d / "c16.mp4").write_text("not a video\n")
+    return d, lengths
+
+
+def test_packed_decode_reports_each_episode_alone(short_clips):
+    """A batch's blocks pack several episodes; each one's frames are its own decode's, and a
+    failure is reported for the failing episode only."""
+    from pipeline.episode_frames import decode_episode_blocks, decode_packed
+
+    d, _ = short_clips
+    refs = sorted(iter_episodes(human(d)), key=lambda r: r.episode_id)
+    params = {"fps": 5.0, "size": 32, "resize": "center_crop", "max_seconds": None}
+    got: dict[int, list[np.ndarray]] = {}
+    ended: dict[int, str] = {}
+    for block in decode_packed([(r, params) for r in refs], block_frames=8):
+        assert 0 < len(block.frames) <= 8 or block.finished or block.failed
+        offset = 0
+        for i, k in block.segments:
+            assert i not in ended  # an episode's frames all come before its outcome
+            got.setdefault(i, []).append(block.frames[offset : offset + k])
+            offset += k
+        assert offset == len(block.frames) == len(block.timestamps)
+        ended.update({i: "ok" for i, _ in block.finished})
+        ended.update({i: why for i, why in block.failed})
+    assert sorted(ended) == list(range(len(refs)))
+    assert {refs[i].episode_id for i, why in ended.items() if why != "ok"} == {"c08.mp4", "c16.mp4"}
+    for i, ref in enumerate(refs):
+        if ended[i] == "ok":
+            alone = np.concatenate([b["frames"] for b in decode_episode_blocks(ref, block_frames=8, **params)])
+            np.testing.assert_array_equal(np.concatenate(got[i]), alone)
+
+
+def test_many_short_clips_land_whole_contiguous_and_encoded(ray_local, short_clips, tmp_path, monkeypatch):
+    """Issue #8: many short clips share decode tasks and encoder calls. Each lands with its
+    own frames, contiguous in its shard, with the features encoding it alone gives; the two
+    bad clips among them are quarantined alone."""
+    from pipeline.encode import FrozenEncoder
+    from pipeline.episode_frames import decode_episode_blocks
+    from pipeline.ray_job import IngestRun
+
+    monkeypatch.setattr(IngestRun, "batches_per_decoder", 1)  # few, large batches: many episodes per task
+    d, lengths = short_clips
+    report = run(human(d), tmp_path / "store")
+    assert sorted(k for k, _ in report.quarantined) == ["vids/c08.mp4", "vids/c16.mp4"]
+    assert report.added == len(lengths) - 2
+    store = FeatureStore.open(str(tmp_path / "store"))
+    rows = [r for r in store.index.to_pylist() if r["status"] == "ok"]
+    by_shard: dict[str, list[dict]] = {}
+    for r in rows:
+        by_shard.setdefault(r["shard"], []).append(r)
+    for shard_rows in by_shard.values():  # episodes tile their shard: no gap, no overlap
+        shard_rows.sort(key=lambda r: r["frame_start"])
+        assert shard_rows[0]["frame_start"] == 0
+        for a, b in zip(shard_rows, shard_rows[1:], strict=False):
+            assert b["frame_start"] == a["frame_start"] + a["frames"]
+    encoder = FrozenEncoder(TINY)
+    params = {"fps": 5.0, "size": 32, "resize": "center_crop", "max_seconds": None}
+    refs = {x.episode_id: x for x in iter_episodes(human(d))}
+    for r in rows:
+        blocks = list(decode_episode_blocks(refs[r["episode_id"]], block_frames=8, **params))
+        frames = np.concatenate([b["frames"] for b in blocks])
+        ep = store.episode(f"vids/{r['episode_id']}")
+        assert r["frames"] == len(frames) == len(ep.features) == int(np.ceil(lengths[int(r["episode_id"][1:3])] / 2))
+        np.testing.assert_allclose(ep.timestamps, np.concatenate([b["timestamps"] for b in blocks]))
+        np.testing.assert_allclose(ep.features.astype(np.float32), encoder.encode(frames).astype(np.float32),
+                                   atol=2e-2, rtol=2e-2)
+
+
+def test_writer_buffers_episodes_and_writes_them_behind_exactly(tmp_path):
+    """Finished episodes are queued per shard and appended in few writes (here after every
+    chunk of frames, and at commit); a commit between them, an episode still in flight across
+    the commit, and an episode whose actions do not fit the shard's all leave every committed
+    episode exactly as written, contiguous in its shard."""
+    from pipeline.sources.base import ActionTrack, EpisodeRef
+
+    def ref(i: int) -> EpisodeRef:
+        return EpisodeRef(source="s", episode_id=f"e{i:02d}", kind="robot", uri=f"/v/{i}.mp4", content_hash=str(i))
+
+    def feats(i: int, n: int) -> np.ndarray:  # [episode, frame, 0] per frame
+        f = np.zeros((n, 1, 3), np.float16)
+        f[:, 0, 0], f[:, 0, 1] = i, np.arange(n)
+        return f
+
+    lengths = [3, 1, 6, 2, 5, 4, 1, 7]
+    with StoreWriter.open(str(tmp_path / "store"), encoder={"model": "fake"}, chunk_frames=4) as w:
+        w.flush_every_s = 0.0
+        w.start_episode(ref(99), {"fps": 5.0})  # in flight across the first commit
+        w.append_frames(ref(99), feats(99, 5)[:2], np.arange(2) / 5)
+        for i, n in enumerate(lengths):
+            w.start_episode(ref(i), {"fps": 5.0})
+            w.append_frames(ref(i), feats(i, n), np.arange(n) / 5)
+            acts = np.full((2 * n, 2 if i != 5 else 3), i, np.float32)  # episode 5's actions are too wide
+            if i == 5:
+                with pytest.raises(ValueError, match="do not fit"):
+                    w.finish_episode(ref(i), ActionTrack(np.arange(2 * n) / 10, acts), 5.0)
+                w.quarantine(ref(i), "bad actions", {"fps": 5.0})
+            else:
+                w.finish_episode(ref(i), ActionTrack(np.arange(2 * n) / 10, acts), 5.0)
+            w.flush()
+            if i == 3:
+                first = w.commit("first four")
+        w.append_frames(ref(99), feats(99, 5)[2:], np.arange(2, 5) / 5)
+        w.finish_episode(ref(99), None, 5.0)
+        w.commit("the rest")
+    store = FeatureStore.open(str(tmp_path / "store"))
+    assert len(FeatureStore.open(str(tmp_path / "store"), version=first)) == 4
+    rows = {r["episode_id"]: r for r in store.index.to_pylist()}
+    assert rows["e05"]["status"] == "quarantined"
+    for shard in {r["shard"] for r in rows.values() if r["shard"]}:
+        tiles = sorted((r["frame_start"], r["frames"], r["action_start"], r["actions"]) for r in rows.values()
+                       if r["shard"] == shard)
+        assert [t[0] for t in tiles] == list(np.cumsum([0] + [t[1] for t in tiles[:-1]]))
+        with_actions = sorted((a, m) for _, _, a, m in tiles if m)
+        assert [a for a, _ in with_actions] == list(np.cumsum([0] + [m for _, m in with_actions[:-1]]))
+    for i, n in [*enumerate(lengths), (99, 5)]:
+        if i == 5:
+            continue
+        ep = store.episode(f"s/e{i:02d}")
+        np.testing.assert_array_equal(ep.features, feats(i, n))
+        np.testing.assert_allclose(ep.timestamps, np.arange(n) / 5)
+        if i != 99:
+            np.testing.assert_array_equal(ep.actions.actions, np.full((2 * n, 2), i, np.float32))
+
+
+def test_thread_tuner_keeps_the_faster_thread_count():
+    """The CPU encoder times both thread counts in turn and keeps the faster per frame; it
+    looks again every `period` calls, so a run whose bottleneck moves follows it."""
+    from pipeline.ray_job import ThreadTuner
+
+    tuner = ThreadTuner(4, trials=2, period=10)
+    cost = {4: 0.5, 1: 0.1}  # seconds per frame: one thread wins (decoders busy on every core)
+    used = []
+    for call in range(20):
+        t = tuner.threads()
+        used.append(t)
+        if call == 10:
+            cost = {4: 0.05, 1: 0.1}  # now the encoder is the bottleneck: all cores win
+        tuner.record(t, 8, 8 * cost[t])
+    assert used[0] == 4 and sorted(used[1:5]) == [1, 1, 4, 4]
+    assert set(used[5:10]) == {1}
+    assert set(used[15:]) == {4}
+    assert ThreadTuner(4, tune=False).threads() == 4

@@ -19,6 +19,13 @@ nodes grows with commits, not with episodes. An episode's frames are buffered un
 finishes (so each episode is contiguous in its shard); an episode longer than
 `spill_frames` gets a shard of its own and its blocks go straight to disk, which bounds
 memory for arbitrarily long videos.
+
+Finished episodes are written behind: a shard's episodes are held in memory and appended
+in one write per array (one resize, whole chunks) when the shard holds at least a chunk of
+frames and `flush_every_s` has passed since its last write, when it holds `flush_bytes`, and
+always before a commit. A Zarr append costs milliseconds whatever its size, so writing each
+short episode on its own was the cost of an ingest of many short clips; the offsets an episode
+gets are fixed when it finishes, so its catalog row is final at once.
 """
 
 from __future__ import annotations
@@ -26,6 +33,7 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
+import time
 import uuid
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
@@ -83,6 +91,39 @@ class _Pending:
     spilled_name: str | None = None
 
 
+@dataclass
+class _ShardBuffer:
+    """Finished episodes of one shard not written yet: rows to append, per array."""
+
+    name: str
+    group: zarr.Group | None = None
+    arrays: dict[str, zarr.Array] = field(default_factory=dict)  # handles, looked up once per session
+    rows: dict[str, int] = field(default_factory=dict)  # rows each array holds once flushed
+    parts: dict[str, list[np.ndarray]] = field(default_factory=dict)
+    frames: int = 0  # feature rows buffered
+    nbytes: int = 0
+    flushed_at: float = 0.0
+
+    def check(self, rows: dict[str, np.ndarray]) -> None:
+        """Raise BadInputError unless each array's rows fit (trailing shape, dtype) those already there."""
+        for name, data in rows.items():
+            parts = self.parts.get(name)
+            have = parts[0] if parts else self.arrays.get(name)
+            if have is not None and (have.shape[1:], have.dtype) != (data.shape[1:], data.dtype):
+                raise BadInputError(f"{name} rows {data.dtype}{list(data.shape[1:])} do not fit the shard's "
+                                 f"{have.dtype}{list(have.shape[1:])}")
+
+    def add(self, name: str, data: np.ndarray) -> int:
+        """Queue `data` for group[name]; returns the row it will start at."""
+        start = self.rows.get(name, 0)
+        self.rows[name] = start + len(data)
+        self.parts.setdefault(name, []).append(data)
+        self.nbytes += data.nbytes
+        if name == "features":
+            self.frames += len(data)
+        return start
+
+
 class StoreWriter:
     """The store's one writer. `open()` takes the writer lock; use it as a context manager
     (`with StoreWriter.open(uri, encoder=...) as w:`) or call `close()`."""
@@ -90,13 +131,15 @@ class StoreWriter:
     # Remembered file hashes alone make a commit only when they spare a later refresh this much reading.
     remember_alone_bytes: int = 1 << 30
 
-    def __init__(self, uri: str, repo, branch: str, chunk_frames: int, spill_frames: int, lock: WriterLock):
+    def __init__(self, uri: str, repo, branch: str, chunk_frames: int, spill_frames: int, lock: WriterLock,
+                 flush_every_s: float = 1.0, flush_bytes: int = 64 << 20):
         self.uri = uri
         self.repo = repo
         self.branch = branch
         self.token_shape: tuple[int, ...] | None = None
         self.chunk_frames = chunk_frames
         self.spill_frames = spill_frames
+        self._opened_at = time.monotonic()
         self.run_id = datetime.now(UTC).strftime("%Y%m%dT%H%M%S") + "-" + uuid.uuid4().hex[:6]
         self._lock = lock
         self._seq = 0
@@ -106,7 +149,8 @@ class StoreWriter:
         self._new_files: dict[str, dict] = {}  # uri -> `files` row staged for the next commit
         self._trusted_changes = 0  # staged rows a later run could trust
         self._trusted_bytes = 0  # ... and the bytes of those files: what they spare a later refresh
-        self._shards: dict[str, zarr.Group] = {}
+        self._shards: dict[str, _ShardBuffer] = {}
+        self.flush_every_s, self.flush_bytes = flush_every_s, flush_bytes
         self.parent_version = repo.lookup_branch(branch)
         self._begin()
 
@@ -232,26 +276,70 @@ class StoreWriter:
         p.n += len(features)
 
     def finish_episode(self, ref: EpisodeRef, actions: ActionTrack | None, fps: float) -> None:
+        """The episode is complete: give it its rows in its shard and its catalog row (both
+        published by the next commit). Its data may stay buffered until then."""
         p = self._pending.pop(ref.key)
         if p.n == 0:
             raise BadInputError(f"{ref.key}: no frames decoded")
+        has_actions = actions is not None and len(actions.actions) > 0
         if p.spilled is not None:
-            shard, group, start = p.spilled_name, p.spilled, 0
+            shard, group, start, action_start = p.spilled_name, p.spilled, 0, 0
+            if has_actions:
+                action_start = self._append(group, "actions", np.asarray(actions.actions, np.float32))
+                self._append(group, "action_timestamps", np.asarray(actions.timestamps, np.float64))
+                if actions.state is not None:
+                    self._append(group, "state", np.asarray(actions.state, np.float32))
         else:
             shard = f"{ref.source}/{self.run_id}-{self._seq:03d}"
-            group = self._shards.get(shard) or self._create_shard(shard)
-            self._shards[shard] = group
-            start = self._append(group, "features", np.concatenate(p.blocks))
-            self._append(group, "timestamps", np.concatenate(p.stamps))
-        action_start, n_actions = 0, 0
-        if actions is not None and len(actions.actions):
-            action_start = self._append(group, "actions", np.asarray(actions.actions, np.float32))
-            self._append(group, "action_timestamps", np.asarray(actions.timestamps, np.float64))
-            if actions.state is not None:
-                self._append(group, "state", np.asarray(actions.state, np.float32))
-            n_actions = len(actions.actions)
-        self._put_row(ref, p.ingest_hash, EpisodeStatus.OK, None, p.n, p.n / fps, n_actions,
-                      shard, start, action_start)
+            buf = self._shards.get(shard)
+            if buf is None:
+                buf = self._shards[shard] = _ShardBuffer(shard, flushed_at=self._opened_at)
+            rows = {"features": p.blocks[0] if len(p.blocks) == 1 else np.concatenate(p.blocks),
+                    "timestamps": p.stamps[0] if len(p.stamps) == 1 else np.concatenate(p.stamps)}
+            if has_actions:
+                rows["actions"] = np.asarray(actions.actions, np.float32)
+                rows["action_timestamps"] = np.asarray(actions.timestamps, np.float64)
+                if actions.state is not None:
+                    rows["state"] = np.asarray(actions.state, np.float32)
+            buf.check(rows)  # a misfit (actions of another width) fails this episode, not the whole shard
+            start = buf.add("features", rows["features"])
+            action_start = buf.rows.get("actions", 0) if has_actions else 0
+            for name, data in rows.items():
+                if name != "features":
+                    buf.add(name, data)
+        self._put_row(ref, p.ingest_hash, EpisodeStatus.OK, None, p.n, p.n / fps,
+                      len(actions.actions) if has_actions else 0, shard, start, action_start)
+
+    def flush(self, force: bool = False) -> None:
+        """Write buffered episodes behind (they stay invisible until `commit`): a shard once it
+        holds `flush_bytes`, or a chunk of frames and `flush_every_s` passed since its last
+        write; every shard when `force`. A driver calls this between episodes; `commit` always
+        flushes. A failure here is the store's (a disk, a bucket), never an episode's."""
+        now = time.monotonic()
+        for buf in self._shards.values():
+            if force or buf.nbytes >= self.flush_bytes or (
+                    buf.frames >= self.chunk_frames and now - buf.flushed_at >= self.flush_every_s):
+                self._flush(buf)
+
+    def _flush(self, buf: _ShardBuffer) -> None:
+        """Write a shard's buffered episodes: one append per array."""
+        if buf.group is None:
+            buf.group = self._create_shard(buf.name)
+        for name, parts in buf.parts.items():
+            if not parts:
+                continue
+            data = parts[0] if len(parts) == 1 else np.concatenate(parts)
+            arr = buf.arrays.get(name)
+            if arr is None:
+                arr = buf.arrays[name] = self._array(buf.group, name, data)
+            start = arr.shape[0]
+            if start + len(data) != buf.rows[name]:
+                raise RuntimeError(f"shard {buf.name}/{name}: {start} rows on disk + {len(data)} buffered "
+                                   f"!= {buf.rows[name]} promised")  # a bug: offsets in rows already given out
+            arr.resize((start + len(data),) + arr.shape[1:])
+            arr[start:] = data
+            parts.clear()
+        buf.frames, buf.nbytes, buf.flushed_at = 0, 0, time.monotonic()
 
     def quarantine(self, ref: EpisodeRef, reason: str, params: dict) -> None:
         """Record a failed episode. A previously committed good version of it stays. The row
@@ -334,13 +422,18 @@ class StoreWriter:
         return {"compressors": checksummed(), "dimension_names": dimension_names(name, data.ndim),
                 "attributes": array_attributes(name, **extra)}
 
-    def _append(self, group: zarr.Group, name: str, data: np.ndarray) -> int:
-        """Append rows to group[name] (created on first use); returns the first new row."""
+    def _array(self, group: zarr.Group, name: str, data: np.ndarray) -> zarr.Array:
+        """group[name], created empty with rows shaped like `data`'s on first use: checksummed
+        and self-describing."""
         if name not in group:
             chunk = (self.chunk_frames if name == "features" else 4096,) + data.shape[1:]
             group.create_array(name, shape=(0,) + data.shape[1:], chunks=chunk, dtype=data.dtype,
                                **self._described(group, name, data))
-        arr = group[name]
+        return group[name]
+
+    def _append(self, group: zarr.Group, name: str, data: np.ndarray) -> int:
+        """Append rows to group[name] (created on first use); returns the first new row."""
+        arr = self._array(group, name, data)
         start = arr.shape[0]
         arr.resize((start + len(data),) + arr.shape[1:])
         arr[start:] = data
@@ -353,6 +446,7 @@ class StoreWriter:
         if not self._new_rows and (not self._trusted_changes or self._trusted_bytes < self.remember_alone_bytes):
             self._sync_catalog_file()  # a run killed between its commit and the Parquet copy
             return None
+        self.flush(force=True)
         if self._new_files:
             files = {**self.committed_files(), **self._new_files}
             write_index(self.root, pa.Table.from_pylist(list(files.values()), schema=FILES_SCHEMA),
