@@ -22,6 +22,8 @@ class ActionTrack:
     timestamps: np.ndarray  # (M,) float64 seconds from the episode start
     actions: np.ndarray  # (M, A) float32
     state: np.ndarray | None = None  # (M, S) float32 proprioception, when the source has it
+    names: tuple[str, ...] | None = None  # one per action column, when the source names them
+    state_names: tuple[str, ...] | None = None  # one per state column, likewise
 
     def __post_init__(self) -> None:
         if len(self.timestamps) != len(self.actions):

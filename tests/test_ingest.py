@@ -10,10 +10,12 @@ import sys
 import time
 from pathlib import Path
 
+import icechunk
 import numpy as np
 import pyarrow.compute as pc
 import pytest
 import yaml
+import zarr
 
 from pipeline.ingest import ingest_corpus, ingest_episodes
 from pipeline.sources import iter_episodes
@@ -140,6 +142,13 @@ def test_real_lerobot_dataset_written_by_the_library(ray_local, tmp_path):
     assert report.added == len(list(iter_episodes(spec))) and not report.quarantined
     store = FeatureStore.open(str(tmp_path / "store"))
     assert all(store.episode(i).actions is not None for i in range(len(store)))
+    # the dataset's own column names (info.json) are in the store, on the arrays and per source
+    root = zarr.open_group(icechunk.Repository.open(icechunk.local_filesystem_storage(
+        str(tmp_path / "store" / "repo"))).readonly_session(branch="main").store, mode="r")
+    shard = root[f"shards/{store.episodes()['shard'][0].as_py()}"]
+    assert shard["actions"].attrs["names"] == ["dx", "dy", "dz", "grip"]
+    assert shard["state"].attrs["names"] == ["x", "y", "z"]
+    assert root.attrs["sources"]["real"]["action_names"] == ["dx", "dy", "dz", "grip"]
 
 
 def test_hdf5_demos(ray_local, tmp_path):

@@ -177,6 +177,23 @@ def _list_episode_files(root: str) -> list[str]:
 # --- enumeration --------------------------------------------------------------------------
 
 
+def _column_names(info: dict[str, Any], keys: list[str]) -> list[str] | None:
+    """The names `info.json` gives the columns of `keys`' features, concatenated in order
+    (a list, or LeRobot v2's {"motors": [...]}); None unless every column is named."""
+    out: list[str] = []
+    for key in keys:
+        feature = info["features"].get(key)
+        names = feature.get("names") if isinstance(feature, dict) else None
+        if isinstance(names, dict) and len(names) == 1:
+            names = next(iter(names.values()))
+        shape = feature.get("shape") if isinstance(feature, dict) else None
+        if (not isinstance(names, list) or not all(isinstance(n, str) for n in names)
+                or (isinstance(shape, list) and len(shape) == 1 and shape[0] != len(names))):
+            return None
+        out.extend(names)
+    return out or None
+
+
 def iter_lerobot(spec: SourceSpec) -> Iterator[EpisodeRef]:
     """One EpisodeRef per episode (camera `pick_camera`), in episode_index order."""
     root = spec.uri
@@ -195,6 +212,7 @@ def iter_lerobot(spec: SourceSpec) -> Iterator[EpisodeRef]:
         "action_rate": _number(info["fps"], "fps", info_path) if info.get("fps") else None,
     }
     split_of = _split_of(info, info_path)
+    names = {"action_names": _column_names(info, actions), "state_names": _column_names(info, state)}
     if info["codebase_version"] == "v3.0":
         rows = _episodes_v30(root, cam, spec.instruction_field)
     else:
@@ -212,7 +230,8 @@ def iter_lerobot(spec: SourceSpec) -> Iterator[EpisodeRef]:
         video = join_uri(root, _fill(info, "video_path", info_path, video_key=cam, **row["_fmt_video"]))
         data = join_uri(root, _fill(info, "data_path", info_path, **row["_fmt_data"]))
         span = row.get("_span", {})
-        selector = {"format": "lerobot", "episode_index": ep, "actions": actions, "state": state, **span}
+        selector = {"format": "lerobot", "episode_index": ep, "actions": actions, "state": state, **span,
+                    **{k: v for k, v in names.items() if v}}
         yield EpisodeRef(
             **common,
             episode_id=f"episode_{ep:06d}",
@@ -365,4 +384,8 @@ def load_lerobot_actions(ref: EpisodeRef) -> ActionTrack:
     ts = np.round(ts[order], 6)  # float32 on disk: 0.1 is stored as 0.10000000149
     acts = np.concatenate([_matrix(table.column(a), a, where) for a in sel["actions"]], axis=1)
     state = np.concatenate([_matrix(table.column(s), s, where) for s in sel["state"]], axis=1) if sel["state"] else None
-    return ActionTrack(timestamps=ts, actions=acts, state=state)
+    names, state_names = sel.get("action_names"), sel.get("state_names")
+    return ActionTrack(timestamps=ts, actions=acts, state=state,
+                       names=tuple(names) if names and len(names) == acts.shape[1] else None,
+                       state_names=tuple(state_names) if state_names and state is not None
+                       and len(state_names) == state.shape[1] else None)

@@ -195,9 +195,21 @@ class StoreWriter:
         """Record in the root attrs `sources` how `ref`'s source is sampled (fps, resize mode,
         image size, ...): the newest run's settings per source."""
         sources = dict(self.root.attrs.get("sources", {}))
-        entry = {"kind": ref.kind, "sampling": params}
-        if sources.get(ref.source) != entry:
+        entry = {**sources.get(ref.source, {}), "kind": ref.kind, "sampling": params}
+        if sources.get(ref.source) != entry:  # written once per source and run, not per episode
             sources[ref.source] = entry
+            self.root.attrs["sources"] = sources
+
+    def _note_names(self, ref: EpisodeRef, actions: ActionTrack) -> None:
+        """Record in the root attrs `sources` the names of the source's action and state columns
+        (LeRobot's `info.json` names), so shard arrays made from now on carry them too."""
+        sources = dict(self.root.attrs.get("sources", {}))
+        entry = dict(sources.get(ref.source, {}))
+        named = {"action_names": list(actions.names) if actions.names else None,
+                 "state_names": list(actions.state_names) if actions.state_names else None}
+        named = {k: v for k, v in named.items() if v and entry.get(k) != v}
+        if named:
+            sources[ref.source] = {**entry, **named}
             self.root.attrs["sources"] = sources
 
     def _begin(self) -> None:
@@ -282,6 +294,8 @@ class StoreWriter:
         if p.n == 0:
             raise BadInputError(f"{ref.key}: no frames decoded")
         has_actions = actions is not None and len(actions.actions) > 0
+        if has_actions:
+            self._note_names(ref, actions)
         if p.spilled is not None:
             shard, group, start, action_start = p.spilled_name, p.spilled, 0, 0
             if has_actions:
@@ -416,6 +430,8 @@ class StoreWriter:
         source = group.path.split("/")[1]
         sampling = dict(self.root.attrs.get("sources", {})).get(source, {}).get("sampling")
         extra = {"sampling": sampling, "written_with": library_versions()} if name == "features" else {}
+        if name in ("actions", "state"):  # column names, when the source gives them (`_note_names`)
+            extra["names"] = dict(self.root.attrs.get("sources", {})).get(source, {}).get(f"{name.rstrip('s')}_names")
         if name == "action_timestamps" and len(data) > 1:  # of the first episode(s) written
             steps = np.diff(data)
             extra["control_rate_hz"] = round(float(1.0 / np.median(steps[steps > 0])), 6)
@@ -456,6 +472,7 @@ class StoreWriter:
         new = pa.Table.from_pylist(list(self._new_rows.values()), schema=INDEX_SCHEMA)
         table = pa.concat_tables([self.index.filter(keep), new])
         write_index(self.root, table)
+        self._drop_dead_shards(replaced, table)
         version = self.session.commit(message, metadata={"lawam_run": self.run_id, **(metadata or {})})
         log.info("committed %s: %d episodes (+%d)", version, table.num_rows, len(self._new_rows))
         self.parent_version = version
@@ -472,6 +489,19 @@ class StoreWriter:
         except OSError as e:  # the commit is what counts; the Parquet copy is a convenience
             log.warning("could not write catalog.parquet: %s (the next run rewrites it)", e)
         return version
+
+    def _drop_dead_shards(self, replaced: set[int], table: pa.Table) -> None:
+        """Remove from the tree the shards whose every episode was redone: older versions keep
+        them (and `lawam gc` reclaims their chunks once those versions expire); the new one no
+        longer points at them, so their bytes are not kept alive by every later version."""
+        if not replaced:
+            return
+        shards = self.index.column("shard")
+        dead = {shards[i].as_py() for i in replaced} - set(table.column("shard").to_pylist()) - {None}
+        dead -= {p.spilled_name for p in self._pending.values()}
+        for name in sorted(dead):
+            del self.root[f"shards/{name}"]
+            log.info("shard %s: every episode redone, dropped from the new version", name)
 
     def _sync_catalog_file(self) -> None:
         """Rewrite catalog.parquet if it does not describe the branch tip this writer holds."""
