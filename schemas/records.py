@@ -7,7 +7,8 @@ loading any source adapter (h5py, LeRobot parsing) or torch.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
+from datetime import datetime
 from functools import cached_property
 
 import numpy as np
@@ -68,3 +69,34 @@ class EpisodeRef:
     def key(self) -> str:
         """Store-wide unique episode key."""
         return f"{self.source}/{self.episode_id}"
+
+
+@dataclass(frozen=True)
+class IndexRow:
+    """One row of the store's episode index (`schemas.tables.INDEX_SCHEMA`, column for column):
+    an ingested episode (`status` "ok", where its rows live) or a quarantined one (`reason`,
+    since when and how often it failed). The writer builds these instead of spelling columns."""
+
+    source: str
+    episode_id: str
+    kind: str
+    uri: str
+    content_hash: str  # the ingest hash: the episode's bytes + how it was sampled
+    status: str
+    reason: str | None = None
+    failed_since: datetime | None = None
+    failures: int = 0
+    instruction: str | None = None
+    frames: int = 0
+    duration_s: float = 0.0
+    actions: int = 0
+    shard: str | None = None
+    frame_start: int = 0
+    action_start: int = 0
+    store_version: str | None = None  # filled by readers for the rows of the commit that added them
+    ingested_at: datetime | None = None
+    split: str | None = None
+
+    def as_dict(self) -> dict:
+        """The row as `pa.Table.from_pylist(..., schema=INDEX_SCHEMA)` takes it."""
+        return asdict(self)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import numpy as np
+import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
@@ -208,3 +209,16 @@ def test_catalog_parquet_is_written_beside_the_store(tmp_path):
     rows = {r["episode_id"]: r for r in table.to_pylist()}
     assert rows["ep0"]["status"] == "ok" and rows["ep0"]["frames"] == 3
     assert rows["ep1"]["status"] == "quarantined" and "zero bytes" in rows["ep1"]["reason"]
+
+
+def test_the_typed_index_row_is_the_index_schema_column_for_column():
+    """The writer builds `IndexRow`s: a column added to INDEX_SCHEMA without it (or the reverse)
+    would be written as null or refused, so the two must name the same columns."""
+    from dataclasses import fields
+
+    from schemas import INDEX_SCHEMA
+    from schemas.records import IndexRow
+
+    assert [f.name for f in fields(IndexRow)] == INDEX_SCHEMA.names
+    row = IndexRow(source="s", episode_id="e", kind="human", uri="/v.mp4", content_hash="h", status="ok")
+    assert pa.Table.from_pylist([row.as_dict()], schema=INDEX_SCHEMA).num_rows == 1

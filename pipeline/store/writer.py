@@ -52,7 +52,7 @@ from pipeline.store.index import FILES_GROUP, read_files, read_index, write_inde
 from pipeline.store.reader import store_commit_at
 from schemas import INDEX_SCHEMA, STORE_LAYOUT_VERSION, EpisodeStatus
 from schemas.errors import BadInputError, ConfigError
-from schemas.records import ActionTrack
+from schemas.records import ActionTrack, IndexRow
 from schemas.tables import FILES_SCHEMA
 
 if TYPE_CHECKING:  # the store imports no source adapter: trainers never load h5py or LeRobot parsing
@@ -381,13 +381,12 @@ class StoreWriter:
         now = datetime.now(UTC).replace(microsecond=0)
         if status == EpisodeStatus.QUARANTINED and failed_since is None:
             failed_since = now
-        self._new_rows[ref.key] = {
-            "source": ref.source, "episode_id": ref.episode_id, "kind": ref.kind, "uri": ref.uri,
-            "content_hash": ihash, "status": str(status), "reason": reason, "instruction": ref.instruction,
-            "frames": frames, "duration_s": duration, "actions": n_actions, "store_version": None,
-            "ingested_at": now, "shard": shard, "frame_start": frame_start, "action_start": action_start,
-            "split": ref.split, "failures": failures, "failed_since": failed_since,
-        }
+        self._new_rows[ref.key] = IndexRow(
+            source=ref.source, episode_id=ref.episode_id, kind=ref.kind, uri=ref.uri, content_hash=ihash,
+            status=str(status), reason=reason, failed_since=failed_since, failures=failures,
+            instruction=ref.instruction, frames=frames, duration_s=duration, actions=n_actions, shard=shard,
+            frame_start=frame_start, action_start=action_start, ingested_at=now, split=ref.split,
+        ).as_dict()
 
     # -- remembered file hashes ------------------------------------------------------------
     def committed_files(self) -> dict[str, dict]:
