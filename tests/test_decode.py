@@ -10,6 +10,8 @@ from __future__ import annotations
 
 import logging
 import math
+import subprocess
+import sys
 from pathlib import Path
 
 import av
@@ -302,3 +304,49 @@ def test_array_frames_are_resized_like_video_frames(tmp_path: Path) -> None:
     images, _ = read_image_frames(ref)
     got = np.concatenate([b["frames"] for b in decode_episode_blocks(ref, fps=20, size=16)])
     np.testing.assert_array_equal(got, resize_like_decode(images, 16, "center_crop"))
+
+
+_PEAK_RSS = """
+import sys
+from pipeline.decode import decode_frames
+
+def kib(field):
+    line = next(ln for ln in open("/proc/self/status") if ln.startswith(field + ":"))
+    return int(line.split()[1])
+
+open("/proc/self/clear_refs", "w").write("5")  # reset the peak (VmHWM) to the current RSS
+base = kib("VmRSS")  # after the imports
+n = 0
+for block in decode_frames(sys.argv[1], fps=10, size=224, block_frames=8, backend=sys.argv[2]):
+    n += len(block.frames)
+print(n, base, kib("VmHWM"))
+"""
+
+
+@pytest.mark.parametrize("backend", ["pyav", "decord"])
+def test_a_4k_video_decodes_in_bounded_memory(tmp_path, backend):
+    """A 3840x2160 clip of 48 frames (1.2 GB as RGB) decodes in a fresh process whose peak
+    memory grows by a few 4K frames, not by the clip: frames are resized as they are decoded
+    and only blocks of `block_frames` small frames are held."""
+    path = tmp_path / "uhd.mp4"
+    width, height, n = 3840, 2160, 48
+    with av.open(str(path), "w") as out:
+        stream = out.add_stream("libx264", rate=10)
+        stream.width, stream.height, stream.pix_fmt = width, height, "yuv420p"
+        stream.options = {"preset": "ultrafast"}
+        ramp = np.linspace(0, 255, width, dtype=np.uint8)
+        for i in range(n):
+            img = np.empty((height, width, 3), np.uint8)
+            img[...] = np.roll(ramp, 40 * i)[None, :, None]  # a moving gradient: real motion for the codec
+            for packet in stream.encode(av.VideoFrame.from_ndarray(img, format="rgb24")):
+                out.mux(packet)
+        for packet in stream.encode():
+            out.mux(packet)
+    run = subprocess.run([sys.executable, "-c", _PEAK_RSS, str(path), backend], capture_output=True, text=True,
+                         timeout=300, cwd=Path(__file__).resolve().parents[1])
+    assert run.returncode == 0, run.stderr
+    frames, base_kib, peak_kib = map(int, run.stdout.split())
+    assert frames == n
+    grew_mb = (peak_kib - base_kib) / 1024
+    print(f"{backend}: 4K decode peak grew {grew_mb:.0f} MB over {base_kib / 1024:.0f} MB after imports")
+    assert grew_mb < 200, f"peak memory grew {grew_mb:.0f} MB decoding a 4K clip (all of it is 1.2 GB)"
