@@ -172,8 +172,7 @@ def ingest_episodes(
                 run = IngestRun(writer, actors, params, block_frames=encoder.batch_size, decoder=sampling.decoder,
                                 bar=bar, commit_every_s=commit_every_s)
                 run.stats.quarantined.extend(report.quarantined)
-                stats = run.run(todo)
-                run.commit(f"ingest: +{stats.added} episodes, {len(stats.quarantined)} quarantined")
+                stats = run.run(todo)  # commits at the end
             report.version_after = stats.last_version
             report.added, report.frames, report.quarantined = stats.added, stats.frames, stats.quarantined
             report.hours = stats.seconds_of_video / 3600

@@ -202,6 +202,8 @@ class IngestRun:
         self._decode_cpus = 1.0
 
     def run(self, todo: list[EpisodeRef]) -> RunStats:
+        """Ingest `todo` and commit; on any failure, commit the episodes already complete, give
+        the encoders' and decoders' CPUs back, and raise."""
         # Every CPU the encoders leave free decodes (a GPU encoder outruns one decoder by far);
         # at least two per encoder so the next batch is decoding when one ends.
         spare_cpus = max(0, int(ray.cluster_resources().get("CPU", 1)) - len(self.actors))
@@ -227,6 +229,8 @@ class IngestRun:
                         batch = self._inflight.pop(r)
                         batch.done.add(r)
                         self._drain(batch)
+            # The last commit fails like any step (a full disk): inside, so the CPUs are given back.
+            self.commit(f"ingest: +{self.stats.added} episodes, {len(self.stats.quarantined)} quarantined")
         except BaseException as failure:
             # Not an episode's fault (infrastructure, a full disk, a bug) or an interrupt: keep
             # every episode already complete, then raise the original error.
