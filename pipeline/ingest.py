@@ -167,7 +167,8 @@ def ingest_episodes(
             from pipeline.ray_job import IngestRun, encoder_pool
 
             ensure_ray()
-            actors = encoder_pool(encoder, num_encoders)  # models load on the workers while decoding starts
+            # models load on the workers while decoding starts
+            actors = encoder_pool(encoder, num_encoders, episodes=len(todo))
             with progress_bar("ingest", total=len(todo), enabled=progress, unit="episodes") as bar:
                 run = IngestRun(writer, actors, params, block_frames=encoder.batch_size, decoder=sampling.decoder,
                                 bar=bar, commit_every_s=commit_every_s)

@@ -93,10 +93,10 @@ class ThreadTuner:
 class EncoderActor:
     """Holds one frozen encoder; built here, on the worker, never pickled."""
 
-    def __init__(self, cfg: EncoderConfig, threads: int):
+    def __init__(self, cfg: EncoderConfig, threads: int, tune: bool = False):
         self.encoder = FrozenEncoder(cfg)
-        # On a GPU the threads only feed it; on CPU they are the encoder's speed: tuned.
-        self.tuner = ThreadTuner(threads, tune=self.encoder.device.type == "cpu")
+        # On a GPU the threads only feed it; on CPU, with many short episodes, tuned.
+        self.tuner = ThreadTuner(threads, tune=tune and self.encoder.device.type == "cpu")
         self._threads = 0
 
     def encode(self, block: dict) -> tuple[np.ndarray, np.ndarray]:
@@ -112,15 +112,24 @@ class EncoderActor:
         return out, block["timestamps"]
 
 
-def encoder_pool(cfg: EncoderConfig, n: int | None = None) -> list:
-    """One actor per GPU (bf16 on CUDA), else one actor whose torch threads use every core, or
-    one thread when that measures faster (`ThreadTuner`)."""
+# Runs of at least this many episodes let the CPU encoder tune its thread count: there
+# (many short clips) decoders compete with it for the cores and one thread measured 2.4x
+# faster; on a few long clips the encoder is the bottleneck and the trials cost more than
+# they find (bench_ingest: 0.60x the encoder alone tuned, 0.96x with every core).
+TUNE_THREADS_FROM = 64
+
+
+def encoder_pool(cfg: EncoderConfig, n: int | None = None, episodes: int = 0) -> list:
+    """One actor per GPU (bf16 on CUDA), else one actor whose torch threads use every core, or,
+    for a run of `episodes` >= TUNE_THREADS_FROM, one thread when that measures faster
+    (`ThreadTuner`)."""
     gpus = int(ray.cluster_resources().get("GPU", 0)) if cfg.device != "cpu" else 0
     if gpus:
         return [EncoderActor.options(num_gpus=1, num_cpus=1).remote(cfg, 4) for _ in range(n or gpus)]
     n = n or 1
     threads = max(1, (os.cpu_count() or 1) // n)
-    return [EncoderActor.options(num_cpus=1).remote(cfg, threads) for _ in range(n)]
+    tune = episodes >= TUNE_THREADS_FROM
+    return [EncoderActor.options(num_cpus=1).remote(cfg, threads, tune) for _ in range(n)]
 
 
 # One task decodes a batch of episodes (`decode_packed`), actions loaded there too, so an
