@@ -165,6 +165,19 @@ def _verify_shard(store: FeatureStore, shard: str, rows: list[int], cols: dict, 
                 bad(i, f"{name} is {arrays[name].dtype}, expected {np.dtype(dtype)}")
             return
     used: dict[str, np.ndarray] = {n: np.zeros(a.shape[0], bool) for n, a in arrays.items()}
+
+    def check_span(i: int, name: str, lo: int, n: int, unit: str) -> None:
+        """Rows [lo, lo + n) of array `name` hold episode row i's `unit`s: there, readable, finite."""
+        if lo + n > arrays[name].shape[0]:
+            bad(i, f"{name} has {arrays[name].shape[0]} rows; the index puts {unit} {lo}-{lo + n} there")
+            return
+        used[name][lo : lo + n] = True
+        why = _overlap(scans[name], lo, lo + n)
+        if why:
+            bad(i, f"{name} {why}")
+        elif scans[name].nonfinite[lo : lo + n].any():
+            bad(i, f"{name}: {int(scans[name].nonfinite[lo : lo + n].sum())} {unit} hold NaN or inf")
+
     for i in rows:
         s, n = cols["frame_start"][i], cols["frames"][i]
         a, m = cols["action_start"][i], cols["actions"][i]
@@ -172,16 +185,8 @@ def _verify_shard(store: FeatureStore, shard: str, rows: list[int], cols: dict, 
         for name in ("features", "timestamps"):
             if name not in arrays:
                 bad(i, f"{name} array is missing")
-                continue
-            if s + n > arrays[name].shape[0]:
-                bad(i, f"{name} has {arrays[name].shape[0]} rows; the index puts frames {s}-{s + n} there")
-                continue
-            used[name][s : s + n] = True
-            why = _overlap(scans[name], s, s + n)
-            if why:
-                bad(i, f"{name} {why}")
-            elif scans[name].nonfinite[s : s + n].any():
-                bad(i, f"{name}: {int(scans[name].nonfinite[s : s + n].sum())} frames hold NaN or inf")
+            else:
+                check_span(i, name, s, n, "frames")
         if "features" in arrays and token_shape and tuple(arrays["features"].shape[1:]) != token_shape:
             bad(i, f"features are {tuple(arrays['features'].shape[1:])} per frame; the store says {token_shape}")
         ts = scans["timestamps"].data if "timestamps" in scans else None
@@ -189,19 +194,10 @@ def _verify_shard(store: FeatureStore, shard: str, rows: list[int], cols: dict, 
             bad(i, "timestamps go back in time")
         if m:
             for name in ("actions", "action_timestamps", "state"):
-                if name not in arrays:
-                    if name != "state":
-                        bad(i, f"{name} array is missing ({m} action rows in the index)")
-                    continue
-                if a + m > arrays[name].shape[0]:
-                    bad(i, f"{name} has {arrays[name].shape[0]} rows; the index puts rows {a}-{a + m} there")
-                    continue
-                used[name][a : a + m] = True
-                why = _overlap(scans[name], a, a + m)
-                if why:
-                    bad(i, f"{name} {why}")
-                elif scans[name].nonfinite[a : a + m].any():
-                    bad(i, f"{name}: {int(scans[name].nonfinite[a : a + m].sum())} rows hold NaN or inf")
+                if name in arrays:
+                    check_span(i, name, a, m, "rows")
+                elif name != "state":
+                    bad(i, f"{name} array is missing ({m} action rows in the index)")
     for name, scan in scans.items():  # damage in rows of redone episodes: older versions only
         for lo, hi, why in scan.bad:
             if not used[name][lo:hi].any():
