@@ -23,7 +23,7 @@ from prefect import flow, get_run_logger, task
 from flows.common import RETRIES, RETRY_DELAY_S, publish, retry_on_infrastructure, stage_row
 from pipeline.eval_report import EvalReport
 from pipeline.label import LabelReport
-from schemas.training import DistillConfig, LamConfig
+from schemas.training import DistillConfig, LamConfig, with_steps
 
 _task = partial(task, retries=RETRIES, retry_delay_seconds=RETRY_DELAY_S, retry_condition_fn=retry_on_infrastructure)
 
@@ -115,8 +115,7 @@ def train_lam(store_uri: str, out_dir: str, cfg: LamConfig | None = None, *, ver
               steps: int | None = None, device: str = "auto", reuse: bool = False, progress: bool = False) -> dict:
     """Train a LaWM (`model.train_lam.train_lam`) and return its card; artifacts: metrics."""
     cfg = cfg or LamConfig()
-    if steps is not None:
-        cfg = cfg.model_copy(update={"optim": cfg.optim.model_copy(update={"steps": steps})})
+    cfg = with_steps(cfg, steps)
     card = finished_run(out_dir, store_uri, version, cfg.model_dump(mode="json")) if reuse else None
     reused = card is not None
     if card is None:
@@ -167,8 +166,7 @@ def distill_policy(store_uri: str, out_dir: str, lam_dir: str | None, cfg: Disti
                    reuse: bool = False, progress: bool = False) -> dict:
     """Distil a LaWAM policy (`model.distill.distill`) and return its card; artifacts: metrics."""
     cfg = cfg or DistillConfig()
-    if steps is not None:
-        cfg = cfg.model_copy(update={"optim": cfg.optim.model_copy(update={"steps": steps})})
+    cfg = with_steps(cfg, steps)
     card = finished_policy(out_dir, store_uri, version, lam_dir, cfg) if reuse and lam_dir is not None else None
     reused = card is not None
     if card is None:
@@ -182,12 +180,13 @@ def distill_policy(store_uri: str, out_dir: str, lam_dir: str | None, cfg: Disti
 
 @_task(name="evaluate")
 def _evaluate_task(policy_dir, tasks, episodes, seed, out_dir, max_steps, workers, video, latency_calls, progress):
-    from model.policy import load_policy
+    from model.checkpoint import read_card
+    from model.policy import KIND, load_policy
     from pipeline.evaluate import EvalError, evaluate, training_view
     from pipeline.ray_runtime import ensure_ray
     from pipeline.samples.tasks import check_tasks
 
-    card = json.loads((Path(policy_dir) / "card.json").read_text())
+    card = read_card(policy_dir, KIND)
     view = training_view(card["store"]["uri"], card["store"]["version"])
     names = check_tasks(list(tasks), "tasks") if tasks else tuple(dict.fromkeys(lay.task for lay in view.layouts))
     if not names:
@@ -205,8 +204,11 @@ def _finished_eval(policy_dir: str, out_dir: Path, tasks, episodes: int, seed: i
     path = out_dir / "results.json"
     if not path.is_file():
         return None
+    from model.checkpoint import read_card
+    from model.policy import KIND
+
     results = json.loads(path.read_text())
-    card = json.loads((Path(policy_dir) / "card.json").read_text())
+    card = read_card(policy_dir, KIND)
     s = results.get("settings", {})
     same = (results.get("policy", {}).get("weights_sha256") == card["weights_sha256"]
             and s.get("episodes_per_task") == episodes and s.get("seed") == seed and s.get("max_steps") == max_steps

@@ -35,7 +35,7 @@ from model.train_lam import load_lawm
 from pipeline.store import FeatureStore
 from pipeline.store.labels import LabelSet, label_set_id
 from pipeline.store.pairs import PairQuery, PairReader
-from schemas.training import DistillConfig
+from schemas.training import DistillConfig, with_steps
 
 log = logging.getLogger(__name__)
 
@@ -190,8 +190,7 @@ def distill(store_uri: str, out_dir: str | Path, lam_dir: str | Path | None, cfg
     `lam_dir` is the LaWM whose label set the policy distils (its labels must be in the store:
     `lawam label`); it is not needed for the ablation."""
     cfg = cfg or DistillConfig()
-    if steps is not None:
-        cfg = cfg.model_copy(update={"optim": cfg.optim.model_copy(update={"steps": steps})})
+    cfg = with_steps(cfg, steps)
     label_set = lam = None
     if cfg.model.subgoal:
         if lam_dir is None:

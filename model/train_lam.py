@@ -26,7 +26,7 @@ from model.loop import ProgressFactory, resolve_version, run
 from pipeline.store import FeatureStore
 from pipeline.store.labels import label_set_id
 from pipeline.store.pairs import PairQuery, PairReader
-from schemas.training import LamConfig
+from schemas.training import LamConfig, with_steps
 
 log = logging.getLogger(__name__)
 
@@ -126,8 +126,7 @@ def train_lam(store_uri: str, out_dir: str | Path, cfg: LamConfig | None = None,
     `progress` is a progress-bar factory such as `pipeline.progress.progress_bar` (the CLI
     passes it); `workers > 1` runs on the Ray instance already started (or starts a local one)."""
     cfg = cfg or LamConfig()
-    if steps is not None:
-        cfg = cfg.model_copy(update={"optim": cfg.optim.model_copy(update={"steps": steps})})
+    cfg = with_steps(cfg, steps)
     return run(LamRecipe(cfg), store_uri, out_dir, version=version, resume=resume, workers=workers,
                progress=progress, device=device, stop_at=stop_at, name="train-lam",
                saved_config=LamConfig.model_validate, steps=steps)

@@ -8,7 +8,7 @@ load time (a typo never silently falls back to a default).
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Annotated, Literal
+from typing import Annotated, Literal, TypeVar
 
 from pydantic import Field, model_validator
 
@@ -83,6 +83,17 @@ class LamConfig(_Strict):
     pairs: PairsConfig = PairsConfig()
     model: LamModelConfig = LamModelConfig()
     optim: OptimConfig = OptimConfig()
+
+
+TrainingConfig = TypeVar("TrainingConfig", "LamConfig", "DistillConfig")
+
+
+def with_steps(cfg: TrainingConfig, steps: int | None) -> TrainingConfig:
+    """`cfg` (a LamConfig or DistillConfig) with `optim.steps` replaced; `cfg` itself when
+    `steps` is None (the `--steps` flag of every trainer and flow)."""
+    if steps is None:
+        return cfg
+    return cfg.model_copy(update={"optim": cfg.optim.model_copy(update={"steps": steps})})
 
 
 def load_lam_config(path: str | Path | None) -> LamConfig:
