@@ -222,3 +222,39 @@ def test_the_typed_index_row_is_the_index_schema_column_for_column():
     assert [f.name for f in fields(IndexRow)] == INDEX_SCHEMA.names
     row = IndexRow(source="s", episode_id="e", kind="human", uri="/v.mp4", content_hash="h", status="ok")
     assert pa.Table.from_pylist([row.as_dict()], schema=INDEX_SCHEMA).num_rows == 1
+
+
+@pytest.mark.parametrize("flush_between", [False, True])
+def test_episodes_with_and_without_state_share_a_shard_row_for_row(tmp_path, flush_between):
+    """A source whose episodes only sometimes carry proprioception: each episode reads back
+    its own state (or none), whichever came first in the shard and whether or not the shard
+    was written between them; `verify` finds nothing wrong."""
+    from pipeline.store.verify import verify_store
+
+    def track(n: int, i: int, state: bool) -> ActionTrack:
+        at = np.arange(n * 4) / 20.0
+        st = np.stack([np.full_like(at, i), at, at * 2], 1).astype(np.float32) if state else None
+        return ActionTrack(at, np.stack([at, -at], 1).astype(np.float32), st)
+
+    has_state = {0: False, 1: True, 2: False, 3: True}
+    uri = str(tmp_path / "s")
+    with open_writer(uri) as w:
+        for i, st in has_state.items():
+            r = ref(i)
+            w.start_episode(r, PARAMS)
+            w.append_frames(r, feats(i, 4 + i), np.arange(4 + i) / 5.0)
+            w.finish_episode(r, track(4 + i, i, st), fps=5.0)
+            if flush_between:
+                w.flush(force=True)
+        w.commit("mixed")
+    store = FeatureStore.open(uri)
+    assert len(set(store.episodes()["shard"].to_pylist())) == 1  # one shard holds all four
+    for i, st in has_state.items():
+        got = store.episode(f"src/ep{i}").actions
+        want = track(4 + i, i, st)
+        np.testing.assert_array_equal(got.actions, want.actions)
+        if st:
+            np.testing.assert_array_equal(got.state, want.state)
+        else:
+            assert got.state is None
+    assert verify_store(uri, progress=False).ok

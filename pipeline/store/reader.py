@@ -250,6 +250,8 @@ class FeatureStore:
                 group = self.root[f"shards/{r['shard']}"]
                 try:
                     state = group["state"][s : s + m] if "state" in group else None
+                    if state is not None and np.isnan(state).all():
+                        state = None  # an episode without state in a shard of episodes with it
                     track = ActionTrack(group["action_timestamps"][s : s + m], group["actions"][s : s + m], state)
                 except CHUNK_ERRORS as e:
                     raise self._corrupt(i, "actions", e) from e

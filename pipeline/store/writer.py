@@ -113,6 +113,18 @@ class _ShardBuffer:
                 raise BadInputError(f"{name} rows {data.dtype}{list(data.shape[1:])} do not fit the shard's "
                                  f"{have.dtype}{list(have.shape[1:])}")
 
+    def align_state(self, rows: dict[str, np.ndarray]) -> None:
+        """Keep `state` row for row beside `actions` (episodes index both by `action_start`)
+        when only some of a shard's episodes have state: the others' state rows are NaN,
+        which readers take for "no state". Call before adding `rows`."""
+        behind = self.rows.get("actions", 0) - self.rows.get("state", 0)
+        if "state" in rows:
+            if behind > 0:  # earlier episodes of this shard had none
+                self.add("state", np.full((behind,) + rows["state"].shape[1:], np.nan, np.float32))
+        elif "state" in self.rows:
+            have = self.parts["state"][0] if self.parts.get("state") else self.arrays["state"]
+            rows["state"] = np.full((len(rows["actions"]),) + have.shape[1:], np.nan, np.float32)
+
     def add(self, name: str, data: np.ndarray) -> int:
         """Queue `data` for group[name]; returns the row it will start at."""
         start = self.rows.get(name, 0)
@@ -316,6 +328,8 @@ class StoreWriter:
                 if actions.state is not None:
                     rows["state"] = np.asarray(actions.state, np.float32)
             buf.check(rows)  # a misfit (actions of another width) fails this episode, not the whole shard
+            if has_actions:
+                buf.align_state(rows)
             start = buf.add("features", rows["features"])
             action_start = buf.rows.get("actions", 0) if has_actions else 0
             for name, data in rows.items():
