@@ -150,7 +150,8 @@ def main() -> None:
         "params": vars(args), "frames": first.frames, "runs": runs, "encoder_only_each": limits,
         "encoder_only_fps": limit, "ingest_fps": ingest_fps, "ingest_vs_encoder": med["ingest_vs_encoder"],
         "ingest_steady_fps": med["ingest_steady_fps"], "ingest_steady_vs_encoder": med["ingest_steady_vs_encoder"],
-        "first_ingest_s": med["ingest_s"], "noop_rerun_s": again.seconds, "noop_vs_first": again.seconds / first.seconds,
+        "first_ingest_s": med["ingest_s"], "noop_rerun_s": again.seconds,
+        "noop_vs_first": again.seconds / first.seconds,
         "anchor_fps": anchor_fps, "ingest_vs_anchor": (ingest_fps / anchor_fps) if anchor_fps else None,
         "pairs_per_s_store": store_pps, "pairs_per_s_memory": mem_pps,
     }
