@@ -19,6 +19,7 @@ quarantined in the catalog with a one-line reason and listed in the report.
 from __future__ import annotations
 
 import logging
+import os
 import time
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
@@ -27,6 +28,7 @@ from pipeline.progress import progress_bar
 from pipeline.sources import hashing, iter_episodes
 from pipeline.store import StoreMismatchError, StoreWriter
 from pipeline.store.index import committed_attrs, committed_files
+from pipeline.uri import is_remote, local_path
 from schemas import ConfigError, CorpusConfig, EncoderConfig, SamplingConfig, SourceSpec, StoreConfig
 from schemas.records import EpisodeRef
 
@@ -127,11 +129,14 @@ def ingest_episodes(
     commit_every_s: float = 300.0,
     progress: bool = True,
     retry_quarantined: bool = False,
+    source_roots: Iterable[str] = (),
 ) -> IngestReport:
     """Ingest `refs` into `store` and return what was done. Quarantined episodes do not
     raise; bad config, a store of another encoder, or an infrastructure fault do. An episode
     quarantined before is retried only when its input changed, or with `retry_quarantined`.
-    The digests of the files the refs were hashed from are committed with the episodes."""
+    The digests of the files the refs were hashed from are committed with the episodes;
+    remembered digests of files under `source_roots` (folders whose every episode is in
+    `refs`) that this process did not see are dropped."""
     t0 = time.monotonic()
     refs = list(refs)
     fps_for = fps_for or (lambda ref: sampling.fps)
@@ -146,7 +151,9 @@ def ingest_episodes(
         report = IngestReport(store.uri, writer.parent_version, None)
         plan = writer.plan(refs, params, retry_quarantined=retry_quarantined)
         report.skipped, report.retitled, report.held = len(plan.skipped), len(plan.retitled), len(plan.held)
-        remembered = writer.remember_files(hashing.observed())
+        seen = hashing.observed()
+        remembered = writer.remember_files(seen)
+        forgotten = writer.forget_files(source_roots, (rec.uri for rec in seen))
         if not full and any(ref.refused is None for ref in plan.todo):
             _full_identity_check(encoder, identity, store.uri)
         # Refused at enumeration (a path outside the source, a missing file, a demo without
@@ -157,8 +164,8 @@ def ingest_episodes(
                 writer.quarantine(ref, ref.refused, params(ref))
                 report.quarantined.append((ref.key, ref.refused))
         log.info("%d episodes to ingest, %d unchanged, %d still quarantined, %d refused; %d files read "
-                 "for hashing (%d new file hashes)", len(todo), len(plan.skipped), len(plan.held),
-                 len(plan.todo) - len(todo), hashing.hash_stats()["files"], remembered)
+                 "for hashing (%d new file hashes, %d files gone)", len(todo), len(plan.skipped), len(plan.held),
+                 len(plan.todo) - len(todo), hashing.hash_stats()["files"], remembered, forgotten)
         if not todo:  # nothing to encode: no Ray, no model; a commit only if the catalog changed
             report.version_after = writer.commit(f"ingest: {len(plan.retitled)} instructions updated, "
                                                  f"{len(report.quarantined)} quarantined, "
@@ -203,4 +210,11 @@ def ingest_corpus(cfg: CorpusConfig, *, sources: list[str] | None = None, store_
     refs = [ref for spec in specs for ref in iter_episodes(spec)]
     return ingest_episodes(refs, encoder=cfg.encoder, sampling=cfg.sampling, store=store,
                            fps_for=source_fps(cfg.sampling, specs), progress=progress,
-                           retry_quarantined=retry_quarantined, **kw)
+                           retry_quarantined=retry_quarantined, source_roots=source_roots(specs), **kw)
+
+
+def source_roots(specs: Iterable[SourceSpec]) -> list[str]:
+    """The folders whose files the sources enumerate, spelled as the `files` table spells
+    file URIs (local: absolute paths; object stores: the URL)."""
+    return [spec.uri.rstrip("/") if is_remote(spec.uri) else os.path.abspath(local_path(spec.uri))
+            for spec in specs]

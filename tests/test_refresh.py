@@ -25,6 +25,7 @@ from pipeline.catalog import summarize
 from pipeline.ingest import ingest_corpus
 from pipeline.sources import hashing
 from pipeline.store import FeatureStore, StoreWriter
+from pipeline.store.index import committed_files
 from schemas import CorpusConfig, EncoderConfig, SamplingConfig, SourceSpec, StoreConfig
 from tests.datasets import make_video
 
@@ -103,6 +104,17 @@ def test_a_fresh_refresh_reads_only_files_whose_identity_changed(ray_local, racy
     assert (touched.added, read) == (0, 1) and touched.version_after is not None
     after, read, _ = refresh(cfg)
     assert (after.version_after, read) == (None, 0)
+
+    # A deleted file's hash is dropped with the next commit (the table would otherwise grow
+    # with every file a corpus ever held); its episode stays in the store.
+    b.unlink()
+    make_video(videos / "e.mp4", n_frames=10, seed=4)
+    time.sleep(racy_window + 0.1)
+    pruned, read, _ = refresh(cfg)
+    assert (pruned.added, read) == (1, 1)
+    remembered = {Path(u).name for u in committed_files(str(store)).column("uri").to_pylist()}
+    assert remembered == {"a.mp4", "c.mp4", "d.mp4", "e.mp4"}
+    assert "b.mp4" in FeatureStore.open(str(store)).episodes()["episode_id"].to_pylist()
 
 
 def test_a_quarantined_file_is_retried_only_when_it_changes_or_when_asked(ray_local, racy_window, tmp_path):

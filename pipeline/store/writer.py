@@ -11,7 +11,8 @@ Promises (DESIGN.md, "Feature store"):
   (content hash + sampling); unchanged episodes are skipped before any decoding, and so
   are quarantined ones whose input did not change (unless asked to retry them).
 - Remembered hashes: `remember_files()` stages the source files' stat identities and
-  digests; `commit()` writes them as `/files` in the same snapshot as the index.
+  digests, `forget_files()` drops those of files gone from a source; `commit()` writes
+  them as `/files` in the same snapshot as the index.
 
 Episodes are packed into *shards*: `/shards/<source>/<run>-<seq>/{features,timestamps,
 actions,action_timestamps,state}`, one shard per source per commit, so the number of Zarr
@@ -159,6 +160,7 @@ class StoreWriter:
         self._new_rows: dict[str, dict] = {}  # key -> index row added since the last commit
         self._files: dict[str, dict] | None = None  # uri -> committed `files` row, read on first use
         self._new_files: dict[str, dict] = {}  # uri -> `files` row staged for the next commit
+        self._forget_files: set[str] = set()  # uris whose `files` row the next commit drops
         self._trusted_changes = 0  # staged rows a later run could trust
         self._trusted_bytes = 0  # ... and the bytes of those files: what they spare a later refresh
         self._shards: dict[str, _ShardBuffer] = {}
@@ -434,6 +436,19 @@ class StoreWriter:
             changed += 1
         return changed
 
+    def forget_files(self, under: Iterable[str], seen: Iterable[str]) -> int:
+        """Stage dropping the `files` rows of files under the source roots `under` (each
+        enumerated whole by this run) that are not in `seen`: deleted, or no longer part of
+        their source. Returns how many. Like remembered hashes, this rides along with the next
+        commit of episodes and never makes one alone; episodes of those files stay."""
+        roots = tuple(r.rstrip("/") + "/" for r in under)
+        if not roots:
+            return 0
+        seen = set(seen) | set(self._new_files)
+        gone = {uri for uri in self.committed_files() if uri.startswith(roots) and uri not in seen}
+        self._forget_files |= gone
+        return len(gone)
+
     def _create_shard(self, name: str) -> zarr.Group:
         return self.root.require_group(f"shards/{name}")
 
@@ -476,8 +491,9 @@ class StoreWriter:
             self._sync_catalog_file()  # a run killed between its commit and the Parquet copy
             return None
         self.flush(force=True)
-        if self._new_files:
-            files = {**self.committed_files(), **self._new_files}
+        if self._new_files or self._forget_files:
+            files = {uri: row for uri, row in {**self.committed_files(), **self._new_files}.items()
+                     if uri not in self._forget_files}
             write_index(self.root, pa.Table.from_pylist(list(files.values()), schema=FILES_SCHEMA),
                         FILES_SCHEMA, FILES_GROUP)
         replaced = {self._row_of[k] for k in self._new_rows if k in self._row_of}
@@ -490,9 +506,10 @@ class StoreWriter:
         log.info("committed %s: %d episodes (+%d)", version, table.num_rows, len(self._new_rows))
         self.parent_version = version
         self._new_rows.clear()
-        if self._new_files:
+        if self._new_files or self._forget_files:
             self._files = files
             self._new_files, self._trusted_changes, self._trusted_bytes = {}, 0, 0
+            self._forget_files = set()
         pending_spills = {k: p for k, p in self._pending.items() if p.spilled is not None}
         self._begin()
         for p in pending_spills.values():  # re-open their shards in the new session
