@@ -20,7 +20,7 @@ import zarr
 from pipeline.ingest import ingest_corpus, ingest_episodes
 from pipeline.sources import iter_episodes
 from pipeline.store import FeatureStore, StoreMismatchError, StoreWriter
-from schemas import CorpusConfig, EncoderConfig, SamplingConfig, SourceSpec, StoreConfig
+from schemas import CorpusConfig, EncoderConfig, SamplingConfig, SourceSpec, StoreConfig, load_corpus
 from tests.datasets import make_hdf5, make_lerobot_v30, make_video
 
 REPO = Path(__file__).resolve().parents[1]
@@ -176,10 +176,11 @@ def test_per_source_fps_and_corpus_ingest(ray_local, videos, tmp_path):
     assert FeatureStore.open(str(tmp_path / "store")).episodes()["frames"].to_pylist() == [5, 5, 5]
 
 
-def test_sigkill_mid_ingest_keeps_the_last_version_and_a_rerun_completes(tmp_path):
+def test_sigkill_mid_ingest_keeps_the_last_version_and_a_rerun_completes(ray_local, tmp_path):
     """Incident guarded against: a preempted ingest node. The kill lands after some
     episodes were written but before the commit; readers must see the previous version,
-    and the re-run must finish the job without duplicating anything."""
+    and the re-run must finish the job without duplicating anything. The killed run is a
+    `lawam ingest` process; the runs before and after it run here (same library call)."""
     vids = tmp_path / "videos"
     for i in range(2):
         make_video(vids / f"a{i}.mp4", n_frames=20, fps=10, seed=i)
@@ -190,7 +191,7 @@ def test_sigkill_mid_ingest_keeps_the_last_version_and_a_rerun_completes(tmp_pat
     }))
     cmd = [sys.executable, "-m", "flows.cli", "ingest", str(corpus), "--no-flow", "--no-progress"]
     env = {**os.environ, "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER": "0"}
-    subprocess.run(cmd, check=True, cwd=REPO, env=env, timeout=300, capture_output=True)
+    assert ingest_corpus(load_corpus(corpus), progress=False).added == 2
     v1 = FeatureStore.open(str(tmp_path / "store")).version
 
     for i in range(12):  # more work, long enough to be killed in the middle
@@ -211,7 +212,8 @@ def test_sigkill_mid_ingest_keeps_the_last_version_and_a_rerun_completes(tmp_pat
     assert store.version == v1 and len(store) == 2
     assert store.episode("vids/a1.mp4").features.shape[0] == 10
 
-    subprocess.run(cmd, check=True, cwd=REPO, env=env, timeout=300, capture_output=True)
+    again = ingest_corpus(load_corpus(corpus), progress=False)  # the writer lock died with the process
+    assert again.added == 12 and again.skipped == 2, again
     store = FeatureStore.open(str(tmp_path / "store"))
     ids = store.episodes()["episode_id"].to_pylist()
     assert len(ids) == len(set(ids)) == 14

@@ -55,7 +55,7 @@ def ray_cluster(tmp_path_factory):
     finally:
         os.killpg(head.pid, signal.SIGTERM)
         try:
-            head.wait(timeout=30)
+            head.wait(timeout=5)  # `ray start --block` took 30 s and more to stop on SIGTERM
         except subprocess.TimeoutExpired:
             os.killpg(head.pid, signal.SIGKILL)
 
