@@ -175,7 +175,7 @@ def ingest_episodes(
 
             ensure_ray()
             # models load on the workers while decoding starts
-            actors = encoder_pool(encoder, num_encoders, episodes=len(todo))
+            actors = encoder_pool(encoder, num_encoders)
             with progress_bar("ingest", total=len(todo), enabled=progress, unit="episodes") as bar:
                 run = IngestRun(writer, actors, params, block_frames=encoder.batch_size, decoder=sampling.decoder,
                                 bar=bar, commit_every_s=commit_every_s)

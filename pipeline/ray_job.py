@@ -60,43 +60,59 @@ class ThreadTuner:
     All cores win when the encoder is the bottleneck and the decoders mostly wait; one
     thread wins when decoders keep the cores busy (many short clips, a light model): each
     operator's threads then wait on one another behind the decoders (measured here, 2 cores,
-    many one-second clips and a tiny ViT: 4 episodes/s with 2 threads, 10 with 1). So every
-    `period` calls, `trials` calls are timed with each choice in turn, and the faster one per
-    frame is kept."""
+    many one-second clips and a tiny ViT: 4 episodes/s with 2 threads, 10 with 1).
 
-    def __init__(self, most: int, trials: int = 3, period: int = 100, tune: bool = True):
+    So in a tuning window the choices are timed in turn, up to `trials` calls each, and the
+    faster per frame is kept. A window ends early once one choice is `clear` times slower
+    than the other (one slow call, not `trials`, on a run whose answer is plain); the next
+    window comes `period` calls later, twice as late each time the answer stays the same
+    (up to `max_period`), so that a run whose bottleneck moves is followed and a steady one
+    pays for few slow calls."""
+
+    def __init__(self, most: int, trials: int = 3, period: int = 100, tune: bool = True,
+                 clear: float = 1.5, max_period: int = 1600):
         self.choices = sorted({1, most} if tune else {most}, reverse=True)
-        self.trials, self.period = trials, period
+        self.trials, self.base_period, self.period, self.max_period = trials, period, period, max_period
+        self.clear = clear
         self.best = self.choices[0]
         self._calls = 0
-        self._seconds = {c: [] for c in self.choices}
+        self._next_window = 1  # the first call warms up with the current choice
+        self._queue: list[int] = []  # thread counts still to time in the current window
+        self._seconds: dict[int, list[float]] = {c: [] for c in self.choices}
 
     def threads(self) -> int:
         """The thread count for the next call."""
-        k = self._calls % self.period - 1  # the first call of a period warms up with the current choice
-        if len(self.choices) > 1 and 0 <= k < self.trials * len(self.choices):
-            return self.choices[k % len(self.choices)]
-        return self.best
+        if len(self.choices) > 1 and not self._queue and self._calls >= self._next_window:
+            self._queue = [c for _ in range(self.trials) for c in self.choices]
+        return self._queue[0] if self._queue else self.best
 
     def record(self, threads: int, frames: int, seconds: float) -> None:
-        k = self._calls % self.period - 1
         self._calls += 1
-        if len(self.choices) < 2 or not 0 <= k < self.trials * len(self.choices) or not frames:
+        if not self._queue or threads != self._queue[0]:
             return
-        self._seconds[threads].append(seconds / frames)
-        if k == self.trials * len(self.choices) - 1:  # trials done: keep the faster, start afresh
-            self.best = min(self.choices, key=lambda c: float(np.median(self._seconds[c])))
-            self._seconds = {c: [] for c in self.choices}
+        self._queue.pop(0)
+        if frames:
+            self._seconds[threads].append(seconds / frames)
+        per_frame = {c: float(np.median(v)) for c, v in self._seconds.items() if v}
+        plain = len(per_frame) == len(self.choices) and max(per_frame.values()) >= self.clear * min(per_frame.values())
+        if self._queue and not plain:
+            return
+        if per_frame:  # window over: keep the faster; look again later, later still if nothing changed
+            best = min(per_frame, key=per_frame.get)
+            self.period = min(2 * self.period, self.max_period) if best == self.best else self.base_period
+            self.best = best
+        self._queue, self._seconds = [], {c: [] for c in self.choices}
+        self._next_window = self._calls + self.period
 
 
 @ray.remote
 class EncoderActor:
     """Holds one frozen encoder; built here, on the worker, never pickled."""
 
-    def __init__(self, cfg: EncoderConfig, threads: int, tune: bool = False):
+    def __init__(self, cfg: EncoderConfig, threads: int):
         self.encoder = FrozenEncoder(cfg)
-        # On a GPU the threads only feed it; on CPU, with many short episodes, tuned.
-        self.tuner = ThreadTuner(threads, tune=tune and self.encoder.device.type == "cpu")
+        # On a GPU the threads only feed it; on CPU the count that measures faster is kept.
+        self.tuner = ThreadTuner(threads, tune=self.encoder.device.type == "cpu")
         self._threads = 0
 
     def encode(self, block: dict) -> tuple[np.ndarray, np.ndarray]:
@@ -112,24 +128,15 @@ class EncoderActor:
         return out, block["timestamps"]
 
 
-# Runs of at least this many episodes let the CPU encoder tune its thread count: there
-# (many short clips) decoders compete with it for the cores and one thread measured 2.4x
-# faster; on a few long clips the encoder is the bottleneck and the trials cost more than
-# they find (bench_ingest: 0.60x the encoder alone tuned, 0.96x with every core).
-TUNE_THREADS_FROM = 64
-
-
-def encoder_pool(cfg: EncoderConfig, n: int | None = None, episodes: int = 0) -> list:
-    """One actor per GPU (bf16 on CUDA), else one actor whose torch threads use every core, or,
-    for a run of `episodes` >= TUNE_THREADS_FROM, one thread when that measures faster
-    (`ThreadTuner`)."""
+def encoder_pool(cfg: EncoderConfig, n: int | None = None) -> list:
+    """One actor per GPU (bf16 on CUDA), else one actor whose torch threads use every core, or
+    one thread when that measures faster (`ThreadTuner`)."""
     gpus = int(ray.cluster_resources().get("GPU", 0)) if cfg.device != "cpu" else 0
     if gpus:
         return [EncoderActor.options(num_gpus=1, num_cpus=1).remote(cfg, 4) for _ in range(n or gpus)]
     n = n or 1
     threads = max(1, (os.cpu_count() or 1) // n)
-    tune = episodes >= TUNE_THREADS_FROM
-    return [EncoderActor.options(num_cpus=1).remote(cfg, threads, tune) for _ in range(n)]
+    return [EncoderActor.options(num_cpus=1).remote(cfg, threads) for _ in range(n)]
 
 
 # One task decodes a batch of episodes (`decode_packed`), actions loaded there too, so an
