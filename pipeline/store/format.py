@@ -11,9 +11,21 @@ from __future__ import annotations
 from functools import cache
 from importlib.metadata import PackageNotFoundError, version
 
+import numpy as np
 from zarr.codecs import Crc32cCodec, ZstdCodec
 
 FORMAT_DOC = "docs/store-format.md in the lawam repository"
+
+
+def no_state(rows: int, shape: tuple[int, ...]) -> np.ndarray:
+    """The `state` rows of an episode without state in a shard whose other episodes have it:
+    NaN, so `state` stays row for row beside `actions` (docs/store-format.md)."""
+    return np.full((rows, *shape), np.nan, np.float32)
+
+
+def has_no_state(state: np.ndarray) -> bool:
+    """Whether an episode's `state` rows are `no_state` ones."""
+    return len(state) > 0 and bool(np.isnan(state).all())
 
 
 def checksummed() -> list:

@@ -23,6 +23,7 @@ import zarr
 
 from pipeline.store.backend import StoreError, error_summary, open_repo, unknown_version
 from pipeline.store.catalog_file import catalog_table, fill_store_version
+from pipeline.store.format import has_no_state
 from pipeline.store.index import read_index
 from schemas import EpisodeStatus
 from schemas.errors import ResourceError
@@ -250,7 +251,7 @@ class FeatureStore:
                 group = self.root[f"shards/{r['shard']}"]
                 try:
                     state = group["state"][s : s + m] if "state" in group else None
-                    if state is not None and np.isnan(state).all():
+                    if state is not None and has_no_state(state):
                         state = None  # an episode without state in a shard of episodes with it
                     track = ActionTrack(group["action_timestamps"][s : s + m], group["actions"][s : s + m], state)
                 except CHUNK_ERRORS as e:

@@ -21,6 +21,7 @@ import numpy as np
 import zarr
 
 from pipeline.progress import progress_bar
+from pipeline.store.format import has_no_state
 from pipeline.store.index import read_index
 from pipeline.store.reader import CHUNK_ERRORS, FeatureStore
 from schemas import LABEL_INDEX_SCHEMA
@@ -175,8 +176,8 @@ def _verify_shard(store: FeatureStore, shard: str, rows: list[int], cols: dict, 
         why = _overlap(scans[name], lo, lo + n)
         if why:
             bad(i, f"{name} {why}")
-        elif name == "state" and n and np.isnan(scans[name].data[lo : lo + n]).all():
-            pass  # an episode without state among episodes with it: NaN rows by design (writer.align_state)
+        elif name == "state" and has_no_state(scans[name].data[lo : lo + n]):
+            pass  # an episode without state among episodes with it: `format.no_state` rows
         elif scans[name].nonfinite[lo : lo + n].any():
             bad(i, f"{name}: {int(scans[name].nonfinite[lo : lo + n].sum())} {unit} hold NaN or inf")
 

@@ -48,7 +48,14 @@ import zarr
 
 from pipeline.store.backend import WriterLock, open_repo
 from pipeline.store.catalog_file import fill_store_version, sync_catalog_file, write_catalog_file
-from pipeline.store.format import FORMAT_DOC, array_attributes, checksummed, dimension_names, library_versions
+from pipeline.store.format import (
+    FORMAT_DOC,
+    array_attributes,
+    checksummed,
+    dimension_names,
+    library_versions,
+    no_state,
+)
 from pipeline.store.index import FILES_GROUP, read_files, read_index, write_index
 from pipeline.store.reader import store_commit_at
 from schemas import INDEX_SCHEMA, STORE_LAYOUT_VERSION, EpisodeStatus
@@ -108,11 +115,15 @@ class _ShardBuffer:
     def check(self, rows: dict[str, np.ndarray]) -> None:
         """Raise BadInputError unless each array's rows fit (trailing shape, dtype) those already there."""
         for name, data in rows.items():
-            parts = self.parts.get(name)
-            have = parts[0] if parts else self.arrays.get(name)
+            have = self._rows_like(name)
             if have is not None and (have.shape[1:], have.dtype) != (data.shape[1:], data.dtype):
                 raise BadInputError(f"{name} rows {data.dtype}{list(data.shape[1:])} do not fit the shard's "
                                  f"{have.dtype}{list(have.shape[1:])}")
+
+    def _rows_like(self, name: str) -> np.ndarray | zarr.Array | None:
+        """Rows of `name` already in the shard (buffered or written), for their shape and dtype."""
+        parts = self.parts.get(name)
+        return parts[0] if parts else self.arrays.get(name)
 
     def align_state(self, rows: dict[str, np.ndarray]) -> None:
         """Keep `state` row for row beside `actions` (episodes index both by `action_start`)
@@ -121,10 +132,9 @@ class _ShardBuffer:
         behind = self.rows.get("actions", 0) - self.rows.get("state", 0)
         if "state" in rows:
             if behind > 0:  # earlier episodes of this shard had none
-                self.add("state", np.full((behind,) + rows["state"].shape[1:], np.nan, np.float32))
+                self.add("state", no_state(behind, rows["state"].shape[1:]))
         elif "state" in self.rows:
-            have = self.parts["state"][0] if self.parts.get("state") else self.arrays["state"]
-            rows["state"] = np.full((len(rows["actions"]),) + have.shape[1:], np.nan, np.float32)
+            rows["state"] = no_state(len(rows["actions"]), self._rows_like("state").shape[1:])
 
     def add(self, name: str, data: np.ndarray) -> int:
         """Queue `data` for group[name]; returns the row it will start at."""
