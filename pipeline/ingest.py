@@ -19,7 +19,6 @@ quarantined in the catalog with a one-line reason and listed in the report.
 from __future__ import annotations
 
 import logging
-import os
 import time
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
@@ -28,7 +27,6 @@ from pipeline.progress import progress_bar
 from pipeline.sources import hashing, iter_episodes
 from pipeline.store import StoreMismatchError, StoreWriter
 from pipeline.store.index import committed_attrs, committed_files
-from pipeline.uri import is_remote, local_path
 from schemas import ConfigError, CorpusConfig, EncoderConfig, SamplingConfig, SourceSpec, StoreConfig
 from schemas.records import EpisodeRef
 
@@ -216,5 +214,4 @@ def ingest_corpus(cfg: CorpusConfig, *, sources: list[str] | None = None, store_
 def source_roots(specs: Iterable[SourceSpec]) -> list[str]:
     """The folders whose files the sources enumerate, spelled as the `files` table spells
     file URIs (local: absolute paths; object stores: the URL)."""
-    return [spec.uri.rstrip("/") if is_remote(spec.uri) else os.path.abspath(local_path(spec.uri))
-            for spec in specs]
+    return [hashing.record_uri(spec.uri).rstrip("/") for spec in specs]

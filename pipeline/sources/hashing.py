@@ -117,12 +117,18 @@ def _remember(rec: FileRecord) -> None:
             _memo[rec.key()] = rec
 
 
+def record_uri(uri: str) -> str:
+    """How the `files` table spells a file's (or a folder's) URI: local ones as absolute
+    paths, object-store URLs as given."""
+    return uri if is_remote(uri) else os.path.abspath(local_path(uri))
+
+
 def _local_digest(path: str) -> str:
     try:
         st = os.stat(path)
     except FileNotFoundError:
         return "missing"
-    ap = os.path.abspath(path)
+    ap = record_uri(path)
     key = ("local", ap, st.st_size, st.st_mtime_ns, st.st_ctime_ns, st.st_ino)
     hit = _lookup(key)
     if hit is not None:
