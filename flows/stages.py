@@ -120,10 +120,15 @@ def train_lam(store_uri: str, out_dir: str, cfg: LamConfig | None = None, *, ver
     reused = card is not None
     if card is None:
         card = _train_lam_task(store_uri, out_dir, cfg, version, None, device, progress)
+    return _publish_training("train_lam", "LaWM (stage 1)", "LaWM", out_dir, card, reused)
+
+
+def _publish_training(stage: str, title: str, what: str, out_dir: str, card: dict, reused: bool) -> dict:
+    """A training flow's ending: the card marked reused or not, a log line, its artifacts."""
     card = {**card, "reused": reused}
-    get_run_logger().info("train_lam: %s %s (%d steps)", "reused" if reused else "trained", out_dir, card["steps"])
-    publish("train-lam", _card_markdown("LaWM (stage 1)", Path(out_dir), card, reused),
-            [train_row("train_lam", card)] + _metric_rows("train_lam", card), f"LaWM {out_dir}")
+    get_run_logger().info("%s: %s %s (%d steps)", stage, "reused" if reused else "trained", out_dir, card["steps"])
+    publish(stage.replace("_", "-"), _card_markdown(title, Path(out_dir), card, reused),
+            [train_row(stage, card)] + _metric_rows(stage, card), f"{what} {out_dir}")
     return card
 
 
@@ -171,11 +176,7 @@ def distill_policy(store_uri: str, out_dir: str, lam_dir: str | None, cfg: Disti
     reused = card is not None
     if card is None:
         card = _distill_task(store_uri, out_dir, lam_dir, cfg, version, device, progress)
-    card = {**card, "reused": reused}
-    get_run_logger().info("distill: %s %s (%d steps)", "reused" if reused else "trained", out_dir, card["steps"])
-    publish("distill", _card_markdown("Policy (stage 2)", Path(out_dir), card, reused),
-            [train_row("distill", card)] + _metric_rows("distill", card), f"policy {out_dir}")
-    return card
+    return _publish_training("distill", "Policy (stage 2)", "policy", out_dir, card, reused)
 
 
 @_task(name="evaluate")
