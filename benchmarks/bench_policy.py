@@ -36,7 +36,7 @@ from model.distill import distill  # noqa: E402
 from model.labeler import IdmLabeler  # noqa: E402
 from model.policy import KIND, load_policy  # noqa: E402
 from model.train_lam import train_lam  # noqa: E402
-from pipeline.evaluate import evaluate, training_samples  # noqa: E402
+from pipeline.evaluation.evaluate import evaluate, training_samples  # noqa: E402
 from pipeline.ingest import ingest_corpus  # noqa: E402
 from pipeline.label import label_store  # noqa: E402
 from pipeline.progress import progress_bar  # noqa: E402

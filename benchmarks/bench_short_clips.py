@@ -80,7 +80,7 @@ def in_process_loop(clips: list[Path], cfg) -> tuple[float, int]:
     import torch
 
     from pipeline.encode import FrozenEncoder
-    from pipeline.episode_frames import decode_episode_blocks
+    from pipeline.ingest.frames import decode_episode_blocks
     from pipeline.sources.base import EpisodeRef
 
     torch.set_num_threads(os.cpu_count() or 1)

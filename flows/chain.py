@@ -1,7 +1,7 @@
 """Prefect flow `lawam_chain`: refresh → train_lam → label → distill → evaluate, one run.
 
 Each stage is its own (sub)flow with its artifacts; the chain adds a table of every stage
-and, given `report`, the HTML page of `pipeline.report.write_report`. With `reuse`, a
+and, given `report`, the HTML page of `pipeline.evaluation.report.write_report`. With `reuse`, a
 second run redoes nothing that is already done: the ingest and the labels skip what the
 store holds, and a finished LaWM / policy / evaluation on the same data and settings is
 kept (`flows.stages.finished_run`). New runs go in `runs_dir/lam-<store version>` and
@@ -99,7 +99,7 @@ def lawam_chain(cfg: CorpusConfig | str, runs_dir: str, *, lam: LamConfig | None
     result = ChainResult(str(lam_dir), str(policy_dir), str(ev.out_dir), stages)
     if report is not None:
         from pipeline.catalog import summarize
-        from pipeline.report import write_report
+        from pipeline.evaluation.report import write_report
 
         result.report = str(write_report(report, summarize(store), stages, lam_dir=lam_dir, eval_dir=ev.out_dir,
                                           title=f"lawam: {cfg.name}"))

@@ -633,7 +633,7 @@ def eval_cmd(
     from functools import partial
 
     from model.policy import load_policy
-    from pipeline.evaluate import EvalError, evaluate, training_view
+    from pipeline.evaluation.evaluate import EvalError, evaluate, training_view
     from pipeline.samples import SampleError
     from pipeline.samples.tasks import check_tasks
 
@@ -688,7 +688,7 @@ def latency(
 
     from model.policy import load_policy
     from pipeline.encode import encoder_config_from_identity
-    from pipeline.latency import latency_report
+    from pipeline.evaluation.latency import latency_report
 
     try:
         card = _policy_card(policy)
@@ -736,7 +736,7 @@ def demo(
             human_episodes_per_task=2, seed=0, image_size=128, cameras="corner", progress=progress)
     from flows.chain import lawam_chain
     from model.distill import SelectionError
-    from pipeline.evaluate import EvalError
+    from pipeline.evaluation.evaluate import EvalError
     from pipeline.samples import sample_sources
     from schemas import CorpusConfig, StoreConfig
     from schemas.training import DistillConfig, LamConfig

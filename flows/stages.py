@@ -3,7 +3,7 @@
     train_lam        model.train_lam.train_lam          stage 1: the latent world model
     label_corpus     pipeline.label.label_store         the LaWM's latent actions, as a label set
     distill_policy   model.distill.distill              stage 2: the LaWAM policy
-    evaluate_policy  pipeline.evaluate.evaluate         closed-loop success in Meta-World
+    evaluate_policy  pipeline.evaluation.evaluate.evaluate         closed-loop success in Meta-World
 
 Each publishes a markdown artifact and a table artifact (counts, throughput, store versions
 before → after, metrics) and retries only on infrastructure faults (`flows.common`).
@@ -21,7 +21,7 @@ from typing import Any
 from prefect import flow, get_run_logger, task
 
 from flows.common import RETRIES, RETRY_DELAY_S, publish, retry_on_infrastructure, stage_row
-from pipeline.eval_report import EvalReport
+from pipeline.evaluation.results import EvalReport
 from pipeline.label import LabelReport
 from schemas.training import DistillConfig, LamConfig, with_steps
 
@@ -183,7 +183,7 @@ def distill_policy(store_uri: str, out_dir: str, lam_dir: str | None, cfg: Disti
 def _evaluate_task(policy_dir, tasks, episodes, seed, out_dir, max_steps, workers, video, latency_calls, progress):
     from model.checkpoint import read_card
     from model.policy import KIND, load_policy
-    from pipeline.evaluate import EvalError, evaluate, training_view
+    from pipeline.evaluation.evaluate import EvalError, evaluate, training_view
     from pipeline.ray_runtime import ensure_ray
     from pipeline.samples.tasks import check_tasks
 
@@ -222,7 +222,7 @@ def evaluate_policy(policy_dir: str, *, out_dir: str | None = None, tasks: list[
                     episodes: int = 20, seed: int = 0, max_steps: int | None = None, workers: int | None = None,
                     video: bool = True, latency_calls: int = 200, reuse: bool = False,
                     progress: bool = False) -> EvalReport:
-    """Closed-loop success of a policy on held-out layouts (`pipeline.evaluate.evaluate`, as
+    """Closed-loop success of a policy on held-out layouts (`pipeline.evaluation.evaluate.evaluate`, as
     `lawam eval` runs it); results.json and success.png in `out_dir` (default POLICY/eval)."""
     policy_dir = str(Path(policy_dir).resolve())
     out = Path(out_dir) if out_dir else Path(policy_dir) / "eval"

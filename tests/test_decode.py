@@ -292,7 +292,7 @@ def test_array_frames_are_resized_like_video_frames(tmp_path: Path) -> None:
     import h5py
 
     from pipeline.decode import resize_like_decode
-    from pipeline.episode_frames import decode_episode_blocks
+    from pipeline.ingest.frames import decode_episode_blocks
     from pipeline.sources import iter_episodes, read_image_frames
     from schemas import SourceSpec
     from tests.datasets import make_hdf5

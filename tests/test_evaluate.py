@@ -17,8 +17,7 @@ import pytest
 
 from pipeline.decode import decode_frames, resize_like_decode
 from pipeline.encode import EncoderError, FrozenEncoder, encoder_config_from_identity, encoder_identity
-from pipeline.eval_report import wilson_interval
-from pipeline.evaluate import (
+from pipeline.evaluation.evaluate import (
     EvalError,
     LayoutOverlapError,
     evaluate,
@@ -26,6 +25,7 @@ from pipeline.evaluate import (
     training_samples,
     training_view,
 )
+from pipeline.evaluation.results import wilson_interval
 from pipeline.samples.lerobot_v3 import VideoEncoding, encode_video_frames
 from pipeline.samples.metaworld_env import Layout
 from schemas import EncoderConfig

@@ -253,8 +253,8 @@ def test_encoder_crash_fails_the_run_but_keeps_finished_episodes(ray_local, vide
     import ray
 
     from pipeline.encode import encoder_identity
+    from pipeline.ingest.ray_executor import IngestRun
     from pipeline.progress import Bar
-    from pipeline.ray_job import IngestRun
 
     @ray.remote(num_cpus=0)
     class DiesOnThirdBlock:
@@ -325,7 +325,7 @@ def short_clips(tmp_path) -> tuple[Path, list[int]]:
 def test_packed_decode_reports_each_episode_alone(short_clips):
     """A batch's blocks pack several episodes; each one's frames are its own decode's, and a
     failure is reported for the failing episode only."""
-    from pipeline.episode_frames import decode_episode_blocks, decode_packed
+    from pipeline.ingest.frames import decode_episode_blocks, decode_packed
 
     d, _ = short_clips
     refs = sorted(iter_episodes(human(d)), key=lambda r: r.episode_id)
@@ -355,8 +355,8 @@ def test_many_short_clips_land_whole_contiguous_and_encoded(ray_local, short_cli
     own frames, contiguous in its shard, with the features encoding it alone gives; the two
     bad clips among them are quarantined alone."""
     from pipeline.encode import FrozenEncoder
-    from pipeline.episode_frames import decode_episode_blocks
-    from pipeline.ray_job import IngestRun
+    from pipeline.ingest.frames import decode_episode_blocks
+    from pipeline.ingest.ray_executor import IngestRun
 
     monkeypatch.setattr(IngestRun, "batches_per_decoder", 1)  # few, large batches: many episodes per task
     d, lengths = short_clips
@@ -445,7 +445,7 @@ def test_writer_buffers_episodes_and_writes_them_behind_exactly(tmp_path):
 def test_thread_tuner_keeps_the_faster_thread_count():
     """The CPU encoder times both thread counts in turn and keeps the faster per frame; it
     looks again `period` calls later, so a run whose bottleneck moves follows it."""
-    from pipeline.ray_job import ThreadTuner
+    from pipeline.ingest.ray_executor import ThreadTuner
 
     tuner = ThreadTuner(4, trials=2, period=10)
     cost = {4: 0.5, 1: 0.1}  # seconds per frame: one thread wins (decoders busy on every core)
@@ -466,7 +466,7 @@ def test_thread_tuner_times_close_choices_fully_and_a_steady_answer_costs_few_sl
     """Choices within `clear` of each other get `trials` calls each before one is kept; an
     answer that stays the same is checked ever more rarely, so an encoder-bound run (all
     cores win) spends few calls at one thread."""
-    from pipeline.ray_job import ThreadTuner
+    from pipeline.ingest.ray_executor import ThreadTuner
 
     close = ThreadTuner(2, trials=3, period=10)
     used = []

@@ -132,7 +132,7 @@ def decode_packed(items: list[tuple[EpisodeRef, dict]], *, block_frames: int = 3
 
 
 def decode_task_items(items: list[tuple[EpisodeRef, dict]], block_frames: int, decoder: str) -> Iterator[dict]:
-    """The Ray decode task's body (`pipeline.ray_job`): `decode_packed` with actions loaded,
+    """The Ray decode task's body (`pipeline.ingest.ray_executor`): `decode_packed` with actions loaded,
     as a flat stream: per packed block its metadata ("n" frames, segments and outcomes: small,
     kept in the driver's memory), then, if n > 0, {"frames", "timestamps"} for an encoder
     actor. Defined here so that a decode worker imports this light module, not the driver's."""

@@ -10,7 +10,7 @@ is something to encode). Unchanged files are not even read: `ingest_corpus` seed
 content-hash memo from the store's `files` table before it enumerates (see
 `pipeline.sources.hashing`). A quarantined episode is retried only when its input changed,
 or with `retry_quarantined=True`; the catalog counts its `failures` since `failed_since`.
-The rest runs on Ray (`pipeline.ray_job`): local by default, the cluster named by
+The rest runs on Ray (`pipeline.ingest.ray_executor`): local by default, the cluster named by
 `RAY_ADDRESS` otherwise. One commit at the end (and every
 `commit_every_s` seconds on long runs) publishes the new episodes; failed episodes are
 quarantined in the catalog with a one-line reason and listed in the report.
@@ -169,7 +169,7 @@ def ingest_episodes(
                                                  f"{len(report.quarantined)} quarantined, "
                                                  f"{remembered} file hashes remembered")
         else:
-            from pipeline.ray_job import IngestRun, encoder_pool
+            from pipeline.ingest.ray_executor import IngestRun, encoder_pool
 
             ensure_ray()
             # models load on the workers while decoding starts

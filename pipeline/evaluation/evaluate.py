@@ -30,8 +30,8 @@ What a result promises:
 
 Stages, top-down: 1. plan (layouts, overlap check, policy card) on the driver; 2. roll out on
 Ray actors (`EvalWorker`: one encoder, one policy, one environment each), results gathered as
-they finish; 3. report (`pipeline.eval_report`: results.json, success.png, one MP4 per task);
-4. latency (`pipeline.latency`) on the driver, once the workers are gone.
+they finish; 3. report (`pipeline.evaluation.results`: results.json, success.png, one MP4 per task);
+4. latency (`pipeline.evaluation.latency`) on the driver, once the workers are gone.
 """
 
 from __future__ import annotations
@@ -49,8 +49,8 @@ import numpy as np
 
 from pipeline.decode import resize_like_decode
 from pipeline.encode import FrozenEncoder, encoder_config_from_identity
-from pipeline.eval_report import EpisodeResult, EvalReport, write_report
-from pipeline.latency import Runner, latency_report, measure_latency
+from pipeline.evaluation.latency import Runner, latency_report, measure_latency
+from pipeline.evaluation.results import EpisodeResult, EvalReport, write_report
 from pipeline.progress import progress_bar
 from schemas import EncoderConfig
 

@@ -1,6 +1,6 @@
 """Action-chunk latency of a policy at batch 1: the policy alone, and encoder + policy from a frame.
 
-    from pipeline.latency import measure_latency
+    from pipeline.evaluation.latency import measure_latency
     figures = measure_latency(runner, FrozenEncoder(cfg), frame)   # {"policy_ms": {"median", "p95"}, ...}
 
 What is timed is what a robot would wait for between observing and acting: (a) features in,

@@ -40,8 +40,8 @@ os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
 import ray  # noqa: E402
 
 from pipeline.encode import FrozenEncoder  # noqa: E402
-from pipeline.episode_frames import decode_task_items, one_line  # noqa: E402
 from pipeline.errors import classify  # noqa: E402
+from pipeline.ingest.frames import decode_task_items, one_line  # noqa: E402
 from pipeline.progress import Bar  # noqa: E402
 from pipeline.ray_runtime import INFRA_ERRORS, ensure_ray  # noqa: E402
 from pipeline.store import StoreWriter  # noqa: E402
