@@ -200,7 +200,7 @@ def test_an_object_store_fault_is_one_line_and_exit_1(tmp_path, monkeypatch):
 def test_a_multi_line_bad_input_message_is_cut_to_its_first_line(capsys):
     import typer
 
-    from flows.cli import _fail
+    from flows.cli.app import _fail
 
     with pytest.raises(typer.Exit) as stop:
         _fail("\n  store 's' cannot be read: a report\n  | context: ...\n")
@@ -211,7 +211,7 @@ def test_a_multi_line_bad_input_message_is_cut_to_its_first_line(capsys):
 def test_only_infrastructure_faults_are_cut_to_one_line():
     import ray.exceptions as rex
 
-    from flows.cli import infrastructure_line
+    from flows.cli.app import infrastructure_line
 
     line = infrastructure_line(rex.WorkerCrashedError())
     assert line is not None and line.startswith("ray: WorkerCrashedError: The worker died") and "\n" not in line
@@ -222,7 +222,7 @@ def test_only_infrastructure_faults_are_cut_to_one_line():
 def _engines_start_stderr(verbose: bool, prefect: bool) -> str:
     """stderr of a fresh process that starts Ray (and runs a Prefect flow) the way `lawam`
     commands do: the app callback's `_env`, then `ensure_ray`."""
-    code = (f"from flows.cli import _env; _env(verbose={verbose}); "
+    code = (f"from flows.cli.app import _env; _env(verbose={verbose}); "
             "from pipeline.ray_runtime import ensure_ray; import ray; ensure_ray(); "
             + ("from prefect import flow; flow(lambda: 1, name='noop')(); " if prefect else "") + "ray.shutdown()")
     drop = ("RAY_AUTH_MODE", "RAY_ADDRESS", "LAWAM_LOG", "PREFECT_LOGGING_LEVEL")
