@@ -8,9 +8,10 @@ from pathlib import Path
 import typer
 
 from flows.cli.app import _domain_errors, _fail, app, out
+from schemas.cards import PolicyCard
 
 
-def _policy_card(policy: Path) -> dict:
+def _policy_card(policy: Path) -> PolicyCard:
     from model.checkpoint import read_card
     from model.policy import KIND
 
@@ -54,7 +55,7 @@ def eval_cmd(
 
     try:
         card = _policy_card(policy)
-        view = training_view(card["store"]["uri"], card["store"]["version"], camera=camera, image_size=image_size)
+        view = training_view(card.store.uri, card.store.version, camera=camera, image_size=image_size)
         names = check_tasks([t.strip() for t in tasks.split(",") if t.strip()], "--tasks") if tasks else \
             tuple(dict.fromkeys(lay.task for lay in view.layouts))
         if not names:
@@ -107,8 +108,8 @@ def latency(
 
     try:
         card = _policy_card(policy)
-        cfg = encoder_config_from_identity(card["encoder"], encoder_checkpoint)
-        size = int(card["encoder"]["image_size"])
+        cfg = encoder_config_from_identity(card.encoder, encoder_checkpoint)
+        size = card.encoder.image_size
         frame = np.random.default_rng(0).integers(0, 256, (size, size, 3), dtype=np.uint8)
         report = latency_report(partial(load_policy, str(policy.resolve())), cfg, frame, calls=calls, warmup=warmup,
                                 threads=threads)
