@@ -87,12 +87,30 @@ class EncoderConfig(_Strict):
     layer: int = -1  # transformer block whose output is stored; -1 = last (after final norm)
     seed: int = 0  # seeds random init when no checkpoint is given
     batch_size: Annotated[int, Field(ge=1)] = 32  # frames per forward pass
-    device: Literal["auto", "cpu", "cuda"] = "auto"  # auto = CUDA (bf16 autocast) when present
+    device: Literal["auto", "cpu", "cuda"] = "auto"  # auto = CUDA when present
+    # What computes the features (part of the identity: a store holds one numerics). auto =
+    # the store's own when it exists, else the fastest measured: OpenVINO on a CPU, torch on
+    # CUDA. `torch` + `fp32` is the reference, bit-compatible with stores written before
+    # runtimes were named (benchmarks/bench_encoder.py measures them all).
+    runtime: Literal["auto", "torch", "openvino", "onnxruntime"] = "auto"
+    # auto = bf16 where the hardware computes it natively (CUDA; a CPU with AVX-512 BF16 or AMX
+    # under OpenVINO or torch), else fp32; onnxruntime computes fp32 only.
+    precision: Literal["auto", "fp32", "bf16"] = "auto"
 
     @field_validator("tokens")
     @classmethod
     def _tokens_mode(cls, v: str) -> str:
         return _check_tokens(v)
+
+    @model_validator(mode="after")
+    def _runtime_fits(self) -> EncoderConfig:
+        if self.runtime in ("openvino", "onnxruntime") and self.device == "cuda":
+            raise ValueError(f"runtime {self.runtime!r} runs on the CPU here: use runtime 'torch' (or 'auto') "
+                             "with device 'cuda'")
+        if self.runtime == "onnxruntime" and self.precision == "bf16":
+            raise ValueError("runtime 'onnxruntime' computes fp32 only: use precision 'fp32' (or 'auto'), "
+                             "or runtime 'openvino' / 'torch' for bf16")
+        return self
 
 
 class SamplingConfig(_Strict):
