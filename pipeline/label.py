@@ -13,7 +13,10 @@ returning a function `(f_t, f_tk) -> z` or `-> (z, codes)` over numpy batches.
 2. infer   — `LabelActor`s (one per GPU, else one using every core) reopen the store by
              `(uri, version)`, read whole episodes and run the model on batches of pairs
              (t, t + k) with k = k_seconds at the episode's rate. At most two tasks per actor
-             are in flight (backpressure); features never pass through the driver.
+             are in flight (backpressure); features never pass through the driver. When Ray
+             would add no hardware (one machine, at most one GPU, one actor) the same step
+             runs in this process instead: an actor's start (a process importing torch and
+             loading the model) was most of what labelling cost beyond a plain torch loop.
 3. write   — the driver buffers the labels and publishes them in one commit at the end: a
              run killed mid-way leaves no label of that run visible.
 """
@@ -140,10 +143,11 @@ def _tasks(store: FeatureStore, keys: list[str], pairs_per_task: int) -> list[li
 
 
 def label_store(uri: str, labeler: Labeler, *, version: str | None = None, num_actors: int | None = None,
-                batch_pairs: int = 1024, pairs_per_task: int = 8192, use_ray: bool = True,
+                batch_pairs: int = 1024, pairs_per_task: int = 8192, use_ray: bool | None = None,
                 progress: bool = True) -> LabelReport:
     """Label every episode of the store (at `version`, default the newest) that lacks current
-    labels of `labeler.set_id`; one new commit. `use_ray=False` runs in this process."""
+    labels of `labeler.set_id`; one new commit. `use_ray=False` runs in this process; None
+    (the default) uses Ray only where it adds hardware (`ray_adds_hardware`)."""
     t0 = time.monotonic()
     with LabelWriter.open(uri, labeler.set_id, labeler.attrs) as writer:
         store = FeatureStore.open(uri, version or writer.parent_version)
@@ -158,7 +162,7 @@ def label_store(uri: str, labeler: Labeler, *, version: str | None = None, num_a
             return report
         tasks = _tasks(store, todo, pairs_per_task)
         with progress_bar("label", total=len(todo), enabled=progress, unit="episodes") as bar:
-            if use_ray:
+            if ray_adds_hardware(num_actors) if use_ray is None else use_ray:
                 results = _run_ray(store, labeler, tasks, num_actors, batch_pairs)
             else:
                 reader, fn = pair_reader(store, labeler.k_seconds), labeler()
@@ -173,6 +177,17 @@ def label_store(uri: str, labeler: Labeler, *, version: str | None = None, num_a
                                              {"label_set": labeler.set_id, "read_version": store.version})
     report.seconds = time.monotonic() - t0
     return report
+
+
+def ray_adds_hardware(num_actors: int | None) -> bool:
+    """Whether actors would run on more than this process has: several actors asked for, a
+    Ray cluster named (`RAY_ADDRESS`), or several GPUs here. Otherwise one actor on this
+    machine only adds its start-up (measured: benchmarks/bench_label.py)."""
+    if (num_actors or 1) > 1 or os.environ.get("RAY_ADDRESS"):
+        return True
+    import torch
+
+    return torch.cuda.device_count() > 1
 
 
 def _run_ray(store: FeatureStore, labeler: Labeler, tasks: list[list[str]], num_actors: int | None,

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import logging
 import time
+import warnings
 
 import numpy as np
 import torch
@@ -46,7 +47,8 @@ def load_or_export(net: TokenNet, identity: EncoderIdentity) -> str:
     tmp = staging(entry)
     size = identity.image_size
     example = torch.zeros((1, size, size, 3), dtype=torch.uint8)
-    with torch.no_grad():
+    with torch.no_grad(), warnings.catch_warnings():
+        warnings.simplefilter("ignore", torch.jit.TracerWarning)  # static sizes but the batch, as for OpenVINO
         torch.onnx.export(net.eval(), (example,), str(tmp / "model.onnx"), opset_version=17, dynamo=False,
                           input_names=["frames"], output_names=["tokens"], dynamic_axes={"frames": {0: "batch"}})
     publish(tmp, entry)

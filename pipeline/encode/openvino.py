@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import logging
 import time
+import warnings
 
 import numpy as np
 import torch
@@ -44,7 +45,9 @@ def convert(net: TokenNet, image_size: int):
     """The OpenVINO model of `net`, batch size dynamic: traced (uint8 NHWC input), converted."""
     ov = _openvino()
     example = torch.zeros((1, image_size, image_size, 3), dtype=torch.uint8)
-    with torch.no_grad():
+    with torch.no_grad(), warnings.catch_warnings():
+        # shapes read in Python (timm's size checks, the patch grid) are constants: sizes are static but the batch
+        warnings.simplefilter("ignore", torch.jit.TracerWarning)
         traced = torch.jit.trace(net.eval(), example, check_trace=False)
     return ov.convert_model(traced, example_input=example, input=[([-1, image_size, image_size, 3], ov.Type.u8)])
 
