@@ -13,7 +13,8 @@ Speed: `--rounds` rounds, each timing every path in turn on the same uint8 batch
 ratio to torch fp32 is taken within each round and the median over rounds is reported (on a
 shared machine the load moves between minutes, not within one round). Agreement: min cosine
 (per frame, all tokens flattened) and max |difference| of the float16 features against torch
-fp32 on the same frames. Build: seconds to build each path with an empty conversion cache
+fp32 on the same frames. Batch 1: median ms to encode one frame (the encoder's share of
+`lawam latency`). Build: seconds to build each path with an empty conversion cache
 (trace + convert + compile) and again with the cache filled (what every later actor pays).
 
 Prints the table and writes benchmarks/results/encoder.json.
@@ -51,7 +52,20 @@ def frames_per_s(enc, x: np.ndarray, seconds: float) -> float:
     return n / (time.perf_counter() - t)
 
 
-def one_size(model: str, size: int, batch: int, rounds: int, seconds: float, threads: int) -> dict:
+def batch1_ms(enc, x: np.ndarray, calls: int) -> float:
+    """Median milliseconds to encode one frame (what `lawam latency` waits for beside the policy)."""
+    one = x[:1]
+    enc.encode(one)
+    times = []
+    for _ in range(calls):
+        t = time.perf_counter()
+        enc.encode(one)
+        times.append(time.perf_counter() - t)
+    return float(np.median(times) * 1e3)
+
+
+def one_size(model: str, size: int, batch: int, rounds: int, seconds: float, threads: int,
+             latency_calls: int) -> dict:
     import torch
 
     from pipeline.encode import EncoderError, FrozenEncoder
@@ -79,16 +93,19 @@ def one_size(model: str, size: int, batch: int, rounds: int, seconds: float, thr
     ref = encoders["torch fp32"].encode(x)
     for name, enc in encoders.items():
         rows[name]["min_cosine"], rows[name]["max_abs"] = agreement(enc.encode(x), ref)
-        rows[name]["fps"] = []
+        rows[name]["fps"], rows[name]["batch1_ms"] = [], []
     for r in range(rounds):
         for name, enc in encoders.items():
             rows[name]["fps"].append(frames_per_s(enc, x, seconds))
+            if latency_calls:
+                rows[name]["batch1_ms"].append(batch1_ms(enc, x, latency_calls))
         print(f"@{size} round {r + 1}: " + ", ".join(f"{n} {rows[n]['fps'][-1]:.1f}" for n in encoders), flush=True)
     ref_fps = np.asarray(rows["torch fp32"]["fps"])
     for row in rows.values():
         fps = np.asarray(row["fps"])
         row["fps_median"], row["fps_best"] = float(np.median(fps)), float(fps.max())
         row["vs_torch_fp32"] = float(np.median(fps / ref_fps))  # within each round, then the median
+        row["batch1_ms_median"] = float(np.median(row["batch1_ms"])) if row["batch1_ms"] else None
     return rows
 
 
@@ -100,21 +117,22 @@ def main() -> None:
     ap.add_argument("--rounds", type=int, default=5)
     ap.add_argument("--seconds", type=float, default=3.0, help="per path per round")
     ap.add_argument("--threads", type=int, default=os.cpu_count() or 1)
+    ap.add_argument("--latency-calls", type=int, default=20, help="batch-1 calls timed per path per round (0: none)")
     ap.add_argument("--out", default=str(Path(__file__).parent / "results" / "encoder.json"))
     args = ap.parse_args()
 
     cache = tempfile.mkdtemp(prefix="lawam-bench-encoder-")
     os.environ["LAWAM_CACHE_DIR"] = cache  # conversion measured from scratch, then from the cache
     try:
-        results = {size: one_size(args.model, size, args.batch, args.rounds, args.seconds, args.threads)
-                   for size in args.sizes}
+        results = {size: one_size(args.model, size, args.batch, args.rounds, args.seconds, args.threads,
+                                  args.latency_calls) for size in args.sizes}
     finally:
         shutil.rmtree(cache, ignore_errors=True)
     print(f"\n{args.model}, random init, batch {args.batch}, tokens grid:4x4, {args.threads} threads, "
           f"{args.rounds} rounds; load average {os.getloadavg()[0]:.1f} at the end\n")
     print("| path | " + " | ".join(f"{s} px frames/s" for s in args.sizes) + " | vs torch fp32 | "
-          "min cosine to fp32 | max abs diff | build s (cold / cached) |")
-    print("| --- " * (len(args.sizes) + 5) + "|")
+          "min cosine to fp32 | max abs diff | batch-1 ms | build s (cold / cached) |")
+    print("| --- " * (len(args.sizes) + 6) + "|")
     for name in results[args.sizes[0]]:
         rows = [results[s][name] for s in args.sizes if name in results[s]]
         fps = " | ".join(f"{r['fps_median']:.1f}" for r in rows)
@@ -122,7 +140,8 @@ def main() -> None:
         cos = min(r["min_cosine"] for r in rows)
         diff = max(r["max_abs"] for r in rows)
         build = ", ".join(f"{r['build_s_cold']:.1f} / {r['build_s_warm']:.1f}" for r in rows)
-        print(f"| {name} | {fps} | {ratio} | {cos:.6f} | {diff:.4f} | {build} |")
+        ms = " / ".join(f"{r['batch1_ms_median']:.1f}" if r["batch1_ms_median"] else "–" for r in rows)
+        print(f"| {name} | {fps} | {ratio} | {cos:.6f} | {diff:.4f} | {ms} | {build} |")
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)
     Path(args.out).write_text(json.dumps({
         "machine": {"cpus": os.cpu_count(), "load_average_end": os.getloadavg()}, "params": vars(args),
