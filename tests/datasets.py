@@ -278,3 +278,31 @@ def make_hdf5(
             g.create_dataset("actions", data=acts)
             g.attrs["num_samples"] = n
     return path
+
+
+def make_webdataset(folder: str | Path, shards: Sequence[int] = (3, 2), *, n_frames: int = 10, fps: int = 10,
+                    ext: str = "mp4", codec: str = "libx264", start: int = 0) -> Path:
+    """Shards `{i:05d}.tar` as video2dataset writes them, with the `webdataset` library's own
+    `TarWriter`: per sample `{key}.mp4` (or `ext`), `{key}.json` (video2dataset's fields plus a
+    `caption`) and `{key}.txt`; beside each shard its `.parquet` and `_stats.json`. Keys are
+    `{shard:05d}{sample:04d}`; sample k's frames are grey levels of `seed=k` (`frames_pattern`)."""
+    import webdataset as wds
+
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    clip = folder / f"_clip.{ext}"
+    for s, n in enumerate(shards, start):
+        keys = []
+        with wds.TarWriter(str(folder / f"{s:05d}.tar")) as sink:
+            for k in range(n):
+                key = f"{s:05d}{k:04d}"
+                write_frames(clip, frames_pattern(n_frames, (32, 24), seed=s * 10 + k), fps, codec)
+                meta = {"url": f"https://example.com/{key}.{ext}", "key": key, "status": "success",
+                        "caption": f"caption {key}", "clips": [{"caption": f"clip {key}"}]}
+                sink.write({"__key__": key, ext: clip.read_bytes(), "json": json.dumps(meta).encode(),
+                            "txt": f"text {key}".encode()})
+                keys.append(key)
+        pq.write_table(pa.table({"key": keys, "status": ["success"] * n}), folder / f"{s:05d}.parquet")
+        (folder / f"{s:05d}_stats.json").write_text(json.dumps({"count": n, "successes": n, "failed_to_download": 0}))
+    clip.unlink()
+    return folder
