@@ -1,0 +1,140 @@
+"""`webdataset` sources: tar shards written by the `webdataset` library itself, as video2dataset
+lays them out (`{key}.mp4` + `.json` + `.txt`, a parquet and `_stats.json` beside each shard).
+Samples group by key, videos decode straight from the tar, ids are shard + key, and a broken
+or hostile shard costs only its own bad samples.
+"""
+
+from __future__ import annotations
+
+import io
+import tarfile
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from pipeline.ingest.frames import decode_episode_blocks
+from pipeline.sources import SourceError, check_source, iter_episodes
+from schemas.config import SourceSpec
+from tests.datasets import make_video, make_webdataset
+
+
+def wds(uri, **kw) -> SourceSpec:
+    return SourceSpec(id="web", kind="human", format="webdataset", uri=uri if isinstance(uri, list) else str(uri),
+                      **kw)
+
+
+@pytest.fixture(scope="session")
+def shards(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return make_webdataset(tmp_path_factory.mktemp("wds") / "shards", (3, 2))
+
+
+def test_samples_group_by_key_with_the_shard_in_the_id_and_the_text_as_instruction(shards: Path) -> None:
+    refs = list(iter_episodes(wds(shards)))
+    assert [r.episode_id for r in refs] == ["00000/000000000", "00000/000000001", "00000/000000002",
+                                            "00001/000010000", "00001/000010001"]
+    assert [r.instruction for r in refs[:2]] == ["text 000000000", "text 000000001"]
+    assert all(r.refused is None and r.camera == "mp4" and r.uri.endswith(".tar") for r in refs)
+
+
+def test_a_folder_a_brace_pattern_and_a_list_name_the_same_episodes(shards: Path) -> None:
+    folder = [r.key for r in iter_episodes(wds(shards))]
+    assert [r.key for r in iter_episodes(wds(f"{shards}/{{00000..00001}}.tar"))] == folder
+    assert [r.key for r in iter_episodes(wds([str(shards / "00001.tar"), str(shards / "00000.tar")]))] == folder
+
+
+def test_the_instruction_can_come_from_a_json_field(shards: Path) -> None:
+    refs = list(iter_episodes(wds(shards, instruction_field="clips.0.caption")))
+    assert refs[1].instruction == "clip 000000001"
+    refs = list(iter_episodes(wds(shards, instruction_field="no_such_field", instruction="fallback")))
+    assert refs[0].instruction == "fallback"
+
+
+def test_the_video_is_decoded_straight_from_the_tar(shards: Path) -> None:
+    ref = list(iter_episodes(wds(shards)))[4]  # shard 1, sample 1: seed 11
+    blocks = list(decode_episode_blocks(ref, fps=5, size=16))
+    levels = (np.arange(10) * 7 + 11 * 31) % 200 + 20  # tests.datasets.frames_pattern, every other frame at 5 fps
+    np.testing.assert_allclose(blocks[0]["frames"][:, 8, 8, 0], levels[::2], atol=3)
+    np.testing.assert_allclose(blocks[0]["timestamps"], np.arange(5) / 5)
+    offset, size = ref.byte_range
+    with open(ref.uri, "rb") as f:  # the member's bytes, exactly: nothing before or after it
+        f.seek(offset)
+        assert f.read(8)[4:8] == b"ftyp" and size < (shards / "00001.tar").stat().st_size
+
+
+def test_webm_and_mkv_members_decode_too(tmp_path: Path) -> None:
+    make_webdataset(tmp_path / "webm", (1,), ext="webm", codec="libvpx-vp9", n_frames=4)
+    make_webdataset(tmp_path / "mkv", (1,), ext="mkv", n_frames=4, start=7)
+    for folder in ("webm", "mkv"):
+        [ref] = iter_episodes(wds(tmp_path / folder))
+        assert ref.camera == folder and sum(len(b["frames"]) for b in decode_episode_blocks(ref, fps=10, size=16)) == 4
+
+
+def test_an_unknown_camera_member_is_a_source_error_listing_the_members(shards: Path) -> None:
+    with pytest.raises(SourceError, match=r"no sample has a member \.wrist\.mp4 \(camera 'wrist.mp4'\); media "
+                                          r"members: \['mp4'\]"):
+        check_source(wds(shards, cameras=["wrist.mp4"]))
+
+
+# --- broken and hostile shards -----------------------------------------------------------------
+
+
+def _cut(path: Path, at: int) -> None:
+    path.write_bytes(path.read_bytes()[:at])
+
+
+def _member_offsets(path: Path) -> dict[str, tuple[int, int]]:
+    with tarfile.open(path) as tar:
+        return {m.name: (m.offset, m.offset_data + m.size) for m in tar}
+
+
+def test_a_shard_cut_inside_a_member_keeps_the_samples_before_and_refuses_that_one(tmp_path: Path) -> None:
+    folder = make_webdataset(tmp_path / "s", (3,))
+    shard = folder / "00000.tar"
+    start, end = _member_offsets(shard)["000000001.mp4"]
+    _cut(shard, end - 100)
+    refs = list(iter_episodes(wds(folder)))
+    assert [(r.episode_id, r.refused) for r in refs] == [
+        ("00000/000000000", None),
+        ("00000/000000001", "00000.tar sample 000000001: truncated: the shard ends inside member 000000001.mp4")]
+    assert sum(len(b["frames"]) for b in decode_episode_blocks(refs[0], fps=10, size=16)) == 10
+
+
+def test_a_shard_cut_between_members_refuses_its_last_sample_as_possibly_incomplete(tmp_path: Path) -> None:
+    folder = make_webdataset(tmp_path / "s", (3,))
+    shard = folder / "00000.tar"
+    _, end = _member_offsets(shard)["000000001.mp4"]  # the json and txt of sample 1 are lost
+    _cut(shard, (end + 511) // 512 * 512)
+    refs = list(iter_episodes(wds(folder)))
+    assert [r.refused is None for r in refs] == [True, False]
+    assert "without tar's end-of-archive marker" in refs[1].refused
+
+
+def test_a_file_that_is_not_a_tar_is_one_refused_episode_and_the_others_go_on(shards: Path, tmp_path: Path) -> None:
+    bad = tmp_path / "00009.tar"
+    bad.write_bytes(b"\x89PNG not a tar at all" * 100)
+    refs = list(iter_episodes(wds([str(shards / "00000.tar"), str(bad)])))
+    assert [r.refused for r in refs[:3]] == [None] * 3
+    assert refs[3].episode_id == "00009" and refs[3].refused.startswith("00009.tar: not a tar archive")
+
+
+def _hostile_tar(path: Path, video: bytes) -> None:
+    with tarfile.open(path, "w") as tar:
+        for name in ("ok.mp4", "../evil.mp4", "/abs/evil.mp4", "sub/../../up.mp4"):
+            info = tarfile.TarInfo(name)
+            info.size = len(video)
+            tar.addfile(info, io.BytesIO(video))
+
+
+def test_member_names_leaving_the_shard_never_touch_the_filesystem(tmp_path: Path) -> None:
+    video = make_video(tmp_path / "v.mp4", n_frames=4).read_bytes()
+    folder = tmp_path / "a" / "b"
+    folder.mkdir(parents=True)
+    _hostile_tar(folder / "00000.tar", video)
+    refs = list(iter_episodes(wds(folder)))
+    assert refs[0].episode_id == "00000/ok" and refs[0].refused is None
+    assert all(r.refused and "leaves the shard (absolute or '..'); never extracted" in r.refused for r in refs[1:])
+    assert all(r.episode_id.startswith("00000/refused-") and ".." not in r.episode_id for r in refs[1:])
+    for ref in refs[:1]:
+        list(decode_episode_blocks(ref, fps=10, size=16))
+    assert sorted(p.name for p in tmp_path.rglob("*")) == ["00000.tar", "a", "b", "v.mp4"]
