@@ -14,6 +14,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import yaml
 
 from pipeline.ingest import ingest_corpus
 from pipeline.sources import hashing
@@ -21,6 +22,7 @@ from pipeline.store import FeatureStore
 from schemas import CorpusConfig, EncoderConfig, SamplingConfig, SourceSpec, StoreConfig
 from tests.datasets import make_video, make_webdataset
 from tests.test_manifests import EPIC_COLUMNS, MANIFESTS
+from tests.test_refresh import lawam_ingest_in_a_fresh_process
 from tests.test_rlds import DROID, OXE, SHARD, _records, rewrite_record
 from tests.test_webdataset import _hostile_tar
 
@@ -124,6 +126,10 @@ def test_a_refresh_opens_no_unchanged_shard_and_reads_only_a_new_one(field) -> N
     stats = hashing.hash_stats()
     assert (again.added, again.version_after, stats["files"], stats["scans"]) == (0, None, 0, 0)
     assert again.skipped == first.added and again.held == len(first.quarantined)
+    # and as `lawam ingest` runs it: neither the shard readers nor anything else loads torch, Ray or Prefect
+    (root / "corpus.yaml").write_text(yaml.safe_dump(cfg.model_dump(mode="json")))
+    out, heavy = lawam_ingest_in_a_fresh_process(root / "corpus.yaml", root)
+    assert f"added 0, skipped {first.added}" in out and heavy == [], out
 
     shutil.copy(OXE / HELD_BACK, root / "oxe_tiny" / "1.0.0" / HELD_BACK)  # new shards, one per format
     make_webdataset(root / "web", (2,), start=3)

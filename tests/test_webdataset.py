@@ -43,6 +43,13 @@ def test_a_folder_a_brace_pattern_and_a_list_name_the_same_episodes(shards: Path
     assert [r.key for r in iter_episodes(wds([str(shards / "00001.tar"), str(shards / "00000.tar")]))] == folder
 
 
+def test_only_a_folder_of_shards_is_a_root_whose_gone_files_are_forgotten(shards: Path) -> None:
+    from pipeline.ingest import source_roots
+
+    specs = [wds(shards), wds(f"{shards}/{{00000..00001}}.tar"), wds([str(shards / "00000.tar")])]
+    assert source_roots(specs) == [str(shards)]
+
+
 def test_the_instruction_can_come_from_a_json_field(shards: Path) -> None:
     refs = list(iter_episodes(wds(shards, instruction_field="clips.0.caption")))
     assert refs[1].instruction == "clip 000000001"

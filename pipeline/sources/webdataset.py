@@ -18,6 +18,8 @@ The `.parquet` and `_stats.json` video2dataset writes beside each shard are not 
 - **Change detection per shard**: a new or changed shard is walked once, header by header
   (member data is skipped, only `.txt`/`.json` members are read) and its samples remembered
   with its digest (`pipeline.sources.shards`): a refresh over unchanged shards opens none.
+  The `webdataset` library is imported only for such a walk: importing it imports torch
+  (seconds and ~700 MB), which a no-op refresh and the decode workers must not pay.
 
 Bad input, one line each: a shard that is not a tar is one quarantined episode named after the
 shard; a shard cut inside a member quarantines that member's sample, naming shard and key, and
@@ -35,8 +37,6 @@ import re
 import tarfile
 from collections.abc import Iterator
 from typing import Any
-
-from webdataset.tariterators import base_plus_ext, group_by_keys
 
 from pipeline.sources.base import EpisodeRef, SourceError, reraise_if_infrastructure
 from pipeline.sources.hashing import combine, file_digest
@@ -68,6 +68,8 @@ def _unsafe(name: str) -> bool:
 def _members(tar: tarfile.TarFile, uri: str, size: int) -> Iterator[dict[str, Any]]:
     """The shard's regular members as webdataset's tar iterators yield them ({fname, data,
     __url__}), with media members as `_Member`s (located, not read). Stops at a cut member."""
+    from webdataset.tariterators import base_plus_ext
+
     for m in tar:
         tar.members = []  # one header at a time, whatever the shard's length
         if not m.isreg() or _META.match(m.name):
@@ -111,6 +113,8 @@ def _instruction(sample: dict[str, Any], field: str | None) -> str | None:
 def _scan(shard: Shard, instruction_field: str | None) -> list[list[Any]]:
     """Walk the shard's headers: one row [key, {suffix: [offset, size]}, instruction, fault] per
     sample; key None when the fault is the whole shard's."""
+    from webdataset.tariterators import group_by_keys  # imported here: `webdataset` imports torch
+
     rows: list[list[Any]] = []
     duplicates: list[str] = []
 
