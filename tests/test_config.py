@@ -25,6 +25,13 @@ def test_example_configs_load():
     assert cfg.encoder.tokens == "grid:4x4"
 
 
+def test_every_example_source_config_loads():
+    formats = {load_source(p).format for p in (CONFIGS / "sources").glob("*.yaml")}
+    assert formats == {"video_dir", "lerobot", "rlds", "webdataset"}
+    brace = load_source(CONFIGS / "sources" / "video2dataset.yaml").uri
+    assert brace.endswith("data/video2dataset/{00000..00099}.tar") and Path(brace).is_absolute()
+
+
 def test_relative_uri_resolves_against_the_yaml_file(tmp_path):
     spec = load_source(write(tmp_path, "id: a\nkind: human\nformat: video_dir\nuri: vids\n"))
     assert spec.uri == str((tmp_path / "vids").resolve())

@@ -62,6 +62,15 @@ def test_something_something_v2_json_is_read_as_published(ssv2: Path) -> None:
     assert refs[0].uri == str(ssv2 / "78687.webm")
 
 
+def test_the_example_configs_are_these_mappings(epic: Path, ssv2: Path) -> None:
+    configs = Path(__file__).parents[1] / "configs" / "sources"
+    spec = load_source(configs / "epic_kitchens.yaml")
+    assert (spec.columns, spec.instruction_field) == (EPIC_COLUMNS, "narration")
+    spec = load_source(configs / "something_something_v2.yaml")
+    spec = spec.model_copy(update={"uri": str(ssv2), "manifest": str(MANIFESTS / "something-something-v2-train.json")})
+    assert [r.episode_id for r in iter_episodes(spec)] == ["78687", "42326"]
+
+
 def test_a_mapped_column_the_manifest_lacks_is_a_source_error_listing_its_columns(epic: Path) -> None:
     with pytest.raises(SourceError, match=r"columns.file names \['participant'\], not columns of the manifest; "
                                           r"it has \['all_noun_classes', 'all_nouns', "):

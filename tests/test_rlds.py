@@ -106,6 +106,15 @@ def test_only_the_steps_the_corpus_fps_keeps_are_decoded(monkeypatch: pytest.Mon
     assert abs(int(blocks[0]["frames"][2, :4, :4].mean()) - 80) <= 3
 
 
+def test_the_droid_example_config_reads_droid_as_released() -> None:
+    spec = load_source(Path(__file__).parents[1] / "configs" / "sources" / "droid.yaml")
+    refs = list(iter_episodes(spec.model_copy(update={"uri": str(DROID.parent)})))  # the parent: newest version
+    assert [r.episode_id.rsplit("@", 1)[1] for r in refs[::3]] == spec.cameras and len(refs) == 9
+    track = load_actions(refs[0])
+    assert track.actions.shape == (10, 7) and track.state.shape == (10, 8) and refs[0].instruction == "open drawer 1"
+    assert track.names[-1] == "action_dict/gripper_velocity" and track.state_names[-1] == "observation/gripper_position"
+
+
 def test_several_cameras_are_a_stream_each_and_the_shards_are_read_once(monkeypatch: pytest.MonkeyPatch) -> None:
     from pipeline.sources import hashing
 

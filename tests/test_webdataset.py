@@ -57,6 +57,14 @@ def test_the_instruction_can_come_from_a_json_field(shards: Path) -> None:
     assert refs[0].instruction == "fallback"
 
 
+def test_the_video2dataset_example_config_reads_the_shards(shards: Path) -> None:
+    from schemas import load_source
+
+    spec = load_source(Path(__file__).parents[1] / "configs" / "sources" / "video2dataset.yaml")
+    refs = list(iter_episodes(spec.model_copy(update={"uri": f"{shards}/{{00000..00001}}.tar"})))
+    assert [r.instruction for r in refs[:2]] == ["caption 000000000", "caption 000000001"] and len(refs) == 5
+
+
 def test_the_video_is_decoded_straight_from_the_tar(shards: Path) -> None:
     ref = list(iter_episodes(wds(shards)))[4]  # shard 1, sample 1: seed 11
     blocks = list(decode_episode_blocks(ref, fps=5, size=16))

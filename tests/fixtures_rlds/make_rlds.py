@@ -1,8 +1,9 @@
 """Write the RLDS fixtures with the real `tensorflow-datasets` (TFDS) builder machinery.
 
 Not part of the test run: TensorFlow is not a dependency of lawam. The files it wrote are
-committed beside it; regenerate them (deterministic content, byte-for-byte except the
-timestamps TFDS puts in dataset_info.json) in a throwaway virtual environment:
+committed beside it; regenerate them (the same episodes, pixels and values; the bytes may
+differ, protobuf does not fix the order of an Example's feature map) in a throwaway virtual
+environment:
 
     python3.11 -m venv /tmp/tfds-venv
     /tmp/tfds-venv/bin/pip install tensorflow-cpu==2.21.0 tensorflow-datasets==4.9.10
@@ -17,8 +18,8 @@ TFRecord shards, one record per episode, steps flattened.
   `observation/wrist_image` (PNG), `observation/state` (7), `action` (7),
   `language_instruction`, `is_first/is_last/is_terminal`, `reward`, `discount`;
   `episode_metadata/file_path`. Splits `train` (4 episodes) and `val` (2), two shards each.
-- `droid_tiny/1.0.0`: DROID-style: `observation/exterior_image_1_left`,
-  `observation/wrist_image_left` (JPEG), `observation/joint_position`, `action_dict/`
+- `droid_tiny/1.0.0`: DROID-style: `observation/exterior_image_1_left`, `exterior_image_2_left`,
+  `wrist_image_left` (JPEG), `observation/joint_position`, `action_dict/`
   (`cartesian_velocity` (6), `gripper_velocity` (1)), a nested action, three instruction
   fields, `episode_metadata/recording_folderpath` (no `file_path`). One split, 3 episodes, two shards.
 
@@ -114,6 +115,7 @@ def droid_episode(e: int, steps: int) -> dict:
             {
                 "observation": {
                     "exterior_image_1_left": frame(t, e, 0),
+                    "exterior_image_2_left": frame(t, e, 1),
                     "wrist_image_left": frame(t, e, 2),
                     "joint_position": (np.arange(7) * 0.1 + e).astype(np.float64),
                     "gripper_position": np.array([t / steps], np.float64),
@@ -152,6 +154,7 @@ class DroidTiny(tfds.core.GeneratorBasedBuilder):
                 "steps": tfds.features.Dataset({
                     "observation": tfds.features.FeaturesDict({
                         "exterior_image_1_left": tfds.features.Image(**img),
+                        "exterior_image_2_left": tfds.features.Image(**img),
                         "wrist_image_left": tfds.features.Image(**img),
                         "joint_position": tfds.features.Tensor(shape=(7,), dtype=np.float64),
                         "gripper_position": tfds.features.Tensor(shape=(1,), dtype=np.float64),
