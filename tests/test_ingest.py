@@ -20,8 +20,11 @@ import zarr
 from pipeline.ingest import ingest_corpus, ingest_episodes
 from pipeline.sources import iter_episodes
 from pipeline.store import FeatureStore, StoreMismatchError, StoreWriter
+from pipeline.store.pairs import PairQuery, PairReader
 from schemas import CorpusConfig, EncoderConfig, SamplingConfig, SourceSpec, StoreConfig, load_corpus
+from schemas.identity import SamplingParams
 from tests.datasets import make_hdf5, make_lerobot_v30, make_video
+from tests.stores import fake_encoder
 
 REPO = Path(__file__).resolve().parents[1]
 TINY = EncoderConfig(model="vit_tiny_patch16_224", image_size=32, tokens="mean", batch_size=8)
@@ -131,9 +134,15 @@ def test_lerobot_episodes_carry_the_actions_between_frames(ray_local, tmp_path):
         assert ep.actions.actions.shape == (n_video * 4, 4)
         # the episode's own rows: action[:, 0] = 1000 * episode + row
         np.testing.assert_array_equal(ep.actions.actions[:, 0], 1000 * ep_index + np.arange(n_video * 4))
-    batch = store.sample_pairs(50, k=1, rng=0)
-    for acts, dt in zip(batch.actions, batch.dt, strict=True):
-        assert len(acts) == round(dt * 80)  # every control step between the two frames
+    # every control step between two kept frames (0.2 s apart), at the episode's own 80 Hz
+    reader = PairReader(store, PairQuery(k_seconds=0.2, horizon=16, action_rate=None, split="all"))
+    for _, eps, t in reader.batch_indices(64):
+        batch = reader.read(eps, t)
+        np.testing.assert_allclose(batch["dt"], 0.2, atol=1e-6)
+        assert batch["action_mask"].all()
+        ep_index = np.array([int(k.rsplit("_", 1)[1]) for k in batch["episode"]])
+        rows = 1000 * ep_index[:, None] + 16 * batch["t"][:, None] + np.arange(16)
+        np.testing.assert_array_equal(batch["actions"][:, :, 0], rows)
 
 
 def test_real_lerobot_dataset_written_by_the_library(ray_local, tmp_path):
@@ -271,7 +280,7 @@ def test_encoder_crash_fails_the_run_but_keeps_finished_episodes(ray_local, vide
             return self.encoder.encode(block["frames"]), block["timestamps"]
 
     refs = sorted(iter_episodes(human(videos)), key=lambda r: r.episode_id)
-    params = {"fps": 5.0, "size": 32, "resize": "center_crop", "max_seconds": None}
+    params = SamplingParams(fps=5.0, size=32)
     with StoreWriter.open(str(tmp_path / "store"), encoder=encoder_identity(TINY)) as writer:
         job = IngestRun(writer, [DiesOnThirdBlock.remote()], lambda r: params, block_frames=10, decoder="auto",
                         bar=Bar(None, None), commit_every_s=1e9)
@@ -302,8 +311,11 @@ def test_sample_corpora_ingest_with_control_rate_actions(ray_local, sample_corpo
     ep = store.episode(robot[0])
     np.testing.assert_allclose(np.diff(ep.timestamps), 0.1, atol=1e-3)  # the source's own fps: 10
     assert ep.actions.state is not None and ep.instruction
-    batch = store.read_pairs(np.array([robot[0]]), np.array([0]), k=2)
-    assert batch.actions[0].shape == (4, 4)  # 0.2 s of 20 Hz control between the two frames
+    reader = PairReader(store, PairQuery(k_seconds=0.2, horizon=4, action_rate=None, sources=("metaworld",),
+                                         split="all"))
+    batch = reader.read(np.array([reader.index(store.keys[robot[0]])]), np.array([0]))
+    assert batch["actions"].shape == (1, 4, 4) and batch["action_mask"].all()  # 0.2 s of 20 Hz control
+    np.testing.assert_allclose(batch["dt"], 0.2, atol=1e-3)
 
 
 # -- many short episodes: packed decode tasks, buffered writes -----------------------------------
@@ -329,7 +341,7 @@ def test_packed_decode_reports_each_episode_alone(short_clips):
 
     d, _ = short_clips
     refs = sorted(iter_episodes(human(d)), key=lambda r: r.episode_id)
-    params = {"fps": 5.0, "size": 32, "resize": "center_crop", "max_seconds": None}
+    params = SamplingParams(fps=5.0, size=32)
     got: dict[int, list[np.ndarray]] = {}
     ended: dict[int, str] = {}
     for block in decode_packed([(r, params) for r in refs], block_frames=8):
@@ -346,7 +358,7 @@ def test_packed_decode_reports_each_episode_alone(short_clips):
     assert {refs[i].episode_id for i, why in ended.items() if why != "ok"} == {"c08.mp4", "c16.mp4"}
     for i, ref in enumerate(refs):
         if ended[i] == "ok":
-            alone = np.concatenate([b["frames"] for b in decode_episode_blocks(ref, block_frames=8, **params)])
+            alone = np.concatenate([b["frames"] for b in decode_episode_blocks(ref, params, block_frames=8)])
             np.testing.assert_array_equal(np.concatenate(got[i]), alone)
 
 
@@ -374,10 +386,10 @@ def test_many_short_clips_land_whole_contiguous_and_encoded(ray_local, short_cli
         for a, b in zip(shard_rows, shard_rows[1:], strict=False):
             assert b["frame_start"] == a["frame_start"] + a["frames"]
     encoder = FrozenEncoder(TINY)
-    params = {"fps": 5.0, "size": 32, "resize": "center_crop", "max_seconds": None}
+    params = SamplingParams(fps=5.0, size=32)
     refs = {x.episode_id: x for x in iter_episodes(human(d))}
     for r in rows:
-        blocks = list(decode_episode_blocks(refs[r["episode_id"]], block_frames=8, **params))
+        blocks = list(decode_episode_blocks(refs[r["episode_id"]], params, block_frames=8))
         frames = np.concatenate([b["frames"] for b in blocks])
         ep = store.episode(f"vids/{r['episode_id']}")
         assert r["frames"] == len(frames) == len(ep.features) == int(np.ceil(lengths[int(r["episode_id"][1:3])] / 2))
@@ -402,18 +414,18 @@ def test_writer_buffers_episodes_and_writes_them_behind_exactly(tmp_path):
         return f
 
     lengths = [3, 1, 6, 2, 5, 4, 1, 7]
-    with StoreWriter.open(str(tmp_path / "store"), encoder={"model": "fake"}, chunk_frames=4) as w:
+    with StoreWriter.open(str(tmp_path / "store"), encoder=fake_encoder("fake"), chunk_frames=4) as w:
         w.flush_every_s = 0.0
-        w.start_episode(ref(99), {"fps": 5.0})  # in flight across the first commit
+        w.start_episode(ref(99), SamplingParams(fps=5.0, size=32))  # in flight across the first commit
         w.append_frames(ref(99), feats(99, 5)[:2], np.arange(2) / 5)
         for i, n in enumerate(lengths):
-            w.start_episode(ref(i), {"fps": 5.0})
+            w.start_episode(ref(i), SamplingParams(fps=5.0, size=32))
             w.append_frames(ref(i), feats(i, n), np.arange(n) / 5)
             acts = np.full((2 * n, 2 if i != 5 else 3), i, np.float32)  # episode 5's actions are too wide
             if i == 5:
                 with pytest.raises(ValueError, match="do not fit"):
                     w.finish_episode(ref(i), ActionTrack(np.arange(2 * n) / 10, acts), 5.0)
-                w.quarantine(ref(i), "bad actions", {"fps": 5.0})
+                w.quarantine(ref(i), "bad actions", SamplingParams(fps=5.0, size=32))
             else:
                 w.finish_episode(ref(i), ActionTrack(np.arange(2 * n) / 10, acts), 5.0)
             w.flush()

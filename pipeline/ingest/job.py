@@ -25,9 +25,10 @@ from dataclasses import dataclass, field
 
 from pipeline.progress import progress_bar
 from pipeline.sources import hashing, iter_episodes
-from pipeline.store import StoreMismatchError, StoreWriter
+from pipeline.store import StoreWriter
 from pipeline.store.index import committed_attrs, committed_files
 from schemas import ConfigError, CorpusConfig, EncoderConfig, SamplingConfig, SourceSpec, StoreConfig
+from schemas.identity import EncoderIdentity, SamplingParams
 from schemas.records import EpisodeRef
 
 __all__ = ["IngestReport", "ensure_ray", "ingest_corpus", "ingest_episodes", "remember_hashes"]
@@ -43,35 +44,24 @@ def ensure_ray(verbose: bool | None = None) -> None:
     _ensure_ray(verbose)
 
 
-def _stored_encoder(store: StoreConfig) -> dict | None:
+def _stored_encoder(store: StoreConfig) -> EncoderIdentity | None:
     """The encoder identity the store's branch was built with; None for a new store."""
-    return committed_attrs(store.uri, store.branch).get("encoder") or None
+    stored = committed_attrs(store.uri, store.branch).get("encoder")
+    return EncoderIdentity.from_dict(stored, where=f"store {store.uri!r}") if stored else None
 
 
-def _encoder_identity(encoder: EncoderConfig, stored: dict | None) -> tuple[dict, bool]:
+def _encoder_identity(encoder: EncoderConfig, stored: EncoderIdentity | None) -> tuple[EncoderIdentity, bool]:
     """(identity to open the store with, whether it is the full one). When the store already
-    names this encoder by model, weights, image size, tokens and layer, its identity is used
-    as is and timm (torch) is not imported; `_full_identity_check` verifies it before any
-    frame is encoded."""
-    if stored and (encoder.checkpoint is None or encoder.checkpoint.is_file()):
-        weights = (hashing.file_digest(str(encoder.checkpoint)) if encoder.checkpoint is not None
-                   else f"random-init:seed={encoder.seed}")
-        cheap = {"model": encoder.model, "weights": weights, "image_size": encoder.image_size,
-                 "tokens": encoder.tokens, "layer": encoder.layer}
-        if all(stored.get(k) == v for k, v in cheap.items()):
-            return stored, False
+    names this encoder's settings, its identity is used as is and timm (torch) is not
+    imported; `encoder_identity` is then checked against it before any frame is encoded."""
+    from pipeline.encode.identity import config_weights
+
+    if stored and stored.same_settings(model=encoder.model, weights=config_weights(encoder),
+                                       image_size=encoder.image_size, tokens=encoder.tokens, layer=encoder.layer):
+        return stored, False
     from pipeline.encode import encoder_identity
 
     return encoder_identity(encoder), True
-
-
-def _full_identity_check(encoder: EncoderConfig, identity: dict, uri: str) -> None:
-    from pipeline.encode import encoder_identity
-
-    full = encoder_identity(encoder)
-    if full != identity:
-        raise StoreMismatchError(f"store {uri!r} holds features of encoder {identity!r}; this run uses "
-                                 f"{full!r}. Features of two encoders never mix: choose another --store.")
 
 
 def remember_hashes(store: StoreConfig) -> int:
@@ -139,9 +129,9 @@ def ingest_episodes(
     refs = list(refs)
     fps_for = fps_for or (lambda ref: sampling.fps)
 
-    def params(ref: EpisodeRef) -> dict:
-        return {"fps": fps_for(ref), "size": encoder.image_size, "resize": sampling.resize,
-                "max_seconds": sampling.max_seconds}
+    def params(ref: EpisodeRef) -> SamplingParams:
+        return SamplingParams(fps=fps_for(ref), size=encoder.image_size, resize=sampling.resize,
+                              max_seconds=sampling.max_seconds)
 
     identity, full = _encoder_identity(encoder, _stored_encoder(store))
     with StoreWriter.open(store.uri, encoder=identity, chunk_frames=store.chunk_frames,
@@ -153,7 +143,10 @@ def ingest_episodes(
         remembered = writer.remember_files(seen)
         forgotten = writer.forget_files(source_roots, (rec.uri for rec in seen))
         if not full and any(ref.refused is None for ref in plan.todo):
-            _full_identity_check(encoder, identity, store.uri)
+            from pipeline.encode import encoder_identity
+
+            identity.require_same(encoder_identity(encoder), ours=f"store {store.uri!r}", theirs="this run",
+                                  fix="choose another --store")
         # Refused at enumeration (a path outside the source, a missing file, a demo without
         # actions): quarantined as they are, their media never opened.
         todo = [ref for ref in plan.todo if ref.refused is None]

@@ -47,6 +47,7 @@ from pipeline.ray_runtime import INFRA_ERRORS, ensure_ray  # noqa: E402
 from pipeline.store import StoreWriter  # noqa: E402
 from pipeline.store.backend import error_summary  # noqa: E402
 from schemas import EncoderConfig  # noqa: E402
+from schemas.identity import SamplingParams  # noqa: E402
 from schemas.records import EpisodeRef  # noqa: E402
 
 log = logging.getLogger(__name__)
@@ -161,7 +162,7 @@ def reason(e: BaseException) -> str:
 @dataclass
 class _Episode:
     ref: EpisodeRef
-    params: dict
+    params: SamplingParams
     frames: int = 0
     error: str | None = None
     ended: bool = False
@@ -205,7 +206,7 @@ class IngestRun:
     max_batch_episodes = 32
     batches_per_decoder = 8  # at least this many batches per decoder keep the end of a run balanced
 
-    def __init__(self, writer: StoreWriter, actors: list, params_for: Callable[[EpisodeRef], dict],
+    def __init__(self, writer: StoreWriter, actors: list, params_for: Callable[[EpisodeRef], SamplingParams],
                  block_frames: int, decoder: str, bar: Bar, commit_every_s: float):
         self.writer, self.actors, self.params_for = writer, actors, params_for
         self.block_frames, self.decoder, self.bar = block_frames, decoder, bar
@@ -362,9 +363,9 @@ class IngestRun:
         error = ep.error
         if error is None:
             try:
-                self.writer.finish_episode(ep.ref, actions, ep.params["fps"])
+                self.writer.finish_episode(ep.ref, actions, ep.params.fps)
                 self.stats.added += 1
-                self.stats.seconds_of_video += ep.frames / ep.params["fps"]
+                self.stats.seconds_of_video += ep.frames / ep.params.fps
             except Exception as e:
                 if not quarantinable(e):  # infrastructure, resource or a bug: stop the run
                     raise
