@@ -254,8 +254,9 @@ def child(kind: str, corpus_yaml: str) -> None:
         base = _rss_mb()
         refs = [r for spec in cfg.sources for r in iter_episodes(spec)]
         after_scan = _rss_mb("VmHWM")
-        params = {"fps": cfg.sampling.fps, "size": cfg.encoder.image_size, "resize": "center_crop",
-                  "max_seconds": None}
+        from schemas.identity import SamplingParams
+
+        params = SamplingParams(fps=cfg.sampling.fps, size=cfg.encoder.image_size)
         frames = 0
         for i in range(0, len(refs), 8):  # the executor's batches of episodes per task
             for item in decode_task_items([(r, params) for r in refs[i:i + 8]], 32, "auto"):

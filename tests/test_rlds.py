@@ -23,6 +23,7 @@ from pipeline.sources import rlds as rlds_module
 from pipeline.sources.tfrecord import Example, iter_records
 from schemas import ConfigError, load_source
 from schemas.config import SourceSpec
+from schemas.identity import SamplingParams
 
 FIXTURES = Path(__file__).parent / "fixtures_rlds"
 OXE, DROID = FIXTURES / "oxe_tiny" / "1.0.0", FIXTURES / "droid_tiny" / "1.0.0"
@@ -95,7 +96,7 @@ def test_only_the_steps_the_corpus_fps_keeps_are_decoded(monkeypatch: pytest.Mon
     decoded = []
     real = rlds_module._decode_image
     monkeypatch.setattr(rlds_module, "_decode_image", lambda blob, where: decoded.append(where) or real(blob, where))
-    blocks = list(decode_episode_blocks(ref, fps=2.5, size=32, block_frames=3))
+    blocks = list(decode_episode_blocks(ref, SamplingParams(fps=2.5, size=32), block_frames=3))
     assert len(decoded) == 3 and [b["frames"].shape[0] for b in blocks] == [3]  # steps 0, 4, 8
     np.testing.assert_allclose(blocks[0]["timestamps"], [0.0, 0.4, 0.8])
     # the PNG camera is lossless: the images are the generator's pixels, bit for bit
@@ -212,7 +213,8 @@ def test_a_shard_cut_mid_record_keeps_the_records_before_and_refuses_the_cut_one
     assert refs[0].refused is None
     assert refs[1].refused.startswith(f"{SHARD} record 1 (byte {second.offset}): truncated: the file ends inside "
                                       "record 1")
-    assert len(list(decode_episode_blocks(refs[0], fps=10, size=16))) == 1  # the whole record before the cut
+    # the whole record before the cut decodes
+    assert len(list(decode_episode_blocks(refs[0], SamplingParams(fps=10, size=16)))) == 1
 
 
 def test_a_file_that_is_not_a_tfrecord_is_one_refused_episode_named_after_it(tmp_path: Path) -> None:
@@ -255,5 +257,5 @@ def test_an_undecodable_jpeg_step_fails_its_episode_only(tmp_path: Path) -> None
     assert all(r.refused is None for r in refs)
     with pytest.raises(EpisodeError, match=r"data/raw/train/episode_0.npy: step 4 of steps/observation/image: not "
                                            r"a decodable JPEG/PNG"):
-        list(decode_episode_blocks(refs[0], fps=10, size=16))
-    assert sum(len(b["frames"]) for b in decode_episode_blocks(refs[1], fps=10, size=16)) == 16
+        list(decode_episode_blocks(refs[0], SamplingParams(fps=10, size=16)))
+    assert sum(len(b["frames"]) for b in decode_episode_blocks(refs[1], SamplingParams(fps=10, size=16))) == 16

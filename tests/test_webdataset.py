@@ -16,6 +16,7 @@ import pytest
 from pipeline.ingest.frames import decode_episode_blocks
 from pipeline.sources import SourceError, check_source, iter_episodes
 from schemas.config import SourceSpec
+from schemas.identity import SamplingParams
 from tests.datasets import make_video, make_webdataset
 
 
@@ -67,7 +68,7 @@ def test_the_video2dataset_example_config_reads_the_shards(shards: Path) -> None
 
 def test_the_video_is_decoded_straight_from_the_tar(shards: Path) -> None:
     ref = list(iter_episodes(wds(shards)))[4]  # shard 1, sample 1: seed 11
-    blocks = list(decode_episode_blocks(ref, fps=5, size=16))
+    blocks = list(decode_episode_blocks(ref, SamplingParams(fps=5, size=16)))
     levels = (np.arange(10) * 7 + 11 * 31) % 200 + 20  # tests.datasets.frames_pattern, every other frame at 5 fps
     np.testing.assert_allclose(blocks[0]["frames"][:, 8, 8, 0], levels[::2], atol=3)
     np.testing.assert_allclose(blocks[0]["timestamps"], np.arange(5) / 5)
@@ -82,7 +83,8 @@ def test_webm_and_mkv_members_decode_too(tmp_path: Path) -> None:
     make_webdataset(tmp_path / "mkv", (1,), ext="mkv", n_frames=4, start=7)
     for folder in ("webm", "mkv"):
         [ref] = iter_episodes(wds(tmp_path / folder))
-        assert ref.camera == folder and sum(len(b["frames"]) for b in decode_episode_blocks(ref, fps=10, size=16)) == 4
+        blocks = decode_episode_blocks(ref, SamplingParams(fps=10, size=16))
+        assert ref.camera == folder and sum(len(b["frames"]) for b in blocks) == 4
 
 
 def test_an_unknown_camera_member_is_a_source_error_listing_the_members(shards: Path) -> None:
@@ -112,7 +114,7 @@ def test_a_shard_cut_inside_a_member_keeps_the_samples_before_and_refuses_that_o
     assert [(r.episode_id, r.refused) for r in refs] == [
         ("00000/000000000", None),
         ("00000/000000001", "00000.tar sample 000000001: truncated: the shard ends inside member 000000001.mp4")]
-    assert sum(len(b["frames"]) for b in decode_episode_blocks(refs[0], fps=10, size=16)) == 10
+    assert sum(len(b["frames"]) for b in decode_episode_blocks(refs[0], SamplingParams(fps=10, size=16))) == 10
 
 
 def test_a_shard_cut_between_members_refuses_its_last_sample_as_possibly_incomplete(tmp_path: Path) -> None:
@@ -151,5 +153,5 @@ def test_member_names_leaving_the_shard_never_touch_the_filesystem(tmp_path: Pat
     assert all(r.refused and "leaves the shard (absolute or '..'); never extracted" in r.refused for r in refs[1:])
     assert all(r.episode_id.startswith("00000/refused-") and ".." not in r.episode_id for r in refs[1:])
     for ref in refs[:1]:
-        list(decode_episode_blocks(ref, fps=10, size=16))
+        list(decode_episode_blocks(ref, SamplingParams(fps=10, size=16)))
     assert sorted(p.name for p in tmp_path.rglob("*")) == ["00000.tar", "a", "b", "v.mp4"]
