@@ -126,6 +126,20 @@ def test_several_cameras_are_a_stream_each_and_the_shards_are_read_once(monkeypa
     assert hashing.hash_stats()["scans"] == 4  # four shards, walked once for both cameras
 
 
+def test_an_rlds_dataset_on_an_fsspec_url_reads_as_a_local_one() -> None:
+    import fsspec
+
+    fs = fsspec.filesystem("memory")
+    for f in OXE.iterdir():
+        fs.pipe(f"/bucket/oxe_tiny/1.0.0/{f.name}", f.read_bytes())
+    remote = list(iter_episodes(oxe("memory://bucket/oxe_tiny")))
+    local = list(iter_episodes(oxe()))
+    assert [r.episode_id for r in remote] == [r.episode_id for r in local]
+    assert remote[0].uri == f"memory://bucket/oxe_tiny/1.0.0/{SHARD}"
+    np.testing.assert_array_equal(load_actions(remote[1]).actions, load_actions(local[1]).actions)
+    np.testing.assert_array_equal(read_image_frames(remote[1], [3])[0], read_image_frames(local[1], [3])[0])
+
+
 def test_a_parent_folder_takes_the_newest_version_and_says_so(tmp_path: Path, caplog) -> None:
     for version in ("0.9.0", "1.1.0"):
         shutil.copytree(OXE, tmp_path / "oxe_tiny" / version)

@@ -78,6 +78,20 @@ def test_the_video_is_decoded_straight_from_the_tar(shards: Path) -> None:
         assert f.read(8)[4:8] == b"ftyp" and size < (shards / "00001.tar").stat().st_size
 
 
+def test_shards_on_an_fsspec_url_decode_from_the_remote_tar(shards: Path) -> None:
+    import fsspec
+
+    fs = fsspec.filesystem("memory")
+    for name in ("00000.tar", "00001.tar"):
+        fs.pipe(f"/wds/{name}", (shards / name).read_bytes())
+    remote = list(iter_episodes(wds("memory://wds/{00000..00001}.tar")))
+    local = list(iter_episodes(wds(shards)))
+    assert [(r.episode_id, r.byte_range) for r in remote] == [(r.episode_id, r.byte_range) for r in local]
+    params = SamplingParams(fps=5, size=16)
+    a, b = (next(iter(decode_episode_blocks(r[2], params)))["frames"] for r in (remote, local))
+    np.testing.assert_array_equal(a, b)
+
+
 def test_webm_and_mkv_members_decode_too(tmp_path: Path) -> None:
     make_webdataset(tmp_path / "webm", (1,), ext="webm", codec="libvpx-vp9", n_frames=4)
     make_webdataset(tmp_path / "mkv", (1,), ext="mkv", n_frames=4, start=7)
