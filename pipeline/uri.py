@@ -2,7 +2,8 @@
 
 The one place the pipeline tells the two apart. Local paths (and `file://` URLs) go
 straight to the OS — real file handles, no fsspec overhead; anything else goes through
-fsspec, which never downloads a whole object to read part of it.
+fsspec, which never downloads a whole object to read part of it. `open_range` makes a byte
+range of either a file of its own: how a tar member is read in place.
 """
 
 from __future__ import annotations
