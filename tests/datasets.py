@@ -1,4 +1,5 @@
-"""Factories that write tiny real datasets for the tests: videos, LeRobot v2.1 / v3.0, HDF5.
+"""Factories that write tiny real datasets for the tests: videos, LeRobot v2.1 / v3.0, HDF5,
+webdataset shards, and damaged RLDS records / hostile tars.
 
 The LeRobot factories reproduce the files `lerobot` writes (checked against a dataset made
 by lerobot 0.4.4, see tests/fixtures_lerobot/make_real_lerobot.py): same paths, same
@@ -306,3 +307,50 @@ def make_webdataset(folder: str | Path, shards: Sequence[int] = (3, 2), *, n_fra
         (folder / f"{s:05d}_stats.json").write_text(json.dumps({"count": n, "successes": n, "failed_to_download": 0}))
     clip.unlink()
     return folder
+
+
+def make_hostile_tar(path: Path, video: bytes) -> Path:
+    """A tar whose members `ok.mp4`, `../evil.mp4`, `/abs/evil.mp4` and `sub/../../up.mp4` all
+    hold `video`: a reader that extracted members would write outside its folder."""
+    import io
+    import tarfile
+
+    with tarfile.open(path, "w") as tar:
+        for name in ("ok.mp4", "../evil.mp4", "/abs/evil.mp4", "sub/../../up.mp4"):
+            info = tarfile.TarInfo(name)
+            info.size = len(video)
+            tar.addfile(info, io.BytesIO(video))
+    return path
+
+
+def tfrecord_records(path: Path) -> list:
+    """The records of a TFRecord file (`pipeline.sources.tfrecord.Record`: index, offset, length, data)."""
+    from pipeline.sources.tfrecord import iter_records
+
+    with open(path, "rb") as f:
+        return list(iter_records(f))
+
+
+def rewrite_rlds_record(shard: Path, index: int, change) -> None:
+    """Rewrite record `index` of an RLDS shard through `change(example)` with the `tfrecord`
+    package's writer (valid framing and CRCs: only the content is bad)."""
+    from tfrecord.writer import TFRecordWriter
+
+    from pipeline.sources.tfrecord import Example
+
+    records = tfrecord_records(shard)
+    tmp = shard.with_suffix(".tmp")
+    writer = TFRecordWriter(str(tmp))
+    for rec in records:
+        ex = Example()
+        ex.ParseFromString(rec.data)
+        if rec.index == index:
+            change(ex)
+        datum = {}
+        for key, feat in ex.features.feature.items():
+            kind = feat.WhichOneof("kind")
+            datum[key] = (list(getattr(feat, kind).value), {"bytes_list": "byte", "float_list": "float",
+                                                            "int64_list": "int"}[kind])
+        writer.write(datum)
+    writer.close()
+    tmp.replace(shard)

@@ -20,11 +20,10 @@ from pipeline.ingest import ingest_corpus
 from pipeline.sources import hashing
 from pipeline.store import FeatureStore
 from schemas import CorpusConfig, EncoderConfig, SamplingConfig, SourceSpec, StoreConfig
-from tests.datasets import make_video, make_webdataset
+from tests.datasets import make_hostile_tar, make_video, make_webdataset, rewrite_rlds_record, tfrecord_records
 from tests.test_manifests import EPIC_COLUMNS, MANIFESTS
 from tests.test_refresh import lawam_ingest_in_a_fresh_process
-from tests.test_rlds import DROID, OXE, SHARD, _records, rewrite_record
-from tests.test_webdataset import _hostile_tar
+from tests.test_rlds import DROID, OXE, SHARD
 
 TINY = EncoderConfig(model="vit_tiny_patch16_224", image_size=32, tokens="mean", batch_size=8)
 HELD_BACK = "oxe_tiny-val.tfrecord-00001-of-00002"  # added by the refresh test: a new shard
@@ -34,11 +33,11 @@ def _corpus(root: Path) -> CorpusConfig:
     """Sources under `root`, each with its own damage (see the module docstring)."""
     oxe = root / "oxe_tiny" / "1.0.0"
     shutil.copytree(OXE, oxe, ignore=shutil.ignore_patterns(HELD_BACK))
-    second = _records(oxe / SHARD)[1]  # episode 3: a flipped byte, its CRC fails
+    second = tfrecord_records(oxe / SHARD)[1]  # episode 3: a flipped byte, its CRC fails
     data = bytearray((oxe / SHARD).read_bytes())
     data[second.offset + 12 + 50] ^= 0xFF
     (oxe / SHARD).write_bytes(bytes(data))
-    rewrite_record(oxe / "oxe_tiny-train.tfrecord-00001-of-00002", 0,  # episode 1: step 2 is no JPEG
+    rewrite_rlds_record(oxe / "oxe_tiny-train.tfrecord-00001-of-00002", 0,  # episode 1: step 2 is no JPEG
                    lambda ex: ex.features.feature["steps/observation/image"].bytes_list.value.__setitem__(2, b"junk"))
     (oxe / "oxe_tiny-train.tfrecord-00002-of-00003").write_bytes(b"not a tfrecord" * 10)
 
@@ -46,7 +45,7 @@ def _corpus(root: Path) -> CorpusConfig:
     with tarfile.open(web / "00001.tar") as tar:
         cut = tar.getmember("000010001.mp4")
     (web / "00001.tar").write_bytes((web / "00001.tar").read_bytes()[: cut.offset_data + 200])
-    _hostile_tar(web / "00002.tar", make_video(root / "v.mp4", n_frames=4).read_bytes())
+    make_hostile_tar(web / "00002.tar", make_video(root / "v.mp4", n_frames=4).read_bytes())
 
     epic = root / "EPIC-KITCHENS"
     for participant, video in (("P01", "P01_01"), ("P02", "P02_03")):

@@ -20,10 +20,10 @@ from typer.testing import CliRunner
 from pipeline.ingest.frames import decode_episode_blocks
 from pipeline.sources import EpisodeError, SourceError, check_source, iter_episodes, load_actions, read_image_frames
 from pipeline.sources import rlds as rlds_module
-from pipeline.sources.tfrecord import Example, iter_records
 from schemas import ConfigError, load_source
 from schemas.config import SourceSpec
 from schemas.identity import SamplingParams
+from tests.datasets import rewrite_rlds_record, tfrecord_records
 
 FIXTURES = Path(__file__).parent / "fixtures_rlds"
 OXE, DROID = FIXTURES / "oxe_tiny" / "1.0.0", FIXTURES / "droid_tiny" / "1.0.0"
@@ -200,15 +200,10 @@ def test_cli_bad_rlds_config_exits_2_in_one_line_before_anything_runs(tmp_path: 
 # --- bad records: one episode each -------------------------------------------------------------
 
 
-def _records(path: Path) -> list:
-    with open(path, "rb") as f:
-        return list(iter_records(f))
-
-
 def test_a_record_whose_crc_fails_is_refused_as_checksum_mismatch_and_the_rest_read(tmp_path: Path) -> None:
     ds = copy_dataset(tmp_path)
     shard = ds / SHARD
-    second = _records(shard)[1]
+    second = tfrecord_records(shard)[1]
     data = bytearray(shard.read_bytes())
     data[second.offset + 12 + second.length // 2] ^= 0xFF  # a byte inside record 1's data
     shard.write_bytes(bytes(data))
@@ -220,7 +215,7 @@ def test_a_record_whose_crc_fails_is_refused_as_checksum_mismatch_and_the_rest_r
 def test_a_shard_cut_mid_record_keeps_the_records_before_and_refuses_the_cut_one(tmp_path: Path) -> None:
     ds = copy_dataset(tmp_path)
     shard = ds / SHARD
-    second = _records(shard)[1]
+    second = tfrecord_records(shard)[1]
     shard.write_bytes(shard.read_bytes()[: second.offset + 100])
     refs = [r for r in iter_episodes(oxe(ds)) if r.uri.endswith(SHARD)]
     assert [r.episode_id for r in refs] == ["data/raw/train/episode_0.npy", f"{SHARD}/1"]
@@ -240,32 +235,9 @@ def test_a_file_that_is_not_a_tfrecord_is_one_refused_episode_named_after_it(tmp
                                                    "(its first record length fails its checksum)")]
 
 
-def rewrite_record(shard: Path, index: int, change) -> None:
-    """Rewrite record `index` of `shard` through `change(example)` with the `tfrecord` package's
-    writer (valid framing and CRCs: only the content is bad)."""
-    from tfrecord.writer import TFRecordWriter
-
-    records = _records(shard)
-    tmp = shard.with_suffix(".tmp")
-    writer = TFRecordWriter(str(tmp))
-    for rec in records:
-        ex = Example()
-        ex.ParseFromString(rec.data)
-        if rec.index == index:
-            change(ex)
-        datum = {}
-        for key, feat in ex.features.feature.items():
-            kind = feat.WhichOneof("kind")
-            datum[key] = (list(getattr(feat, kind).value), {"bytes_list": "byte", "float_list": "float",
-                                                            "int64_list": "int"}[kind])
-        writer.write(datum)
-    writer.close()
-    tmp.replace(shard)
-
-
 def test_an_undecodable_jpeg_step_fails_its_episode_only(tmp_path: Path) -> None:
     ds = copy_dataset(tmp_path)
-    rewrite_record(ds / SHARD, 0, lambda ex: ex.features.feature["steps/observation/image"].bytes_list.value
+    rewrite_rlds_record(ds / SHARD, 0, lambda ex: ex.features.feature["steps/observation/image"].bytes_list.value
                    .__setitem__(4, b"\xff\xd8\xff\xe0 not a jpeg"))
     refs = [r for r in iter_episodes(oxe(ds)) if r.uri.endswith(SHARD)]
     assert all(r.refused is None for r in refs)

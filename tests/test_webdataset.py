@@ -6,7 +6,6 @@ or hostile shard costs only its own bad samples.
 
 from __future__ import annotations
 
-import io
 import tarfile
 from pathlib import Path
 
@@ -17,7 +16,7 @@ from pipeline.ingest.frames import decode_episode_blocks
 from pipeline.sources import SourceError, check_source, iter_episodes
 from schemas.config import SourceSpec
 from schemas.identity import SamplingParams
-from tests.datasets import make_video, make_webdataset
+from tests.datasets import make_hostile_tar, make_video, make_webdataset
 
 
 def wds(uri, **kw) -> SourceSpec:
@@ -149,19 +148,11 @@ def test_a_file_that_is_not_a_tar_is_one_refused_episode_and_the_others_go_on(sh
     assert refs[3].episode_id == "00009" and refs[3].refused.startswith("00009.tar: not a tar archive")
 
 
-def _hostile_tar(path: Path, video: bytes) -> None:
-    with tarfile.open(path, "w") as tar:
-        for name in ("ok.mp4", "../evil.mp4", "/abs/evil.mp4", "sub/../../up.mp4"):
-            info = tarfile.TarInfo(name)
-            info.size = len(video)
-            tar.addfile(info, io.BytesIO(video))
-
-
 def test_member_names_leaving_the_shard_never_touch_the_filesystem(tmp_path: Path) -> None:
     video = make_video(tmp_path / "v.mp4", n_frames=4).read_bytes()
     folder = tmp_path / "a" / "b"
     folder.mkdir(parents=True)
-    _hostile_tar(folder / "00000.tar", video)
+    make_hostile_tar(folder / "00000.tar", video)
     refs = list(iter_episodes(wds(folder)))
     assert refs[0].episode_id == "00000/ok" and refs[0].refused is None
     assert all(r.refused and "leaves the shard (absolute or '..'); never extracted" in r.refused for r in refs[1:])
