@@ -140,6 +140,16 @@ def test_a_shard_cut_between_members_refuses_its_last_sample_as_possibly_incompl
     assert "without tar's end-of-archive marker" in refs[1].refused
 
 
+def test_a_sample_without_a_video_is_refused_naming_its_members(tmp_path: Path) -> None:
+    import webdataset
+
+    folder = make_webdataset(tmp_path / "s", (1,))
+    with webdataset.TarWriter(str(folder / "00001.tar")) as sink:
+        sink.write({"__key__": "x", "json": b"{}", "txt": b"a caption, no video"})
+    [ref] = [r for r in iter_episodes(wds(folder)) if r.episode_id == "00001/x"]
+    assert ref.refused == "00001.tar sample x: no video member (its members: json, txt)"
+
+
 def test_a_file_that_is_not_a_tar_is_one_refused_episode_and_the_others_go_on(shards: Path, tmp_path: Path) -> None:
     bad = tmp_path / "00009.tar"
     bad.write_bytes(b"\x89PNG not a tar at all" * 100)

@@ -111,8 +111,9 @@ def _instruction(sample: dict[str, Any], field: str | None) -> str | None:
 
 
 def _scan(shard: Shard, instruction_field: str | None) -> list[list[Any]]:
-    """Walk the shard's headers: one row [key, {suffix: [offset, size]}, instruction, fault] per
-    sample; key None when the fault is the whole shard's."""
+    """Walk the shard's headers: one row [key, {suffix: [offset, size], or None for a member that
+    was read (.txt, .json)}, instruction, fault] per sample; key None when the fault is the whole
+    shard's."""
     from webdataset.tariterators import group_by_keys  # imported here: `webdataset` imports torch
 
     rows: list[list[Any]] = []
@@ -149,8 +150,9 @@ def _scan(shard: Shard, instruction_field: str | None) -> list[list[Any]]:
             fault = f"member name {key!r} leaves the shard (absolute or '..'); never extracted"
         elif cut is not None:
             fault = f"truncated: the shard ends inside member {cut}"
-        rows.append([key, {k: [m.offset, m.size] for k, m in media.items()}, _instruction(sample, instruction_field),
-                     fault])
+        members = {k: ([v.offset, v.size] if isinstance(v, _Member) else None) for k, v in sample.items()
+                   if not k.startswith("__")}
+        rows.append([key, members, _instruction(sample, instruction_field), fault])
     clean_end = len(block) == _BLOCK and not any(block)
     if rows and rows[-1][3] is None and not clean_end:
         rows[-1][3] = "the shard ends without tar's end-of-archive marker after this sample (truncated?); it " \
@@ -158,10 +160,10 @@ def _scan(shard: Shard, instruction_field: str | None) -> list[list[Any]]:
     return rows
 
 
-def _video_suffix(members: dict[str, list], camera: str | None) -> str | None:
+def _video_suffix(members: dict[str, list | None], camera: str | None) -> str | None:
     if camera:
-        return camera if camera in members else None
-    return next((s for s in VIDEO_SUFFIXES if s in members), None)
+        return camera if members.get(camera) else None
+    return next((s for s in VIDEO_SUFFIXES if members.get(s)), None)
 
 
 def iter_webdataset(spec: SourceSpec) -> Iterator[EpisodeRef]:
@@ -177,7 +179,7 @@ def iter_webdataset(spec: SourceSpec) -> Iterator[EpisodeRef]:
         else:
             rows = shard_rows(shard, digest, params, lambda s=shard: _scan(s, spec.instruction_field))
         if camera and i == 0 and rows and rows[0][0] is not None and not any(camera in r[1] for r in rows):
-            have = sorted({s for r in rows for s in r[1]})
+            have = sorted({s for r in rows for s, where in r[1].items() if where})
             raise SourceError(f"{shard.uri}: no sample has a member .{camera} (camera {spec.cameras[0]!r}); "
                               f"media members: {have!r}")
         for key, members, text, fault in rows:
@@ -188,7 +190,7 @@ def iter_webdataset(spec: SourceSpec) -> Iterator[EpisodeRef]:
             suffix = _video_suffix(members, camera)
             if fault is None and suffix is None:
                 fault = (f"no video member .{camera}" if camera else "no video member") + \
-                        f" (members: {', '.join(sorted(members)) or 'none located'})"
+                        f" (its members: {', '.join(sorted(members)) or 'none'})"
             safe_key = key if not _unsafe(key) else "refused-" + hashlib.sha256(key.encode()).hexdigest()[:12]
             offset, size = members.get(suffix, [0, 0]) if suffix else [0, 0]
             yield EpisodeRef(
