@@ -371,7 +371,7 @@ def main() -> None:
                 for k in range(16)]
         per_episode = steps * 2 * np.mean([len(j) for j in pool])  # image + wrist
         episodes = int(np.ceil(args.big_mb * 2**20 / per_episode)) + 1
-        big = write_rlds(DATA / f"big-{args.big_mb:g}mb" / "1.0.0", 1, episodes, steps, side, jpegs=pool, name="big")
+        big = write_rlds(DATA / f"big-{args.big_mb:g}mib" / "1.0.0", 1, episodes, steps, side, jpegs=pool, name="big")
         shard = next(big.glob("*.tfrecord-*"))
         store = DATA / "store-big"
         shutil.rmtree(store, ignore_errors=True)
