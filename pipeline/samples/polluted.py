@@ -22,6 +22,10 @@ Duplicates of robot episodes land in the scraped source, a human-kind video fold
 clip in two collections, so duplicates are found across sources. Idle spans are recorded in
 seconds on the episode's clock; the picture held is the original's first (last) frame, so the
 still stretch is the injected frames *and* that frame.
+
+The rendered samples hold duplicates of their own: Meta-World draws some layouts twice (two
+drawer-open episodes 0.1 mm apart), and the scripted expert then repeats itself frame for
+frame. The truth records them (`natural`): same task, layout within `SAME_LAYOUT` metres.
 """
 
 from __future__ import annotations
@@ -43,6 +47,7 @@ EXACT_DUPLICATES = ("exact", "container")
 IDLE = ("idle_head", "idle_tail")
 _H264 = VideoEncoding(vcodec="libx264", pix_fmt="yuv420p", g=None, crf=23)
 TRUTH_FILE = "truth.json"
+SAME_LAYOUT = 2e-3  # metres: layouts closer than this are the same demonstration (the expert is deterministic)
 
 
 @dataclass
@@ -193,6 +198,7 @@ def make_polluted(samples: Path, out: Path, *, idle_seconds: float = 2.0, noise:
         truth[key] = Truth(kind, idle, group=key)
         near_copy((*NEAR_DUPLICATES, "container")[i % 4], f"robot_{i:03d}", f, fps, key)
     write_lerobot_v3(out / "robot", robot_eps, fps=episodes[0][4], names={})
+    _natural_duplicates(samples / "robot", truth)
 
     # Human clips: originals with exact and near copies, held-back clips as unrelated, a static clip.
     manifest = list(csv.DictReader(open(samples / "human" / "manifest.csv")))
@@ -235,6 +241,29 @@ def make_polluted(samples: Path, out: Path, *, idle_seconds: float = 2.0, noise:
     return PollutedCorpus(out, sources, truth)
 
 
+def _natural_duplicates(robot_root: Path, truth: dict[str, Truth]) -> None:
+    """Group robot episodes (and their copies) that replay one layout with one pollution."""
+    from pipeline.samples.metaworld_robot import read_sample_layouts
+
+    layouts = read_sample_layouts(robot_root)
+    first: dict[int, int] = {}
+    for i, a in enumerate(layouts):
+        for j in range(i):
+            b = layouts[j]
+            same = (a.task == b.task and len(a.rand_vec) == len(b.rand_vec)
+                    and max(abs(x - y) for x, y in zip(a.rand_vec, b.rand_vec, strict=True)) < SAME_LAYOUT
+                    and truth[f"robot/episode_{i:06d}"].pathology == truth[f"robot/episode_{j:06d}"].pathology)
+            if same:
+                first[i] = first.get(j, j)
+                break
+    for i, j in first.items():
+        original, dup = f"robot/episode_{j:06d}", f"robot/episode_{i:06d}"
+        for t in truth.values():
+            if t.group == dup:
+                t.group = original
+        truth[dup].pathology += "+natural"
+
+
 def _write_manifest(root: Path, rows: list[dict]) -> None:
     with open(root / "manifest.csv", "w", newline="") as handle:
         writer = csv.DictWriter(handle, fieldnames=["file", "instruction"])
@@ -259,3 +288,90 @@ def read_polluted(out: Path) -> PollutedCorpus:
     raw = json.loads((Path(out) / TRUTH_FILE).read_text())
     truth = {k: Truth(v["pathology"], [tuple(s) for s in v["idle"]], v["group"]) for k, v in raw.items()}
     return PollutedCorpus(Path(out), polluted_sources(out), truth)
+
+
+STILL = ("idle_head", "idle_tail", "static")
+
+
+def _still_truth(t: Truth, ts: np.ndarray) -> dict[str, np.ndarray]:
+    """Per still pathology, the frames (by timestamp) inside its truth spans."""
+    out = {p: np.zeros(len(ts), bool) for p in STILL}
+    duration = ts[-1] + (ts[1] - ts[0] if len(ts) > 1 else 0.0)
+    for a, b, reason in t.idle:
+        inside = (ts >= a - 1e-6) & (ts < b - 1e-6)
+        kind = "static" if reason == "static" else ("idle_head" if a <= 1e-6 else "idle_tail")
+        if kind != "static" and a <= 1e-6 and b >= duration - 1e-6:
+            kind = "static"
+        out[kind] |= inside
+    return out
+
+
+def score_curation(store, cset, truth: dict[str, Truth], tolerance: int = 1) -> list[dict]:
+    """Precision and recall of a curation set against the truth, one row per pathology.
+
+    Still spans are scored per frame; frames within `tolerance` frames of a truth span's edge
+    inside an episode are not scored (where a held picture meets the original's first motion
+    is a matter of a frame). A detected frame outside every truth span counts against the
+    pathology its span sits at (an episode's head, tail, or whole). Duplicates are scored per
+    pair (a copy and its original): found when the set puts both in one group; a pair the set
+    groups that the truth does not counts against the pathology of its copy. `unrelated` and
+    `clean` count episodes left whole and alone."""
+    rows: dict[str, dict] = {p: {"pathology": p, "unit": "frames", "truth": 0, "tp": 0, "fp": 0} for p in STILL}
+    for key in store.keys.tolist():
+        t = truth.get(key)
+        if t is None or key not in cset:
+            continue
+        ts = store.timestamps(key)
+        n = len(ts)
+        want = _still_truth(t, ts)
+        got = {p: np.zeros(n, bool) for p in STILL}
+        for s, e, _ in cset.spans(key):
+            kind = "static" if (s == 0 and e == n) else ("idle_head" if s == 0 else "idle_tail")
+            got[kind][s:e] = True
+        any_want = np.logical_or.reduce(list(want.values()))
+        scored = np.ones(n, bool)
+        for edge in np.flatnonzero(np.diff(any_want.astype(np.int8))) + 1:  # first frame after a change
+            scored[max(0, edge - tolerance) : edge + tolerance] = False
+        any_got = np.logical_or.reduce(list(got.values()))
+        for p in STILL:
+            rows[p]["truth"] += int((want[p] & scored).sum())
+            rows[p]["tp"] += int((want[p] & any_got & scored).sum())
+            rows[p]["fp"] += int((got[p] & ~any_want & scored).sum())
+    groups = {k: cset.group_of(k) for k in store.keys.tolist() if k in cset}
+    kinds = (*EXACT_DUPLICATES, *NEAR_DUPLICATES, "natural")
+    for p in kinds:
+        rows[p] = {"pathology": p, "unit": "pairs", "truth": 0, "tp": 0, "fp": 0}
+    for key, t in truth.items():
+        if key not in groups or t.group is None or t.group == key:
+            continue
+        p = next((k for k in kinds if k in t.pathology.split("+")), None)
+        if p is None or t.group not in groups:
+            continue
+        rows[p]["truth"] += 1
+        rows[p]["tp"] += int(groups[key] is not None and groups[key] == groups[t.group])
+    members: dict[str, list[str]] = {}
+    for key, g in groups.items():
+        if g is not None:
+            members.setdefault(g, []).append(key)
+    for ms in members.values():
+        for i, a in enumerate(ms):
+            for b in ms[i + 1 :]:
+                ta, tb = truth.get(a), truth.get(b)
+                if ta is None or tb is None or (ta.group is not None and ta.group == tb.group):
+                    continue
+                copy = ta if ta.group not in (None, a) else tb
+                p = next((k for k in kinds if k in copy.pathology.split("+")), "natural")
+                rows[p]["fp"] += 1
+    for p in ("unrelated", "clean"):
+        keys = [k for k, t in truth.items() if t.pathology == p and k in groups]
+        alone = [k for k in keys if groups[k] in (None, k) and not cset.spans(k)]
+        rows[p] = {"pathology": p, "unit": "episodes", "truth": len(keys), "tp": len(alone), "fp": 0}
+    out = []
+    for r in rows.values():
+        found = r["tp"] + r["fp"]
+        r["precision"] = r["tp"] / found if found else (1.0 if r["unit"] != "episodes" else None)
+        r["recall"] = r["tp"] / r["truth"] if r["truth"] else None
+        if r["unit"] == "episodes":
+            r["precision"] = None
+        out.append(r)
+    return out
