@@ -41,7 +41,7 @@ class DuplicatesConfig(_Strict):
     training keeps one."""
 
     # Cosine of two episodes' embeddings at or above which they are duplicates.
-    threshold: Annotated[float, Field(gt=0, le=1)] = 0.9
+    threshold: Annotated[float, Field(gt=0, le=1)] = 0.95
     # The embedding: the episode's standardised features averaged over this many equal stretches
     # of its duration (its course in time, so two episodes of one scene differ), then projected
     # to `dim` numbers by a fixed random matrix (seeded by `seed`) and scaled to unit length.

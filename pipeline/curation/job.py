@@ -71,7 +71,8 @@ def curate_store(uri: str, cfg: CurationConfig | None = None, *, version: str | 
     attrs = {"config": config, "encoder": probe.encoder.to_dict() if probe.encoder else None,
              "dim": cfg.duplicates.dim, "token_shape": list(probe.token_shape)}
     with CurationWriter.open(uri, set_id, attrs) as writer:
-        store = probe if version or probe.version == writer.parent_version else FeatureStore.open(uri, writer.parent_version)
+        same = version or probe.version == writer.parent_version
+        store = probe if same else FeatureStore.open(uri, writer.parent_version)
         todo = writer.todo(store)
         report = CurationReport(uri, set_id, writer.parent_version, None, store.version, skipped=len(store) - len(todo))
         if not todo:

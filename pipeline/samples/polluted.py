@@ -108,8 +108,8 @@ def _held(frame: np.ndarray, n: int, noise: float, rng: np.random.Generator) -> 
         base.astype(np.uint8)
 
 
-def _robot_episodes(robot_root: Path) -> list[tuple[str, np.ndarray, np.ndarray, np.ndarray, int, str]]:
-    """(instruction, frames of the first camera, actions, state, rate, camera) per episode of a
+def _robot_episodes(robot_root: Path) -> list[tuple[str, np.ndarray, np.ndarray, np.ndarray, int]]:
+    """(instruction, frames of the first camera, actions, state, rate) per episode of a
     rendered LeRobot v3.0 sample dataset, read through the project's own source adapter."""
     from pipeline.sources import iter_episodes, load_actions
 
@@ -120,21 +120,21 @@ def _robot_episodes(robot_root: Path) -> list[tuple[str, np.ndarray, np.ndarray,
         frames, fps = read_clip(Path(ref.uri), ref.start_s, ref.end_s)
         track = load_actions(ref)
         n = min(len(frames), len(track.actions))
-        out.append((ref.instruction or "", frames[:n], track.actions[:n], track.state[:n], fps, ref.camera or ""))
+        out.append((ref.instruction or "", frames[:n], track.actions[:n], track.state[:n], fps))
     return out
 
 
 def make_polluted(samples: Path, out: Path, *, idle_seconds: float = 2.0, noise: float = 3.0, seed: int = 0,
-                  shift_px: int = 4, crf: int = 36, scale: float = 1.5) -> PollutedCorpus:
+                  shift_px: int = 2, crf: int = 28, scale: float = 1.5) -> PollutedCorpus:
     """Write the polluted corpus under `out` (replaced if present) from the sample corpora in
     `samples` (`make_samples` output with a robot and a human corpus), and return its truth.
 
-    Robot episodes cycle through clean, idle head, idle tail and both; their videos get one
+    Robot episodes cycle through idle head and tail, clean, idle head, idle tail; their videos get one
     copy each in the scraped source (re-encoded, rescaled, shifted, Matroska, in turn). Human
     clips alternate: the even ones are the human source, each copied exactly, into Matroska,
     re-encoded, rescaled and shifted; the odd ones (the same tasks, other episodes) go to the
-    scraped source alone (`unrelated`); the first clip's first picture held is a `static` clip. Every copy is an episode key of its
-    own; `truth` names its original."""
+    scraped source alone (`unrelated`); the first clip's first picture held is a `static` clip.
+    Every copy is an episode key of its own; `truth` names its original."""
     samples, out = Path(samples), Path(out)
     if out.exists():
         shutil.rmtree(out)
@@ -170,9 +170,9 @@ def make_polluted(samples: Path, out: Path, *, idle_seconds: float = 2.0, noise:
     # Robot: idle heads and tails, and near-duplicate copies of each episode's video.
     episodes = _robot_episodes(samples / "robot")
     robot_eps: list[LeRobotEpisode] = []
-    for i, (task, frames, actions, state, fps, camera) in enumerate(episodes):
+    for i, (task, frames, actions, state, fps) in enumerate(episodes):
         key = f"robot/episode_{i:06d}"
-        kind = ("clean", "idle_head", "idle_tail", "idle_head+idle_tail")[i % 4]
+        kind = ("idle_head+idle_tail", "clean", "idle_head", "idle_tail")[i % 4]
         n = int(round(idle_seconds * fps))
         head = n if "idle_head" in kind else 0
         tail = n if "idle_tail" in kind else 0
@@ -201,7 +201,8 @@ def make_polluted(samples: Path, out: Path, *, idle_seconds: float = 2.0, noise:
     _natural_duplicates(samples / "robot", truth)
 
     # Human clips: originals with exact and near copies, held-back clips as unrelated, a static clip.
-    manifest = list(csv.DictReader(open(samples / "human" / "manifest.csv")))
+    with open(samples / "human" / "manifest.csv", newline="") as handle:
+        manifest = list(csv.DictReader(handle))
     human = out / "human"
     (human / "videos").mkdir(parents=True)
     rows = []

@@ -13,7 +13,7 @@ Layout (the shared part is `pipeline.store.derived`):
     /curation/<set>/index/...             CURATION_INDEX_SCHEMA: where an episode's rows are, its
                                           duplicate group, its dropped frames by reason
     /curation/<set>/spans/...             CURATION_SPANS_SCHEMA: still spans [start, end) + reason
-    /curation/<set>/centre/{mean,std}     (T, D) the standardisation of features before embedding
+    /curation/<set>/centre/{mean,std}     (D,) the per-channel standardisation before embedding
 
 Decisions, as the dataset layer applies them (`pipeline.store.pairs`): an episode in a duplicate
 group that is not the group's kept member is dropped whole; a span's frames are dropped. The
@@ -154,7 +154,7 @@ class CurationWriter(DerivedSetWriter):
         centre = self.group.require_group("centre")
         for name, value in (("mean", mean), ("std", std)):
             centre.create_array(name, shape=value.shape, dtype=np.float32, compressors=[],
-                                dimension_names=("token", "channel")[-value.ndim:])[...] = value
+                                dimension_names=("channel",))[...] = value
 
     def put_episode(self, key: str, content_hash: str, motion: np.ndarray, embedding: np.ndarray,
                     spans: list[tuple[int, int, str]]) -> None:

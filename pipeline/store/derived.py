@@ -88,7 +88,8 @@ class DerivedSet:
         """Every set of this kind in the store version, by id."""
         if cls.GROUP not in store.root:
             return []
-        return [cls(store, name, store.root[f"{cls.GROUP}/{name}"]) for name in sorted(store.root[cls.GROUP].group_keys())]
+        names = sorted(store.root[cls.GROUP].group_keys())
+        return [cls(store, name, store.root[f"{cls.GROUP}/{name}"]) for name in names]
 
     def __contains__(self, key: str) -> bool:
         return key in self._current
