@@ -9,8 +9,9 @@ Side by side, in one run:
   accuracy   `lawam curate` (fresh process, default config) scored against the truth: precision
              and recall per pathology (frames for still spans, copy/original pairs for duplicates)
   training   the same LaWM (configs/lam.yaml, same steps and seed) trained on the polluted
-             sources with and without the curation set; both evaluated on the clean source's
-             episodes: forward error (vs copying f_t) and the ridge probe z -> action chunk
+             sources without the curation set, with it, and with each half of it (still spans
+             only, duplicates only); all evaluated on the clean source's episodes: forward
+             error (vs copying f_t) and the ridge probe z -> action chunk
   cost       curating the store in a fresh process vs ingesting it; curating a synthetic store
              of --synthetic episodes (features only, written through the real writer): wall
              time and peak memory of the curating process
@@ -129,11 +130,13 @@ def training(uri: str, work: Path, set_id: str, steps: int) -> dict:
     heldout = collect(store, PairQuery(**clean, split="heldout"))
     probe_train = collect(store, PairQuery(**clean, split="train"))
     out, nan = {}, float("nan")
-    for name, curation in (("uncurated", None), ("curated", set_id)):
+    variants = (("uncurated", None, True, True), ("curated", set_id, True, True),
+                ("spans only", set_id, True, False), ("dedup only", set_id, False, True))
+    for name, curation, drop_idle, dedup in variants:
         pairs = base.pairs.model_copy(update={"sources": ["robot", "human", "scraped"], "heldout_fraction": 0.0,
-                                              "curation": curation})
+                                              "curation": curation, "drop_idle": drop_idle, "dedup": dedup})
         cfg = base.model_copy(update={"pairs": pairs})
-        run_dir = work / f"lam-{name}"
+        run_dir = work / f"lam-{name.replace(' ', '-')}"
         shutil.rmtree(run_dir, ignore_errors=True)
         torch.set_num_threads(os.cpu_count() or 1)
         card = train_lam(uri, run_dir, cfg, progress=progress_bar)
@@ -141,7 +144,7 @@ def training(uri: str, work: Path, set_id: str, steps: int) -> dict:
         m = lawm_metrics(model, heldout, probe_train)
         seen = len(PairReader(store, PairQuery.from_config(cfg.pairs, split="train")))
         out[name] = {"pairs_per_epoch": seen, "wall_s": card.wall_time_s, **m}
-        print(f"[{name:9s}] {seen} training pairs/epoch, {steps} steps in {card.wall_time_s:.0f} s; clean held-out: "
+        print(f"[{name:10s}] {seen} training pairs/epoch, {steps} steps in {card.wall_time_s:.0f} s; clean held-out: "
               f"forward {m['forward_mse']:.4f} vs copy {m['copy_mse']:.4f} ({m['forward_over_copy']:.3f}x), "
               f"probe R^2 z {m.get('probe_r2_z', nan):.3f} (PCA-32 of f_t {m.get('probe_r2_pca', nan):.3f})")
     return out

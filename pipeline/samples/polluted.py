@@ -12,7 +12,7 @@ and recorded, one pathology per benchmark row:
   picture held under sensor noise, the robot commanded still (zero motion, gripper and state
   as they were) — the seconds before an operator starts, or after the task is done;
 - `static` (scraped): a clip that is one picture held (a frozen stream);
-- `exact` (a byte copy) and `container` (the same stream rewritten into Matroska): exact duplicates;
+- `exact` (a byte copy) and `container` (the same coded stream remuxed into Matroska): exact duplicates;
 - `crf` (re-encoded at another CRF), `rescale` (another resolution), `shift` (moved by a few
   pixels): near duplicates;
 - `unrelated` (scraped): clips nothing else shows — human episodes kept out of the human
@@ -88,6 +88,18 @@ def write_clip(path: Path, frames: np.ndarray, fps: int, crf: int = 23) -> None:
     encode_video_frames(path, list(frames), fps, VideoEncoding(vcodec="libx264", pix_fmt="yuv420p", g=None, crf=crf))
 
 
+def remux(src: Path, dst: Path) -> None:
+    """The same coded stream in another container (`dst`'s suffix): no frame is re-encoded."""
+    with av.open(str(src)) as inp, av.open(str(dst), "w") as out:
+        stream = inp.streams.video[0]
+        copy = out.add_stream_from_template(stream)
+        for packet in inp.demux(stream):
+            if packet.dts is None:  # the demuxer's flush packet
+                continue
+            packet.stream = copy
+            out.mux(packet)
+
+
 def _resize(frames: np.ndarray, scale: float) -> np.ndarray:
     h, w = frames.shape[1:3]
     nh, nw = 2 * round(h * scale / 2), 2 * round(w * scale / 2)
@@ -130,7 +142,7 @@ def make_polluted(samples: Path, out: Path, *, idle_seconds: float = 2.0, noise:
     `samples` (`make_samples` output with a robot and a human corpus), and return its truth.
 
     Robot episodes cycle through idle head and tail, clean, idle head, idle tail; their videos get one
-    copy each in the scraped source (re-encoded, rescaled, shifted, Matroska, in turn). Human
+    copy each in the scraped source (re-encoded, rescaled, shifted, in turn). Human
     clips alternate: the even ones are the human source, each copied exactly, into Matroska,
     re-encoded, rescaled and shifted; the odd ones (the same tasks, other episodes) go to the
     scraped source alone (`unrelated`); the first clip's first picture held is a `static` clip.
@@ -162,8 +174,6 @@ def make_polluted(samples: Path, out: Path, *, idle_seconds: float = 2.0, noise:
             scrape(f"{name}.x{scale:g}.mp4", t, _resize(frames, scale), fps)
         elif kind == "shift":
             scrape(f"{name}.shift{shift_px}.mp4", t, _shift(frames, shift_px), fps)
-        elif kind == "container":
-            scrape(f"{name}.mkv", t, frames, fps)
         else:
             raise ValueError(kind)
 
@@ -196,7 +206,7 @@ def make_polluted(samples: Path, out: Path, *, idle_seconds: float = 2.0, noise:
         idle = ([(0.0, (head + 1) / fps, "idle")] if head else []) + \
                ([((len(f) - tail - 1) / fps, len(f) / fps, "idle")] if tail else [])
         truth[key] = Truth(kind, idle, group=key)
-        near_copy((*NEAR_DUPLICATES, "container")[i % 4], f"robot_{i:03d}", f, fps, key)
+        near_copy(NEAR_DUPLICATES[i % 3], f"robot_{i:03d}", f, fps, key)
     write_lerobot_v3(out / "robot", robot_eps, fps=episodes[0][4], names={})
     _natural_duplicates(samples / "robot", truth)
 
@@ -218,7 +228,11 @@ def make_polluted(samples: Path, out: Path, *, idle_seconds: float = 2.0, noise:
         key = f"human/{row['file']}"
         truth[key] = Truth("clean", group=key)
         scrape(f"{name}.copy.mp4", Truth("exact", group=key), src=src)
-        for kind in ("container", *NEAR_DUPLICATES):
+        rel = f"videos/{name}.mkv"
+        remux(src, scraped / rel)
+        scraped_rows.append({"file": rel, "instruction": ""})
+        truth[f"scraped/{rel}"] = Truth("container", group=key)
+        for kind in NEAR_DUPLICATES:
             near_copy(kind, name, frames, fps, key)
         if j == 0:
             duration = len(frames) / fps
