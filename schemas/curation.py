@@ -29,8 +29,8 @@ class MotionConfig(_Strict):
     # decisions never move). A high quantile stays put while much of a source is still.
     reference_quantile: Annotated[float, Field(gt=0, lt=1)] = 0.9
     idle_below: Annotated[float, Field(gt=0)] = 0.35  # standardised motion under which a frame is still
-    # Relative feature change (|f_t - f_t±gap| / |f_t|, the mean over tokens) under which a still frame
-    # shows one picture held (reason "static"); still frames above it are "idle" (noise, a shaking camera).
+    # Relative feature change (|f_t - f_t±gap| / |f_t|, the mean over tokens) under which a still span's
+    # median frame shows one picture held (reason "static"); else "idle" (noise, a shaking camera).
     static_below: Annotated[float, Field(ge=0)] = 0.01
     # A still stretch is dropped only when it lasts this long: a short pause is part of a task.
     min_seconds: Annotated[float, Field(ge=0)] = 1.0

@@ -100,3 +100,16 @@ def examples(decisions: pa.Table, n: int = 3) -> list[dict]:
 def dropped_fraction(decisions: pa.Table) -> float:
     total = float(np.sum(decisions["duration_s"].to_numpy()))
     return 1.0 - float(np.sum(decisions["kept_s"].to_numpy())) / total if total else 0.0
+
+
+def hours_markdown(cset: dict) -> str:
+    """A curation set of a catalog summary (`pipeline.catalog`) as markdown: hours kept and
+    dropped per source and why, then a few examples (episode keys and spans)."""
+    head = (f"### Curation set `{cset['id']}`: {cset['curated']}/{cset['episodes']} episodes curated\n\n"
+            "| source | hours | kept | duplicate | static | idle | uncurated | episodes dropped |\n"
+            "|---|---|---|---|---|---|---|---|\n")
+    rows = "".join(f"| {s['source']} | {s['hours']:.4f} | {s['kept_h']:.4f} | {s['duplicate_h']:.4f} | "
+                   f"{s['static_h']:.4f} | {s['idle_h']:.4f} | {s['uncurated_h']:.4f} | {s['dropped_episodes']} |\n"
+                   for s in cset["sources"])
+    ex = "".join(f"- {e['reason']}: `{e['episode']}` {e['what']}\n" for e in cset["examples"])
+    return head + rows + ("\nExamples:\n\n" + ex if ex else "")

@@ -117,7 +117,7 @@ def _score(store: FeatureStore, todo: list[str], cfg: CurationConfig, embedder: 
             out[str(store.keys[r])] = (change, rel, embedder(f))
             bar.advance()
             bar.add_frames(len(f))
-    return {k: out[k] for k in todo}  # back in the store's order: `seq` follows it
+    return {k: out[k] for k in sorted(todo)}  # by key: `seq` follows it, whatever order the ingest committed in
 
 
 def _calibrate(writer: CurationWriter, store: FeatureStore, scored: dict, cfg: CurationConfig) -> dict[str, float]:

@@ -15,6 +15,8 @@ changes), so one threshold serves a steady robot camera and a shaking head camer
 quantile is high so a source that is half still keeps its scale. A still frame whose relative
 change (|Δf| / |f|) is below `static_below` shows one picture held: reason "static"; other still
 frames are "idle" (nothing moves, but the picture is alive: noise, light, a shaking camera).
+A span's reason is decided by its median frame, so a codec refreshing a held picture at its
+keyframes does not make it idle.
 """
 
 from __future__ import annotations
@@ -60,8 +62,9 @@ def source_scale(changes: list[np.ndarray], quantile: float) -> float:
 def still_spans(motion: np.ndarray, relative: np.ndarray, fps: float,
                 cfg: MotionConfig) -> list[tuple[int, int, str]]:
     """Maximal runs [start, end) of frames whose standardised motion is under `idle_below`,
-    lasting at least `min_seconds`, each with its reason: "static" when every frame of it is
-    under `static_below` relative change (a picture held), else "idle"."""
+    lasting at least `min_seconds`, each with its reason: "static" when its median relative
+    change is under `static_below` (a picture held: most frames decode the same, whatever a
+    codec's keyframes refresh), else "idle"."""
     still = np.asarray(motion) < cfg.idle_below
     if not still.any():
         return []
@@ -71,6 +74,6 @@ def still_spans(motion: np.ndarray, relative: np.ndarray, fps: float,
     for start, end in zip(edges[::2], edges[1::2], strict=True):
         if end - start < min_frames:
             continue
-        reason = "static" if bool((relative[start:end] < cfg.static_below).all()) else "idle"
+        reason = "static" if float(np.median(relative[start:end])) < cfg.static_below else "idle"
         spans.append((int(start), int(end), reason))
     return spans
