@@ -183,6 +183,7 @@ def main() -> None:
     p.add_argument("--steps", type=int, default=600, help="LaWM training steps, each run")
     p.add_argument("--synthetic", type=int, default=100_000, help="episodes of the synthetic store (0: skip)")
     p.add_argument("--skip-training", action="store_true")
+    p.add_argument("--synthetic-only", action="store_true", help="only the synthetic store's cost")
     p.add_argument("--work", default=str(REPO / "data" / "bench-curation"), help="samples, corpus, stores (cached)")
     p.add_argument("--out", default=str(REPO / "benchmarks" / "results" / "curation.json"))
     args = p.parse_args()
@@ -190,6 +191,11 @@ def main() -> None:
     work.mkdir(parents=True, exist_ok=True)
     results: dict = {"machine": {"cpus": os.cpu_count()}, "params": vars(args), "load_start": load()}
 
+    if args.synthetic_only:
+        results["synthetic"] = synthetic(work, args.synthetic)
+        Path(args.out).parent.mkdir(parents=True, exist_ok=True)
+        Path(args.out).with_name("curation-synthetic.json").write_text(json.dumps(results, indent=2, default=float))
+        return
     corpus, clean = build_corpus(work, args.episodes, args.human_episodes, args.clean_episodes)
     uri, ingest_s = ingest(work, [*corpus.sources, clean])
     fresh = scratch_copy(uri, work / "store-curated")
