@@ -34,7 +34,7 @@ FPS = 10.0
 
 
 @pytest.fixture(scope="module")
-def polluted(sample_corpora, ray_local, tmp_path_factory):
+def polluted(sample_corpora, tmp_path_factory):
     """The sample corpora polluted (idle heads and tails, a static clip, exact and near copies,
     unrelated clips) and ingested with a tiny encoder; the store is copied per test."""
     from pipeline.ingest import ingest_corpus
@@ -43,7 +43,7 @@ def polluted(sample_corpora, ray_local, tmp_path_factory):
     corpus = make_polluted(sample_corpora, root / "corpus")
     cfg = CorpusConfig(sources=corpus.sources, encoder=TINY, sampling=SamplingConfig(fps=FPS),
                        store=StoreConfig(uri=str(root / "store")))
-    assert ingest_corpus(cfg, progress=False).added == len(corpus.truth)
+    assert ingest_corpus(cfg, progress=False, executor="local").added == len(corpus.truth)
     return corpus, root / "store"
 
 
