@@ -166,8 +166,10 @@ def synthetic(work: Path, n: int) -> dict:
     uri = work / f"synthetic-{n}"
     t = time.perf_counter()
     if not (uri / "repo").exists():
-        write_store(str(uri), [SynthSource("synth", kind="human", fps=5.0, episodes=n, seconds=4.0)],
-                    chunk_frames=4096)
+        # ten sources: each episode's number is written into its features as float16 (max 65504)
+        per = -(-n // 10)
+        write_store(str(uri), [SynthSource(f"synth{s}", kind="human", fps=5.0, episodes=min(per, n - s * per),
+                                           seconds=4.0) for s in range(10) if n > s * per], chunk_frames=4096)
     built = time.perf_counter() - t
     seconds, peak_mb, line = fresh_curate(scratch_copy(uri, work / f"synthetic-{n}-curated"))
     print(f"synthetic        {n} episodes x 20 frames: built in {built:.0f} s; curated in {seconds:.1f} s "
