@@ -17,7 +17,9 @@ import pytest
 from typer.testing import CliRunner
 
 from flows.cli import app
+from pipeline.catalog import summarize
 from pipeline.curation import curate_store
+from pipeline.evaluation.report import write_report
 from pipeline.samples.polluted import make_polluted, score_curation
 from pipeline.store import FeatureStore, StoreWriter
 from pipeline.store.curation import CurationSet, list_curation_sets
@@ -101,6 +103,8 @@ def test_the_catalog_shows_hours_kept_and_dropped_and_exports_decisions(polluted
     assert both["decision"] == "trim" and both["idle_s"] == pytest.approx(4.2, abs=0.25)
     assert by_key[corpus.keys("unrelated")[0]]["decision"] == "keep"
     assert sum(r["kept_s"] for r in table) < 0.6 * sum(r["duration_s"] for r in table)
+    page = write_report(tmp_path / "report.html", summarize(uri), []).read_text()  # the chain's report
+    assert "Curation set" in page and corpus.keys("static")[0] in page and "duplicate" in page
 
 
 # -- the set itself, and the dataset layer, on hand-made features --------------------------------
