@@ -220,6 +220,8 @@ def ingest_corpus(cfg: CorpusConfig, *, sources: list[str] | None = None, store_
 
 
 def source_roots(specs: Iterable[SourceSpec]) -> list[str]:
-    """The folders whose files the sources enumerate, spelled as the `files` table spells
-    file URIs (local: absolute paths; object stores: the URL)."""
-    return [hashing.record_uri(spec.uri).rstrip("/") for spec in specs]
+    """The folders whose files the sources enumerate whole, spelled as the `files` table spells
+    file URIs (local: absolute paths; object stores: the URL). A list of shards or a brace
+    pattern names files, not a folder: its folder may hold other sources' files, so none."""
+    return [hashing.record_uri(spec.uri).rstrip("/") for spec in specs
+            if isinstance(spec.uri, str) and not ("{" in spec.uri and "}" in spec.uri)]
