@@ -155,6 +155,7 @@ class DerivedSetWriter:
         self.shard = datetime.now(UTC).strftime("%Y%m%dT%H%M%S") + "-" + uuid.uuid4().hex[:6]
         self._rows: dict[str, dict] = {}
         self._buffers: dict[str, list[np.ndarray]] = {}
+        self._buffered = 0  # bytes in _buffers
         self._length: dict[str, int] = {}  # rows of each array written or buffered by this run
 
     @classmethod
@@ -191,7 +192,8 @@ class DerivedSetWriter:
         start = self._length.get(name, 0)
         self._buffers.setdefault(name, []).append(data)
         self._length[name] = start + len(data)
-        if sum(b.nbytes for bufs in self._buffers.values() for b in bufs) > _FLUSH_BYTES:
+        self._buffered += data.nbytes
+        if self._buffered > _FLUSH_BYTES:
             self._flush()
         return start
 
@@ -214,7 +216,7 @@ class DerivedSetWriter:
             start = arr.shape[0]
             arr.resize((start + len(data), *data.shape[1:]))
             arr[start:] = data
-        self._buffers = {}
+        self._buffers, self._buffered = {}, 0
 
     @property
     def pending(self) -> int:
