@@ -25,6 +25,7 @@ from pipeline.store.format import has_no_state
 from pipeline.store.index import read_index
 from pipeline.store.reader import CHUNK_ERRORS, FeatureStore
 from schemas import LABEL_INDEX_SCHEMA
+from schemas.tables import CURATION_INDEX_SCHEMA
 
 _BATCH_BYTES = 64 << 20
 
@@ -208,20 +209,29 @@ def _verify_shard(store: FeatureStore, shard: str, rows: list[int], cols: dict, 
 
 
 def _verify_labels(store: FeatureStore, report: VerifyReport) -> None:
-    if "labels" not in store.root:
-        return
-    for set_name, label_set in store.root["labels"].groups():
-        if "shards" not in label_set:
+    """Every chunk of every derived set: label sets and curation sets (`pipeline.store.derived`).
+    Curation arrays must also be finite (a NaN motion would drop or keep frames at random)."""
+    for group_name, schema, finite in (("labels", LABEL_INDEX_SCHEMA, False),
+                                       ("curation", CURATION_INDEX_SCHEMA, True)):
+        if group_name not in store.root:
             continue
-        rows = read_index(label_set, LABEL_INDEX_SCHEMA).to_pylist()
-        for shard_name, shard in label_set["shards"].groups():
-            for name, arr in shard.arrays():
-                scan = _scan(arr, keep=False)
-                report.chunks += scan.chunks
-                report.bytes += scan.nbytes
-                for lo, hi, why in scan.bad:
-                    keys = [r["key"] for r in rows if r["shard"] == shard_name
-                            and r["row_start"] < hi and lo < r["row_start"] + r["rows"]] or [None]
-                    for key in keys:
-                        report.problems.append(Problem(key, f"labels/{set_name}/{shard_name}",
-                                                       f"label {name} rows {lo}-{hi} unreadable ({why})"))
+        for set_name, label_set in store.root[group_name].groups():
+            if "shards" not in label_set:
+                continue
+            rows = read_index(label_set, schema).to_pylist()
+            for shard_name, shard in label_set["shards"].groups():
+                for name, arr in shard.arrays():
+                    scan = _scan(arr, keep=False)
+                    report.chunks += scan.chunks
+                    report.bytes += scan.nbytes
+                    where = f"{group_name}/{set_name}/{shard_name}"
+                    what = f"{'label' if group_name == 'labels' else 'curation'} {name}"
+                    for lo, hi, why in scan.bad:
+                        keys = [r["key"] for r in rows if r["shard"] == shard_name and (
+                            lo <= r["emb_row"] < hi if name == "embedding"
+                            else r["row_start"] < hi and lo < r["row_start"] + r["rows"])] or [None]
+                        for key in keys:
+                            report.problems.append(Problem(key, where, f"{what} rows {lo}-{hi} unreadable ({why})"))
+                    if finite and scan.nonfinite.any():
+                        report.problems.append(Problem(None, where, f"{what}: {int(scan.nonfinite.sum())} rows hold "
+                                                                    "NaN or inf"))
