@@ -18,6 +18,11 @@ redoes it — nothing derived from old features is ever handed out as if it were
 
 Like the ingest, the writer holds the store's writer lock for the whole run and publishes
 in one commit: a run killed mid-way leaves no label of that run visible.
+
+Labels are checked like features: a z holding NaN or inf is refused when it is put (the
+model that made it is broken, so the whole run stops before anything is committed), and
+`lawam verify` reads every label for finiteness. An episode's labels can be redone on
+purpose (`todo(store, redo=...)`): the new rows replace the old ones in the same set.
 """
 
 from __future__ import annotations
@@ -39,8 +44,14 @@ from pipeline.store.format import checksummed
 from pipeline.store.index import read_index, write_index
 from pipeline.store.reader import CHUNK_ERRORS, FeatureStore, StoreCorruptError
 from schemas import LABEL_INDEX_SCHEMA
+from schemas.errors import ConfigError
 
 log = logging.getLogger(__name__)
+
+
+class NonFiniteLabelsError(ConfigError):
+    """A labelling model gave NaN or inf: the model is broken (its weights, not the episode's
+    input), so the run stops before anything is committed (exit 2), naming the model."""
 
 LABELS_GROUP = "labels"
 _SET_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
@@ -183,11 +194,14 @@ class LabelWriter:
         self.parent_version: str = self.session.snapshot_id
         self.root = zarr.open_group(self.session.store, mode="a")
         path = f"{LABELS_GROUP}/{set_id}"
+        self.made_by = str((attrs.get("lam") or {}).get("dir") or set_id)  # the model, for messages
         if path in self.root:
             self.group = self.root[path]
-            if dict(self.group.attrs).get("dim") not in (None, attrs.get("dim")):
-                raise StoreError(f"label set {set_id!r} in {uri!r} holds z of dim {self.group.attrs['dim']}, "
-                                 f"this LaWM gives {attrs.get('dim')}")
+            held = dict(self.group.attrs)
+            for name in ("dim", "k_seconds"):  # a set's labels all come from one model at one gap
+                if held.get(name) not in (None, attrs.get(name)):
+                    raise StoreError(f"label set {set_id!r} in {uri!r} holds labels of {name} {held[name]}; "
+                                     f"{self.made_by} gives {attrs.get(name)}: they never share a set")
         else:
             self.group = self.root.require_group(path)
             self.group.attrs.update({**attrs, "created_at": datetime.now(UTC).isoformat(timespec="seconds")})
@@ -218,18 +232,30 @@ class LabelWriter:
         """Release the lock; labels not committed are dropped (and stay invisible)."""
         self._lock.__exit__(None, None, None)
 
-    def todo(self, store: FeatureStore) -> list[str]:
-        """Keys of `store`'s episodes that lack current labels of this set. `store` should be
-        the version this writer starts from (`parent_version`)."""
+    def todo(self, store: FeatureStore, redo: set[str] | frozenset[str] = frozenset()) -> list[str]:
+        """Keys of `store`'s episodes that lack current labels of this set, and those in `redo`
+        (labelled again on purpose: damaged, or chosen), in store order. `store` should be the
+        version this writer starts from (`parent_version`); a key of `redo` it does not hold is
+        a ConfigError naming it."""
+        missing = sorted(set(redo) - set(store.keys.tolist()))
+        if missing:
+            raise ConfigError(f"store {store.uri!r} at {store.version} has no episode {missing[0]!r} to relabel "
+                              f"({len(missing)} unknown; keys are source/episode_id, as `lawam catalog` lists them)")
         have = dict(zip(self.index["key"].to_pylist(), self.index["content_hash"].to_pylist(), strict=True))
         hashes = store.episodes()["content_hash"].to_pylist()
-        return [k for k, h in zip(store.keys.tolist(), hashes, strict=True) if have.get(k) != h]
+        return [k for k, h in zip(store.keys.tolist(), hashes, strict=True) if have.get(k) != h or k in redo]
 
     def put(self, key: str, content_hash: str, z: np.ndarray, k_frames: int, codes: np.ndarray | None = None) -> None:
-        """Buffer one episode's labels: z (N - k, Z), from the features with `content_hash`."""
+        """Buffer one episode's labels: z (N - k, Z), from the features with `content_hash`.
+        A z holding NaN or inf is refused (`NonFiniteLabelsError`): nothing is buffered."""
         z = np.asarray(z, np.float32)
         if z.ndim != 2:
             raise ValueError(f"{key}: labels must be (pairs, dim), got {z.shape}")
+        bad = int(z.size - np.isfinite(z).sum())
+        if bad:
+            raise NonFiniteLabelsError(
+                f"{self.made_by} gave NaN or inf for {bad} of {z.size} latent values of episode {key}: the model "
+                f"is broken (restore its weights or train it again); label set {self.set_id} is unchanged")
         start = self._written + self._buffered
         self._buf_z.append(z)
         if codes is not None:

@@ -7,7 +7,9 @@ For each ingested episode: its arrays exist with the dtypes and shapes the index
 root attrs promise (features float16 (frames, *token_shape), timestamps float64 (frames,),
 actions / action_timestamps / state with `actions` rows), the frame and action counts fit
 the shard, every value is finite, timestamps never go back, and every chunk it touches
-decodes with a matching CRC32C checksum. Label-set arrays are read for checksums too.
+decodes with a matching CRC32C checksum. Every label row a label set's index points to is
+read too: it must decode and be finite (`label_problems`, which `lawam distill` and
+`lawam label --damaged` use as well).
 Chunks are read in batches of about 64 MB; a batch that fails is re-read chunk by chunk to
 name the damaged rows, hence the episodes.
 """
@@ -208,20 +210,42 @@ def _verify_shard(store: FeatureStore, shard: str, rows: list[int], cols: dict, 
 
 
 def _verify_labels(store: FeatureStore, report: VerifyReport) -> None:
+    problems, chunks, nbytes = label_problems(store)
+    report.problems.extend(problems)
+    report.chunks += chunks
+    report.bytes += nbytes
+
+
+def label_problems(store: FeatureStore, set_ids: list[str] | None = None) -> tuple[list[Problem], int, int]:
+    """(problems, chunks read, bytes read) of the label sets of `store` (all, or `set_ids`):
+    every row a set's index points to must decode (checksums) and be finite. Rows no index row
+    points to any more (replaced by a relabel) are never served, and not reported."""
+    problems: list[Problem] = []
+    chunks = nbytes = 0
     if "labels" not in store.root:
-        return
+        return problems, chunks, nbytes
     for set_name, label_set in store.root["labels"].groups():
-        if "shards" not in label_set:
+        if (set_ids is not None and set_name not in set_ids) or "shards" not in label_set:
             continue
         rows = read_index(label_set, LABEL_INDEX_SCHEMA).to_pylist()
         for shard_name, shard in label_set["shards"].groups():
+            where = f"labels/{set_name}/{shard_name}"
+            mine = [r for r in rows if r["shard"] == shard_name]
             for name, arr in shard.arrays():
                 scan = _scan(arr, keep=False)
-                report.chunks += scan.chunks
-                report.bytes += scan.nbytes
-                for lo, hi, why in scan.bad:
-                    keys = [r["key"] for r in rows if r["shard"] == shard_name
-                            and r["row_start"] < hi and lo < r["row_start"] + r["rows"]] or [None]
-                    for key in keys:
-                        report.problems.append(Problem(key, f"labels/{set_name}/{shard_name}",
-                                                       f"label {name} rows {lo}-{hi} unreadable ({why})"))
+                chunks += scan.chunks
+                nbytes += scan.nbytes
+                for r in mine:
+                    lo, hi = r["row_start"], r["row_start"] + r["rows"]
+                    why = _overlap(scan, lo, hi)
+                    if why:
+                        problems.append(Problem(r["key"], where, f"label {name} {why}"))
+                    elif scan.nonfinite[lo:hi].any():
+                        problems.append(Problem(r["key"], where, f"label {name}: {int(scan.nonfinite[lo:hi].sum())} "
+                                                f"pairs hold NaN or inf"))
+    return problems, chunks, nbytes
+
+
+def damaged_labels(store: FeatureStore, set_id: str) -> list[str]:
+    """Keys of the episodes whose labels in set `set_id` are unreadable or not finite."""
+    return sorted({p.episode for p in label_problems(store, [set_id])[0] if p.episode})
