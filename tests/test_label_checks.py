@@ -10,8 +10,8 @@ from __future__ import annotations
 
 import json
 import shutil
-from dataclasses import replace
 import struct
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -217,8 +217,9 @@ def test_editing_what_shapes_the_labels_in_a_card_gives_another_set(lam_dir, sto
     assert LabelSet.open(store, other.set_id).attrs["k_seconds"] == 0.8
 
     card = read_card(lam_dir)
-    for field, value in (("feature_mean", [x + 1 for x in card.feature_mean]), ("encoder", replace(card.encoder, layer=3)), ("config", {**card.config, "model": {
-                **card.config["model"], "bottleneck": "vq"}})):
+    edits = {"feature_mean": [x + 1 for x in card.feature_mean], "encoder": replace(card.encoder, layer=3),
+             "config": {**card.config, "model": {**card.config["model"], "bottleneck": "vq"}}}
+    for field, value in edits.items():
         assert card.model_copy(update={field: value}).contents_label_set() != card.label_set, field
     assert card.model_copy(update={"metrics": {}}).contents_label_set() == card.label_set
 

@@ -172,7 +172,7 @@ class VersionLease:
                         error_summary(e))
 
     def _renew(self) -> None:
-        while not self._stop.wait(self.ttl.total_seconds() / 4):
+        while not self._stop.wait(max(self.ttl.total_seconds() / 4, 1.0)):
             try:
                 with GcLock(self.uri):
                     new = self._take()
