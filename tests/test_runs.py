@@ -141,6 +141,25 @@ def test_a_label_run_holds_the_version_it_reads_and_lets_go_when_done(lam_dir, t
     assert not any(Lease.parse(t, v) for v, names in tags(uri).items() for t in names), "the lease went"
 
 
+def test_eval_holds_the_version_it_reads(tmp_path, monkeypatch):
+    from pipeline.evaluation.evaluate import training_samples
+
+    uri = str(tmp_path / "store")
+    v1 = write_store(uri, [BOT])
+    seen: list[dict] = []
+    read = FeatureStore.episodes
+
+    def episodes(self):  # the evaluation's read of the store, watched
+        seen.append(tags(uri))
+        return read(self)
+
+    monkeypatch.setattr(FeatureStore, "episodes", episodes)
+    assert training_samples(uri, v1) == ([], None)  # synthetic episodes: no sample record
+    assert seen and all(any(Lease.parse(t, v1) and Lease.parse(t, v1).purpose == "eval" for t in now.get(v1, []))
+                        for now in seen)
+    assert not tags(uri), "the lease went"
+
+
 def test_a_run_refused_before_its_first_step_leaves_nothing_and_the_same_command_runs_later(tmp_path):
     """Incident guarded against: a refused `distill` left OUT/resume/...; the next run said "holds
     a training run already; use --resume" and `--resume` said "nothing to resume"."""

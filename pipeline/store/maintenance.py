@@ -84,8 +84,8 @@ def tags(uri: str) -> dict[str, list[str]]:
 def keep_version(uri: str, version: str, name: str) -> str | None:
     """Tag commit `version` as `name` for good (a finished run keeps the version its card
     names); a tag of that name already on it is kept as it is. Returns the tag, or None with a
-    warning when the store cannot be written (or holds `name` on another commit): the version
-    is then only as safe as gc's threshold."""
+    warning when the store cannot be written now (read-only, forbidden, unreachable) or holds
+    `name` on another commit: the version is then only as safe as gc's threshold."""
     from pipeline.errors import classify
 
     repo = open_repo(uri, create=False)
@@ -96,11 +96,12 @@ def keep_version(uri: str, version: str, name: str) -> str | None:
         return None
     try:
         repo.create_tag(name, snapshot_id=version)
-    except Exception as e:  # noqa: BLE001 - sorted by classify: only a store we may not write is let go
-        if classify(e) != "resource":
+    except Exception as e:  # noqa: BLE001 - sorted by classify: a bug still fails loudly
+        if classify(e) not in ("resource", "infrastructure"):
             raise
-        log.warning("cannot tag version %s of %s (%s): `lawam gc` may expire it; tag it where the store is "
-                    "writable (`lawam tag`)", version, uri, error_summary(e))
+        # The run it keeps is done: a tag that cannot be written is said, never worth the run.
+        log.warning("cannot tag version %s of %s (%s): `lawam gc` may expire it; tag it yourself: "
+                    "`lawam tag %s %s %s`", version, uri, error_summary(e), uri, version, name)
         return None
     return name
 
