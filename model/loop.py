@@ -383,6 +383,9 @@ def run(recipe: Recipe, store_uri: str, out_dir: str | Path, *, version: str | N
     if force and (finished or resumable):
         log.warning("%s: replacing the training run it holds (--force)", out)
         _clear(out)
+    elif resume and not resumable and finished:  # a finished model is never wiped without --force
+        raise CheckpointError(f"{out}: holds a finished run (card.json) with no checkpoint in {RESUME}/ to continue "
+                              "from; --force replaces it, or use another --out")
     elif resume and not resumable:
         log.warning("%s: nothing to resume (no checkpoint in %s/): starting a fresh run", out, RESUME)
         resume = False

@@ -16,6 +16,7 @@ a `StoppedRun`, resumable with `--resume`.
 from __future__ import annotations
 
 from collections.abc import Mapping
+from contextlib import suppress
 from dataclasses import dataclass
 from typing import Any, Literal
 
@@ -114,7 +115,8 @@ class LawmCard(_Card):
     def _derive_label_set(cls, data: Any) -> Any:
         # A card being made (the trainer leaves it out) gets the set of its contents.
         if isinstance(data, Mapping) and not data.get("label_set") and data.get("weights_sha256"):
-            data = {**data, "label_set": label_set_id(str(data["weights_sha256"]), label_shaping(data))}
+            with suppress(KeyError, TypeError, ValueError):  # a broken card: field validation names the fault
+                data = {**data, "label_set": label_set_id(str(data["weights_sha256"]), label_shaping(data))}
         return data
 
     def contents_label_set(self, weights_sha256: str | None = None) -> str:
