@@ -16,6 +16,9 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 from schemas.errors import ConfigError
 
 _SOURCE_ID = re.compile(r"^[a-z0-9][a-z0-9_.-]*$")
+# Fields a video_dir manifest provides, by our name; `SourceSpec.columns` maps them onto a
+# collection's own column names (the instruction column is `instruction_field`).
+MANIFEST_FIELDS = ("file", "start", "end", "split", "id")
 _TOKENS = re.compile(r"^(cls|mean|patches|grid:(\d+)x(\d+))$")
 
 
@@ -36,15 +39,21 @@ class SourceSpec(_Strict):
 
     id: str  # short unique name, used in episode keys and the catalog: lowercase, digits, . _ -
     kind: Literal["robot", "human"]  # robot episodes carry actions; human video does not
-    format: Literal["video_dir", "lerobot", "hdf5"]
-    uri: str  # local path (relative to the YAML file) or an fsspec URL such as s3://bucket/x
+    format: Literal["video_dir", "lerobot", "hdf5", "rlds", "webdataset"]
+    # local path (relative to the YAML file) or an fsspec URL such as s3://bucket/x; webdataset also
+    # takes a brace pattern (shards/{00000..00099}.tar) or a list of shard files
+    uri: str | list[str]
     cameras: list[str] = Field(default_factory=list)  # camera keys; empty = the first; several = a stream each
     instruction: str | None = None  # constant instruction for every episode of the source
-    instruction_field: str | None = None  # manifest column / dataset field holding the instruction
-    manifest: str | None = None  # video_dir: CSV or JSONL next to the videos (file, instruction, ...)
+    instruction_field: str | None = None  # manifest column / dataset field / webdataset .json key of the instruction
+    manifest: str | None = None  # video_dir: CSV, JSON or JSONL next to the videos (file, instruction, ...)
+    # video_dir manifest as a collection publishes it: our field -> its column, or a {column} template
+    # for `file` and `id` (EPIC-KITCHENS-100: {file: "{participant_id}/videos/{video_id}.MP4",
+    # start: start_timestamp, end: stop_timestamp, id: narration_id}); fields: file, start, end, split, id
+    columns: dict[str, str] = Field(default_factory=dict)
     action_fields: list[str] = Field(default_factory=list)  # robot: columns holding the action
     state_fields: list[str] = Field(default_factory=list)  # robot: proprioceptive state columns
-    action_rate: float | None = Field(default=None, gt=0)  # Hz, when the dataset does not say
+    action_rate: float | None = Field(default=None, gt=0)  # Hz, when the dataset does not say (rlds: required)
     fps: float | None = Field(default=None, gt=0)  # overrides the corpus sampling fps for this source
     license: str | None = None
     notes: str | None = None
@@ -56,12 +65,42 @@ class SourceSpec(_Strict):
             raise ValueError(f"{v!r} must be lowercase letters, digits, '.', '_' or '-'")
         return v
 
-    _paths_have_no_nul = field_validator("uri", "manifest")(lambda v: _no_nul(v))
+    @field_validator("uri")
+    @classmethod
+    def _uri_paths(cls, v: str | list[str]) -> str | list[str]:
+        for u in [v] if isinstance(v, str) else v:
+            _no_nul(u)
+        if isinstance(v, list) and not v:
+            raise ValueError("an empty list names no shard; give at least one file")
+        return v
+
+    _manifest_has_no_nul = field_validator("manifest")(lambda v: _no_nul(v))
+
+    @field_validator("columns")
+    @classmethod
+    def _known_columns(cls, v: dict[str, str]) -> dict[str, str]:
+        unknown = sorted(set(v) - set(MANIFEST_FIELDS))
+        if unknown:
+            raise ValueError(f"unknown field(s) {unknown!r}; map any of {list(MANIFEST_FIELDS)!r} "
+                             "(the instruction column is `instruction_field`)")
+        for k, col in v.items():
+            if "{" in col and k not in ("file", "id"):
+                raise ValueError(f"{k}: {col!r} is a template; only `file` and `id` take one, {k} names a column")
+        return v
 
     @model_validator(mode="after")
-    def _human_has_no_actions(self) -> SourceSpec:
+    def _format_rules(self) -> SourceSpec:
         if self.kind == "human" and self.action_fields:
             raise ValueError("a human source has no actions: remove action_fields or use kind: robot")
+        if isinstance(self.uri, list) and self.format != "webdataset":
+            raise ValueError(f"uri: a list of files is for format webdataset; format {self.format} takes one uri")
+        if self.format == "rlds" and self.action_rate is None:
+            raise ValueError("action_rate: format rlds needs it: RLDS steps carry no timestamps; add "
+                             "`action_rate: <Hz>`, the rate the dataset was recorded at (BridgeData 5, DROID 15)")
+        if self.columns and self.format != "video_dir":
+            raise ValueError(f"columns: maps manifest columns of format video_dir; format {self.format} has none")
+        if self.columns and self.manifest is None:
+            raise ValueError("columns: maps the columns of a manifest; name the file in `manifest`")
         return self
 
 
@@ -179,8 +218,11 @@ def _read_yaml(path: Path) -> dict:
     return data
 
 
-def _resolve(uri: str, base: Path) -> str:
-    """Relative local paths are taken relative to the YAML file that names them."""
+def _resolve(uri: str | list[str], base: Path) -> str | list[str]:
+    """Relative local paths are taken relative to the YAML file that names them (each one of a
+    list; a brace pattern's braces are kept as they are)."""
+    if isinstance(uri, list):
+        return [str(_resolve(u, base)) for u in uri]
     if "://" in uri or Path(uri).is_absolute():
         return uri
     return str((base / uri).resolve())

@@ -69,6 +69,10 @@ FILES_SCHEMA = pa.schema(
         pa.field("digest", pa.string(), nullable=False),  # what pipeline.sources.hashing.file_digest returns
         # when it was stat'ed for hashing (ns since the epoch); 0 when the object store's checksum was used
         pa.field("hashed_at_ns", pa.int64(), nullable=False),
+        # Files that hold many episodes (RLDS TFRecord shards, webdataset tars): where each episode is
+        # inside the file (byte offsets, ids, step counts), as JSON, valid for exactly this `digest`;
+        # null for other files. A refresh over an unchanged shard reads this instead of the shard.
+        pa.field("records", pa.string()),
     ]
 )
 
