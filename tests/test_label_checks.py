@@ -153,7 +153,8 @@ def test_nan_labels_are_refused_at_write_time_and_nothing_is_committed(lam_dir, 
     assert label_store(store_uri, IdmLabeler(str(lam_dir)), use_ray=False, progress=False).episodes == 6
 
 
-def test_verify_and_distill_refuse_nan_labels_and_label_damaged_relabels_them(lam_dir, store_uri, tmp_path):
+def test_verify_and_distill_refuse_nan_labels_and_label_damaged_relabels_them(ray_local, lam_dir, store_uri,
+                                                                               tmp_path):
     labeler = IdmLabeler(str(lam_dir))
     label_store(store_uri, labeler, use_ray=False, progress=False)
     good = LabelSet.open(FeatureStore.open(store_uri), labeler.set_id).episode("bot/ep002").copy()
@@ -180,7 +181,7 @@ def test_verify_and_distill_refuse_nan_labels_and_label_damaged_relabels_them(la
     assert distill(store_uri, tmp_path / "pol", lam_dir, cfg, progress=False).steps == 2
 
 
-def test_label_redo_relabels_chosen_episodes_into_the_same_set(lam_dir, store_uri):
+def test_label_redo_relabels_chosen_episodes_into_the_same_set(ray_local, lam_dir, store_uri):
     labeler = IdmLabeler(str(lam_dir))
     label_store(store_uri, labeler, use_ray=False, progress=False)
     before = LabelSet.open(FeatureStore.open(store_uri), labeler.set_id)
