@@ -11,9 +11,11 @@ from pathlib import Path
 from typing import Annotated, Literal, TypeVar
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import BaseModel, Field, ValidationError, field_validator, model_validator
 
+from schemas.curation import CurationConfig, load_curation_config
 from schemas.errors import ConfigError
+from schemas.strict import Strict as _Strict
 
 _SOURCE_ID = re.compile(r"^[a-z0-9][a-z0-9_.-]*$")
 # Fields a video_dir manifest provides, by our name; `SourceSpec.columns` maps them onto a
@@ -28,10 +30,6 @@ def _no_nul(v: str | None) -> str | None:
     if v is not None and "\x00" in v:
         raise ValueError("must not contain a NUL byte")
     return v
-
-
-class _Strict(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True)
 
 
 class SourceSpec(_Strict):
@@ -172,6 +170,9 @@ class CorpusConfig(_Strict):
     sampling: SamplingConfig = SamplingConfig()
     store: StoreConfig = StoreConfig()
     labels: LabelsConfig | None = None  # None: a refresh ingests only
+    # Curate after every refresh (`lawam curate` with this config): a path of a curate.yaml
+    # (relative to the corpus file) or the config inline. None: a refresh does not curate.
+    curation: CurationConfig | None = None
 
     @model_validator(mode="after")
     def _unique_ids(self) -> CorpusConfig:
@@ -262,6 +263,11 @@ def load_corpus(path: str | Path) -> CorpusConfig:
             else:
                 raise ConfigError(f"{path}: sources.{i}: expected a mapping or a file path, got {s!r}")
         data = {**data, "sources": resolved}
+    curation = data.get("curation")
+    if isinstance(curation, str):
+        if not curation.strip() or not curation.isprintable():
+            raise ConfigError(f"{path}: curation: {curation!r} is not a curation config path")
+        data = {**data, "curation": load_curation_config(path.parent / curation)}
     cfg = _validate(CorpusConfig, data, path)
     store = cfg.store.model_copy(update={"uri": _resolve(cfg.store.uri, path.parent)})
     update: dict = {"store": store}

@@ -139,4 +139,13 @@ def label_set_id(weights_sha256: str, shaping: Mapping[str, Any] | None = None) 
     return f"lam-{hashlib.sha256(payload.encode()).hexdigest()[:12]}"
 
 
-__all__ = ["EncoderIdentity", "SamplingParams", "label_set_id", "random_init_weights"]
+def curation_set_id(config: Mapping[str, Any], encoder: EncoderIdentity | None) -> str:
+    """The id of the curation set a curation config writes into a store: `cur-` + 12 hex digits
+    of the config (as JSON, every field spelled out) and the store's encoder identity, since the
+    same config scores another encoder's features differently."""
+    payload = json.dumps({"config": dict(config), "encoder": encoder.to_dict() if encoder else None},
+                         sort_keys=True, default=str)
+    return f"cur-{hashlib.sha256(payload.encode()).hexdigest()[:12]}"
+
+
+__all__ = ["EncoderIdentity", "SamplingParams", "curation_set_id", "label_set_id", "random_init_weights"]

@@ -19,6 +19,7 @@ from flows.cli.app import app
 # The commands register on `app` as their modules load, in the order `lawam --help` lists them.
 # isort: off
 from flows.cli import store  # noqa: F401
+from flows.cli import curate  # noqa: F401
 from flows.cli import train  # noqa: F401
 from flows.cli import evaluate  # noqa: F401
 from flows.cli import demo  # noqa: F401

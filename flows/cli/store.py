@@ -154,13 +154,18 @@ def catalog(
     store: str = typer.Argument(..., help="Store location: local path or s3://..."),
     version_id: str = typer.Option(None, "--version", help="A store version (commit id); default: newest."),
     as_json: bool = typer.Option(False, "--json", help="Print the summary as JSON."),
+    export: Path = typer.Option(None, help="Write a curation set's decision for every episode (keep / trim / "
+                                "drop, why, seconds kept and dropped, spans) to this Parquet file."),
+    curation: str = typer.Option(None, help="The curation set to --export (default: the store's only one)."),
 ) -> None:
-    """Summarise a store: hours / episodes / frames per source, and the quarantined list (each
-    with its reason, since when it fails and how many attempts failed)."""
-    from pipeline.catalog import summarize
+    """Summarise a store: hours / episodes / frames per source, the quarantined list (each
+    with its reason, since when it fails and how many attempts failed), label sets, and per
+    curation set the hours kept and dropped per source, and why."""
+    from pipeline.catalog import export_decisions, summarize
 
     try:
         summary = summarize(store, version_id)
+        exported = export_decisions(store, summary.version, export, curation) if export else None
     except _domain_errors() as e:
         _fail(str(e))
     if as_json:
@@ -183,6 +188,22 @@ def catalog(
         out.print(f"label set {ls['id']}: {ls['labelled']}/{ls['episodes']} episodes ({100 * ls['coverage']:.0f}%)"
                   f"{stale}; LaWM {ls['lam_dir']}, k = {ls['k_seconds']} s, z dim {ls['dim']}", highlight=False,
                   soft_wrap=True)
+    for cs in summary.curation_sets:
+        out.print(curation_table(cs))
+    if exported:
+        out.print(f"exported {exported} episode decisions to {export}", highlight=False)
+
+
+def curation_table(cs: dict) -> Table:
+    """Hours kept and dropped per source, and why, of one curation set (catalog summary form)."""
+    stale = f", {cs['stale']} stale" if cs["stale"] else ""
+    table = Table(title=f"curation set {cs['id']}: {cs['curated']}/{cs['episodes']} episodes curated{stale}")
+    for col in ("source", "hours", "kept", "duplicate", "static", "idle", "uncurated", "dropped episodes"):
+        table.add_column(col)
+    for s in cs["sources"]:
+        table.add_row(s["source"], *(f"{s[c]:.4f}" for c in ("hours", "kept_h", "duplicate_h", "static_h", "idle_h",
+                                                              "uncurated_h")), str(s["dropped_episodes"]))
+    return table
 
 
 @app.command()

@@ -62,8 +62,9 @@ def write_report(path: str | Path, catalog: CatalogSummary, stages: Sequence[dic
                  lam_dir: str | Path | None = None, eval_dir: str | Path | None = None,
                  title: str = "lawam run") -> Path:
     """Write one HTML file at `path` (images embedded) and return it: hours and episodes per
-    source (`catalog`), one row per stage (`stages`: dicts with stage, items, unit, seconds,
-    throughput, version_before/after; see `flows.common.stage_row`), the LaWM's curves
+    source (`catalog`) and, per curation set, hours kept and dropped and why; one row per stage
+    (`stages`: dicts with stage, items, unit, seconds, throughput, version_before/after; see
+    `flows.common.stage_row`), the LaWM's curves
     (`lam_dir`/metrics.png, curves.png) and the success rates (`eval_dir`/results.json, success.png)."""
     path = Path(path)
     parts = [f"<!doctype html><html><head><meta charset='utf-8'><title>{_e(title)}</title>"
@@ -79,6 +80,16 @@ def write_report(path: str | Path, catalog: CatalogSummary, stages: Sequence[dic
     parts.append(_bars([(s.source, s.hours * 60) for s in catalog.sources], top * 60, "{:.2f} min"))
     if catalog.quarantined:
         parts.append("<h3>Quarantined</h3>" + _table(catalog.quarantined, ["source", "episode_id", "reason"]))
+    for cs in catalog.curation_sets:
+        parts.append(f"<h3>Curation set <code>{_e(cs['id'])}</code>: {cs['curated']}/{cs['episodes']} episodes "
+                     "curated</h3><p>Hours training sees (kept) and what it skips, and why, per source.</p>")
+        hours = [{"source": s["source"], "hours": s["hours"], "kept": s["kept_h"], "duplicate": s["duplicate_h"],
+                  "static": s["static_h"], "idle": s["idle_h"], "uncurated": s["uncurated_h"],
+                  "episodes dropped": s["dropped_episodes"]} for s in cs["sources"]]
+        parts.append(_table(hours, ["source", "hours", "kept", "duplicate", "static", "idle", "uncurated",
+                                    "episodes dropped"]))
+        if cs["examples"]:
+            parts.append("<p>Examples:</p>" + _table(cs["examples"], ["reason", "episode", "what"]))
     for ls in catalog.label_sets:
         parts.append(f"<p>Label set <code>{_e(ls['id'])}</code>: {ls['labelled']}/{ls['episodes']} episodes "
                      f"({100 * ls['coverage']:.0f}%), {ls['stale']} stale; LaWM {_e(ls['lam_dir'])}.</p>")
