@@ -143,9 +143,19 @@ class SamplingParams:
         return hashlib.sha256(payload.encode()).hexdigest()[:32]
 
 
-def label_set_id(weights_sha256: str) -> str:
-    """The id of the label set a LaWM checkpoint writes: `lam-` + 12 hex digits of its weights."""
-    return f"lam-{weights_sha256[:12]}"
+def label_set_id(weights_sha256: str, shaping: Mapping[str, Any] | None = None) -> str:
+    """The id of the label set a LaWM writes: `lam-` + 12 hex digits of a hash of its weights
+    and of `shaping`, every field of its card that changes the labels (its gap k, the feature
+    mean/std it standardises with, the encoder identity and token shape of its features, its
+    model config: `schemas.cards.label_shaping`). Two LaWMs that would label differently never
+    share a set, so a card edited by hand (another `k_seconds`) labels into a set of its own.
+
+    Without `shaping`: the id of the weights alone, as label sets were named before (a store
+    labelled then keeps those sets, readable by that name; `lawam label` writes new ones)."""
+    if shaping is None:
+        return f"lam-{weights_sha256[:12]}"
+    payload = json.dumps({"weights_sha256": weights_sha256, **shaping}, sort_keys=True, separators=(",", ":"))
+    return f"lam-{hashlib.sha256(payload.encode()).hexdigest()[:12]}"
 
 
 def curation_set_id(config: Mapping[str, Any], encoder: EncoderIdentity | None) -> str:

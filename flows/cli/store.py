@@ -270,7 +270,10 @@ def gc(
                                  "version references now."),
 ) -> None:
     """Expire old versions and delete the files no kept version references (Icechunk's
-    expire_snapshots + garbage_collect). Tagged versions (`lawam tag`) and branch tips stay."""
+    expire_snapshots + garbage_collect). Tagged versions (`lawam tag`, and the versions finished
+    training runs read), versions a running train-lam / label / distill / eval holds (a lease)
+    and branch tips stay; each kept version is listed with why. Leases of runs that died
+    expire 12 h after their last renewal and are deleted here."""
     from pipeline.store.maintenance import gc_store, parse_duration
 
     try:
@@ -283,6 +286,17 @@ def gc(
     out.print(f"{store}: {report.expired} versions expired; {verb} {report.chunks_deleted} chunks, "
               f"{report.manifests_deleted} manifests, {report.snapshots_deleted} snapshots "
               f"({report.bytes_deleted / 1e6:.1f} MB); {len(report.kept)} versions kept", highlight=False)
+    young = 0
+    for version_id, reasons in report.kept.items():
+        if reasons == ["younger than the threshold"]:
+            young += 1
+        else:
+            out.print(f"  kept {version_id}: {'; '.join(reasons)}", highlight=False, soft_wrap=True)
+    if young:
+        out.print(f"  kept {young} more, younger than {older_than}", highlight=False)
+    for lease in report.leases_expired:
+        out.print(f"  {'would delete' if dry_run else 'deleted'} the expired {lease.describe()} on {lease.version} "
+                  "(its run ended without removing it)", highlight=False, soft_wrap=True)
 
 
 @app.command()

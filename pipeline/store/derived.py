@@ -40,6 +40,7 @@ from pipeline.store.backend import StoreError, WriterLock, open_repo
 from pipeline.store.format import checksummed
 from pipeline.store.index import read_index, write_index
 from pipeline.store.reader import CHUNK_ERRORS, FeatureStore, StoreCorruptError
+from schemas.errors import ConfigError
 
 log = logging.getLogger(__name__)
 
@@ -180,12 +181,18 @@ class DerivedSetWriter:
         """Release the lock; rows not committed are dropped (and stay invisible)."""
         self._lock.__exit__(None, None, None)
 
-    def todo(self, store: FeatureStore) -> list[str]:
-        """Keys of `store`'s episodes that lack current rows of this set. `store` should be the
-        version this writer starts from (`parent_version`)."""
+    def todo(self, store: FeatureStore, redo: set[str] | frozenset[str] = frozenset()) -> list[str]:
+        """Keys of `store`'s episodes that lack current rows of this set, and those in `redo`
+        (done again on purpose: damaged, or chosen; their new rows replace the old at commit),
+        in store order. `store` should be the version this writer starts from
+        (`parent_version`); a key of `redo` it does not hold is a ConfigError naming it."""
+        missing = sorted(set(redo) - set(store.keys.tolist()))
+        if missing:
+            raise ConfigError(f"store {store.uri!r} at {store.version} has no episode {missing[0]!r} to redo "
+                              f"({len(missing)} unknown; keys are source/episode_id, as `lawam catalog` lists them)")
         have = dict(zip(self.index["key"].to_pylist(), self.index["content_hash"].to_pylist(), strict=True))
         hashes = store.episodes()["content_hash"].to_pylist()
-        return [k for k, h in zip(store.keys.tolist(), hashes, strict=True) if have.get(k) != h]
+        return [k for k, h in zip(store.keys.tolist(), hashes, strict=True) if have.get(k) != h or k in redo]
 
     def append(self, name: str, data: np.ndarray) -> int:
         """Buffer rows of array `name` of this run's shard; returns the row the first lands at."""

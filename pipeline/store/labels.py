@@ -1,7 +1,8 @@
 """Label sets: latent-action labels stored next to the features they were computed from.
 
 Promise (DESIGN.md, "Label sets"): one label set per LaWM checkpoint, keyed by the hash of
-its weights; labels of two checkpoints never mix, several sets coexist, and each is added
+its weights and of every card field that changes its labels (`schemas.identity.label_set_id`);
+labels of two checkpoints never mix, several sets coexist, and each is added
 in a commit, incrementally — only episodes without labels of that set, or redone since.
 
 Layout, inside the same Icechunk repository (so a store version pins features *and* labels):
@@ -20,6 +21,11 @@ Like the ingest, the writer holds the store's writer lock for the whole run and 
 in one commit: a run killed mid-way leaves no label of that run visible. What label sets share
 with curation sets (the index, currency by content hash, the writer's lock, buffers and
 commit) is `pipeline.store.derived`.
+
+Labels are checked like features: a z holding NaN or inf is refused when it is put (the
+model that made it is broken, so the whole run stops before anything is committed), and
+`lawam verify` reads every label for finiteness. An episode's labels can be redone on
+purpose (`todo(store, redo=...)`): the new rows replace the old ones in the same set.
 """
 
 from __future__ import annotations
@@ -36,8 +42,14 @@ from pipeline.store.backend import StoreError
 from pipeline.store.derived import DerivedSet, DerivedSetWriter
 from pipeline.store.reader import FeatureStore
 from schemas import LABEL_INDEX_SCHEMA
+from schemas.errors import ConfigError
 
 log = logging.getLogger(__name__)
+
+
+class NonFiniteLabelsError(ConfigError):
+    """A labelling model gave NaN or inf: the model is broken (its weights, not the episode's
+    input), so the run stops before anything is committed (exit 2), naming the model."""
 
 LABELS_GROUP = "labels"
 _CACHE_BYTES = 128 << 20  # labels a reader keeps in memory (a trainer reads each episode many times)
@@ -135,18 +147,33 @@ class LabelWriter(DerivedSetWriter):
     }
 
     def check_attrs(self, stored: dict, attrs: dict) -> None:
-        if stored.get("dim") not in (None, attrs.get("dim")):
-            raise StoreError(f"label set {self.set_id!r} in {self.uri!r} holds z of dim {stored['dim']}, "
-                             f"this LaWM gives {attrs.get('dim')}")
+        for name in ("dim", "k_seconds"):  # a set's labels all come from one model at one gap
+            if stored.get(name) not in (None, attrs.get(name)):
+                raise StoreError(f"label set {self.set_id!r} in {self.uri!r} holds labels of {name} {stored[name]}; "
+                                 f"{_made_by(attrs, self.set_id)} gives {attrs.get(name)}: they never share a set")
+
+    def __init__(self, uri: str, set_id: str, attrs: dict, branch: str, lock) -> None:
+        self.made_by = _made_by(attrs, set_id)  # the model writing now, for messages: its folder
+        super().__init__(uri, set_id, attrs, branch, lock)
 
     def put(self, key: str, content_hash: str, z: np.ndarray, k_frames: int,  # type: ignore[override]
             codes: np.ndarray | None = None) -> None:
-        """Buffer one episode's labels: z (N - k, Z), from the features with `content_hash`."""
+        """Buffer one episode's labels: z (N - k, Z), from the features with `content_hash`.
+        A z holding NaN or inf is refused (`NonFiniteLabelsError`): nothing is buffered."""
         z = np.asarray(z, np.float32)
         if z.ndim != 2:
             raise ValueError(f"{key}: labels must be (pairs, dim), got {z.shape}")
+        bad = int(z.size - np.isfinite(z).sum())
+        if bad:
+            raise NonFiniteLabelsError(
+                f"{self.made_by} gave NaN or inf for {bad} of {z.size} latent values of episode {key}: the model "
+                f"is broken (restore its weights or train it again); label set {self.set_id} is unchanged")
         start = self.append("z", z)
         if codes is not None:
             self.append("codes", np.asarray(codes, np.int32))
         super().put({"key": key, "content_hash": content_hash, "row_start": start, "rows": len(z),
                      "k_frames": int(k_frames)})
+
+
+def _made_by(attrs: dict, set_id: str) -> str:
+    return str((attrs.get("lam") or {}).get("dir") or set_id)
