@@ -262,7 +262,7 @@ def test_a_killed_label_run_leaves_no_ray_process_behind(lam_dir, tmp_path):
         "                time.sleep(0.5)\n"
         "            return fn(a, b)\n"
         "        return slow\n"
-        f"label_store({uri!r}, Slow({str(lam_dir)!r}), num_actors=1, pairs_per_task=1, batch_pairs=4,\n"
+        f"label_store({uri!r}, Slow({str(lam_dir)!r}), use_ray=True, num_actors=1, pairs_per_task=1, batch_pairs=4,\n"
         "            progress=False)\n"
     )
     proc = subprocess.Popen([sys.executable, "-c", code], cwd=REPO, start_new_session=True,

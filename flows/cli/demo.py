@@ -84,7 +84,7 @@ def demo(
         table.add_row(r["stage"], done, f"{r['seconds'] or 0:.1f}", r["throughput"] or "",
                       f"{r['version_before'] or ''} -> {r['version_after'] or ''}" if r["version_before"] else "")
     out.print(table)
-    catalog(cfg.store.uri, version_id=None, as_json=False)
+    catalog(cfg.store.uri, version_id=None, as_json=False, export=None, curation=None)
     out.print(f"LaWM {result.lam_dir}\npolicy {result.policy_dir}\nevaluation {result.eval_dir}", highlight=False)
     out.print(f"wrote {result.report}", highlight=False)
 
