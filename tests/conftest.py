@@ -3,15 +3,43 @@
 Rendered corpora are cached under `$LAWAM_TEST_CACHE` (default `.pytest_cache/lawam/`
 in the repository) and reused across pytest runs: `make_samples` renders again only
 when its arguments, its format version or the simulator versions change.
+
+`make test` runs the suite in parallel worker processes (pytest-xdist, `-n`). Each worker is
+a process of its own, so it gets engines of its own: its own local Ray (`ray_local`), its own
+Prefect harness (`prefect_server`) and PREFECT_HOME, servers on free loopback ports, and
+`tmp_path`s under its own base folder. What workers share is built under a lock: the
+rendered sample corpora (`make_samples` locks its folder and swaps a finished render into
+place) and Ray's authentication token (made once, before the workers start).
 """
 
 from __future__ import annotations
 
+import atexit
 import os
+import shutil
+import subprocess
+import sys
+import tempfile
 
 # MuJoCo picks its GL backend when first imported: offscreen EGL (Mesa on CPU) here.
 os.environ.setdefault("MUJOCO_GL", "egl")
 os.environ.setdefault("PYOPENGL_PLATFORM", "egl")
+
+# Prefect keeps its settings profile and the ephemeral server's SQLite database in PREFECT_HOME:
+# one per test process, so that parallel workers (and the `lawam` processes they start) never
+# migrate or lock one database at once, and no user profile sends test runs to a real server.
+# Removed at exit (xdist workers end without pytest_unconfigure), after Prefect's own exit
+# handlers, registered later, have stopped any server using it.
+PREFECT_HOME = tempfile.mkdtemp(prefix="lawam-test-prefect-")
+os.environ["PREFECT_HOME"] = PREFECT_HOME
+atexit.register(shutil.rmtree, PREFECT_HOME, ignore_errors=True)
+
+# Workers share the cores: torch (and the `lawam` processes and Ray workers started from here,
+# which inherit this) gets cores / workers intra-op threads, so that together they use each core
+# once. Oversubscribed, a small model ran 6-12x slower.
+if "PYTEST_XDIST_WORKER_COUNT" in os.environ:
+    _workers = int(os.environ["PYTEST_XDIST_WORKER_COUNT"])
+    os.environ.setdefault("OMP_NUM_THREADS", str(max(1, (os.cpu_count() or 1) // _workers)))
 
 from pathlib import Path  # noqa: E402
 from typing import Any  # noqa: E402
@@ -20,6 +48,17 @@ import pytest  # noqa: E402
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 TEST_CACHE = Path(os.environ.get("LAWAM_TEST_CACHE", REPO_ROOT / ".pytest_cache" / "lawam"))
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    """Before parallel workers start (in the controlling process): Ray's token. A new local Ray
+    uses token authentication and writes ~/.ray/auth_token when there is none; two workers
+    starting Ray at once on a fresh machine could each write their own, and a process that
+    reads the file would then hold the other cluster's token."""
+    parallel = getattr(config.option, "numprocesses", None) and not hasattr(config, "workerinput")
+    if parallel and not (Path.home() / ".ray" / "auth_token").exists():
+        subprocess.run([str(Path(sys.executable).parent / "ray"), "get-auth-token", "--generate"],
+                       capture_output=True, check=True, timeout=120)
 
 
 @pytest.fixture(autouse=True)
@@ -83,3 +122,14 @@ def ray_local():
     ensure_ray()
     yield ray
     ray.shutdown()
+
+
+@pytest.fixture(scope="session")
+def prefect_server():
+    """Prefect's test harness for the session: a temporary local server and SQLite database
+    (one per worker process, on a free port), started on first use. Flows run in this process
+    report to it."""
+    from prefect.testing.utilities import prefect_test_harness
+
+    with prefect_test_harness(server_startup_timeout=120):
+        yield
