@@ -15,6 +15,7 @@ place) and Ray's authentication token (made once, before the workers start).
 from __future__ import annotations
 
 import atexit
+import fcntl
 import os
 import shutil
 import subprocess
@@ -33,14 +34,21 @@ os.environ.setdefault("PYOPENGL_PLATFORM", "egl")
 PREFECT_HOME = tempfile.mkdtemp(prefix="lawam-test-prefect-")
 os.environ["PREFECT_HOME"] = PREFECT_HOME
 atexit.register(shutil.rmtree, PREFECT_HOME, ignore_errors=True)
+# A `lawam` process started by a test has no server configured: its flows start Prefect's
+# ephemeral one, which takes longer than Prefect's default 20 s while parallel workers run.
+os.environ.setdefault("PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS", "120")
 
-# Workers share the cores: torch (and the `lawam` processes and Ray workers started from here,
-# which inherit this) gets cores / workers intra-op threads, so that together they use each core
-# once. Oversubscribed, a small model ran 6-12x slower.
+# Workers share the cores: torch and OpenBLAS (OMP_NUM_THREADS) and Mesa's software renderer
+# (LP_NUM_THREADS) get cores / workers threads, in this process and in the `lawam` processes,
+# render children and Ray workers started from here, which inherit them; so that together the
+# workers use each core once. Oversubscribed, a small model ran 6-12x slower.
 if "PYTEST_XDIST_WORKER_COUNT" in os.environ:
-    _workers = int(os.environ["PYTEST_XDIST_WORKER_COUNT"])
-    os.environ.setdefault("OMP_NUM_THREADS", str(max(1, (os.cpu_count() or 1) // _workers)))
+    _threads = str(max(1, (os.cpu_count() or 1) // int(os.environ["PYTEST_XDIST_WORKER_COUNT"])))
+    os.environ.setdefault("OMP_NUM_THREADS", _threads)
+    os.environ.setdefault("LP_NUM_THREADS", _threads)
 
+from collections.abc import Iterator  # noqa: E402
+from contextlib import contextmanager  # noqa: E402
 from pathlib import Path  # noqa: E402
 from typing import Any  # noqa: E402
 
@@ -111,15 +119,33 @@ def sample_corpora(sample_args: dict[str, Any]) -> Path:
     return out_dir
 
 
+@contextmanager
+def _one_worker_at_a_time(tmp_path_factory: pytest.TempPathFactory, name: str) -> Iterator[None]:
+    """A lock shared by the parallel workers of this run (a file in the run's base temporary
+    folder, which holds each worker's own); nothing to wait for in a serial run."""
+    if "PYTEST_XDIST_WORKER" not in os.environ:
+        yield
+        return
+    with open(tmp_path_factory.getbasetemp().parent / f"{name}.lock", "w") as handle:
+        fcntl.flock(handle, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(handle, fcntl.LOCK_UN)
+
+
 @pytest.fixture(scope="session")
-def ray_local():
-    """One real local Ray instance for the session, on loopback, with this machine's cores."""
+def ray_local(tmp_path_factory: pytest.TempPathFactory):
+    """One real local Ray instance for the session (each parallel worker its own), on loopback,
+    with this machine's cores. Workers start theirs one at a time: Ray gives a starting node 30 s
+    to register with its GCS, which several starts at once on a busy machine can miss."""
     os.environ.setdefault("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", "0")
     import ray
 
     from pipeline.ingest import ensure_ray
 
-    ensure_ray()
+    with _one_worker_at_a_time(tmp_path_factory, "ray-start"):
+        ensure_ray()
     yield ray
     ray.shutdown()
 
