@@ -38,10 +38,10 @@ atexit.register(shutil.rmtree, PREFECT_HOME, ignore_errors=True)
 # ephemeral one, which takes longer than Prefect's default 20 s while parallel workers run.
 os.environ.setdefault("PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS", "120")
 
-# Workers share the cores: torch and OpenBLAS (OMP_NUM_THREADS) and Mesa's software renderer
-# (LP_NUM_THREADS) get cores / workers threads, in this process and in the `lawam` processes,
-# render children and Ray workers started from here, which inherit them; so that together the
-# workers use each core once. Oversubscribed, a small model ran 6-12x slower.
+# Workers share the cores: torch's OpenMP pool (OMP_NUM_THREADS) and Mesa's software renderer
+# (LP_NUM_THREADS) get cores / workers threads, here and in the `lawam` processes, render
+# children and Ray workers started from here, which inherit them; so that together the workers
+# use each core once. Oversubscribed, a small model ran 6-12x slower.
 if "PYTEST_XDIST_WORKER_COUNT" in os.environ:
     _threads = str(max(1, (os.cpu_count() or 1) // int(os.environ["PYTEST_XDIST_WORKER_COUNT"])))
     os.environ.setdefault("OMP_NUM_THREADS", _threads)
