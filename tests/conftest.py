@@ -38,6 +38,13 @@ atexit.register(shutil.rmtree, PREFECT_HOME, ignore_errors=True)
 # ephemeral one, which takes longer than Prefect's default 20 s while parallel workers run.
 os.environ.setdefault("PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS", "120")
 
+# Torch's OpenMP threads wait for work asleep rather than spinning, here and in every process
+# started from here (Ray's workers included): the encoder and label actors run one thread per
+# core beside decode tasks, other workers and other work on the machine, and a spinning thread
+# burns its time slice waiting for a partner that is not running. A small model at 2 threads on
+# the busy 2-core machine ran 40-90 calls/s spinning, 2,000-3,300 passive (1 thread: 600-1,200).
+os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+
 # Workers share the cores: torch's OpenMP pool (OMP_NUM_THREADS) and Mesa's software renderer
 # (LP_NUM_THREADS) get cores / workers threads, here and in the `lawam` processes, render
 # children and Ray workers started from here, which inherit them; so that together the workers
