@@ -7,6 +7,7 @@ import os
 import shutil
 import subprocess
 import sys
+from contextlib import contextmanager
 from pathlib import Path
 
 import pytest
@@ -96,18 +97,20 @@ def test_ingest_of_broken_yaml_names_file_and_line(tmp_path):
     assert "src.yaml: not valid YAML at line" in ingest_error(tmp_path, "id: a\nkind: [robot\n")
 
 
-def test_demo_runs_the_chain_writes_the_report_and_again_redoes_nothing(tmp_path):
+def test_demo_runs_the_chain_writes_the_report_and_again_redoes_nothing(prefect_server, ray_local, tmp_path):
     """The README's `make demo` at its smallest, in a fresh process as a user runs it: render →
     ingest → train-lam → label → distill → eval as the Prefect flow `lawam_chain`, then the
-    catalog and report.html. The second run renders, ingests, labels and trains nothing.
-    The policy it made then runs at batch 1 (`lawam latency`)."""
+    catalog and report.html. The second run renders, ingests, labels and trains nothing: what
+    it reuses is on disk, so it runs in this process (its Ray, the Prefect harness), as do
+    `lawam latency` on the policy the first run made (batch 1)."""
     out = tmp_path / "demo"
-    cmd = [sys.executable, "-m", "flows.cli", "demo", str(out), "--episodes-per-task", "1", "--lam-steps", "20",
-           "--policy-steps", "20", "--eval-tasks", "reach-v3", "--eval-episodes", "1", "--eval-max-steps", "6",
-           "--latency-calls", "0", "--no-progress"]
+    args = ["demo", str(out), "--episodes-per-task", "1", "--lam-steps", "20", "--policy-steps", "20",
+            "--eval-tasks", "reach-v3", "--eval-episodes", "1", "--eval-max-steps", "6", "--latency-calls", "0",
+            "--no-progress"]
     env = {**os.environ, "NO_COLOR": "1", "COLUMNS": "200", "OMP_NUM_THREADS": "1"}
     repo = Path(__file__).resolve().parents[1]
-    first = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=900, cwd=repo)
+    first = subprocess.run([sys.executable, "-m", "flows.cli", *args], capture_output=True, text=True, env=env,
+                           timeout=900, cwd=repo)
     assert first.returncode == 0, first.stdout[-3000:] + first.stderr[-3000:]
     # 5 tasks x 1 robot episode + 2 x 2 human clips, every one labelled
     assert "+9 episodes" in first.stdout and "0 quarantined" in first.stdout, first.stdout[-3000:]
@@ -134,16 +137,29 @@ def test_demo_runs_the_chain_writes_the_report_and_again_redoes_nothing(tmp_path
     assert episode["steps"] <= 6 and episode["act_calls"] >= 2  # receding horizon: 4 of 8 actions per chunk
     assert (policy / "eval" / "rollout-reach-v3.mp4").stat().st_size > 0
 
-    again = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=900, cwd=repo)
-    assert again.returncode == 0, again.stdout[-3000:] + again.stderr[-3000:]
+    with _prefect_loggers_kept():  # `demo` quiets Prefect's loggers for the rest of its process
+        again = runner.invoke(app, args)
+    assert again.exit_code == 0, again.output[-3000:]
     assert "(cached)" in again.stdout and "+0 episodes" in again.stdout and again.stdout.count("(reused)") == 3
     assert FeatureStore.open(str(out / "store")).version == store.version
     assert sorted(p.name for p in (out / "runs").iterdir()) == sorted([lam.name, policy.name])  # no new runs
 
-    lat = subprocess.run([sys.executable, "-m", "flows.cli", "latency", "--policy", str(policy), "--calls", "50",
-                          "--threads", "1"], capture_output=True, text=True, env=env, timeout=600, cwd=repo)
-    assert lat.returncode == 0, lat.stdout[-2000:] + lat.stderr[-3000:]
+    lat = runner.invoke(app, ["latency", "--policy", str(policy), "--calls", "50", "--threads", "1"])
+    assert lat.exit_code == 0, lat.output[-3000:]
     assert "policy alone" in lat.stdout and "encoder + policy" in lat.stdout and "(cpu" in lat.stdout
+
+
+@contextmanager
+def _prefect_loggers_kept():
+    import logging
+
+    loggers = [logging.getLogger(name) for name in ("prefect", "prefect.flow_runs", "prefect.task_runs")]
+    levels = [lg.level for lg in loggers]
+    try:
+        yield
+    finally:
+        for lg, level in zip(loggers, levels, strict=True):
+            lg.setLevel(level)
 
 
 # --- a CLI that behaves (issue #9 item 7) ----------------------------------------------------

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-import timm
 import torch
 from safetensors.torch import save_file
 
@@ -47,6 +46,8 @@ def test_same_identity_same_features_and_layer_changes_them(frames):
 
 @pytest.mark.parametrize("suffix", [".safetensors", ".pth"])
 def test_local_checkpoint_is_loaded_and_hashed(tmp_path, frames, suffix):
+    import timm  # here, not at collection: every parallel worker collects this module
+
     torch.manual_seed(123)
     model = timm.create_model("vit_tiny_patch16_224", pretrained=False, img_size=64, num_classes=0)
     path = tmp_path / f"w{suffix}"

@@ -1,4 +1,5 @@
-"""Prefect flows, run for real under Prefect's test harness (a temporary local server)."""
+"""Prefect flows, run for real under Prefect's test harness (a temporary local server:
+`prefect_server` in tests/conftest.py)."""
 
 from __future__ import annotations
 
@@ -8,7 +9,6 @@ import errno
 import pyarrow.compute as pc
 import pytest
 from prefect.artifacts import Artifact
-from prefect.testing.utilities import prefect_test_harness
 
 from flows.common import retry_on_infrastructure
 from flows.ingest import ingest_source
@@ -27,12 +27,6 @@ TINY_LAM = LamConfig.model_validate({
     "optim": {"steps": 4, "batch_size": 16, "warmup_steps": 1, "eval_every": 0, "checkpoint_every": 0},
     "pairs": {"k_seconds": 0.4, "heldout_fraction": 0.0},
 })
-
-
-@pytest.fixture(scope="module")
-def prefect_server():
-    with prefect_test_harness(server_startup_timeout=120):
-        yield
 
 
 def corpus(root, **kw) -> CorpusConfig:
