@@ -3,7 +3,7 @@
     train_lam        model.train_lam.train_lam          stage 1: the latent world model
     label_corpus     pipeline.label.label_store         the LaWM's latent actions, as a label set
     distill_policy   model.distill.distill              stage 2: the LaWAM policy
-    evaluate_policy  pipeline.evaluation.evaluate.evaluate         closed-loop success in Meta-World
+    evaluate_policy  model.evaluate.evaluate_policy_dir  closed-loop success in Meta-World
 
 Each publishes a markdown artifact and a table artifact (counts, throughput, store versions
 before → after, metrics) and retries only on infrastructure faults (`flows.common`).
@@ -181,22 +181,11 @@ def distill_policy(store_uri: str, out_dir: str, lam_dir: str | None, cfg: Disti
 
 @_task(name="evaluate")
 def _evaluate_task(policy_dir, tasks, episodes, seed, out_dir, max_steps, workers, video, latency_calls, progress):
-    from model.checkpoint import read_card
-    from model.policy import KIND, load_policy
-    from pipeline.evaluation.evaluate import EvalError, evaluate, training_view
-    from pipeline.ray_runtime import ensure_ray
-    from pipeline.samples.tasks import check_tasks
+    from model.evaluate import evaluate_policy_dir
 
-    card = read_card(policy_dir, KIND)
-    view = training_view(card["store"]["uri"], card["store"]["version"])
-    names = check_tasks(list(tasks), "tasks") if tasks else tuple(dict.fromkeys(lay.task for lay in view.layouts))
-    if not names:
-        raise EvalError("name the tasks: the store does not record which tasks the policy was trained on")
-    ensure_ray()
-    return evaluate(partial(load_policy, policy_dir), tasks=names, episodes=episodes, seed=seed,
-                    out_dir=Path(out_dir), camera=view.camera, image_size=view.image_size,
-                    training_layouts=view.layouts, max_steps=max_steps, workers=workers, video=video,
-                    progress=progress, latency_calls=latency_calls, policy=policy_dir)
+    return evaluate_policy_dir(policy_dir, tasks=tasks, episodes=episodes, seed=seed, out_dir=out_dir,
+                               max_steps=max_steps, workers=workers, video=video, progress=progress,
+                               latency_calls=latency_calls)
 
 
 def _finished_eval(policy_dir: str, out_dir: Path, tasks, episodes: int, seed: int,
@@ -207,8 +196,9 @@ def _finished_eval(policy_dir: str, out_dir: Path, tasks, episodes: int, seed: i
         return None
     from model.checkpoint import read_card
     from model.policy import KIND
+    from pipeline.evaluation.results import read_results
 
-    results = json.loads(path.read_text())
+    results = read_results(path)
     card = read_card(policy_dir, KIND)
     s = results.get("settings", {})
     same = (results.get("policy", {}).get("weights_sha256") == card["weights_sha256"]
@@ -223,7 +213,8 @@ def evaluate_policy(policy_dir: str, *, out_dir: str | None = None, tasks: list[
                     video: bool = True, latency_calls: int = 200, reuse: bool = False,
                     progress: bool = False) -> EvalReport:
     """Closed-loop success of a policy on held-out layouts (`pipeline.evaluation.evaluate.evaluate`, as
-    `lawam eval` runs it); results.json and success.png in `out_dir` (default POLICY/eval)."""
+    `lawam eval` runs it: `model.evaluate.evaluate_policy_dir`); results.json and success.png in
+    `out_dir` (default POLICY/eval)."""
     policy_dir = str(Path(policy_dir).resolve())
     out = Path(out_dir) if out_dir else Path(policy_dir) / "eval"
     report = _finished_eval(policy_dir, out, tasks, episodes, seed, max_steps) if reuse else None

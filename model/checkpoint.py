@@ -20,15 +20,20 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
+
+from pipeline.errors import one_line
+from schemas.errors import ConfigError
 
 WEIGHTS = "model.safetensors"
 CARD = "card.json"
 RESUME = "resume"
 
 
-class CheckpointError(ValueError):
-    """A checkpoint folder is missing, incomplete or of another kind."""
+class CheckpointError(ConfigError):
+    """A checkpoint folder is missing, incomplete, damaged or of another kind: the folder or
+    file named on the command line is not what the command needs (exit 2, the file named)."""
 
 
 def lawam_version() -> str:
@@ -73,15 +78,34 @@ def read_card(out_dir: str | Path, kind: str | None = None) -> dict[str, Any]:
         raise CheckpointError(f"{out_dir}: no {CARD} and {WEIGHTS} here (is it a training output folder?)")
     try:
         card = json.loads(path.read_text())
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
-        raise CheckpointError(f"{path}: unreadable card: {e}") from None
+    except (UnicodeDecodeError, json.JSONDecodeError) as e:
+        raise CheckpointError(f"{path}: damaged card, not JSON ({type(e).__name__} at byte {_position(e)}); "
+                              "restore the file or train again") from None
+    if not isinstance(card, dict):
+        raise CheckpointError(f"{path}: damaged card, a JSON {type(card).__name__} where an object belongs; "
+                              "restore the file or train again")
     if kind and card.get("kind") != kind:
         raise CheckpointError(f"{out_dir}: a {card.get('kind')!r} checkpoint, expected {kind!r}")
     return card
 
 
+def _position(e: UnicodeDecodeError | json.JSONDecodeError) -> int:
+    return e.start if isinstance(e, UnicodeDecodeError) else e.pos
+
+
 def load_weights(module: torch.nn.Module, out_dir: str | Path) -> None:
-    module.load_state_dict(load_file(str(Path(out_dir) / WEIGHTS), device="cpu"))
+    """DIR/model.safetensors into `module`. CheckpointError naming the file when it is damaged
+    (truncated, overwritten: safetensors refuses its header) or holds another model's tensors."""
+    path = Path(out_dir) / WEIGHTS
+    try:
+        state = load_file(str(path), device="cpu")
+    except (SafetensorError, FileNotFoundError, IsADirectoryError) as e:
+        raise CheckpointError(f"{path}: damaged weights ({one_line(e)}); restore the file or train again") from None
+    try:
+        module.load_state_dict(state)
+    except RuntimeError:  # missing or unexpected keys, other shapes
+        raise CheckpointError(f"{path}: not the weights its card describes (tensor names or shapes differ); "
+                              "restore the file or train again") from None
 
 
 def save_resume_state(out_dir: Path, rank: int, state: dict[str, Any]) -> None:

@@ -35,6 +35,7 @@ from model.train_lam import load_lawm
 from pipeline.store import FeatureStore
 from pipeline.store.labels import LabelSet, label_set_id
 from pipeline.store.pairs import PairQuery, PairReader
+from schemas.errors import ConfigError
 from schemas.training import DistillConfig, with_steps
 
 log = logging.getLogger(__name__)
@@ -42,7 +43,7 @@ log = logging.getLogger(__name__)
 EVAL_PAIRS = 4096
 
 
-class SelectionError(ValueError):
+class SelectionError(ConfigError):
     """The store version (or the selection of it) lacks what a policy trains on."""
 
 

@@ -1,8 +1,11 @@
 """A trained LaWM as a labeler for `pipeline.label.label_store`.
 
-Built on the driver from the checkpoint's card alone (cheap: a JSON read); the weights load
-when a worker calls it. The label set is keyed by the sha256 of `model.safetensors`, so two
-checkpoints never share a set, and retraining gives a new set beside the old one.
+Built on the driver from the checkpoint's card, with the weights loaded once there too (a
+few MB): a damaged card or weights file fails on the driver in one line naming the file,
+before any actor starts (an actor's failing constructor reaches the driver as Ray's
+ActorDiedError, its cause lost). Every worker loads the weights again when it calls it.
+The label set is keyed by the sha256 of `model.safetensors`, so two checkpoints never share
+a set, and retraining gives a new set beside the old one.
 """
 
 from __future__ import annotations
@@ -15,6 +18,7 @@ import numpy as np
 import torch
 
 from model.checkpoint import WEIGHTS, file_sha256, read_card
+from model.train_lam import load_lawm
 from pipeline.store.labels import label_set_id
 
 
@@ -30,6 +34,7 @@ class IdmLabeler:
     def __post_init__(self) -> None:
         lam_dir = str(Path(self.lam_dir).resolve())
         card = read_card(lam_dir, "lawm")
+        load_lawm(lam_dir)  # damaged or foreign weights: CheckpointError here, not in an actor
         sha = file_sha256(Path(lam_dir) / WEIGHTS)  # the weights as they are now, not as the card says
         object.__setattr__(self, "lam_dir", lam_dir)
         object.__setattr__(self, "set_id", label_set_id(sha))
@@ -44,8 +49,6 @@ class IdmLabeler:
         })
 
     def __call__(self):
-        from model.train_lam import load_lawm
-
         model, _ = load_lawm(self.lam_dir)
         device = torch.device("cuda" if self.device == "auto" and torch.cuda.is_available() else
                               ("cpu" if self.device == "auto" else self.device))

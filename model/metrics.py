@@ -52,6 +52,8 @@ import numpy as np
 import torch
 from torch import nn
 
+from schemas.errors import ConfigError
+
 logger = logging.getLogger(__name__)
 
 PairArrays = dict[str, np.ndarray]
@@ -59,8 +61,9 @@ PAIR_KEYS = ("f_t", "f_tk", "episode", "actions", "action_mask", "robot")
 _EPS = 1e-12
 
 
-class MetricsInputError(ValueError):
-    """Pairs handed to `lawm_metrics` are not a valid PairArrays dict."""
+class MetricsInputError(ConfigError):
+    """Pairs handed to `lawm_metrics` are not a valid PairArrays dict (an empty held-out split:
+    raise `pairs.heldout_fraction` or ingest more episodes)."""
 
 
 def lawm_metrics(

@@ -1,5 +1,5 @@
 """Starting Ray the one way every job here does: local on loopback, or the cluster named by
-`RAY_ADDRESS`; and the Ray errors that mean an infrastructure fault, not bad input."""
+`RAY_ADDRESS`. (Which Ray errors mean an infrastructure fault is `pipeline.errors.classify`'s.)"""
 
 from __future__ import annotations
 
@@ -11,10 +11,6 @@ os.environ.setdefault("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", "0")
 os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
 
 import ray  # noqa: E402
-from ray import exceptions as rex  # noqa: E402
-
-INFRA_ERRORS = (rex.RayActorError, rex.WorkerCrashedError, rex.ObjectLostError, rex.RaySystemError,
-                rex.OutOfMemoryError, rex.TaskCancelledError)
 
 
 def ensure_ray(verbose: bool | None = None) -> None:

@@ -19,7 +19,7 @@ import numpy as np
 
 from pipeline.decode import decode_frames, pick_frame_indices
 from pipeline.decode.arrays import resize_frames
-from pipeline.errors import classify
+from pipeline.errors import classify, one_line
 from pipeline.sources import load_actions, read_image_frames, read_image_timestamps
 from pipeline.sources.base import EpisodeError
 from schemas.records import EpisodeRef
@@ -46,12 +46,6 @@ def decode_episode_blocks(ref: EpisodeRef, *, fps: float, size: int, resize: str
     for i in range(0, len(keep), block_frames):
         frames, ts = read_image_frames(ref, keep[i : i + block_frames])
         yield {"frames": resize_frames(frames, size, resize), "timestamps": ts.astype(np.float64)}
-
-
-def one_line(e: BaseException) -> str:
-    """An exception as one catalog line: its type and the last line of its message."""
-    text = str(e).strip().splitlines()
-    return f"{type(e).__name__}: {text[-1] if text else ''}".strip(": ")
 
 
 @dataclass

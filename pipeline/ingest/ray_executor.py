@@ -40,18 +40,17 @@ os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
 import ray  # noqa: E402
 
 from pipeline.encode import FrozenEncoder  # noqa: E402
-from pipeline.errors import classify  # noqa: E402
-from pipeline.ingest.frames import decode_task_items, one_line  # noqa: E402
+from pipeline.errors import classify, one_line  # noqa: E402
+from pipeline.ingest.frames import decode_task_items  # noqa: E402
 from pipeline.progress import Bar  # noqa: E402
-from pipeline.ray_runtime import INFRA_ERRORS, ensure_ray  # noqa: E402
+from pipeline.ray_runtime import ensure_ray  # noqa: E402
 from pipeline.store import StoreWriter  # noqa: E402
-from pipeline.store.backend import error_summary  # noqa: E402
 from schemas import EncoderConfig  # noqa: E402
 from schemas.records import EpisodeRef  # noqa: E402
 
 log = logging.getLogger(__name__)
 
-__all__ = ["INFRA_ERRORS", "IngestRun", "encoder_pool", "ensure_ray"]
+__all__ = ["IngestRun", "encoder_pool", "ensure_ray"]
 
 
 class ThreadTuner:
@@ -151,13 +150,6 @@ def quarantinable(e: BaseException) -> bool:
     return classify(e) == "bad_input"
 
 
-def reason(e: BaseException) -> str:
-    """One line for the catalog: the innermost cause, without Ray's traceback wrapping."""
-    while getattr(e, "cause", None) is not None and e.cause is not e:
-        e = e.cause
-    return one_line(e)
-
-
 @dataclass
 class _Episode:
     ref: EpisodeRef
@@ -254,7 +246,7 @@ class IngestRun:
                 self.commit("ingest (interrupted)")
             except Exception as e:  # noqa: BLE001 - the original error is the one to report
                 log.warning("could not commit the episodes completed before %s: %s", type(failure).__name__,
-                            error_summary(e))
+                            one_line(e))
             self._release()
             raise
         return self.stats
@@ -341,7 +333,7 @@ class IngestRun:
                 raise
             # the encoder refused these frames as bad input: their episodes fail
             for i, _ in meta["segments"]:
-                batch.episodes[i].error = batch.episodes[i].error or reason(e)
+                batch.episodes[i].error = batch.episodes[i].error or one_line(e)
             return
         now = time.monotonic()
         offset = 0

@@ -34,6 +34,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import zarr
 
+from pipeline.errors import one_line
 from pipeline.store.backend import StoreError, WriterLock, open_repo
 from pipeline.store.format import checksummed
 from pipeline.store.index import read_index, write_index
@@ -128,10 +129,9 @@ class LabelSet:
             try:
                 z = self._cache[key] = self._array(self._shard[i], "z")[s : s + n]
             except CHUNK_ERRORS as e:
-                cause = next((ln.strip() for ln in str(e).splitlines() if ln.strip()), type(e).__name__)
                 raise StoreCorruptError(
                     f"store {self.store.uri!r} version {self.store.version}: labels of episode {key} (label set "
-                    f"{self.id}, shard {self._shard[i]}) cannot be read: {cause[:200]}") from e
+                    f"{self.id}, shard {self._shard[i]}) cannot be read: {one_line(e)[:200]}") from e
             self._cached += z.nbytes
             while self._cached > _CACHE_BYTES and len(self._cache) > 1:
                 self._cached -= self._cache.popitem(last=False)[1].nbytes

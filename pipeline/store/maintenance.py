@@ -16,9 +16,11 @@ import re
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 
-from pipeline.store.backend import StoreBusyError, StoreError, WriterLock, error_summary, open_repo
+from pipeline.errors import one_line
+from pipeline.store.backend import StoreBusyError, StoreError, WriterLock, open_repo
 from pipeline.store.catalog_file import sync_catalog_file
 from pipeline.store.reader import FeatureStore
+from schemas.errors import ConfigError
 
 _DURATION = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([smhdw]?)\s*$")
 _UNITS = {"": 1, "s": 1, "m": 60, "h": 3600, "d": 86400, "w": 7 * 86400}
@@ -29,7 +31,7 @@ def parse_duration(text: str) -> timedelta:
     """'7d', '12h', '30m', '90s', '2w' or a number of seconds ('0' is now)."""
     m = _DURATION.match(text)
     if not m:
-        raise ValueError(f"duration {text!r}: use a number and a unit, e.g. 7d, 12h, 30m, 90s")
+        raise ConfigError(f"duration {text!r}: use a number and a unit, e.g. 7d, 12h, 30m, 90s")
     return timedelta(seconds=float(m.group(1)) * _UNITS[m.group(2)])
 
 
@@ -57,7 +59,7 @@ def tag_version(uri: str, version: str, name: str) -> str:
     try:
         repo.create_tag(name, snapshot_id=snapshot)
     except Exception as e:  # noqa: BLE001 - a concurrent tag of the same name
-        raise StoreError(f"store {uri!r}: cannot tag {snapshot} as {name!r}: {error_summary(e)}") from None
+        raise StoreError(f"store {uri!r}: cannot tag {snapshot} as {name!r}: {one_line(e)}") from None
     return snapshot
 
 
