@@ -46,7 +46,7 @@ from model.checkpoint import (
 )
 from model.data import PairDataset, pair_loader, rank_and_world
 from pipeline.store import FeatureStore
-from pipeline.store.pairs import PairQuery
+from pipeline.store.pairs import PairQuery, PairReader
 from schemas.training import OptimConfig
 
 log = logging.getLogger(__name__)
@@ -272,7 +272,7 @@ def log_row(out: Path, tb, row: dict[str, float]) -> None:
     if tb is not None:
         for k, v in row.items():
             if k != "step":
-                tb.add_scalar(f"train/{k}", v, row["step"])
+                tb.add_scalar(k if "/" in k else f"train/{k}", v, row["step"])  # eval/* rows keep theirs
 
 
 def _evaluate(recipe: Recipe, core: torch.nn.Module, data: Any, out: Path, tb, step: int) -> dict[str, float]:
@@ -361,7 +361,9 @@ def run(recipe: Recipe, store_uri: str, out_dir: str | Path, *, version: str | N
             recipe = recipe.with_config(saved_config(config))
     elif (out / "card.json").exists() or (out / RESUME).exists():
         raise CheckpointError(f"{out}: holds a training run already; use --resume or another --out")
-    spec = RunSpec(recipe, store_uri, resolve_version(store_uri, version), str(out), resume,
+    store = FeatureStore.open(store_uri, version)  # pinned: `version`, or the newest commit now
+    PairReader(store, recipe.query("train")).require_pairs()  # an impossible k fails before anything is written
+    spec = RunSpec(recipe, store_uri, store.version, str(out), resume,
                    progress if callable(progress) else None, device, stop_at, workers, name)
     out.mkdir(parents=True, exist_ok=True)
     (out / RESUME).mkdir(exist_ok=True)
