@@ -77,8 +77,26 @@ def test_ingest_of_a_source_needs_a_store(tmp_path):
     assert "--store" in one_line_error(runner.invoke(app, ["ingest", str(src)]))
 
 
-def test_catalog_of_a_missing_store(tmp_path):
-    assert "no feature store" in one_line_error(runner.invoke(app, ["catalog", str(tmp_path / "none")]))
+@pytest.mark.parametrize("args", [["catalog", "{s}"], ["verify", "{s}"], ["versions", "{s}"], ["gc", "{s}"],
+                                  ["tag", "{s}", "v", "t"], ["train-lam", "--store", "{s}", "--out", "{o}"],
+                                  ["distill", "--store", "{s}", "--out", "{o}", "--no-subgoal"]])
+def test_a_missing_store_is_one_line_exit_2_and_nothing_is_created(tmp_path, args):
+    """Incident: `train-lam`, `catalog` and `verify` on a missing store created STORE/repo/;
+    `verify` then said "damaged ... 1 problems" and exited 4."""
+    store, out = tmp_path / "none", tmp_path / "run"
+    line = one_line_error(runner.invoke(app, [a.format(s=store, o=out) for a in args]))
+    assert "no feature store" in line and str(store) in line
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_verify_of_an_unknown_version_is_one_line_exit_2(tmp_path):
+    """Incident: `lawam verify S --version NOPE` said "damaged ... 1 problems", exit 4."""
+    from tests.stores import SynthSource, write_store
+
+    store = str(tmp_path / "store")
+    write_store(store, [SynthSource("bot", episodes=1, seconds=1.0)])
+    line = one_line_error(runner.invoke(app, ["verify", store, "--version", "NOPE"]))
+    assert "has no version 'NOPE'" in line and f"lawam versions {store}" in line
 
 
 def test_samples_with_an_unknown_task(tmp_path):
@@ -163,6 +181,42 @@ def test_dash_h_is_help_on_the_app_and_every_command():
         assert "Usage" in result.output and "--help" in result.output, args
 
 
+def _premature_wraps(text: str, width: int) -> list[str]:
+    """Lines of rendered help that end although the next line's first word would have fit:
+    a sentence cut by a line break of the docstring, not by the terminal. Looks where
+    docstrings go: the description paragraphs and the Commands panel's rows."""
+    def indent(s: str) -> int:
+        return len(s) - len(s.lstrip())
+
+    bad, panel = [], None
+    lines = text.splitlines()
+    for a, b in zip(lines, lines[1:], strict=False):
+        if a.startswith("╭"):
+            panel = a.strip("╭─╮ ").split(" ")[0]
+        elif a.startswith("╰"):
+            panel = None
+        boxed = a.startswith("│") and b.startswith("│")
+        body_a, body_b = (a[1:-1], b[1:-1]) if boxed else (a, b)
+        if not body_a.strip() or not body_b.strip() or a.startswith(("╭", "╰", " Usage")):
+            continue
+        if boxed and (panel != "Commands" or indent(body_b) <= 1):  # options' rows; a command's first line
+            continue
+        if not boxed and (panel is not None or indent(a) != indent(b)):
+            continue
+        room = (len(body_a) if boxed else width) - len(body_a.rstrip()) - 1
+        if len(body_b.split()[0]) < room - 1:
+            bad.append(f"{a!r} / {b!r}")
+    return bad
+
+
+def test_help_is_wrapped_by_the_terminal_not_by_the_docstring():
+    """Incident: at 80 columns help text broke mid-sentence where the docstring did."""
+    for args in [["--help"]] + [[cmd, "--help"] for cmd in _all_commands()]:
+        result = runner.invoke(app, args, env={"COLUMNS": "80", "NO_COLOR": "1", "TERM": "dumb"})
+        assert result.exit_code == 0, result.output
+        assert not _premature_wraps(result.output, 80), (args, _premature_wraps(result.output, 80))
+
+
 def test_version_option_prints_the_installed_version():
     from importlib.metadata import version
 
@@ -214,6 +268,17 @@ def test_only_faults_that_are_not_bugs_are_cut_to_one_line():
     assert "retry" in line and exit_code(rex.WorkerCrashedError()) == 1
     assert explain(ValueError("a bug")) is None and exit_code(ValueError("a bug")) is None  # bugs keep their traceback
     assert explain(rex.RayTaskError("f", "Traceback ...", KeyError("k"))) is None  # a bug in a task
+
+
+def test_eval_out_takes_a_folder_or_any_results_file_name(tmp_path):
+    from flows.cli.evaluate import results_place
+
+    policy = tmp_path / "policy"
+    assert results_place(policy, None) == (policy / "eval", "results.json")
+    assert results_place(policy, tmp_path / "runs" / "other.json") == (tmp_path / "runs", "other.json")
+    assert results_place(policy, tmp_path / "evals") == (tmp_path / "evals", "results.json")
+    (tmp_path / "eval.v2").mkdir()  # an existing folder, whatever its name
+    assert results_place(policy, tmp_path / "eval.v2") == (tmp_path / "eval.v2", "results.json")
 
 
 def _engines_start_stderr(verbose: bool, prefect: bool) -> str:

@@ -144,7 +144,8 @@ def test_a_store_held_by_another_writer_is_one_line_exit_1_retry(tmp_path: Path)
     make_video(tmp_path / "videos" / "v0.mp4", n_frames=20, fps=10)
     store = str(tmp_path / "store")
     corpus = write_corpus(tmp_path / "corpus.yaml", str(tmp_path / "videos"), store)
-    with WriterLock(store, create=True):  # another writer, making the store (a lock is per open file, so this process counts as one)
+    # another writer, making the store (a lock is per open file, so this process counts as one)
+    with WriterLock(store, create=True):
         result = runner.invoke(app, ["ingest", str(corpus), "--no-flow", "--no-progress"])
     lines = [ln for ln in result.output.splitlines() if ln.strip()]
     assert result.exit_code == 1 and len(lines) == 1, result.output

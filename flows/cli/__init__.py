@@ -14,7 +14,7 @@ start-up lines and Prefect's run logs are shown only with `-v`.
 
 from __future__ import annotations
 
-from flows.cli.app import app
+from flows.cli.app import app, reflow_help
 
 # The commands register on `app` as their modules load, in the order `lawam --help` lists them.
 # isort: off
@@ -23,5 +23,7 @@ from flows.cli import train  # noqa: F401
 from flows.cli import evaluate  # noqa: F401
 from flows.cli import demo  # noqa: F401
 # isort: on
+
+reflow_help(app)
 
 __all__ = ["app"]

@@ -4,6 +4,7 @@ sibling modules, by area."""
 
 from __future__ import annotations
 
+import inspect
 import logging
 import os
 import sys
@@ -43,6 +44,16 @@ class _Commands(TyperGroup):
 app = typer.Typer(help="lawam: latent-action pretraining corpora from robot and human video.",
                   no_args_is_help=True, add_completion=False, pretty_exceptions_enable=False, cls=_Commands,
                   context_settings={"help_option_names": ["-h", "--help"]})
+
+
+def reflow_help(typer_app: typer.Typer) -> None:
+    """Give every command its docstring as help with each paragraph on one line, for the help
+    renderer to wrap to the terminal: typer's rich help keeps a docstring's own line breaks,
+    which at 80 columns cut sentences in two. Run once every command is registered."""
+    for info in typer_app.registered_commands:
+        if info.help is None and info.callback is not None and info.callback.__doc__:
+            paragraphs = inspect.cleandoc(info.callback.__doc__).split("\n\n")
+            info.help = "\n\n".join(" ".join(p.split()) for p in paragraphs)
 
 
 def _env(verbose: bool) -> None:

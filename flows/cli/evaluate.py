@@ -7,6 +7,17 @@ from pathlib import Path
 import typer
 
 from flows.cli.app import app, out
+from pipeline.evaluation.results import RESULTS
+
+
+def results_place(policy: Path, out: Path | None) -> tuple[Path, str]:
+    """(folder, results file name) of `--out`: a folder (one that exists, or a name without a
+    suffix) takes results.json; any other name is the results file itself."""
+    if out is None:
+        return policy / "eval", RESULTS
+    if out.is_dir() or not out.suffix:
+        return out, RESULTS
+    return out.parent, out.name
 
 
 @app.command("eval")
@@ -41,9 +52,7 @@ def eval_cmd(
     """
     from model.evaluate import evaluate_policy_dir
 
-    out_dir, name = policy / "eval", "results.json"
-    if results is not None:
-        out_dir, name = (results.parent, results.name) if results.suffix and not results.is_dir() else (results, name)
+    out_dir, name = results_place(policy, results)
     report = evaluate_policy_dir(policy, tasks=[t.strip() for t in tasks.split(",") if t.strip()] if tasks else None,
                                  episodes=episodes, seed=seed, out_dir=out_dir, results_name=name, camera=camera,
                                  image_size=image_size, execute_steps=execute_steps, max_steps=max_steps,
