@@ -129,7 +129,14 @@ def lineage(card: dict[str, Any]) -> dict[str, Any]:
 
 
 def plot_success(tasks: dict[str, dict[str, Any]], overall: dict[str, Any], path: Path, title: str) -> Path:
-    """Bar per task (success rate, Wilson 95% interval as error bars) and the overall rate as a line."""
+    """`success_figure` as a PNG at `path`."""
+    success_figure(tasks, overall, title).savefig(path, dpi=100)
+    return path
+
+
+def success_figure(tasks: dict[str, dict[str, Any]], overall: dict[str, Any], title: str) -> Any:
+    """Bar per task (success rate, Wilson 95% interval as error bars), each labelled with its
+    rate (a 0% bar has no height to see), and the overall rate as a line."""
     from matplotlib.figure import Figure
 
     names = list(tasks)
@@ -138,7 +145,8 @@ def plot_success(tasks: dict[str, dict[str, Any]], overall: dict[str, Any], path
     hi = np.array([tasks[t]["ci95"][1] for t in names])
     fig = Figure(figsize=(max(4.0, 1.2 * len(names) + 2), 3.6), layout="constrained")
     ax = fig.subplots()
-    ax.bar(names, rates, yerr=[rates - lo, hi - rates], capsize=4, color="tab:blue")
+    bars = ax.bar(names, rates, yerr=[rates - lo, hi - rates], capsize=4, color="tab:blue")
+    ax.bar_label(bars, labels=[f"{r:.0%}" for r in rates], fontsize=8, padding=2)
     ax.axhline(overall["success_rate"], color="tab:red", linestyle="--", linewidth=1,
                label=f"all tasks {overall['success_rate']:.0%} (n={overall['episodes']})")
     ax.set_ylim(0, 1.05)
@@ -146,8 +154,7 @@ def plot_success(tasks: dict[str, dict[str, Any]], overall: dict[str, Any], path
     ax.tick_params(axis="x", labelsize=8, rotation=20)
     ax.legend(fontsize=8, loc="upper right")
     ax.set_title(title, fontsize=10)
-    fig.savefig(path, dpi=100)
-    return path
+    return fig
 
 
 def write_video(path: Path, frames: np.ndarray, fps: int) -> Path:

@@ -36,6 +36,7 @@ import zarr
 
 from pipeline.errors import one_line
 from pipeline.store.backend import StoreError, WriterLock, open_repo
+from pipeline.store.catalog_file import sync_catalog_file
 from pipeline.store.format import checksummed
 from pipeline.store.index import read_index, write_index
 from pipeline.store.reader import CHUNK_ERRORS, FeatureStore, StoreCorruptError
@@ -281,4 +282,8 @@ class LabelWriter:
         version = self.session.commit(message, metadata={"lawam_label_set": self.set_id, **(metadata or {})})
         log.info("committed %s: label set %s, +%d episodes", version, self.set_id, len(self._rows))
         self._rows.clear()
+        try:  # the episodes are as they were; catalog.parquet names the newest commit, as it promises
+            sync_catalog_file(self.uri, FeatureStore.open(self.uri, version).index, version)
+        except OSError as e:
+            log.warning("could not write catalog.parquet: %s (the next run rewrites it)", e)
         return version
