@@ -14,6 +14,7 @@ redoing it when that run read the same data with the same settings (see `finishe
 from __future__ import annotations
 
 import json
+import logging
 from functools import partial
 from pathlib import Path
 from typing import Any
@@ -25,6 +26,7 @@ from pipeline.evaluation.results import EvalReport
 from pipeline.label import LabelReport
 from schemas.training import DistillConfig, LamConfig, with_steps
 
+log = logging.getLogger(__name__)
 _task = partial(task, retries=RETRIES, retry_delay_seconds=RETRY_DELAY_S, retry_condition_fn=retry_on_infrastructure)
 
 
@@ -190,15 +192,22 @@ def _evaluate_task(policy_dir, tasks, episodes, seed, out_dir, max_steps, worker
 
 def _finished_eval(policy_dir: str, out_dir: Path, tasks, episodes: int, seed: int,
                    max_steps: int | None) -> EvalReport | None:
-    """The results in `out_dir` when they are of these weights and settings."""
+    """The results in `out_dir` when they are of these weights and settings; None when there
+    are none, or they are damaged (the evaluation runs again and rewrites them)."""
     path = out_dir / "results.json"
     if not path.is_file():
         return None
     from model.checkpoint import read_card
     from model.policy import KIND
+    from pipeline.errors import one_line
     from pipeline.evaluation.results import read_results
+    from schemas.errors import ConfigError
 
-    results = read_results(path)
+    try:
+        results = read_results(path)
+    except ConfigError as e:
+        log.warning("%s; evaluating again", one_line(e))
+        return None
     card = read_card(policy_dir, KIND)
     s = results.get("settings", {})
     same = (results.get("policy", {}).get("weights_sha256") == card["weights_sha256"]

@@ -198,7 +198,7 @@ def distill(store_uri: str, out_dir: str | Path, lam_dir: str | Path | None, cfg
             raise CheckpointError("a LaWAM policy needs --labels (a train-lam output folder); "
                                   "--no-subgoal trains the ablation without one")
         lam = str(Path(lam_dir).resolve())
-        lam_card = read_card(lam, LAWM_KIND)  # the card only: the weights load in the recipe's build
+        _, lam_card = load_lawm(lam)  # the weights too: a damaged file fails here, named, before anything is written
         label_set = label_set_id(file_sha256(Path(lam) / WEIGHTS))
         store = FeatureStore.open(store_uri, version)
         LabelSet.open(store, label_set)  # fails with "run lawam label" when the set is not there

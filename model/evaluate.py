@@ -36,12 +36,13 @@ def evaluate_policy_dir(policy_dir: str | Path, *, tasks: Sequence[str] | None =
     from pipeline.samples.tasks import check_tasks
 
     card = read_card(policy_dir, KIND)
+    load = partial(load_policy, str(Path(policy_dir).resolve()))
+    load()  # a damaged weights file fails here, in one line, before the store is read or Ray starts
     view = training_view(card["store"]["uri"], card["store"]["version"], camera=camera, image_size=image_size)
     names = check_tasks(list(tasks), "--tasks") if tasks else tuple(dict.fromkeys(lay.task for lay in view.layouts))
     if not names:
         raise EvalError("give --tasks: the store does not record which tasks the policy was trained on")
-    # `evaluate` loads the policy on the driver first (a damaged file fails there) and starts Ray after.
-    return evaluate(partial(load_policy, str(Path(policy_dir).resolve())), tasks=names, episodes=episodes, seed=seed,
+    return evaluate(load, tasks=names, episodes=episodes, seed=seed,
                     out_dir=Path(out_dir) if out_dir is not None else Path(policy_dir) / "eval", camera=view.camera,
                     image_size=view.image_size, training_layouts=view.layouts, execute_steps=execute_steps,
                     workers=workers, max_steps=max_steps, video=video, progress=progress,
