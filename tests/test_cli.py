@@ -99,6 +99,18 @@ def test_verify_of_an_unknown_version_is_one_line_exit_2(tmp_path):
     assert "has no version 'NOPE'" in line and f"lawam versions {store}" in line
 
 
+def test_a_version_expired_by_gc_is_one_line_exit_2(tmp_path):
+    from tests.stores import SynthSource, write_store
+
+    store = str(tmp_path / "store")
+    old = write_store(store, [SynthSource("bot", episodes=1, seconds=1.0)])
+    write_store(store, [SynthSource("bot", episodes=2, seconds=1.0)])
+    assert runner.invoke(app, ["gc", store, "--older-than", "0"]).exit_code == 0
+    for cmd in ("verify", "catalog"):
+        line = one_line_error(runner.invoke(app, [cmd, store, "--version", old]))
+        assert f"has no version {old!r}" in line and "expired by `lawam gc`" in line
+
+
 def test_samples_with_an_unknown_task(tmp_path):
     line = one_line_error(runner.invoke(app, ["samples", str(tmp_path), "--tasks", "fly-to-the-moon-v3"]))
     assert "fly-to-the-moon-v3" in line
