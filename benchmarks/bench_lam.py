@@ -42,6 +42,7 @@ from pipeline.samples import make_samples, sample_sources  # noqa: E402
 from pipeline.store import FeatureStore, StoreWriter  # noqa: E402
 from pipeline.store.pairs import PairQuery, k_frames_for  # noqa: E402
 from schemas import CorpusConfig, StoreConfig  # noqa: E402
+from schemas.identity import SamplingParams  # noqa: E402
 from schemas.records import EpisodeRef  # noqa: E402
 from schemas.training import LamConfig, load_lam_config  # noqa: E402
 
@@ -83,7 +84,7 @@ def plain_idm_loop(uri: str, lam_dir: Path, batch: int = 1024) -> tuple[float, i
     a, b = [], []
     for row in range(len(store)):
         f = store.features(row)
-        k = int(k_frames_for(store.fps[row], card["k_seconds"]))
+        k = int(k_frames_for(store.fps[row], card.k_seconds))
         a.append(f[:-k])
         b.append(f[k:])
     f_t, f_tk = torch.from_numpy(np.concatenate(a)), torch.from_numpy(np.concatenate(b))
@@ -107,7 +108,7 @@ def replicated_store(uri: str, out: str, copies: int) -> str:
                 ep = src.episode(row)
                 ref = EpisodeRef(source="copy", episode_id=f"{c:03d}-{row:05d}", kind=ep.kind, uri=ep.key,
                                  content_hash=f"{c}-{ep.key}")
-                w.start_episode(ref, {"fps": ep.fps})
+                w.start_episode(ref, SamplingParams(fps=ep.fps, size=src.encoder.image_size))
                 w.append_frames(ref, ep.features, ep.timestamps)
                 w.finish_episode(ref, ep.actions, fps=ep.fps)
         w.commit(f"{copies} copies of {uri}")
@@ -119,10 +120,10 @@ def run_one(uri: str, work: Path, cfg: LamConfig, name: str) -> dict:
     shutil.rmtree(out, ignore_errors=True)
     torch.set_num_threads(os.cpu_count() or 1)
     card = train_lam(uri, out, cfg, progress=progress_bar)
-    m = card["metrics"]
-    train_pps = card["pairs_per_s"]
-    loader_pps = loader_pairs_per_s(uri, card["store"]["version"], cfg)
-    print(f"[{name}] trained {card['steps']} steps in {card['wall_time_s']:.0f} s: {train_pps:.0f} pairs/s; "
+    m = card.metrics
+    train_pps = card.pairs_per_s
+    loader_pps = loader_pairs_per_s(uri, card.store.version, cfg)
+    print(f"[{name}] trained {card.steps} steps in {card.wall_time_s:.0f} s: {train_pps:.0f} pairs/s; "
           f"loader alone {loader_pps:.0f} pairs/s ({loader_pps / train_pps:.1f}x)")
     print(f"[{name}] held-out forward {m['forward_mse']:.4f} vs copy {m['copy_mse']:.4f} "
           f"({m['forward_over_copy']:.2f}x), z = 0 {m['zero_z_mse']:.4f}: z explains {100 * m['z_explains']:.0f}% "
@@ -143,12 +144,12 @@ def run_one(uri: str, work: Path, cfg: LamConfig, name: str) -> dict:
           f"included); {LABEL_COPIES} copies of it: {big_report.pairs_per_s:.0f} pairs/s on Ray ({big_report.pairs} "
           f"pairs, one commit) vs a plain torch loop {plain_pps:.0f} pairs/s "
           f"({big_report.pairs_per_s / plain_pps:.2f}x)")
-    return {"card_metrics": m, "steps": card["steps"], "train_wall_s": card["wall_time_s"],
+    return {"card_metrics": m, "steps": card.steps, "train_wall_s": card.wall_time_s,
             "train_pairs_per_s": train_pps, "loader_pairs_per_s": loader_pps, "loader_vs_train": loader_pps / train_pps,
             "label_pairs_per_s": report.pairs_per_s, "label_seconds": report.seconds, "label_pairs": report.pairs,
             "label_big_pairs": big_report.pairs, "label_big_pairs_per_s": big_report.pairs_per_s,
             "plain_idm_pairs_per_s": plain_pps, "label_vs_plain": big_report.pairs_per_s / plain_pps,
-            "label_set": card["label_set"], "lam_dir": str(out)}
+            "label_set": card.label_set, "lam_dir": str(out)}
 
 
 def main() -> None:

@@ -43,6 +43,7 @@ from pipeline.progress import progress_bar  # noqa: E402
 from pipeline.samples import make_samples, sample_sources  # noqa: E402
 from pipeline.store import FeatureStore  # noqa: E402
 from schemas import CorpusConfig, StoreConfig  # noqa: E402
+from schemas.cards import PolicyCard  # noqa: E402
 from schemas.training import DistillConfig, LamConfig, load_distill_config, load_lam_config  # noqa: E402
 
 TASKS = ("reach-v3", "push-v3", "drawer-open-v3", "button-press-topdown-v3", "door-open-v3")
@@ -67,7 +68,7 @@ def lawm(uri: str, work: Path, cfg: LamConfig) -> Path:
     if not (out / "card.json").exists():
         t = time.perf_counter()
         card = train_lam(uri, out, cfg, progress=progress_bar)
-        m = card["metrics"]
+        m = card.metrics
         print(f"train-lam     {time.perf_counter() - t:8.1f} s: held-out forward {m['forward_over_copy']:.2f}x copy, "
               f"z explains {100 * m['z_explains']:.0f}%, probe R^2 {m.get('probe_r2_z', float('nan')):.2f}")
     report = label_store(uri, IdmLabeler(str(out)), progress=True)
@@ -75,13 +76,13 @@ def lawm(uri: str, work: Path, cfg: LamConfig) -> Path:
     return out
 
 
-def policy(uri: str, lam: Path, out: Path, cfg: DistillConfig) -> dict:
+def policy(uri: str, lam: Path, out: Path, cfg: DistillConfig) -> PolicyCard:
     if (out / "card.json").exists():
         return read_card(out, KIND)
     t = time.perf_counter()
     card = distill(uri, out, lam if cfg.model.subgoal else None, cfg, progress=progress_bar)
     print(f"distill {out.name:<14} {time.perf_counter() - t:6.1f} s: held-out action L1 "
-          f"{card['metrics'].get('heldout_action', float('nan')):.4f}")
+          f"{card.metrics.get('heldout_action', float('nan')):.4f}")
     return card
 
 
@@ -117,7 +118,7 @@ def main() -> None:
     layouts, record = training_samples(uri, None)
     results: dict = {"machine": {"cpus": os.cpu_count()}, "params": vars(args), "store_version": store.version,
                      "episodes": len(store), "frames": int(store.frames.sum()), "lam": str(lam),
-                     "lam_metrics": read_card(lam, "lawm")["metrics"], "runs": {}}
+                     "lam_metrics": read_card(lam, "lawm").metrics, "runs": {}}
     for fraction in [float(f) for f in args.fractions.split(",")]:
         for arm in args.arms.split(","):
             name = f"{arm}-{fraction:g}"
@@ -132,8 +133,8 @@ def main() -> None:
                               execute_steps=args.execute_steps, workers=args.workers, progress=True,
                               policy=str(out), latency_calls=200)
             result = json.loads((out / "eval" / "results.json").read_text())
-            results["runs"][name] = {"arm": arm, "action_fraction": fraction, "train_metrics": card["metrics"],
-                                     "train_wall_s": card["wall_time_s"], "eval_wall_s": time.perf_counter() - t,
+            results["runs"][name] = {"arm": arm, "action_fraction": fraction, "train_metrics": card.metrics,
+                                     "train_wall_s": card.wall_time_s, "eval_wall_s": time.perf_counter() - t,
                                      "success": result["overall"], "tasks": result["tasks"],
                                      "latency": result.get("latency")}
             print(f"eval {name:<10} {report.summary()}")

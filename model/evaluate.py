@@ -38,7 +38,7 @@ def evaluate_policy_dir(policy_dir: str | Path, *, tasks: Sequence[str] | None =
     card = read_card(policy_dir, KIND)
     load = partial(load_policy, str(Path(policy_dir).resolve()))
     load()  # a damaged weights file fails here, in one line, before the store is read or Ray starts
-    view = training_view(card["store"]["uri"], card["store"]["version"], camera=camera, image_size=image_size)
+    view = training_view(card.store.uri, card.store.version, camera=camera, image_size=image_size)
     names = check_tasks(list(tasks), "--tasks") if tasks else tuple(dict.fromkeys(lay.task for lay in view.layouts))
     if not names:
         raise EvalError("give --tasks: the store does not record which tasks the policy was trained on")
@@ -62,8 +62,8 @@ def policy_latency(policy_dir: str | Path, *, calls: int = 200, warmup: int = 20
     card = read_card(policy_dir, KIND)
     load = partial(load_policy, str(Path(policy_dir).resolve()))
     load()  # a damaged weights file fails here, in one line, before the encoder is built
-    cfg = encoder_config_from_identity(card["encoder"], encoder_checkpoint)
-    size = int(card["encoder"]["image_size"])
+    cfg = encoder_config_from_identity(card.encoder, encoder_checkpoint)
+    size = card.encoder.image_size
     frame = np.random.default_rng(0).integers(0, 256, (size, size, 3), dtype=np.uint8)
     return latency_report(load, cfg, frame, calls=calls, warmup=warmup, threads=threads)
 

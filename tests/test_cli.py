@@ -13,6 +13,7 @@ import pytest
 from typer.testing import CliRunner
 
 from flows.cli import app
+from model.checkpoint import read_card
 
 runner = CliRunner()
 COMMANDS = ["samples", "ingest", "catalog", "versions", "demo", "version", "train-lam", "label", "serve"]
@@ -151,13 +152,13 @@ def test_demo_runs_the_chain_writes_the_report_and_again_redoes_nothing(tmp_path
 
     [lam] = list((out / "runs").glob("lam-*"))
     [policy] = list((out / "runs").glob("policy-*"))
-    card, pcard = (json.loads((d / "card.json").read_text()) for d in (lam, policy))
-    assert card["steps"] == 20 and pcard["steps"] == 20 and (lam / "curves.png").stat().st_size > 0
-    assert pcard["label_set"] == card["label_set"] and pcard["lawm"]["weights_sha256"] == card["weights_sha256"]
+    card, pcard = (read_card(d) for d in (lam, policy))
+    assert card.steps == 20 and pcard.steps == 20 and (lam / "curves.png").stat().st_size > 0
+    assert pcard.label_set == card.label_set and pcard.lawm.weights_sha256 == card.weights_sha256
     from pipeline.store import FeatureStore
 
     store = FeatureStore.open(str(out / "store"))
-    assert pcard["store"]["version"] == store.version  # the policy read the labelled version
+    assert pcard.store.version == store.version  # the policy read the labelled version
     result = json.loads((policy / "eval" / "results.json").read_text())
     assert list(result["tasks"]) == ["reach-v3"] and len(result["episodes"]) == 1
     episode = result["episodes"][0]

@@ -15,7 +15,8 @@ from pipeline.catalog import summarize
 from pipeline.evaluation.report import write_report
 from pipeline.evaluation.results import EpisodeResult, success_figure
 from pipeline.evaluation.results import write_report as write_results
-from tests.stores import SynthSource, write_store
+from schemas.cards import PolicyCard, StoreRef
+from tests.stores import ENCODER, SynthSource, write_store
 
 LAM_METRICS = {"forward_mse": 0.2413, "copy_mse": 0.2520, "zero_z_mse": 0.2388, "forward_over_copy": 0.957,
                "z_explains": -0.24, "shuffle_episode_increase": 1.7e-4, "probe_r2_z": 0.41, "probe_r2_pca": 0.22,
@@ -54,7 +55,10 @@ def report(tmp_path_factory) -> tuple[Path, str]:
     frames = np.zeros((3, 16, 16, 3), np.uint8)
     episodes = [EpisodeResult("reach-v3", 0, 50, 0, 1, 2, True, 1, 1.0, 0.1, frames),
                 EpisodeResult("push-v3", 0, 50, 0, 2, 2, False, 1, 0.0, 0.1, frames)]
-    write_results(ev, episodes, settings={"video": True}, card={}, policy=str(root / "runs" / "policy"),
+    card = PolicyCard(lawam_version="0", created_at="now", store=StoreRef(uri=store, version="v0"), encoder=ENCODER,
+                      token_shape=(4, 16), config={}, steps=1, wall_time_s=0.0, metrics={}, weights_sha256="x",
+                      action_dim=4, horizon=4, vocab=[])
+    write_results(ev, episodes, settings={"video": True}, card=card, policy=str(root / "runs" / "policy"),
                   latency=None, video_fps=10, seconds=1.0, rollout_seconds=1.0)
     lam = root / "runs" / "lam"
     lam.mkdir()

@@ -165,8 +165,7 @@ def catalog(
     for s in summary.sources:
         table.add_row(s.source, s.kind, str(s.episodes), str(s.frames), f"{s.hours:.4f}", str(s.quarantined))
     out.print(table)
-    out.print(f"encoder: {summary.encoder.get('model')} ({summary.encoder.get('tokens')}, "
-              f"{summary.encoder.get('image_size')} px, {summary.encoder.get('weights')})", highlight=False)
+    out.print(f"encoder: {summary.encoder.describe() if summary.encoder else '(none yet)'}", highlight=False)
     for row in summary.quarantined:
         since = row.get("failed_since")
         when = f" (failed {row.get('failures') or 1}x since {since:%Y-%m-%d %H:%M} UTC)" if since else ""

@@ -7,6 +7,7 @@ from pathlib import Path
 import typer
 
 from flows.cli.app import app, out
+from schemas.cards import StoppedRun
 
 
 @app.command("train-lam")
@@ -38,12 +39,12 @@ def train_lam_cmd(
         ensure_ray()
     card = train_lam(store, out_dir, cfg, version=version_id, steps=steps, resume=resume, workers=workers,
                      progress=progress_bar if progress else None, device=device)
-    if card.get("interrupted"):
-        out.print(f"stopped at step {card['steps']}: continue with `lawam train-lam ... --out {out_dir} --resume`")
+    if isinstance(card, StoppedRun):
+        out.print(f"stopped at step {card.steps}: continue with `lawam train-lam ... --out {out_dir} --resume`")
         raise typer.Exit(130)
-    m = card["metrics"]
-    out.print(f"LaWM {out_dir}: {card['steps']} steps in {card['wall_time_s']:.0f}s on store "
-              f"{card['store']['version']}; label set {card['label_set']}", highlight=False)
+    m = card.metrics
+    out.print(f"LaWM {out_dir}: {card.steps} steps in {card.wall_time_s:.0f}s on store "
+              f"{card.store.version}; label set {card.label_set}", highlight=False)
     line = (f"  held-out forward error {m['forward_mse']:.4f} = {m['forward_over_copy']:.2f}x copying f_t; "
             f"z explains {100 * m['z_explains']:.0f}% of the gain")
     if "probe_r2_z" in m:
@@ -135,13 +136,13 @@ def distill(
     card = run_distill(store, out_dir, labels if subgoal else None, cfg, version=version_id, steps=steps,
                        resume=resume, workers=workers, device=device,
                        progress=progress_bar if progress else None)
-    if card.get("interrupted"):
-        out.print(f"stopped at step {card['steps']}: continue with `lawam distill ... --out {out_dir} --resume`")
+    if isinstance(card, StoppedRun):
+        out.print(f"stopped at step {card.steps}: continue with `lawam distill ... --out {out_dir} --resume`")
         raise typer.Exit(130)
-    m = card["metrics"]
-    what = "LaWAM policy" if card["subgoal"] else "BC policy (no subgoal)"
-    out.print(f"{what} {out_dir}: {card['steps']} steps in {card['wall_time_s']:.0f}s on store "
-              f"{card['store']['version']}" + (f", label set {card['label_set']}" if card["label_set"] else ""),
+    m = card.metrics
+    what = "LaWAM policy" if card.subgoal else "BC policy (no subgoal)"
+    out.print(f"{what} {out_dir}: {card.steps} steps in {card.wall_time_s:.0f}s on store "
+              f"{card.store.version}" + (f", label set {card.label_set}" if card.label_set else ""),
               highlight=False)
     line = f"  held-out action L1 {m.get('heldout_action', float('nan')):.4f}"
     if "subgoal_mse" in m:

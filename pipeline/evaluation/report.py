@@ -1,7 +1,7 @@
 """One self-contained HTML page of a run of the chain: the success rate first (what a reader
 came for), then what the store holds, what each stage did and how stage 1 went.
 
-    write_report("data/demo/report.html", summary, stages, lam_dir="runs/lam", lam_metrics=card["metrics"],
+    write_report("data/demo/report.html", summary, stages, lam_dir="runs/lam", lam_metrics=card.metrics,
                  eval_dir="runs/policy/eval")
 
 Images are embedded (base64 data URIs): the file can be mailed or attached to a ticket as
@@ -160,8 +160,8 @@ def write_report(path: str | Path, catalog: CatalogSummary, stages: Sequence[dic
     parts = [f"<!doctype html><html><head><meta charset='utf-8'><title>{page.e(title)}</title>"
              f"<style>{_CSS}</style></head><body><h1>{page.e(title)}</h1>", lead,
              f"<p class='muted'>Store <code>{page.e(page.path(catalog.store))}</code> at version "
-             f"<code>{page.e(catalog.version)}</code>; encoder {page.e(catalog.encoder.get('model'))} "
-             f"({page.e(catalog.encoder.get('tokens'))}, {page.e(catalog.encoder.get('image_size'))} px). "
+             f"<code>{page.e(catalog.version)}</code>; encoder "
+             f"{page.e(catalog.encoder.describe() if catalog.encoder else '(none yet)')}. "
              f"Written {datetime.now(UTC):%Y-%m-%d %H:%M} UTC.</p>", success, "<h2>Hours per source</h2>"]
     top = max((s.hours for s in catalog.sources), default=0.0)
     sources = [{"source": s.source, "kind": s.kind, "episodes": s.episodes, "frames": s.frames, "hours": s.hours,
