@@ -5,7 +5,7 @@ PYTHON ?= python3
 VENV ?= .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
-DEB_PACKAGES := libegl1 libegl-mesa0 libgl1-mesa-dri libgles2
+DEB_PACKAGES := libegl1 libegl-mesa0 libgl1-mesa-dri libgles2 postgresql
 DEMO_DIR ?= data/demo
 DEMO_ARGS ?=
 
@@ -29,7 +29,8 @@ lint: $(STAMP)
 
 venv: $(STAMP)
 
-# Offscreen MuJoCo rendering needs Mesa's EGL; installed only when missing.
+# Offscreen MuJoCo rendering needs Mesa's EGL, and the Prefect-on-PostgreSQL test (tests/test_serve.py)
+# Debian's PostgreSQL server binaries (it starts its own throwaway cluster); installed only when missing.
 deb:
 	@missing=$$(for p in $(DEB_PACKAGES); do dpkg -s $$p >/dev/null 2>&1 || echo $$p; done); \
 	if [ -n "$$missing" ]; then \

@@ -17,7 +17,7 @@ from prefect import flow
 
 from flows.common import as_corpus, publish
 from flows.ingest import ingest_row
-from flows.refresh import refresh_corpus
+from flows.refresh import curate_row, refresh_corpus
 from flows.stages import (
     distill_policy,
     eval_row,
@@ -75,7 +75,7 @@ def lawam_chain(cfg: CorpusConfig | str, runs_dir: str, *, lam: LamConfig | None
     runs = Path(runs_dir)
     store = cfg.store.uri
     refreshed = refresh_corpus(cfg, label=False, progress=progress)
-    stages = [ingest_row(refreshed.ingest)]
+    stages = [ingest_row(refreshed.ingest)] + ([curate_row(refreshed.curation)] if refreshed.curation else [])
 
     lam = lam or LamConfig()
     version = resolve_version(store, None)

@@ -64,7 +64,8 @@ def corpus_deployments(corpus: str | Path, *, cron: str = "0 3 * * *",
     tags = ["lawam", f"corpus:{cfg.name}"]
     return [
         refresh_corpus.to_deployment(name=f"refresh-{cfg.name}", cron=cron, parameters={"cfg": str(path)}, tags=tags,
-                                     description=f"ingest every source of {path} (then label, with labels.lam)",
+                                     description=f"ingest every source of {path} (then curate, with curation:, "
+                                                 "and label, with labels.lam)",
                                      entrypoint_type=EntrypointType.MODULE_PATH),
         lawam_chain.to_deployment(name=f"chain-{cfg.name}", parameters={"cfg": str(path), "runs_dir": runs},
                                   tags=tags, description=f"refresh → train_lam → label → distill → evaluate: {path}",

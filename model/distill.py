@@ -35,6 +35,7 @@ from model.train_lam import load_lawm
 from pipeline.store import FeatureStore
 from pipeline.store.labels import LabelSet
 from pipeline.store.pairs import PairQuery, PairReader
+from pipeline.store.verify import label_problems
 from schemas.cards import PolicyCard, StoppedRun
 from schemas.errors import ConfigError
 from schemas.training import DistillConfig, with_steps
@@ -179,13 +180,14 @@ def _control_rates(store: FeatureStore, reader: PairReader) -> list[float]:
 
 
 def distill(store_uri: str, out_dir: str | Path, lam_dir: str | Path | None, cfg: DistillConfig | None = None, *,
-            version: str | None = None, steps: int | None = None, resume: bool = False, workers: int = 1,
-            progress: ProgressFactory | bool | None = None, device: str = "auto",
-            stop_at: int | None = None) -> PolicyCard | StoppedRun:
+            version: str | None = None, steps: int | None = None, resume: bool = False, force: bool = False,
+            keep_version: bool = True, workers: int = 1, progress: ProgressFactory | bool | None = None,
+            device: str = "auto", stop_at: int | None = None) -> PolicyCard | StoppedRun:
     """Train a LaWAM policy (or, with `cfg.model.subgoal=False`, the BC ablation) and return its card.
 
     `lam_dir` is the LaWM whose label set the policy distils (its labels must be in the store:
-    `lawam label`); it is not needed for the ablation."""
+    `lawam label`, every one readable and finite, else a ConfigError says to relabel them with
+    `--damaged`); it is not needed for the ablation."""
     cfg = cfg or DistillConfig()
     cfg = with_steps(cfg, steps)
     label_set = lam = None
@@ -198,14 +200,21 @@ def distill(store_uri: str, out_dir: str | Path, lam_dir: str | Path | None, cfg
         lam, label_set = lineage.dir, lineage.label_set
         store = FeatureStore.open(store_uri, version)
         LabelSet.open(store, label_set)  # fails with "run lawam label" when the set is not there
+        problems = label_problems(store, [label_set])[0]
+        if problems:
+            bad = sorted({p.episode for p in problems if p.episode})
+            raise ConfigError(f"label set {label_set} of store {store_uri!r} at {store.version} is not clean: the "
+                              f"labels of {len(bad)} episode(s) are unreadable or hold NaN/inf ({problems[0]}); "
+                              f"relabel them: `lawam label --store {store_uri} --lam {lam} --damaged`")
         if store.encoder is not None:
             store.encoder.require_same(read_card(lam, LAWM_KIND).encoder, ours=f"store {store_uri!r}",
                                        theirs=f"the LaWM in {lam}", fix="distil from a store of the LaWM's encoder")
         pairs = cfg.pairs.model_copy(update={"k_seconds": float(lineage.k_seconds)})
         cfg = cfg.model_copy(update={"pairs": pairs})
     recipe = DistillRecipe(cfg, lam, label_set)
-    return run(recipe, store_uri, out_dir, version=version, resume=resume, workers=workers, progress=progress,
-               device=device, stop_at=stop_at, name="distill", saved_config=DistillConfig.model_validate, steps=steps)
+    return run(recipe, store_uri, out_dir, version=version, resume=resume, force=force, keep_version=keep_version,
+               workers=workers, progress=progress, device=device, stop_at=stop_at, name="distill",
+               saved_config=DistillConfig.model_validate, steps=steps)
 
 
 __all__ = ["DistillRecipe", "SelectionError", "distill", "keeps_actions"]

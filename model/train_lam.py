@@ -26,7 +26,6 @@ from model.loop import ProgressFactory, resolve_version, run
 from pipeline.store import FeatureStore
 from pipeline.store.pairs import PairQuery, PairReader
 from schemas.cards import LAWM, LawmCard, StoppedRun
-from schemas.identity import label_set_id
 from schemas.training import LamConfig, with_steps
 
 log = logging.getLogger(__name__)
@@ -108,8 +107,8 @@ class LamRecipe:
 
     def card(self, core: LaWM, store: FeatureStore, weights_sha256: str) -> dict[str, Any]:
         return {"state_dim": core.state_dim, "latent_dim": core.latent_dim, "k_seconds": self.cfg.pairs.k_seconds,
-                "feature_mean": core.feat_mean.tolist(), "feature_std": core.feat_std.tolist(),
-                "label_set": label_set_id(weights_sha256)}
+                "feature_mean": core.feat_mean.tolist(), "feature_std": core.feat_std.tolist()}
+        # label_set: derived by LawmCard from the weights and these fields (`label_shaping`)
 
     def plots(self, out: Path, metrics: dict[str, float]) -> None:
         from model.metrics import curves_png, plot_metrics
@@ -119,18 +118,19 @@ class LamRecipe:
 
 
 def train_lam(store_uri: str, out_dir: str | Path, cfg: LamConfig | None = None, *, version: str | None = None,
-              steps: int | None = None, resume: bool = False, workers: int = 1,
-              progress: ProgressFactory | bool | None = None, device: str = "auto",
+              steps: int | None = None, resume: bool = False, force: bool = False, keep_version: bool = True,
+              workers: int = 1, progress: ProgressFactory | bool | None = None, device: str = "auto",
               stop_at: int | None = None) -> LawmCard | StoppedRun:
     """Train a LaWM on the store at `version` (default: its newest commit) and return its card.
 
     `progress` is a progress-bar factory such as `pipeline.progress.progress_bar` (the CLI
-    passes it); `workers > 1` runs on the Ray instance already started (or starts a local one)."""
+    passes it); `workers > 1` runs on the Ray instance already started (or starts a local one).
+    `resume`, `force` and `keep_version` as in `model.loop.run`."""
     cfg = cfg or LamConfig()
     cfg = with_steps(cfg, steps)
-    return run(LamRecipe(cfg), store_uri, out_dir, version=version, resume=resume, workers=workers,
-               progress=progress, device=device, stop_at=stop_at, name="train-lam",
-               saved_config=LamConfig.model_validate, steps=steps)
+    return run(LamRecipe(cfg), store_uri, out_dir, version=version, resume=resume, force=force,
+               keep_version=keep_version, workers=workers, progress=progress, device=device, stop_at=stop_at,
+               name="train-lam", saved_config=LamConfig.model_validate, steps=steps)
 
 
 __all__ = ["LamRecipe", "build_model", "load_lawm", "resolve_version", "train_lam"]

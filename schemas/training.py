@@ -31,6 +31,12 @@ class PairsConfig(_Strict):
     # Per-source mixing weights (share of each epoch); empty = in proportion to their pairs.
     weights: dict[str, Annotated[float, Field(ge=0)]] = Field(default_factory=dict)
     seed: int = 0  # shuffles pairs; with the same seed the order of pairs is the same
+    # A curation set of the store (`lawam curate` prints its id, 'cur-...'; `lawam catalog` lists
+    # them). With one: pairs touching its still spans are skipped (drop_idle) and, of each group of
+    # duplicate episodes, only the one it keeps is read (dedup). None: every frame of every episode.
+    curation: str | None = None
+    drop_idle: bool = True
+    dedup: bool = True
 
 
 class LamModelConfig(_Strict):

@@ -20,6 +20,9 @@ import pytest  # noqa: E402
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 TEST_CACHE = Path(os.environ.get("LAWAM_TEST_CACHE", REPO_ROOT / ".pytest_cache" / "lawam"))
+# Encoders converted to OpenVINO / ONNX (pipeline.encode.converted) are kept beside the corpora;
+# set before Ray starts, so its workers use it too. Written by atomic renames: safe under xdist.
+os.environ.setdefault("LAWAM_CACHE_DIR", str(TEST_CACHE))
 
 
 @pytest.fixture(autouse=True)

@@ -16,7 +16,7 @@ from flows.cli import app
 from model.checkpoint import read_card
 
 runner = CliRunner()
-COMMANDS = ["samples", "ingest", "catalog", "versions", "demo", "version", "train-lam", "label", "serve"]
+COMMANDS = ["samples", "ingest", "catalog", "curate", "versions", "demo", "version", "train-lam", "label", "serve"]
 
 
 def test_help_lists_every_command():

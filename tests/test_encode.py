@@ -11,7 +11,9 @@ from safetensors.torch import save_file
 from pipeline.encode import EncoderError, FrozenEncoder
 from schemas import EncoderConfig
 
-TINY = dict(model="vit_tiny_patch16_224", image_size=64)  # 4x4 patches of 192-d
+# 4x4 patches of 192-d. The reference runtime: token modes and checkpoints are the runtime-free
+# part (tests/test_encoder_runtimes.py holds every runtime to torch fp32), and no conversion is paid.
+TINY = dict(model="vit_tiny_patch16_224", image_size=64, runtime="torch", precision="fp32")
 
 
 @pytest.fixture(scope="module")

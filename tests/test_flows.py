@@ -110,6 +110,35 @@ def test_refresh_ingests_then_labels_new_episodes(prefect_server, ray_local, one
     assert '"stage": "label"' in table.data and '"stage": "ingest"' in table.data
 
 
+def test_refresh_curates_new_episodes_when_the_corpus_names_a_curation_config(prefect_server, ray_local, tmp_path):
+    import shutil
+
+    import numpy as np
+
+    from schemas.curation import CurationConfig
+    from tests.datasets import write_frames
+
+    rng = np.random.default_rng(0)
+    (tmp_path / "v").mkdir()
+    for i in range(3):  # a texture sliding at its own speed
+        texture = rng.integers(0, 255, (24, 96, 3)).astype(np.uint8)
+        frames = np.stack([np.roll(texture, (i + 1) * t, axis=1)[:, :32] for t in range(20)])
+        write_frames(tmp_path / "v" / f"clip{i}.mp4", frames, 10)
+    shutil.copyfile(tmp_path / "v" / "clip0.mp4", tmp_path / "v" / "copy.mp4")
+    write_frames(tmp_path / "v" / "frozen.mp4", np.repeat(frames[:1], 20, axis=0), 10)
+    cfg = corpus(tmp_path, curation=CurationConfig())
+    first = refresh_corpus(cfg)
+    assert first.ingest.added == 5 and first.curation.episodes == 5 and first.curation.duplicates == 1
+    assert first.curation.version_before == first.ingest.version_after and first.curation.spans == 1
+    md, table = Artifact.get("refresh-report"), Artifact.get("refresh-report-table")
+    for text in ("Curation of", first.curation.set_id, "| cam |", "duplicate: `cam/copy.mp4`",
+                 "static: `cam/frozen.mp4`"):
+        assert text in md.data, text
+    assert '"stage": "curate"' in table.data
+    again = refresh_corpus(cfg)  # nothing new: nothing curated, no commit
+    assert again.curation.episodes == 0 and again.curation.version_after is None
+
+
 def _failures(uri: str, key: str) -> int:
     cat = FeatureStore.open(uri).catalog()
     keys = pc.binary_join_element_wise(cat["source"], cat["episode_id"], "/")

@@ -23,6 +23,7 @@ from flows.cli.app import app, reflow_help
 # a new area is one more module here.
 # isort: off
 from flows.cli import store  # noqa: F401
+from flows.cli import curate  # noqa: F401
 from flows.cli import train  # noqa: F401
 from flows.cli import evaluate  # noqa: F401
 from flows.cli import demo  # noqa: F401

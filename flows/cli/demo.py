@@ -45,6 +45,7 @@ def demo(
     from flows.chain import lawam_chain
     from pipeline.samples import sample_sources
     from schemas import CorpusConfig, StoreConfig
+    from schemas.curation import CurationConfig
     from schemas.training import DistillConfig, LamConfig
 
     if not ctx.meta.get(VERBOSE):
@@ -52,7 +53,7 @@ def demo(
         for name in ("prefect", "prefect.flow_runs", "prefect.task_runs"):
             logging.getLogger(name).setLevel(logging.CRITICAL)
     cfg = CorpusConfig(name="demo", sources=sample_sources(out_dir / "samples"),
-                       store=StoreConfig(uri=str((out_dir / "store").resolve())))
+                       store=StoreConfig(uri=str((out_dir / "store").resolve())), curation=CurationConfig())
     lam = LamConfig()
     lam = lam.model_copy(update={"optim": lam.optim.model_copy(update={"steps": lam_steps, "eval_every": 0,
                                                                        "checkpoint_every": 0})})

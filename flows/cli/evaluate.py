@@ -69,8 +69,9 @@ def _print_latency(latency: dict | None) -> None:
     for device, lat in (latency or {}).items():
         out.print(f"latency ({device}, batch 1, {lat.get('calls', '?')} calls): policy alone "
                   f"{lat['policy_ms']['median']:.2f} ms median / {lat['policy_ms']['p95']:.2f} ms p95; "
-                  f"encoder + policy {lat['encoder_policy_ms']['median']:.1f} ms / "
-                  f"{lat['encoder_policy_ms']['p95']:.1f} ms", highlight=False)
+                  f"encoder ({lat.get('encoder_runtime', 'torch')} {lat.get('encoder_precision', 'fp32')}) + policy "
+                  f"{lat['encoder_policy_ms']['median']:.1f} ms / {lat['encoder_policy_ms']['p95']:.1f} ms",
+                  highlight=False)
 
 
 @app.command()
@@ -82,7 +83,8 @@ def latency(
     encoder_checkpoint: Path = typer.Option(None, help="The encoder's weights file, when the card names real weights."),
 ) -> None:
     """Milliseconds per action chunk at batch 1: the policy alone (features in, chunk out, the LaWM
-    decoder included) and encoder + policy from a uint8 frame; on the CPU, and on CUDA when present."""
+    decoder included) and encoder + policy from a uint8 frame; on the CPU, and on CUDA when present.
+    The encoder runs with the runtime and precision that computed the policy's training features."""
     from model.evaluate import policy_latency
 
     _print_latency(policy_latency(policy, calls=calls, warmup=warmup, threads=threads,

@@ -150,12 +150,17 @@ def catalog(
     store: str = typer.Argument(..., help="Store location: local path or s3://..."),
     version_id: str = typer.Option(None, "--version", help="A store version (commit id); default: newest."),
     as_json: bool = typer.Option(False, "--json", help="Print the summary as JSON."),
+    export: Path = typer.Option(None, help="Write a curation set's decision for every episode (keep / trim / "
+                                "drop, why, seconds kept and dropped, spans) to this Parquet file."),
+    curation: str = typer.Option(None, help="The curation set to --export (default: the store's only one)."),
 ) -> None:
-    """Summarise a store: hours / episodes / frames per source, and the quarantined list (each
-    with its reason, since when it fails and how many attempts failed)."""
-    from pipeline.catalog import summarize
+    """Summarise a store: hours / episodes / frames per source, the quarantined list (each
+    with its reason, since when it fails and how many attempts failed), label sets, and per
+    curation set the hours kept and dropped per source, and why."""
+    from pipeline.catalog import export_decisions, summarize
 
     summary = summarize(store, version_id)
+    exported = export_decisions(store, summary.version, export, curation) if export else None
     if as_json:
         out.print_json(json.dumps(summary.to_dict(), default=str))
         return
@@ -177,6 +182,22 @@ def catalog(
         out.print(f"label set {ls['id']}: {ls['labelled']}/{ls['episodes']} episodes ({100 * ls['coverage']:.0f}%)"
                   f"{stale}; LaWM {ls['lam_dir']}, k = {ls['k_seconds']} s, z dim {ls['dim']}", highlight=False,
                   soft_wrap=True)
+    for cs in summary.curation_sets:
+        out.print(curation_table(cs))
+    if exported:
+        out.print(f"exported {exported} episode decisions to {export}", highlight=False)
+
+
+def curation_table(cs: dict) -> Table:
+    """Hours kept and dropped per source, and why, of one curation set (catalog summary form)."""
+    stale = f", {cs['stale']} stale" if cs["stale"] else ""
+    table = Table(title=f"curation set {cs['id']}: {cs['curated']}/{cs['episodes']} episodes curated{stale}")
+    for col in ("source", "hours", "kept", "duplicate", "static", "idle", "uncurated", "dropped episodes"):
+        table.add_column(col)
+    for s in cs["sources"]:
+        table.add_row(s["source"], *(f"{s[c]:.4f}" for c in ("hours", "kept_h", "duplicate_h", "static_h", "idle_h",
+                                                              "uncurated_h")), str(s["dropped_episodes"]))
+    return table
 
 
 @app.command()
@@ -232,7 +253,10 @@ def gc(
                                  "version references now."),
 ) -> None:
     """Expire old versions and delete the files no kept version references (Icechunk's
-    expire_snapshots + garbage_collect). Tagged versions (`lawam tag`) and branch tips stay."""
+    expire_snapshots + garbage_collect). Tagged versions (`lawam tag`, and the versions finished
+    training runs read), versions a running train-lam / label / distill / eval holds (a lease)
+    and branch tips stay; each kept version is listed with why. Leases of runs that died
+    expire 12 h after their last renewal and are deleted here."""
     from pipeline.store.maintenance import gc_store, parse_duration
 
     report = gc_store(store, parse_duration(older_than), dry_run=dry_run)
@@ -240,6 +264,17 @@ def gc(
     out.print(f"{store}: {report.expired} versions expired; {verb} {report.chunks_deleted} chunks, "
               f"{report.manifests_deleted} manifests, {report.snapshots_deleted} snapshots "
               f"({report.bytes_deleted / 1e6:.1f} MB); {len(report.kept)} versions kept", highlight=False)
+    young = 0
+    for version_id, reasons in report.kept.items():
+        if reasons == ["younger than the threshold"]:
+            young += 1
+        else:
+            out.print(f"  kept {version_id}: {'; '.join(reasons)}", highlight=False, soft_wrap=True)
+    if young:
+        out.print(f"  kept {young} more, younger than {older_than}", highlight=False)
+    for lease in report.leases_expired:
+        out.print(f"  {'would delete' if dry_run else 'deleted'} the expired {lease.describe()} on {lease.version} "
+                  "(its run ended without removing it)", highlight=False, soft_wrap=True)
 
 
 @app.command()

@@ -124,9 +124,10 @@ def training_samples(store_uri: str, version: str | None) -> tuple[list[Layout],
 
     from pipeline.samples.metaworld_robot import LAYOUTS_FILE, read_sample_layouts
     from pipeline.store import FeatureStore
+    from pipeline.store.leases import hold_version
 
-    store = FeatureStore.open(store_uri, version)
-    eps = store.episodes()
+    with hold_version(store_uri, version, "eval") as lease:  # gc keeps the version while it is read
+        eps = FeatureStore.open(store_uri, lease.version).episodes()
     uris = sorted({u for u, kind in zip(eps["uri"].to_pylist(), eps["kind"].to_pylist(), strict=True)
                    if kind == "robot"})
     roots: dict[Path, None] = {}

@@ -150,10 +150,10 @@ def write_report(path: str | Path, catalog: CatalogSummary, stages: Sequence[dic
                  eval_dir: str | Path | None = None, title: str = "lawam run") -> Path:
     """Write one HTML file at `path` (images embedded) and return it: the success rate
     (`eval_dir`/results.json, success.png, the rollout videos linked), hours and episodes per
-    source (`catalog`), one row per stage (`stages`: dicts with stage, items, unit, seconds,
-    throughput, version_before/after; see `flows.common.stage_row`), and stage 1: its held-out
-    metrics against their controls (`lam_metrics`, the LaWM card's) and its training curves
-    (`lam_dir`/curves.png)."""
+    source (`catalog`) and, per curation set, hours kept and dropped and why; one row per stage
+    (`stages`: dicts with stage, items, unit, seconds, throughput, version_before/after; see
+    `flows.common.stage_row`), and stage 1: its held-out metrics against their controls
+    (`lam_metrics`, the LaWM card's) and its training curves (`lam_dir`/curves.png)."""
     path = Path(path)
     page = _Page(path)
     lead, success = _success(page, Path(eval_dir)) if eval_dir is not None else ("", "")
@@ -171,6 +171,16 @@ def write_report(path: str | Path, catalog: CatalogSummary, stages: Sequence[dic
                             raw=("minutes",)))
     if catalog.quarantined:
         parts.append("<h3>Quarantined</h3>" + page.table(catalog.quarantined, ["source", "episode_id", "reason"]))
+    for cs in catalog.curation_sets:
+        parts.append(f"<h3>Curation set <code>{page.e(cs['id'])}</code>: {cs['curated']}/{cs['episodes']} episodes "
+                     "curated</h3><p>Hours training sees (kept) and what it skips, and why, per source.</p>")
+        hours = [{"source": s["source"], "hours": s["hours"], "kept": s["kept_h"], "duplicate": s["duplicate_h"],
+                  "static": s["static_h"], "idle": s["idle_h"], "uncurated": s["uncurated_h"],
+                  "episodes dropped": s["dropped_episodes"]} for s in cs["sources"]]
+        parts.append(page.table(hours, ["source", "hours", "kept", "duplicate", "static", "idle", "uncurated",
+                                        "episodes dropped"]))
+        if cs["examples"]:
+            parts.append("<p>Examples:</p>" + page.table(cs["examples"], ["reason", "episode", "what"]))
     for ls in catalog.label_sets:
         parts.append(f"<p>Label set <code>{page.e(ls['id'])}</code>: {ls['labelled']}/{ls['episodes']} episodes "
                      f"({100 * ls['coverage']:.0f}%), {ls['stale']} stale; LaWM "

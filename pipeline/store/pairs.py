@@ -19,6 +19,12 @@ Promises (DESIGN.md, "Training"):
   window's pairs are shuffled in memory: random order without random I/O.
 - The plan is computed from the index alone, so a resumed run skips the batches it already
   consumed without reading them.
+- **Curation** (a curation set named, `lawam curate`): an episode that duplicates a kept one
+  is not selected (`dedup`), and a pair is served only when every frame from t to t + k is
+  kept (`drop_idle`): pairs that start, end or straddle a still span are dropped, so f_{t+k}
+  is never more than k seconds of kept video from f_t and no latent action has to explain a
+  cut. With `all_frames`, a t is served when t .. min(t + k, last) are kept. Episodes the set
+  has not curated yet (new or redone since) are served whole, with a warning.
 
 The FeatureStore inside pickles as `(uri, version)`: a copy sent to another process reopens
 exactly the version this reader was built on.
@@ -33,6 +39,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+from pipeline.store.curation import CurationSet
 from pipeline.store.labels import LabelSet
 from pipeline.store.reader import FeatureStore
 from schemas.errors import ConfigError
@@ -59,13 +66,17 @@ class PairQuery:
     # Every frame is a t, the last k seconds included (f_{t+k} is then the episode's last
     # frame and no label is served): a policy acts at every frame, not only where a pair fits.
     all_frames: bool = False
+    curation: str | None = None  # a curation set of the store ('cur-...'): drop_idle and dedup apply
+    drop_idle: bool = True  # skip pairs touching the set's still (static / idle) spans
+    dedup: bool = True  # of each duplicate group, read only the episode the set keeps
 
     @classmethod
     def from_config(cls, cfg, **overrides) -> PairQuery:
         """From a `schemas.training.PairsConfig` (or anything with the same fields)."""
         kw = {"k_seconds": cfg.k_seconds, "horizon": cfg.horizon, "action_rate": cfg.action_rate,
               "sources": tuple(cfg.sources), "kinds": tuple(cfg.kinds), "heldout_fraction": cfg.heldout_fraction,
-              "weights": dict(cfg.weights), "seed": cfg.seed}
+              "weights": dict(cfg.weights), "seed": cfg.seed, "curation": cfg.curation,
+              "drop_idle": cfg.drop_idle, "dedup": cfg.dedup}
         return cls(**{**kw, **overrides})
 
 
@@ -105,6 +116,9 @@ class PairReader:
             keep &= np.isin(sources, list(query.sources))
         if query.kinds:
             keep &= np.isin(kinds, list(query.kinds))
+        self.curation = CurationSet.open(store, query.curation) if query.curation else None
+        if self.curation is not None and query.dedup:
+            keep &= ~np.isin(store.keys, self.curation.dropped_duplicates())
         if query.split != "all":
             own = {src for src, sp in zip(sources.tolist(), splits, strict=True) if sp and sp.lower() in HELDOUT_SPLITS}
             held = np.array([is_heldout(k, sp, query.heldout_fraction, src in own)
@@ -118,6 +132,16 @@ class PairReader:
         self.k = k_frames_for(store.fps[self.rows], query.k_seconds)
         frames = store.frames[self.rows]
         self.n_pairs = frames.astype(np.int64) if query.all_frames else np.clip(frames - self.k, 0, None)
+        self._ranges: tuple[np.ndarray, np.ndarray, np.ndarray] | None = None
+        self.uncurated = 0  # selected episodes the curation set has no current rows for
+        if self.curation is not None:
+            self.uncurated = int(sum(k not in self.curation for k in self.keys.tolist()))
+            if self.uncurated:
+                log.warning("%d of %d selected episodes have no current rows in curation set %s (new or redone "
+                            "since it ran): served whole; run `lawam curate`", self.uncurated, len(self.keys),
+                            query.curation)
+            if query.drop_idle:
+                self._ranges = self._kept_ranges(frames)
         self._labels = LabelSet.open(store, query.label_set) if query.label_set else None
         self.action_dim, self.state_dim = self._dims()
 
@@ -138,9 +162,49 @@ class PairReader:
                               "widen the selection or ingest more episodes")
         frames, fps = self.store.frames[self.rows], self.store.fps[self.rows]
         longest = float(np.max(np.divide(frames, fps, out=np.zeros(len(fps)), where=fps > 0)))
-        raise ConfigError(f"pairs.k_seconds {self.query.k_seconds:g}: no pair in the {self.query.split} selection, "
-                          f"whose longest episode lasts {longest:.2f} s ({len(self.rows)} episodes of {where}); "
-                          "use a k_seconds shorter than the episodes")
+        kept = f" once curation set {self.curation.id} drops its spans" if self.curation is not None else ""
+        raise ConfigError(f"pairs.k_seconds {self.query.k_seconds:g}: no pair in the {self.query.split} selection"
+                          f"{kept}, whose longest episode lasts {longest:.2f} s ({len(self.rows)} episodes of "
+                          f"{where}); use a k_seconds shorter than the episodes")
+    def _kept_ranges(self, frames: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """The t of each selected episode whose frames t .. t + k avoid the curation set's still
+        spans, as runs: (first run of each episode (E+1,), run starts t0 (R,), pairs before
+        each run (R+1,)); `n_pairs` becomes the number of such t. Index-sized, no features read."""
+        spans = self.curation.spans_table
+        by_key: dict[str, list[tuple[int, int]]] = {}
+        for key, s, e in zip(spans["key"].to_pylist(), spans["start"].to_pylist(), spans["end"].to_pylist(),
+                             strict=True):
+            by_key.setdefault(key, []).append((s, e))
+        first, t0, length = [0], [], []
+        for e, key in enumerate(self.keys.tolist()):
+            n, k = int(frames[e]), int(self.k[e])
+            cuts = sorted(by_key.get(key, ()))
+            if not cuts:
+                t0.append(0)
+                length.append(int(self.n_pairs[e]))
+            else:
+                a = 0
+                for s, end in [*cuts, (n, n)]:  # kept frames [a, s), then a span [s, end)
+                    b = s
+                    last = b if (self.query.all_frames and b == n) else b - k  # t < last keeps t + k < b
+                    if last > a:
+                        t0.append(a)
+                        length.append(last - a)
+                    a = max(a, end)
+            first.append(len(t0))
+        cum = np.concatenate([[0], np.cumsum(length, dtype=np.int64)])
+        first_arr = np.asarray(first, np.int64)
+        self.n_pairs = cum[first_arr[1:]] - cum[first_arr[:-1]]
+        return first_arr, np.asarray(t0, np.int64), cum
+
+    def pair_t(self, e: np.ndarray | int, j: np.ndarray) -> np.ndarray:
+        """The frame t of selected episode `e`'s j-th pair (j < n_pairs[e])."""
+        if self._ranges is None:
+            return j
+        first, t0, cum = self._ranges
+        g = cum[first[e]] + j
+        r = np.searchsorted(cum, g, side="right") - 1
+        return t0[r] + (g - cum[r])
 
     @property
     def label_dim(self) -> int:
@@ -197,6 +261,7 @@ class PairReader:
                 eps.append(np.full(b - a, order[j], np.int64))
                 ts.append(np.arange(a, b, dtype=np.int64))
             e, t = np.concatenate(eps), np.concatenate(ts)
+            t = self.pair_t(e, t)
             perm = np.random.default_rng([self.query.seed, epoch, w]).permutation(len(e))
             yield e[perm], t[perm]
 
@@ -298,8 +363,8 @@ class PairReader:
         features only (labelling: the same pairs `read` serves a trainer, without the rest)."""
         feats = self.store.features(int(self.rows[e]))
         n, k = int(self.n_pairs[e]), int(self.k[e])
-        if self.query.all_frames:
-            t = np.arange(n)
+        if self.query.all_frames or self._ranges is not None:
+            t = self.pair_t(e, np.arange(n))
             return feats[t], feats[np.minimum(t + k, len(feats) - 1)]
         return feats[:n], feats[k : k + n]
 
