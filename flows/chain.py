@@ -101,7 +101,8 @@ def lawam_chain(cfg: CorpusConfig | str, runs_dir: str, *, lam: LamConfig | None
         from pipeline.catalog import summarize
         from pipeline.evaluation.report import write_report
 
-        result.report = str(write_report(report, summarize(store), stages, lam_dir=lam_dir, eval_dir=ev.out_dir,
+        result.report = str(write_report(report, summarize(store), stages, lam_dir=lam_dir,
+                                          lam_metrics=getattr(card, "metrics", None), eval_dir=ev.out_dir,
                                           title=f"lawam: {cfg.name}"))
     md = "## lawam chain\n\n| stage | items | seconds | throughput |\n|---|---|---|---|\n" + "".join(
         f"| {r['stage']} | {r['items']} {r['unit']} | {r['seconds'] or 0:.1f} | {r['throughput'] or ''} |\n"

@@ -45,7 +45,7 @@ log = logging.getLogger(__name__)
 EVAL_PAIRS = 4096
 
 
-class SelectionError(ValueError):
+class SelectionError(ConfigError):
     """The store version (or the selection of it) lacks what a policy trains on."""
 
 
@@ -195,7 +195,8 @@ def distill(store_uri: str, out_dir: str | Path, lam_dir: str | Path | None, cfg
         if lam_dir is None:
             raise CheckpointError("a LaWAM policy needs --labels (a train-lam output folder); "
                                   "--no-subgoal trains the ablation without one")
-        lineage = lawm_lineage(lam_dir)  # the card only: the weights load in the recipe's build
+        load_lawm(lam_dir)  # the weights too: a damaged file fails here, named, before anything is written
+        lineage = lawm_lineage(lam_dir)
         lam, label_set = lineage.dir, lineage.label_set
         store = FeatureStore.open(store_uri, version)
         LabelSet.open(store, label_set)  # fails with "run lawam label" when the set is not there

@@ -56,7 +56,7 @@ from model.data import PairDataset, pair_loader, rank_and_world
 from pipeline.store import FeatureStore
 from pipeline.store.leases import hold_version
 from pipeline.store.maintenance import keep_version
-from pipeline.store.pairs import PairQuery
+from pipeline.store.pairs import PairQuery, PairReader
 from schemas.cards import CARD_TYPES, Card, StoppedRun, StoreRef
 from schemas.training import OptimConfig
 
@@ -284,7 +284,7 @@ def log_row(out: Path, tb, row: dict[str, float]) -> None:
     if tb is not None:
         for k, v in row.items():
             if k != "step":
-                tb.add_scalar(f"train/{k}", v, row["step"])
+                tb.add_scalar(k if "/" in k else f"train/{k}", v, row["step"])  # eval/* rows keep theirs
 
 
 def _evaluate(recipe: Recipe, core: torch.nn.Module, data: Any, out: Path, tb, step: int) -> dict[str, float]:
@@ -412,6 +412,8 @@ def run(recipe: Recipe, store_uri: str, out_dir: str | Path, *, version: str | N
             recipe = recipe.with_config(saved_config(config))
     created = not out.exists()
     with hold_version(store_uri, version, name) as lease:
+        # an impossible k (longer than every episode) fails before anything is written
+        PairReader(FeatureStore.open(store_uri, lease.version), recipe.query("train")).require_pairs()
         spec = RunSpec(recipe, store_uri, lease.version, str(out), resume,
                        progress if callable(progress) else None, device, stop_at, workers, name, keep_version)
         out.mkdir(parents=True, exist_ok=True)

@@ -52,6 +52,8 @@ import numpy as np
 import torch
 from torch import nn
 
+from schemas.errors import ConfigError
+
 logger = logging.getLogger(__name__)
 
 PairArrays = dict[str, np.ndarray]
@@ -59,8 +61,9 @@ PAIR_KEYS = ("f_t", "f_tk", "episode", "actions", "action_mask", "robot")
 _EPS = 1e-12
 
 
-class MetricsInputError(ValueError):
-    """Pairs handed to `lawm_metrics` are not a valid PairArrays dict."""
+class MetricsInputError(ConfigError):
+    """Pairs handed to `lawm_metrics` are not a valid PairArrays dict (an empty held-out split:
+    raise `pairs.heldout_fraction` or ingest more episodes)."""
 
 
 def lawm_metrics(
@@ -398,15 +401,14 @@ def plot_metrics(metrics: dict[str, float], path: str | Path, title: str = "LaWM
     return path
 
 
-def curves_png(metrics_jsonl: str | Path, path: str | Path) -> Path:
-    """PNG of training curves: one small panel per numeric key of a metrics.jsonl, against `step`.
+def read_curves(metrics_jsonl: str | Path) -> dict[str, tuple[list[float], list[float]]]:
+    """key -> (steps, values) of a metrics.jsonl, for every numeric key logged at two steps
+    or more: a key logged once (a held-out metric measured only at the end) is a number, not
+    a curve, and is reported as one (the card, the report's table).
 
     Each line is a JSON object with a numeric `step`; every other numeric (non-bool) value is
     a point of its key's curve, so lines logging different keys (train vs eval) mix freely.
-    Lines without `step`, and a line cut short by a writer still appending, are skipped.
-    Positive curves spanning over two decades (loss, lr) get a log y axis.
-    """
-    path = Path(path)
+    Lines without `step`, and a line cut short by a writer still appending, are skipped."""
     series: dict[str, tuple[list[float], list[float]]] = {}
     for i, line in enumerate(Path(metrics_jsonl).read_text().splitlines()):
         if not line.strip():
@@ -423,6 +425,13 @@ def curves_png(metrics_jsonl: str | Path, path: str | Path) -> Path:
                 xs, ys = series.setdefault(key, ([], []))
                 xs.append(float(record["step"]))
                 ys.append(float(value))
+    return {k: v for k, v in series.items() if len(v[0]) > 1}
+
+
+def curves_figure(series: dict[str, tuple[list[float], list[float]]], empty: str = "no curves") -> Any:
+    """One small panel per curve against `step`. Positive curves spanning over two decades
+    (loss, lr) get a log y axis; the y axis never shows an offset ("1e-8 + 1.6931e-3"), and a
+    curve flat to 1 part in 10^4 is drawn flat around its value, not as noise magnified."""
     ncols = max(1, min(4, len(series)))
     nrows = max(1, math.ceil(len(series) / ncols))
     fig = _figure(ncols, nrows, (3.2, 2.4))
@@ -435,10 +444,24 @@ def curves_png(metrics_jsonl: str | Path, path: str | Path) -> Path:
         finite = [y for y in ys if math.isfinite(y)]
         if finite and min(finite) > 0 and max(finite) / min(finite) > 100:
             ax.set_yscale("log")
+        else:
+            ax.ticklabel_format(axis="y", useOffset=False)
+            lo, hi = (min(finite), max(finite)) if finite else (0.0, 0.0)
+            scale = max(abs(lo), abs(hi))
+            if hi - lo <= 1e-4 * scale or scale == 0:  # flat: a band of +-5% (+-1 around 0)
+                pad = 0.05 * scale or 1.0
+                ax.set_ylim(lo - pad, hi + pad)
     for ax in axes[len(series) :]:
         ax.set_axis_off()
     if not series:
-        axes[0].text(0.5, 0.5, f"no numeric metrics in\n{Path(metrics_jsonl).name}", ha="center", va="center")
+        axes[0].text(0.5, 0.5, empty, ha="center", va="center")
+    return fig
+
+
+def curves_png(metrics_jsonl: str | Path, path: str | Path) -> Path:
+    """PNG of the training curves of a metrics.jsonl (`read_curves`, `curves_figure`)."""
+    path = Path(path)
+    fig = curves_figure(read_curves(metrics_jsonl), f"no curves in\n{Path(metrics_jsonl).name}")
     path.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(path, dpi=100)
     return path

@@ -1,6 +1,6 @@
 """Starting Ray the one way every job here does: a new local instance on loopback, or the
-cluster named by `RAY_ADDRESS` (never a cluster found by chance on the machine); and the Ray
-errors that mean an infrastructure fault, not bad input.
+cluster named by `RAY_ADDRESS` (never a cluster found by chance on the machine). (Which Ray
+errors mean an infrastructure fault is `pipeline.errors.classify`'s.)
 
 A local instance ends with the process that started it, however that process ends: a reaper
 (`pipeline.ray_reaper`) kills whatever of the instance is left once the driver is gone, so a
@@ -21,12 +21,8 @@ os.environ.setdefault("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", "0")
 os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
 
 import ray  # noqa: E402
-from ray import exceptions as rex  # noqa: E402
 
 from pipeline.ray_reaper import OWNER_ENV  # noqa: E402
-
-INFRA_ERRORS = (rex.RayActorError, rex.WorkerCrashedError, rex.ObjectLostError, rex.RaySystemError,
-                rex.OutOfMemoryError, rex.TaskCancelledError)
 
 
 def ensure_ray(verbose: bool | None = None) -> None:

@@ -79,8 +79,38 @@ def test_ingest_of_a_source_needs_a_store(tmp_path):
     assert "--store" in one_line_error(runner.invoke(app, ["ingest", str(src)]))
 
 
-def test_catalog_of_a_missing_store(tmp_path):
-    assert "no feature store" in one_line_error(runner.invoke(app, ["catalog", str(tmp_path / "none")]))
+@pytest.mark.parametrize("args", [["catalog", "{s}"], ["verify", "{s}"], ["versions", "{s}"], ["gc", "{s}"],
+                                  ["tag", "{s}", "v", "t"], ["train-lam", "--store", "{s}", "--out", "{o}"],
+                                  ["distill", "--store", "{s}", "--out", "{o}", "--no-subgoal"]])
+def test_a_missing_store_is_one_line_exit_2_and_nothing_is_created(tmp_path, args):
+    """Incident: `train-lam`, `catalog` and `verify` on a missing store created STORE/repo/;
+    `verify` then said "damaged ... 1 problems" and exited 4."""
+    store, out = tmp_path / "none", tmp_path / "run"
+    line = one_line_error(runner.invoke(app, [a.format(s=store, o=out) for a in args]))
+    assert "no feature store" in line and str(store) in line
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_verify_of_an_unknown_version_is_one_line_exit_2(tmp_path):
+    """Incident: `lawam verify S --version NOPE` said "damaged ... 1 problems", exit 4."""
+    from tests.stores import SynthSource, write_store
+
+    store = str(tmp_path / "store")
+    write_store(store, [SynthSource("bot", episodes=1, seconds=1.0)])
+    line = one_line_error(runner.invoke(app, ["verify", store, "--version", "NOPE"]))
+    assert "has no version 'NOPE'" in line and f"lawam versions {store}" in line
+
+
+def test_a_version_expired_by_gc_is_one_line_exit_2(tmp_path):
+    from tests.stores import SynthSource, write_store
+
+    store = str(tmp_path / "store")
+    old = write_store(store, [SynthSource("bot", episodes=1, seconds=1.0)])
+    write_store(store, [SynthSource("bot", episodes=2, seconds=1.0)])
+    assert runner.invoke(app, ["gc", store, "--older-than", "0"]).exit_code == 0
+    for cmd in ("verify", "catalog"):
+        line = one_line_error(runner.invoke(app, [cmd, store, "--version", old]))
+        assert f"has no version {old!r}" in line and "expired by `lawam gc`" in line
 
 
 def test_samples_with_an_unknown_task(tmp_path):
@@ -120,7 +150,8 @@ def test_demo_runs_the_chain_writes_the_report_and_again_redoes_nothing(prefect_
     html = (out / "report.html").read_text()
     for stage in ("ingest", "train_lam", "label", "distill", "evaluate", "Hours per source", "metaworld"):
         assert stage in html, stage
-    assert html.count("data:image/png;base64,") == 3  # stage-1 curves and metrics, success rates
+    assert html.count("data:image/png;base64,") == 2  # stage-1 curves, success rates (metrics: a table)
+    assert html.index("Closed-loop success:") < html.index("Hours per source") and str(out) not in html
 
     [lam] = list((out / "runs").glob("lam-*"))
     [policy] = list((out / "runs").glob("policy-*"))
@@ -180,6 +211,42 @@ def test_dash_h_is_help_on_the_app_and_every_command():
         assert "Usage" in result.output and "--help" in result.output, args
 
 
+def _premature_wraps(text: str, width: int) -> list[str]:
+    """Lines of rendered help that end although the next line's first word would have fit:
+    a sentence cut by a line break of the docstring, not by the terminal. Looks where
+    docstrings go: the description paragraphs and the Commands panel's rows."""
+    def indent(s: str) -> int:
+        return len(s) - len(s.lstrip())
+
+    bad, panel = [], None
+    lines = text.splitlines()
+    for a, b in zip(lines, lines[1:], strict=False):
+        if a.startswith("╭"):
+            panel = a.strip("╭─╮ ").split(" ")[0]
+        elif a.startswith("╰"):
+            panel = None
+        boxed = a.startswith("│") and b.startswith("│")
+        body_a, body_b = (a[1:-1], b[1:-1]) if boxed else (a, b)
+        if not body_a.strip() or not body_b.strip() or a.startswith(("╭", "╰", " Usage")):
+            continue
+        if boxed and (panel != "Commands" or indent(body_b) <= 1):  # options' rows; a command's first line
+            continue
+        if not boxed and (panel is not None or indent(a) != indent(b)):
+            continue
+        room = (len(body_a) if boxed else width) - len(body_a.rstrip()) - 1
+        if len(body_b.split()[0]) < room - 1:
+            bad.append(f"{a!r} / {b!r}")
+    return bad
+
+
+def test_help_is_wrapped_by_the_terminal_not_by_the_docstring():
+    """Incident: at 80 columns help text broke mid-sentence where the docstring did."""
+    for args in [["--help"]] + [[cmd, "--help"] for cmd in _all_commands()]:
+        result = runner.invoke(app, args, env={"COLUMNS": "80", "NO_COLOR": "1", "TERM": "dumb"})
+        assert result.exit_code == 0, result.output
+        assert not _premature_wraps(result.output, 80), (args, _premature_wraps(result.output, 80))
+
+
 def test_version_option_prints_the_installed_version():
     from importlib.metadata import version
 
@@ -213,26 +280,35 @@ def test_an_object_store_fault_is_one_line_and_exit_1(tmp_path, monkeypatch):
     assert isinstance(result.exception, SystemExit)  # typer.Exit, not a traceback
 
 
-def test_a_multi_line_bad_input_message_is_cut_to_its_first_line(capsys):
-    import typer
+def test_a_multi_line_bad_input_message_is_cut_to_its_first_line():
+    from pipeline.errors import exit_code, explain
+    from schemas.errors import ConfigError
 
-    from flows.cli.app import _fail
-
-    with pytest.raises(typer.Exit) as stop:
-        _fail("\n  store 's' cannot be read: a report\n  | context: ...\n")
-    assert stop.value.exit_code == 2
-    assert capsys.readouterr().err == "error: store 's' cannot be read: a report\n"
+    e = ConfigError("\n  store 's' cannot be read: a report\n  | context: ...\n")
+    assert explain(e) == "store 's' cannot be read: a report" and exit_code(e) == 2
 
 
-def test_only_infrastructure_faults_are_cut_to_one_line():
+def test_only_faults_that_are_not_bugs_are_cut_to_one_line():
     import ray.exceptions as rex
 
-    from flows.cli.app import infrastructure_line
+    from pipeline.errors import exit_code, explain
 
-    line = infrastructure_line(rex.WorkerCrashedError())
+    line = explain(rex.WorkerCrashedError())
     assert line is not None and line.startswith("ray: WorkerCrashedError: The worker died") and "\n" not in line
-    assert infrastructure_line(ValueError("a bug")) is None  # bugs keep their traceback
-    assert infrastructure_line(rex.RayTaskError("f", "Traceback ...", KeyError("k"))) is None  # a bug in a task
+    assert "retry" in line and exit_code(rex.WorkerCrashedError()) == 1
+    assert explain(ValueError("a bug")) is None and exit_code(ValueError("a bug")) is None  # bugs keep their traceback
+    assert explain(rex.RayTaskError("f", "Traceback ...", KeyError("k"))) is None  # a bug in a task
+
+
+def test_eval_out_takes_a_folder_or_any_results_file_name(tmp_path):
+    from flows.cli.evaluate import results_place
+
+    policy = tmp_path / "policy"
+    assert results_place(policy, None) == (policy / "eval", "results.json")
+    assert results_place(policy, tmp_path / "runs" / "other.json") == (tmp_path / "runs", "other.json")
+    assert results_place(policy, tmp_path / "evals") == (tmp_path / "evals", "results.json")
+    (tmp_path / "eval.v2").mkdir()  # an existing folder, whatever its name
+    assert results_place(policy, tmp_path / "eval.v2") == (tmp_path / "eval.v2", "results.json")
 
 
 def _engines_start_stderr(verbose: bool, prefect: bool) -> str:

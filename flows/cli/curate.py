@@ -6,7 +6,7 @@ from pathlib import Path
 
 import typer
 
-from flows.cli.app import _domain_errors, _fail, app, out
+from flows.cli.app import app, out
 
 
 @app.command()
@@ -29,10 +29,7 @@ def curate(
     from pipeline.curation import curate_store
     from schemas.curation import load_curation_config
 
-    try:
-        report = curate_store(store, load_curation_config(config), version=version_id, progress=progress)
-    except _domain_errors() as e:
-        _fail(str(e))
+    report = curate_store(store, load_curation_config(config), version=version_id, progress=progress)
     out.print(f"curation set {report.set_id} in {store}: +{report.episodes} episodes ({report.frames} frames), "
               f"{report.skipped} already curated; {report.spans} still spans ({report.still_s:.1f} s), "
               f"{report.duplicates} new duplicates, {report.regrouped} regrouped; {report.seconds:.1f} s; "

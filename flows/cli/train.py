@@ -6,7 +6,7 @@ from pathlib import Path
 
 import typer
 
-from flows.cli.app import _domain_errors, _fail, app, out
+from flows.cli.app import app, out
 from schemas.cards import StoppedRun
 
 
@@ -38,17 +38,14 @@ def train_lam_cmd(
     from pipeline.progress import progress_bar
     from schemas.training import load_lam_config
 
-    try:
-        cfg = load_lam_config(config)
-        if workers > 1:
-            from pipeline.ray_runtime import ensure_ray
+    cfg = load_lam_config(config)
+    if workers > 1:
+        from pipeline.ray_runtime import ensure_ray
 
-            ensure_ray()
-        card = train_lam(store, out_dir, cfg, version=version_id, steps=steps, resume=resume, force=force,
-                         keep_version=keep_version, workers=workers, progress=progress_bar if progress else None,
-                         device=device)
-    except _domain_errors() as e:
-        _fail(str(e).splitlines()[0] if str(e) else type(e).__name__)
+        ensure_ray()
+    card = train_lam(store, out_dir, cfg, version=version_id, steps=steps, resume=resume, force=force,
+                     keep_version=keep_version, workers=workers, progress=progress_bar if progress else None,
+                     device=device)
     if isinstance(card, StoppedRun):
         out.print(f"stopped at step {card.steps}: continue with `lawam train-lam ... --out {out_dir} --resume`")
         raise typer.Exit(130)
@@ -91,17 +88,14 @@ def label(
     from pipeline.label import label_store
     from pipeline.store import FeatureStore, LabelSet
 
-    try:
-        labeler = IdmLabeler(str(lam))
-        keys = [k.strip() for item in redo or () for k in item.split(",") if k.strip()]
-        report = label_store(store, labeler, version=version_id, redo=keys, damaged=damaged, num_actors=actors,
-                             progress=progress)
-        if export:
-            pinned = FeatureStore.open(store, report.version_after or version_id)
-            table = LabelSet.open(pinned, labeler.set_id).to_table()
-            pq.write_table(table, export)
-    except _domain_errors() as e:
-        _fail(str(e).splitlines()[0] if str(e) else type(e).__name__)
+    labeler = IdmLabeler(str(lam))
+    keys = [k.strip() for item in redo or () for k in item.split(",") if k.strip()]
+    report = label_store(store, labeler, version=version_id, redo=keys, damaged=damaged, num_actors=actors,
+                         progress=progress)
+    if export:
+        pinned = FeatureStore.open(store, report.version_after or version_id)
+        table = LabelSet.open(pinned, labeler.set_id).to_table()
+        pq.write_table(table, export)
     again = f"; {report.redone} relabelled on request" if report.redone else ""
     out.print(f"label set {report.set_id} in {store}: +{report.episodes} episodes ({report.pairs} pairs, "
               f"{report.pairs_per_s:.0f} pairs/s{again}), {report.skipped} already labelled; "
@@ -142,34 +136,30 @@ def distill(
     NaN/inf or unreadable labels is refused. The store version is held against `lawam gc`
     while the run reads it, and tagged when it finishes.
     """
-    from model.distill import SelectionError
     from model.distill import distill as run_distill
     from pipeline.progress import progress_bar
     from schemas.training import load_distill_config
 
-    try:
-        cfg = load_distill_config(config)
-        model_updates: dict = {"subgoal": subgoal} if not subgoal else {}
-        if action_head is not None:
-            if action_head not in ("l1", "flow"):
-                raise typer.BadParameter("use l1 or flow", param_hint="--action-head")
-            model_updates["action_head"] = action_head
-        updates: dict = {"model": cfg.model.model_copy(update=model_updates)}
-        if action_fraction is not None:
-            if action_fraction <= 0:
-                raise typer.BadParameter("must be > 0: some robot episodes must keep their actions",
-                                         param_hint="--action-fraction")
-            updates["action_fraction"] = action_fraction
-        cfg = cfg.model_copy(update=updates)
-        if workers > 1:
-            from pipeline.ray_runtime import ensure_ray
+    cfg = load_distill_config(config)
+    model_updates: dict = {"subgoal": subgoal} if not subgoal else {}
+    if action_head is not None:
+        if action_head not in ("l1", "flow"):
+            raise typer.BadParameter("use l1 or flow", param_hint="--action-head")
+        model_updates["action_head"] = action_head
+    updates: dict = {"model": cfg.model.model_copy(update=model_updates)}
+    if action_fraction is not None:
+        if action_fraction <= 0:
+            raise typer.BadParameter("must be > 0: some robot episodes must keep their actions",
+                                     param_hint="--action-fraction")
+        updates["action_fraction"] = action_fraction
+    cfg = cfg.model_copy(update=updates)
+    if workers > 1:
+        from pipeline.ray_runtime import ensure_ray
 
-            ensure_ray()
-        card = run_distill(store, out_dir, labels if subgoal else None, cfg, version=version_id, steps=steps,
-                           resume=resume, force=force, keep_version=keep_version, workers=workers, device=device,
-                           progress=progress_bar if progress else None)
-    except (*_domain_errors(), SelectionError) as e:
-        _fail(str(e).splitlines()[0] if str(e) else type(e).__name__)
+        ensure_ray()
+    card = run_distill(store, out_dir, labels if subgoal else None, cfg, version=version_id, steps=steps,
+                       resume=resume, force=force, keep_version=keep_version, workers=workers, device=device,
+                       progress=progress_bar if progress else None)
     if isinstance(card, StoppedRun):
         out.print(f"stopped at step {card.steps}: continue with `lawam distill ... --out {out_dir} --resume`")
         raise typer.Exit(130)

@@ -36,7 +36,9 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import zarr
 
+from pipeline.errors import one_line
 from pipeline.store.backend import StoreError, WriterLock, open_repo
+from pipeline.store.catalog_file import sync_catalog_file
 from pipeline.store.format import checksummed
 from pipeline.store.index import read_index, write_index
 from pipeline.store.reader import CHUNK_ERRORS, FeatureStore, StoreCorruptError
@@ -118,10 +120,9 @@ class DerivedSet:
         try:
             return self._array(shard, name)[start : start + n]
         except CHUNK_ERRORS as e:
-            cause = next((ln.strip() for ln in str(e).splitlines() if ln.strip()), type(e).__name__)
             raise StoreCorruptError(
                 f"store {self.store.uri!r} version {self.store.version}: {name} of episode {key} ({self.WHAT} "
-                f"{self.id}, shard {shard}) cannot be read: {cause[:200]}") from e
+                f"{self.id}, shard {shard}) cannot be read: {one_line(e)[:200]}") from e
 
 
 class DerivedSetWriter:
@@ -246,4 +247,8 @@ class DerivedSetWriter:
         log.info("committed %s: %s %s, %d episodes", version, self.WHAT, self.set_id, len(self._rows))
         self.index = table
         self._rows.clear()
+        try:  # the episodes are as they were; catalog.parquet names the newest commit, as it promises
+            sync_catalog_file(self.uri, FeatureStore.open(self.uri, version).index, version)
+        except OSError as e:
+            log.warning("could not write catalog.parquet: %s (the next run rewrites it)", e)
         return version

@@ -42,7 +42,8 @@ from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
-from pipeline.store.backend import error_summary, open_repo
+from pipeline.errors import one_line
+from pipeline.store.backend import open_repo
 from pipeline.store.reader import FeatureStore
 from pipeline.uri import is_remote, local_path
 
@@ -160,7 +161,7 @@ class VersionLease:
                 raise
             log.warning("cannot lease version %s of %s (%s): a `lawam gc` of it could expire that version "
                         "while this run reads it; `lawam tag` it to keep it", self.version, self.uri,
-                        error_summary(e))
+                        one_line(e))
             return None
         return name
 
@@ -169,7 +170,7 @@ class VersionLease:
             open_repo(self.uri, create=False).delete_tag(name)
         except Exception as e:  # noqa: BLE001 - an undeleted lease only expires later: never fatal
             log.warning("could not remove lease %s of %s (%s): it expires by itself", name, self.uri,
-                        error_summary(e))
+                        one_line(e))
 
     def _renew(self) -> None:
         while not self._stop.wait(max(self.ttl.total_seconds() / 4, 1.0)):

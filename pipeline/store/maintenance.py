@@ -24,10 +24,12 @@ import re
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 
-from pipeline.store.backend import StoreBusyError, StoreError, WriterLock, error_summary, open_repo
+from pipeline.errors import one_line
+from pipeline.store.backend import StoreBusyError, StoreError, WriterLock, open_repo
 from pipeline.store.catalog_file import sync_catalog_file
 from pipeline.store.leases import GcLock, Lease, list_leases
 from pipeline.store.reader import FeatureStore
+from schemas.errors import ConfigError
 
 log = logging.getLogger(__name__)
 
@@ -40,7 +42,7 @@ def parse_duration(text: str) -> timedelta:
     """'7d', '12h', '30m', '90s', '2w' or a number of seconds ('0' is now)."""
     m = _DURATION.match(text)
     if not m:
-        raise ValueError(f"duration {text!r}: use a number and a unit, e.g. 7d, 12h, 30m, 90s")
+        raise ConfigError(f"duration {text!r}: use a number and a unit, e.g. 7d, 12h, 30m, 90s")
     return timedelta(seconds=float(m.group(1)) * _UNITS[m.group(2)])
 
 
@@ -68,7 +70,7 @@ def tag_version(uri: str, version: str, name: str) -> str:
     try:
         repo.create_tag(name, snapshot_id=snapshot)
     except Exception as e:  # noqa: BLE001 - a concurrent tag of the same name
-        raise StoreError(f"store {uri!r}: cannot tag {snapshot} as {name!r}: {error_summary(e)}") from None
+        raise StoreError(f"store {uri!r}: cannot tag {snapshot} as {name!r}: {one_line(e)}") from None
     return snapshot
 
 
@@ -101,7 +103,7 @@ def keep_version(uri: str, version: str, name: str) -> str | None:
             raise
         # The run it keeps is done: a tag that cannot be written is said, never worth the run.
         log.warning("cannot tag version %s of %s (%s): `lawam gc` may expire it; tag it yourself: "
-                    "`lawam tag %s %s %s`", version, uri, error_summary(e), uri, version, name)
+                    "`lawam tag %s %s %s`", version, uri, one_line(e), uri, version, name)
         return None
     return name
 

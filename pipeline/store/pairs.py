@@ -42,6 +42,7 @@ import numpy as np
 from pipeline.store.curation import CurationSet
 from pipeline.store.labels import LabelSet
 from pipeline.store.reader import FeatureStore
+from schemas.errors import ConfigError
 
 log = logging.getLogger(__name__)
 
@@ -100,7 +101,7 @@ class PairReader:
 
     def __init__(self, store: FeatureStore, query: PairQuery):
         if query.split not in ("train", "heldout", "all"):
-            raise ValueError(f"split {query.split!r}: use train, heldout or all")
+            raise ConfigError(f"split {query.split!r}: use train, heldout or all")
         self.store, self.query = store, query
         table = store.episodes()
         sources = np.array(table["source"].to_pylist(), dtype=object)
@@ -110,8 +111,8 @@ class PairReader:
         if query.sources:
             unknown = set(query.sources) - set(sources.tolist())
             if unknown:
-                raise ValueError(f"no source {sorted(unknown)!r} in store version {store.version}; "
-                                 f"it has {sorted(set(sources.tolist()))!r}")
+                raise ConfigError(f"no source {sorted(unknown)!r} in store version {store.version}; "
+                                  f"it has {sorted(set(sources.tolist()))!r}")
             keep &= np.isin(sources, list(query.sources))
         if query.kinds:
             keep &= np.isin(kinds, list(query.kinds))
@@ -148,6 +149,23 @@ class PairReader:
         """Pairs per epoch (without mixing weights)."""
         return int(self.n_pairs.sum())
 
+    def require_pairs(self) -> None:
+        """ConfigError unless the selection holds a pair: a gap `k_seconds` longer than every
+        selected episode, or a selection of no episode, is a setting to change, said before a
+        trainer writes anything."""
+        if len(self):
+            return
+        where = f"store version {self.store.version}"
+        if not len(self.rows):
+            raise ConfigError(f"no episode of {where} in the {self.query.split} selection "
+                              f"(pairs.sources {self.query.sources or 'all'}, kinds {self.query.kinds or 'all'}): "
+                              "widen the selection or ingest more episodes")
+        frames, fps = self.store.frames[self.rows], self.store.fps[self.rows]
+        longest = float(np.max(np.divide(frames, fps, out=np.zeros(len(fps)), where=fps > 0)))
+        kept = f" once curation set {self.curation.id} drops its spans" if self.curation is not None else ""
+        raise ConfigError(f"pairs.k_seconds {self.query.k_seconds:g}: no pair in the {self.query.split} selection"
+                          f"{kept}, whose longest episode lasts {longest:.2f} s ({len(self.rows)} episodes of "
+                          f"{where}); use a k_seconds shorter than the episodes")
     def _kept_ranges(self, frames: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         """The t of each selected episode whose frames t .. t + k avoid the curation set's still
         spans, as runs: (first run of each episode (E+1,), run starts t0 (R,), pairs before
@@ -212,7 +230,7 @@ class PairReader:
         w = self.query.weights
         missing = set(self.sources[eps].tolist()) - set(w)
         if missing:
-            raise ValueError(f"weights name no weight for sources {sorted(missing)!r}; give every source one")
+            raise ConfigError(f"weights name no weight for sources {sorted(missing)!r}; give every source one")
         total_w = sum(w[s] for s in set(self.sources[eps].tolist()))
         total = self.n_pairs[eps].sum()
         out = []
@@ -251,9 +269,7 @@ class PairReader:
                       num_shards: int = 1, window_pairs: int = 8192) -> Iterator[tuple[int, np.ndarray, np.ndarray]]:
         """(epoch, episode index, t) batches of this shard, epochs after epochs (None = forever).
         The last batch of an epoch may be short; batches never span two epochs."""
-        if len(self) == 0:
-            raise ValueError(f"no pairs at k={self.query.k_seconds}s in the selection "
-                             f"({len(self.rows)} episodes of store version {self.store.version})")
+        self.require_pairs()
         e = epoch
         while epochs is None or e < epoch + epochs:
             buf_e: list[np.ndarray] = []
@@ -315,9 +331,9 @@ class PairReader:
     def _fill_actions(self, out: dict, sel: np.ndarray, track, t0: np.ndarray, t1: np.ndarray) -> None:
         A, S = self.action_dim, self.state_dim
         if track.actions.shape[1] != A or (track.state is not None and track.state.shape[1] != S):
-            raise ValueError(f"episode actions/state of shape {track.actions.shape[1:]}/"
-                             f"{None if track.state is None else track.state.shape[1:]} differ from the selection's "
-                             f"({A},)/({S},): select sources with one action space (pairs.sources)")
+            raise ConfigError(f"episode actions/state of shape {track.actions.shape[1:]}/"
+                              f"{None if track.state is None else track.state.shape[1:]} differ from the selection's "
+                              f"({A},)/({S},): select sources with one action space (pairs.sources)")
         rate = self.query.action_rate or track.rate or 1.0
         ats = track.timestamps
         slack = 0.25 / (track.rate or rate)  # frame pts and float32 action stamps differ in the last bits
@@ -367,7 +383,7 @@ class PairReader:
             if seen >= max_frames:
                 break
         if not count:
-            raise ValueError("no frames in the selection to compute feature statistics from")
+            raise ConfigError("no frames in the selection to compute feature statistics from")
         mean = s1 / count
         std = np.sqrt(np.maximum(s2 / count - mean**2, 0.0))
         return mean.astype(np.float32), std.astype(np.float32)

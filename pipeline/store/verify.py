@@ -22,11 +22,13 @@ from dataclasses import dataclass, field
 import numpy as np
 import zarr
 
+from pipeline.errors import one_line
 from pipeline.progress import progress_bar
 from pipeline.store.format import has_no_state
 from pipeline.store.index import read_index
 from pipeline.store.reader import CHUNK_ERRORS, FeatureStore
 from schemas import LABEL_INDEX_SCHEMA
+from schemas.errors import LawamError
 from schemas.tables import CURATION_INDEX_SCHEMA
 
 _BATCH_BYTES = 64 << 20
@@ -71,11 +73,6 @@ class _Scan:
     nbytes: int
 
 
-def _cause(e: BaseException) -> str:
-    line = next((ln.strip() for ln in str(e).splitlines() if ln.strip()), type(e).__name__)
-    return f"{type(e).__name__}: {line[:160]}"
-
-
 def _scan(arr: zarr.Array, keep: bool) -> _Scan:
     rows = arr.shape[0] if arr.ndim else 0
     size = arr.chunks[0] if arr.ndim else 1
@@ -97,7 +94,7 @@ def _scan(arr: zarr.Array, keep: bool) -> _Scan:
                 try:
                     pieces.append((c, arr[c:d]))
                 except CHUNK_ERRORS as e:
-                    bad.append((c, d, _cause(e)))
+                    bad.append((c, d, one_line(e)[:200]))
                     pieces.append((c, np.zeros((d - c, *arr.shape[1:]), arr.dtype)))
         for start, block in pieces:
             chunks += -(-len(block) // size)
@@ -123,9 +120,11 @@ def verify_store(uri: str, version: str | None = None, *, progress: bool = True)
     Reads the whole store once: time grows with its size (about a decode of every chunk)."""
     try:
         store = FeatureStore.open(uri, version)
+    except LawamError:  # no such store or version (StoreError): not damage, the command names what is not there
+        raise
     except CHUNK_ERRORS as e:  # the episode index itself does not decode
         report = VerifyReport(uri, version or "(branch tip)")
-        report.problems.append(Problem(None, "index", f"the episode index cannot be read ({_cause(e)})"))
+        report.problems.append(Problem(None, "index", f"the episode index cannot be read ({one_line(e)[:200]})"))
         return report
     report = VerifyReport(uri, store.version)
     eps = store.episodes()
