@@ -17,7 +17,6 @@ policy's `model.safetensors`, so a policy folder is all `lawam eval` needs.
 
 from __future__ import annotations
 
-import hashlib
 import logging
 from dataclasses import dataclass, replace
 from pathlib import Path
@@ -27,9 +26,10 @@ import numpy as np
 import torch
 
 from model.checkpoint import WEIGHTS, CheckpointError, file_sha256, read_card
-from model.data import collect
+from model.data import collect, keeps_actions
 from model.loop import ProgressFactory, run
-from model.policy import KIND, LaWAMPolicy, build_vocab
+from model.policy import KIND, LaWAMPolicy
+from model.text import build_vocab
 from model.train_lam import KIND as LAWM_KIND
 from model.train_lam import load_lawm
 from pipeline.store import FeatureStore
@@ -44,16 +44,6 @@ EVAL_PAIRS = 4096
 
 class SelectionError(ValueError):
     """The store version (or the selection of it) lacks what a policy trains on."""
-
-
-def keeps_actions(keys, fraction: float) -> np.ndarray:
-    """Which episodes keep their actions under `action_fraction`: by a hash of the key, so the
-    same episodes keep them in every run and store version."""
-    if fraction >= 1:
-        return np.ones(len(keys), bool)
-    h = np.array([int.from_bytes(hashlib.sha256(("actions:" + k).encode()).digest()[:8], "big") for k in keys],
-                 dtype=np.float64)
-    return h / 2**64 < fraction
 
 
 @dataclass(frozen=True)
@@ -142,7 +132,7 @@ class DistillRecipe:
                                     batch["state_mask"].to(device))
             z = core.latent(pooled) * core.z_std + core.z_mean
             target = core.lawm.standardize(f_tk.float())
-            pred = core.lawm.decode(f_t.float(), z)
+            pred = core.lawm.decode(f_t.float(), z, batch["instruction"])
             copy = core.lawm.standardize(f_t.float())
             m = batch["label_mask"].to(device)
             if m.any():
@@ -159,7 +149,8 @@ class DistillRecipe:
             lam_card = read_card(self.lam_dir, LAWM_KIND)
             lawm = {"dir": self.lam_dir, "weights_sha256": file_sha256(Path(self.lam_dir) / WEIGHTS),
                     "store": lam_card["store"], "config": lam_card["config"], "state_dim": lam_card["state_dim"],
-                    "k_seconds": lam_card["k_seconds"]}
+                    "action_dim": lam_card.get("action_dim", 0), "horizon": lam_card.get("horizon", 0),
+                    "vocab": lam_card.get("vocab"), "k_seconds": lam_card["k_seconds"]}
         return {"label_set": self.label_set, "lawm": lawm, "state_dim": core.state_dim,
                 "action_dim": core.action_dim, "horizon": core.horizon, "control_hz": control_hz,
                 "vocab": core.tokenizer.vocab, "subgoal": self.cfg.model.subgoal,
