@@ -55,7 +55,10 @@ def pairs_of(store: FeatureStore, kind: str, split: str, k_seconds: float, betwe
     pairs = collect(store, q, ys.max_pairs)
     if not pairs or kind != "human" or not truth:
         return pairs
-    pairs["robot"][:] = False
+    n, dim = len(pairs["t"]), next(iter(truth.values())).actions.shape[1]
+    pairs["robot"] = np.zeros(n, bool)
+    pairs["actions"] = np.zeros((n, ys.horizon, dim), np.float32)  # a human-only selection has no action dims
+    pairs["action_mask"] = np.zeros((n, ys.horizon), bool)
     for key in np.unique(pairs["episode"]).tolist():
         track = truth.get(key)
         if track is None:
