@@ -40,6 +40,7 @@ from pipeline.encode import FrozenEncoder  # noqa: E402
 from pipeline.ingest import ensure_ray, ingest_episodes  # noqa: E402
 from pipeline.sources import iter_episodes  # noqa: E402
 from pipeline.store import FeatureStore  # noqa: E402
+from pipeline.store.pairs import PairQuery, PairReader  # noqa: E402
 from schemas import EncoderConfig, SamplingConfig, SourceSpec, StoreConfig  # noqa: E402
 
 SHARED_ANCHOR = Path(__file__).resolve().parents[2] / "shared" / "bench" / "raydata_ingest.py"
@@ -70,14 +71,22 @@ def anchor(clips: Path, out: Path, fps: float, model: str) -> float | None:
 
 
 def pair_reads(uri: str, k: int, batch: int, seconds: float) -> tuple[float, float]:
+    """Pairs/s through the trainers' pair path (`PairReader`, k frames at the store's rate)
+    against gathering the same pairs from episodes already in memory."""
     store = FeatureStore.open(uri)
-    store.sample_pairs(batch, k, rng=0)  # warm: index and first chunks
-    t, n = time.perf_counter(), 0
-    rng = np.random.default_rng(1)
+    fps = float(np.median(store.fps))
+    reader = PairReader(store, PairQuery(k_seconds=k / fps, split="all"))
+    reader.read(*next(reader.batch_indices(batch))[1:])  # warm: index and first chunks
+    t, n, epoch = time.perf_counter(), 0, 0
     while time.perf_counter() - t < seconds:
-        store.sample_pairs(batch, k, rng=rng, with_actions=False)
-        n += batch
+        for _, eps, ti in reader.batch_indices(batch, epoch=epoch):
+            reader.read(eps, ti)
+            n += len(ti)
+            if time.perf_counter() - t >= seconds:
+                break
+        epoch += 1
     from_store = n / (time.perf_counter() - t)
+    rng = np.random.default_rng(1)
     eps = [store.episode(i).features for i in range(len(store))]
     valid = np.array([len(e) - k for e in eps])
     t, n = time.perf_counter(), 0

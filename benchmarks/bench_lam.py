@@ -41,6 +41,7 @@ from model.lam_eval import Yardstick, corpus_metrics, headline  # noqa: E402
 from model.train_lam import load_lawm, train_lam  # noqa: E402
 from pipeline.store import FeatureStore, StoreWriter  # noqa: E402
 from pipeline.store.pairs import PairQuery, k_frames_for  # noqa: E402
+from schemas.identity import SamplingParams  # noqa: E402
 from schemas.records import EpisodeRef  # noqa: E402
 from schemas.training import LamConfig, load_lam_config  # noqa: E402
 
@@ -86,14 +87,15 @@ def run_lever(name: str, lever: dict, seed: int, base: LamConfig, steps: int | N
     out = WORK / "runs" / "lam" / run
     if not (out / "card.json").exists():
         shutil.rmtree(out, ignore_errors=True)
-    card = train_lam(corpus.store, out, cfg) if not (out / "card.json").exists() else None
+    if not (out / "card.json").exists():
+        train_lam(corpus.store, out, cfg)
     model, card = load_lawm(out)
     t = time.perf_counter()
-    store = FeatureStore.open(corpus.store, card["store"]["version"])
+    store = FeatureStore.open(corpus.store, card.store.version)
     metrics = corpus_metrics(model, store, cfg.pairs.k_seconds, ys=YARDSTICK, truth=corpus.human_truth())
-    result = {"lever": name, "seed": seed, "steps": card["steps"], "tokens": tokens, "lam_dir": str(out),
-              "train_wall_s": card["wall_time_s"], "eval_wall_s": time.perf_counter() - t,
-              "params": sum(p.numel() for p in model.parameters()), "config": card["config"],
+    result = {"lever": name, "seed": seed, "steps": card.steps, "tokens": tokens, "lam_dir": str(out),
+              "train_wall_s": card.wall_time_s, "eval_wall_s": time.perf_counter() - t,
+              "params": sum(p.numel() for p in model.parameters()), "config": card.config,
               "headline": headline(metrics), "metrics": metrics}
     results_dir.mkdir(parents=True, exist_ok=True)
     cached.write_text(json.dumps(result, indent=2, default=float))
@@ -159,7 +161,7 @@ def plain_idm_loop(uri: str, lam_dir: Path, batch: int = 1024) -> tuple[float, i
     a, b = [], []
     for row in range(len(store)):
         f = store.features(row)
-        k = int(k_frames_for(store.fps[row], card["k_seconds"]))
+        k = int(k_frames_for(store.fps[row], card.k_seconds))
         a.append(f[:-k])
         b.append(f[k:])
     f_t, f_tk = torch.from_numpy(np.concatenate(a)), torch.from_numpy(np.concatenate(b))
@@ -183,7 +185,7 @@ def replicated_store(uri: str, out: str, copies: int) -> str:
                 ep = src.episode(row)
                 ref = EpisodeRef(source="copy", episode_id=f"{c:03d}-{row:05d}", kind=ep.kind, uri=ep.key,
                                  content_hash=f"{c}-{ep.key}")
-                w.start_episode(ref, {"fps": ep.fps})
+                w.start_episode(ref, SamplingParams(fps=ep.fps, size=src.encoder.image_size))
                 w.append_frames(ref, ep.features, ep.timestamps)
                 w.finish_episode(ref, ep.actions, fps=ep.fps)
         w.commit(f"{copies} copies of {uri}")
@@ -196,9 +198,9 @@ def speed(uri: str, run: dict) -> dict:
 
     cfg = LamConfig.model_validate(run["config"])
     lam_dir = Path(run["lam_dir"])
-    card = json.loads((lam_dir / "card.json").read_text())
-    train_pps = card["pairs_per_s"]
-    loader_pps = loader_pairs_per_s(uri, card["store"]["version"], cfg)
+    card = load_lawm(lam_dir)[1]
+    train_pps = card.pairs_per_s
+    loader_pps = loader_pairs_per_s(uri, card.store.version, cfg)
     print(f"loader alone {loader_pps:.0f} pairs/s vs the trainer {train_pps:.0f} ({loader_pps / train_pps:.1f}x)")
     ensure_ray()  # started before timing, like the ingest benchmark
     big = replicated_store(uri, str(WORK / f"store-x{LABEL_COPIES}"), LABEL_COPIES)

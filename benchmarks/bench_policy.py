@@ -57,7 +57,7 @@ def lawm(uri: str, out: Path, cfg: LamConfig) -> Path:
     if not (out / "card.json").exists():
         t = time.perf_counter()
         card = train_lam(uri, out, cfg, progress=progress_bar)
-        m = card["metrics"]
+        m = card.metrics
         print(f"train-lam {out.name:<14} {time.perf_counter() - t:6.0f} s: held-out forward "
               f"{m['forward_over_copy']:.2f}x copy, z explains {100 * m['z_explains']:.0f}%, probe R^2 "
               f"{m.get('probe_r2_z', float('nan')):.2f}")
@@ -73,7 +73,7 @@ def policy(uri: str, lam: Path | None, out: Path, cfg: DistillConfig) -> dict:
     t = time.perf_counter()
     card = distill(uri, out, lam, cfg, progress=progress_bar)
     print(f"distill {out.name:<18} {time.perf_counter() - t:6.0f} s: held-out action L1 "
-          f"{card['metrics'].get('heldout_action', float('nan')):.4f}")
+          f"{card.metrics.get('heldout_action', float('nan')):.4f}")
     return card
 
 
@@ -175,7 +175,7 @@ def main() -> None:
     layouts, record = training_samples(uri, None)
     results: dict = {"machine": {"cpus": os.cpu_count(), "load": os.getloadavg()}, "params": vars(args),
                      "store_version": store.version, "episodes": len(store), "frames": int(store.frames.sum()),
-                     "lam_metrics": {name: read_card(d, "lawm")["metrics"] for name, d in lams.items()}, "runs": {}}
+                     "lam_metrics": {name: read_card(d, "lawm").metrics for name, d in lams.items()}, "runs": {}}
     if args.probe_goal:
         results["goal_probe_r2"] = probe_goal(uri, corpus.samples)
         print(f"goal position probe R^2 from f_t ({args.tokens}): {results['goal_probe_r2']}")
@@ -188,8 +188,8 @@ def main() -> None:
             out = work / name
             card = policy(uri, lams.get(arm) if arm != "bc" else None, out, cfg)
             per_seed = [evaluated(out, seed, args, layouts, record) for seed in args.seeds]
-            results["runs"][name] = {"arm": arm, "action_fraction": fraction, "train_metrics": card["metrics"],
-                                     "train_wall_s": card["wall_time_s"], **pooled(per_seed),
+            results["runs"][name] = {"arm": arm, "action_fraction": fraction, "train_metrics": card.metrics,
+                                     "train_wall_s": card.wall_time_s, **pooled(per_seed),
                                      "per_seed": {s: r["overall"] for s, r in zip(args.seeds, per_seed, strict=True)},
                                      "latency": per_seed[0].get("latency")}
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)

@@ -82,13 +82,15 @@ def in_process_loop(clips: list[Path], cfg) -> tuple[float, int]:
     from pipeline.encode import FrozenEncoder
     from pipeline.ingest.frames import decode_episode_blocks
     from pipeline.sources.base import EpisodeRef
+    from schemas.identity import SamplingParams
 
     torch.set_num_threads(os.cpu_count() or 1)
     t = time.perf_counter()
     enc, frames = FrozenEncoder(cfg), 0
     for p in clips:
         ref = EpisodeRef(source="clips", episode_id=p.name, kind="human", uri=str(p), content_hash="x")
-        for block in decode_episode_blocks(ref, fps=FPS, size=SIZE, block_frames=cfg.batch_size):
+        params = SamplingParams(fps=float(FPS), size=SIZE)
+        for block in decode_episode_blocks(ref, params, block_frames=cfg.batch_size):
             frames += len(enc.encode(block["frames"]))
     return time.perf_counter() - t, frames
 

@@ -32,6 +32,7 @@ from pipeline.store import FeatureStore, StoreWriter  # noqa: E402
 from pipeline.store.backend import open_repo  # noqa: E402
 from pipeline.store.format import checksummed  # noqa: E402
 from pipeline.store.verify import verify_store  # noqa: E402
+from schemas.identity import EncoderIdentity, SamplingParams  # noqa: E402
 from schemas.records import ActionTrack  # noqa: E402
 
 
@@ -41,10 +42,12 @@ def build(uri: str, episodes: list[np.ndarray], crc: bool, chunk_frames: int) ->
     shutil.rmtree(uri, ignore_errors=True)
     writer_module.checksummed = checksummed if crc else (lambda: [ZstdCodec()])
     t = time.perf_counter()
-    with StoreWriter.open(uri, encoder={"model": "bench"}, chunk_frames=chunk_frames) as w:
+    encoder = EncoderIdentity(model="bench", weights="random-init:seed=0", image_size=32, mean=(0.5,) * 3,
+                              std=(0.5,) * 3, tokens="mean", layer=-1)
+    with StoreWriter.open(uri, encoder=encoder, chunk_frames=chunk_frames) as w:
         for i, f in enumerate(episodes):
             ref = EpisodeRef(source="s", episode_id=f"e{i}", kind="robot", uri=f"/bench/{i}", content_hash=str(i))
-            w.start_episode(ref, {"fps": 10.0})
+            w.start_episode(ref, SamplingParams(fps=10.0, size=32))
             w.append_frames(ref, f, np.arange(len(f)) / 10.0)
             at = np.arange(2 * len(f)) / 20.0
             w.finish_episode(ref, ActionTrack(at, np.random.default_rng(i).normal(size=(len(at), 7))

@@ -58,10 +58,10 @@ def main() -> None:
     rows = [json.loads(x) for x in (work / "lam" / "metrics.jsonl").read_text().splitlines()]
     ratio = [r["forward"] / r["copy"] for r in rows if "forward" in r]
     cpu = train_lam(uri, work / "lam-cpu", cfg, device="cpu", steps=20, progress=False)
-    res["train"] = {"device": card["device"], "steps": card["steps"], "pairs_per_s_cuda": card["pairs_per_s"],
-                    "pairs_per_s_cpu": cpu["pairs_per_s"], "forward_over_copy_first": ratio[0],
+    res["train"] = {"device": card.device, "steps": card.steps, "pairs_per_s_cuda": card.pairs_per_s,
+                    "pairs_per_s_cpu": cpu.pairs_per_s, "forward_over_copy_first": ratio[0],
                     "forward_over_copy_last": ratio[-1],
-                    "heldout_forward_over_copy": card["metrics"]["forward_over_copy"]}
+                    "heldout_forward_over_copy": card.metrics["forward_over_copy"]}
     print("train", res["train"])
 
     store = FeatureStore.open(uri)

@@ -23,6 +23,7 @@ from prefect import flow, get_run_logger, task
 from flows.common import RETRIES, RETRY_DELAY_S, publish, retry_on_infrastructure, stage_row
 from pipeline.evaluation.results import EvalReport
 from pipeline.label import LabelReport
+from schemas.cards import Card, LawmCard, PolicyCard, StoppedRun
 from schemas.training import DistillConfig, LamConfig, with_steps
 
 _task = partial(task, retries=RETRIES, retry_delay_seconds=RETRY_DELAY_S, retry_condition_fn=retry_on_infrastructure)
@@ -36,62 +37,60 @@ def _episodes(store_uri: str, version: str) -> list[tuple]:
                       strict=True))
 
 
-def finished_run(out_dir: str | Path, store_uri: str, version: str | None, config: dict[str, Any]) -> dict | None:
+def finished_run(out_dir: str | Path, store_uri: str, version: str | None, config: dict[str, Any]) -> Card | None:
     """The card of the finished run in `out_dir` when it trained with `config` on the same
     episodes (same keys, content and instructions) as `store_uri` at `version` (default newest);
     else None. Labels written since do not count for a LaWM: it never reads them."""
+    from model.checkpoint import read_card
     from model.loop import resolve_version
 
-    card_path = Path(out_dir) / "card.json"
-    if not card_path.is_file():
+    if not (Path(out_dir) / "card.json").is_file():
         return None
-    card = json.loads(card_path.read_text())
-    if card.get("interrupted") or card.get("config") != config or card["store"]["uri"] != store_uri:
+    card = read_card(out_dir)
+    if card.config != config or card.store.uri != store_uri:
         return None
     target = resolve_version(store_uri, version)
-    if card["store"]["version"] == target:
+    if card.store.version == target:
         return card
-    if card.get("kind") == "lawm" and _episodes(store_uri, card["store"]["version"]) == _episodes(store_uri, target):
+    if isinstance(card, LawmCard) and _episodes(store_uri, card.store.version) == _episodes(store_uri, target):
         return card
     return None
 
 
 def finished_policy(out_dir: str | Path, store_uri: str, version: str | None, lam_dir: str,
-                    cfg: DistillConfig) -> dict | None:
+                    cfg: DistillConfig) -> PolicyCard | None:
     """`finished_run` for a policy: also distilled from the LaWM in `lam_dir` (whose k the
     saved config carries)."""
     from model.checkpoint import read_card
 
-    k = float(read_card(lam_dir, "lawm")["k_seconds"])
+    k = read_card(lam_dir, "lawm").k_seconds
     saved = cfg.model_copy(update={"pairs": cfg.pairs.model_copy(update={"k_seconds": k})})
     card = finished_run(out_dir, store_uri, version, saved.model_dump(mode="json"))
-    return card if card is not None and card.get("lawm", {}).get("dir") == str(Path(lam_dir).resolve()) else None
+    same_lawm = isinstance(card, PolicyCard) and card.lawm is not None and card.lawm.dir == str(Path(lam_dir).resolve())
+    return card if same_lawm else None
 
 
-def _metric_rows(stage: str, card: dict) -> list[dict]:
-    return [{"stage": stage, "metric": k, "value": v} for k, v in sorted(card.get("metrics", {}).items())]
+def _metric_rows(stage: str, card: Card) -> list[dict]:
+    return [{"stage": stage, "metric": k, "value": v} for k, v in sorted(card.metrics.items())]
 
 
-def _card_markdown(title: str, out_dir: Path, card: dict, reused: bool) -> str:
-    rows = [("folder", f"`{out_dir}`"), ("store", f"`{card['store']['uri']}` @ {card['store']['version']}"),
-            ("steps", card["steps"]), ("wall time", f"{card['wall_time_s']:.0f} s"),
-            ("throughput", f"{card.get('pairs_per_s', 0):.0f} pairs/s"),
-            ("weights sha256", card["weights_sha256"][:16])]
-    if card.get("label_set"):
-        rows.append(("label set", f"`{card['label_set']}`"))
-    if reused:
+def _card_markdown(title: str, out_dir: Path, card: Card) -> str:
+    rows = [("folder", f"`{out_dir}`"), ("store", f"`{card.store.uri}` @ {card.store.version}"),
+            ("steps", card.steps), ("wall time", f"{card.wall_time_s:.0f} s"),
+            ("throughput", f"{card.pairs_per_s:.0f} pairs/s"), ("weights sha256", card.weights_sha256[:16])]
+    if card.label_set:
+        rows.append(("label set", f"`{card.label_set}`"))
+    if card.reused:
         rows.append(("reused", "yes: a finished run on the same data and settings"))
     md = f"## {title}\n\n| | |\n|---|---|\n" + "".join(f"| {a} | {b} |\n" for a, b in rows)
-    md += "\n| metric | value |\n|---|---|\n" + "".join(
-        f"| {k} | {v:.4g} |\n" if isinstance(v, float) else f"| {k} | {v} |\n" for k, v in card["metrics"].items())
+    md += "\n| metric | value |\n|---|---|\n" + "".join(f"| {k} | {v:.4g} |\n" for k, v in card.metrics.items())
     return md
 
 
-def train_row(stage: str, card: dict) -> dict:
+def train_row(stage: str, card: Card) -> dict:
     """The stage row of a trainer's card (as the flows return it: with `reused`)."""
-    reused = bool(card.get("reused"))
-    return stage_row(stage, items=card["steps"], unit="steps", seconds=0.0 if reused else card["wall_time_s"],
-                     version_before=card["store"]["version"], pairs_per_s=card.get("pairs_per_s"), reused=reused)
+    return stage_row(stage, items=card.steps, unit="steps", seconds=0.0 if card.reused else card.wall_time_s,
+                     version_before=card.store.version, pairs_per_s=card.pairs_per_s, reused=card.reused)
 
 
 def eval_row(report: EvalReport) -> dict:
@@ -112,7 +111,8 @@ def _train_lam_task(store_uri, out_dir, cfg, version, steps, device, progress):
 
 @flow(name="train_lam", validate_parameters=False)
 def train_lam(store_uri: str, out_dir: str, cfg: LamConfig | None = None, *, version: str | None = None,
-              steps: int | None = None, device: str = "auto", reuse: bool = False, progress: bool = False) -> dict:
+              steps: int | None = None, device: str = "auto", reuse: bool = False,
+              progress: bool = False) -> LawmCard | StoppedRun:
     """Train a LaWM (`model.train_lam.train_lam`) and return its card; artifacts: metrics."""
     cfg = cfg or LamConfig()
     cfg = with_steps(cfg, steps)
@@ -123,11 +123,15 @@ def train_lam(store_uri: str, out_dir: str, cfg: LamConfig | None = None, *, ver
     return _publish_training("train_lam", "LaWM (stage 1)", "LaWM", out_dir, card, reused)
 
 
-def _publish_training(stage: str, title: str, what: str, out_dir: str, card: dict, reused: bool) -> dict:
+def _publish_training(stage: str, title: str, what: str, out_dir: str, card: Card | StoppedRun,
+                      reused: bool) -> Card | StoppedRun:
     """A training flow's ending: the card marked reused or not, a log line, its artifacts."""
-    card = {**card, "reused": reused}
-    get_run_logger().info("%s: %s %s (%d steps)", stage, "reused" if reused else "trained", out_dir, card["steps"])
-    publish(stage.replace("_", "-"), _card_markdown(title, Path(out_dir), card, reused),
+    if isinstance(card, StoppedRun):
+        get_run_logger().warning("%s: stopped at step %s: continue with --resume", stage, card.steps)
+        return card
+    card = card.model_copy(update={"reused": reused})
+    get_run_logger().info("%s: %s %s (%d steps)", stage, "reused" if reused else "trained", out_dir, card.steps)
+    publish(stage.replace("_", "-"), _card_markdown(title, Path(out_dir), card),
             [train_row(stage, card)] + _metric_rows(stage, card), f"{what} {out_dir}")
     return card
 
@@ -168,7 +172,7 @@ def _distill_task(store_uri, out_dir, lam_dir, cfg, version, device, progress):
 @flow(name="distill_policy", validate_parameters=False)
 def distill_policy(store_uri: str, out_dir: str, lam_dir: str | None, cfg: DistillConfig | None = None, *,
                    version: str | None = None, steps: int | None = None, device: str = "auto",
-                   reuse: bool = False, progress: bool = False) -> dict:
+                   reuse: bool = False, progress: bool = False) -> PolicyCard | StoppedRun:
     """Distil a LaWAM policy (`model.distill.distill`) and return its card; artifacts: metrics."""
     cfg = cfg or DistillConfig()
     cfg = with_steps(cfg, steps)
@@ -188,7 +192,7 @@ def _evaluate_task(policy_dir, tasks, episodes, seed, out_dir, max_steps, worker
     from pipeline.samples.tasks import check_tasks
 
     card = read_card(policy_dir, KIND)
-    view = training_view(card["store"]["uri"], card["store"]["version"])
+    view = training_view(card.store.uri, card.store.version)
     names = check_tasks(list(tasks), "tasks") if tasks else tuple(dict.fromkeys(lay.task for lay in view.layouts))
     if not names:
         raise EvalError("name the tasks: the store does not record which tasks the policy was trained on")
@@ -211,7 +215,7 @@ def _finished_eval(policy_dir: str, out_dir: Path, tasks, episodes: int, seed: i
     results = json.loads(path.read_text())
     card = read_card(policy_dir, KIND)
     s = results.get("settings", {})
-    same = (results.get("policy", {}).get("weights_sha256") == card["weights_sha256"]
+    same = (results.get("policy", {}).get("weights_sha256") == card.weights_sha256
             and s.get("episodes_per_task") == episodes and s.get("seed") == seed and s.get("max_steps") == max_steps
             and (not tasks or s.get("tasks") == list(tasks)))
     return EvalReport(out_dir, results) if same else None

@@ -20,7 +20,10 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from pydantic import ValidationError
 from safetensors.torch import load_file, save_file
+
+from schemas.cards import CARD_TYPES, Card, LawmLineage
 
 WEIGHTS = "model.safetensors"
 CARD = "card.json"
@@ -62,22 +65,42 @@ def save_weights(module: torch.nn.Module, out_dir: Path) -> str:
     return file_sha256(out_dir / WEIGHTS)
 
 
-def write_card(out_dir: Path, card: dict[str, Any]) -> None:
-    _atomic_write(out_dir / CARD, json.dumps(card, indent=2, default=str).encode())
+def write_card(out_dir: Path, card: Card) -> None:
+    _atomic_write(out_dir / CARD, json.dumps(card.to_json(), indent=2).encode())
 
 
-def read_card(out_dir: str | Path, kind: str | None = None) -> dict[str, Any]:
+def read_card(out_dir: str | Path, kind: str | None = None) -> Card:
+    """The typed card of a training output folder (of `kind` when given): the one way a card
+    is read. A missing, cut or hand-broken card is a CheckpointError naming the file and field."""
     out_dir = Path(out_dir)
     path = out_dir / CARD
     if not path.is_file() or not (out_dir / WEIGHTS).is_file():
         raise CheckpointError(f"{out_dir}: no {CARD} and {WEIGHTS} here (is it a training output folder?)")
     try:
-        card = json.loads(path.read_text())
+        data = json.loads(path.read_text())
     except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
         raise CheckpointError(f"{path}: unreadable card: {e}") from None
-    if kind and card.get("kind") != kind:
-        raise CheckpointError(f"{out_dir}: a {card.get('kind')!r} checkpoint, expected {kind!r}")
-    return card
+    got = data.get("kind") if isinstance(data, dict) else None
+    if kind and got != kind:
+        raise CheckpointError(f"{out_dir}: a {got!r} checkpoint, expected {kind!r}")
+    if got not in CARD_TYPES:
+        raise CheckpointError(f"{path}: not a card of a lawam model (kind {got!r})")
+    try:
+        return CARD_TYPES[got].model_validate(data)
+    except ValidationError as e:
+        first = e.errors()[0]
+        field = ".".join(str(p) for p in first["loc"]) or "(top level)"
+        raise CheckpointError(f"{path}: {field}: {first['msg']} ({e.error_count()} problem(s) in the card)") from None
+
+
+def lawm_lineage(lam_dir: str | Path) -> LawmLineage:
+    """What a policy or a label set names of the LaWM in `lam_dir`: its card's lineage and the
+    sha256 of its weights file as it is now (not as the card says)."""
+    lam_dir = Path(lam_dir).resolve()
+    card = read_card(lam_dir, "lawm")
+    return LawmLineage(dir=str(lam_dir), weights_sha256=file_sha256(lam_dir / WEIGHTS), store=card.store,
+                       config=card.config, state_dim=card.state_dim, action_dim=card.action_dim,
+                       horizon=card.horizon, vocab=card.vocab, k_seconds=card.k_seconds)
 
 
 def load_weights(module: torch.nn.Module, out_dir: str | Path) -> None:

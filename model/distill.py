@@ -25,7 +25,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from model.checkpoint import WEIGHTS, CheckpointError, file_sha256, read_card
+from model.checkpoint import CheckpointError, lawm_lineage, read_card
 from model.data import collect, keeps_actions
 from model.loop import ProgressFactory, run
 from model.policy import KIND, LaWAMPolicy
@@ -33,8 +33,9 @@ from model.text import build_vocab
 from model.train_lam import KIND as LAWM_KIND
 from model.train_lam import load_lawm
 from pipeline.store import FeatureStore
-from pipeline.store.labels import LabelSet, label_set_id
+from pipeline.store.labels import LabelSet
 from pipeline.store.pairs import PairQuery, PairReader
+from schemas.cards import PolicyCard, StoppedRun
 from schemas.training import DistillConfig, with_steps
 
 log = logging.getLogger(__name__)
@@ -144,13 +145,7 @@ class DistillRecipe:
         reader = PairReader(store, self.query("train"))
         rates = {round(float(r), 6) for r in _control_rates(store, reader)}
         control_hz = self.cfg.pairs.action_rate or (rates.pop() if len(rates) == 1 else None)
-        lawm = None
-        if self.lam_dir:
-            lam_card = read_card(self.lam_dir, LAWM_KIND)
-            lawm = {"dir": self.lam_dir, "weights_sha256": file_sha256(Path(self.lam_dir) / WEIGHTS),
-                    "store": lam_card["store"], "config": lam_card["config"], "state_dim": lam_card["state_dim"],
-                    "action_dim": lam_card.get("action_dim", 0), "horizon": lam_card.get("horizon", 0),
-                    "vocab": lam_card.get("vocab"), "k_seconds": lam_card["k_seconds"]}
+        lawm = lawm_lineage(self.lam_dir) if self.lam_dir else None
         return {"label_set": self.label_set, "lawm": lawm, "state_dim": core.state_dim,
                 "action_dim": core.action_dim, "horizon": core.horizon, "control_hz": control_hz,
                 "vocab": core.tokenizer.vocab, "subgoal": self.cfg.model.subgoal,
@@ -175,7 +170,7 @@ def _control_rates(store: FeatureStore, reader: PairReader) -> list[float]:
 def distill(store_uri: str, out_dir: str | Path, lam_dir: str | Path | None, cfg: DistillConfig | None = None, *,
             version: str | None = None, steps: int | None = None, resume: bool = False, workers: int = 1,
             progress: ProgressFactory | bool | None = None, device: str = "auto",
-            stop_at: int | None = None) -> dict[str, Any]:
+            stop_at: int | None = None) -> PolicyCard | StoppedRun:
     """Train a LaWAM policy (or, with `cfg.model.subgoal=False`, the BC ablation) and return its card.
 
     `lam_dir` is the LaWM whose label set the policy distils (its labels must be in the store:
@@ -187,14 +182,14 @@ def distill(store_uri: str, out_dir: str | Path, lam_dir: str | Path | None, cfg
         if lam_dir is None:
             raise CheckpointError("a LaWAM policy needs --labels (a train-lam output folder); "
                                   "--no-subgoal trains the ablation without one")
-        lam = str(Path(lam_dir).resolve())
-        lam_card = read_card(lam, LAWM_KIND)  # the card only: the weights load in the recipe's build
-        label_set = label_set_id(file_sha256(Path(lam) / WEIGHTS))
+        lineage = lawm_lineage(lam_dir)  # the card only: the weights load in the recipe's build
+        lam, label_set = lineage.dir, lineage.label_set
         store = FeatureStore.open(store_uri, version)
         LabelSet.open(store, label_set)  # fails with "run lawam label" when the set is not there
-        if lam_card["encoder"] != store.encoder:
-            raise CheckpointError(f"{lam}: the LaWM was trained on features of another encoder than the store's")
-        pairs = cfg.pairs.model_copy(update={"k_seconds": float(lam_card["k_seconds"])})
+        if store.encoder is not None:
+            store.encoder.require_same(read_card(lam, LAWM_KIND).encoder, ours=f"store {store_uri!r}",
+                                       theirs=f"the LaWM in {lam}", fix="distil from a store of the LaWM's encoder")
+        pairs = cfg.pairs.model_copy(update={"k_seconds": float(lineage.k_seconds)})
         cfg = cfg.model_copy(update={"pairs": pairs})
     recipe = DistillRecipe(cfg, lam, label_set)
     return run(recipe, store_uri, out_dir, version=version, resume=resume, workers=workers, progress=progress,

@@ -1,21 +1,21 @@
 """A trained LaWM as a labeler for `pipeline.label.label_store`.
 
-Built on the driver from the checkpoint's card alone (cheap: a JSON read); the weights load
-when a worker calls it. The label set is keyed by the sha256 of `model.safetensors`, so two
-checkpoints never share a set, and retraining gives a new set beside the old one.
+Built on the driver from the checkpoint's card and lineage alone (cheap: a JSON read and a
+hash); the weights load when a worker calls it. The label set is keyed by the sha256 of
+`model.safetensors`, so two checkpoints never share a set, and retraining gives a new set
+beside the old one.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
 
-from model.checkpoint import WEIGHTS, file_sha256, read_card
-from pipeline.store.labels import label_set_id
+from model.checkpoint import lawm_lineage, read_card
+from schemas.identity import EncoderIdentity
 
 
 @dataclass(frozen=True)
@@ -25,22 +25,19 @@ class IdmLabeler:
     set_id: str = field(init=False)
     attrs: dict[str, Any] = field(init=False)
     k_seconds: float = field(init=False)
-    encoder: dict[str, Any] = field(init=False)
+    encoder: EncoderIdentity = field(init=False)
 
     def __post_init__(self) -> None:
-        lam_dir = str(Path(self.lam_dir).resolve())
-        card = read_card(lam_dir, "lawm")
-        sha = file_sha256(Path(lam_dir) / WEIGHTS)  # the weights as they are now, not as the card says
-        object.__setattr__(self, "lam_dir", lam_dir)
-        object.__setattr__(self, "set_id", label_set_id(sha))
-        object.__setattr__(self, "k_seconds", float(card["k_seconds"]))
-        object.__setattr__(self, "encoder", card["encoder"])
-        cfg = card["config"]["model"]
+        lineage = lawm_lineage(self.lam_dir)  # the weights as they are now, not as the card says
+        card = read_card(lineage.dir, "lawm")
+        object.__setattr__(self, "lam_dir", lineage.dir)
+        object.__setattr__(self, "set_id", lineage.label_set)
+        object.__setattr__(self, "k_seconds", card.k_seconds)
+        object.__setattr__(self, "encoder", card.encoder)
         object.__setattr__(self, "attrs", {
-            "lam": {"dir": lam_dir, "weights_sha256": sha, "store": card["store"], "steps": card.get("steps"),
-                    "lawam_version": card.get("lawam_version"), "bottleneck": cfg["bottleneck"]},
-            "encoder": card["encoder"], "k_seconds": float(card["k_seconds"]), "dim": int(card["latent_dim"]),
-            "queries": int(cfg["queries"]),
+            "lam": {**lineage.model_dump(mode="json"), "steps": card.steps, "lawam_version": card.lawam_version},
+            "encoder": card.encoder.to_dict(), "k_seconds": card.k_seconds, "dim": card.latent_dim,
+            "queries": int(card.config["model"]["queries"]),
         })
 
     def __call__(self):

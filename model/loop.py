@@ -47,6 +47,7 @@ from model.checkpoint import (
 from model.data import PairDataset, pair_loader, rank_and_world
 from pipeline.store import FeatureStore
 from pipeline.store.pairs import PairQuery
+from schemas.cards import CARD_TYPES, Card, StoppedRun, StoreRef
 from schemas.training import OptimConfig
 
 log = logging.getLogger(__name__)
@@ -162,7 +163,7 @@ class _Stop:
             signal.signal(sig, old)
 
 
-def _loop(spec: RunSpec) -> dict[str, Any] | None:
+def _loop(spec: RunSpec) -> Card | StoppedRun | None:
     """The training loop of one rank. Returns the card on rank 0."""
     recipe, out = spec.recipe, Path(spec.out_dir)
     optim: OptimConfig = recipe.cfg.optim
@@ -250,7 +251,7 @@ def _loop(spec: RunSpec) -> dict[str, Any] | None:
         log.warning("stopped at step %d of %d: continue with --resume", step, optim.steps)
         if tb is not None:
             tb.close()
-        return {"kind": recipe.kind, "interrupted": True, "steps": step}
+        return StoppedRun(recipe.kind, step)
     metrics = _evaluate(recipe, core, eval_data, out, tb, step)
     if tb is not None:
         tb.close()
@@ -295,24 +296,20 @@ def _checkpoint(core: torch.nn.Module, opt, sched, out: Path, rank: int, step: i
 
 
 def _finish(core: torch.nn.Module, spec: RunSpec, store: FeatureStore, out: Path, step: int, wall: float,
-            metrics: dict[str, float], pairs_per_s: float) -> dict[str, Any]:
+            metrics: dict[str, float], pairs_per_s: float) -> Card:
     from datetime import UTC, datetime
 
     from model.checkpoint import lawam_version, write_card
 
     core = core.cpu()
     sha = save_weights(core, out)
-    card = {
-        "kind": spec.recipe.kind, "lawam_version": lawam_version(),
-        "created_at": datetime.now(UTC).isoformat(timespec="seconds"),
-        "store": {"uri": store.uri, "version": store.version}, "encoder": store.encoder,
-        "token_shape": list(store.token_shape),
-        **spec.recipe.card(core, store, sha),
-        "config": spec.recipe.cfg.model_dump(mode="json"),
-        "steps": step, "wall_time_s": round(wall, 2), "pairs_per_s": round(pairs_per_s, 1),
-        "workers": spec.workers, "device": str(device_for(spec.device)), "metrics": metrics,
-        "weights_sha256": sha,
-    }
+    card = CARD_TYPES[spec.recipe.kind](
+        lawam_version=lawam_version(), created_at=datetime.now(UTC).isoformat(timespec="seconds"),
+        store=StoreRef(uri=store.uri, version=store.version), encoder=store.encoder,
+        token_shape=store.token_shape, config=spec.recipe.cfg.model_dump(mode="json"),
+        steps=step, wall_time_s=round(wall, 2), pairs_per_s=round(pairs_per_s, 1), workers=spec.workers,
+        device=str(device_for(spec.device)), metrics=metrics, weights_sha256=sha,
+        **spec.recipe.card(core, store, sha))
     write_card(out, card)
     try:
         spec.recipe.plots(out, metrics)
@@ -325,7 +322,7 @@ def _ray_loop(config: dict) -> None:
     import ray.train
 
     card = _loop(config["spec"])
-    ray.train.report({"steps": card["steps"]} if card else {})
+    ray.train.report({"steps": card.steps} if card is not None else {})
 
 
 def resolve_version(store_uri: str, version: str | None) -> str:
@@ -336,7 +333,7 @@ def resolve_version(store_uri: str, version: str | None) -> str:
 def run(recipe: Recipe, store_uri: str, out_dir: str | Path, *, version: str | None = None,
         resume: bool = False, workers: int = 1, progress: ProgressFactory | bool | None = None,
         device: str = "auto", stop_at: int | None = None, name: str = "train",
-        saved_config: Callable[[dict], Any] | None = None, steps: int | None = None) -> dict[str, Any]:
+        saved_config: Callable[[dict], Any] | None = None, steps: int | None = None) -> Card | StoppedRun:
     """Train `recipe` on the store at `version` (default: its newest commit) and return its card.
 
     On `resume`, the run's saved config (rebuilt by `saved_config`, with `steps` overriding
@@ -373,7 +370,7 @@ def run(recipe: Recipe, store_uri: str, out_dir: str | Path, *, version: str | N
     return _train_on_ray(spec)
 
 
-def _train_on_ray(spec: RunSpec) -> dict[str, Any]:
+def _train_on_ray(spec: RunSpec) -> Card | StoppedRun:
     from ray.train import RunConfig, ScalingConfig
     from ray.train.torch import TorchTrainer
 
@@ -386,7 +383,7 @@ def _train_on_ray(spec: RunSpec) -> dict[str, Any]:
     )
     trainer.fit()
     if not (Path(spec.out_dir) / "card.json").exists():
-        return {"kind": spec.recipe.kind, "interrupted": True}
+        return StoppedRun(spec.recipe.kind)
     return read_card(spec.out_dir, spec.recipe.kind)
 
 

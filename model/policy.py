@@ -18,7 +18,6 @@ At inference (`PolicyRunner.act`) one trunk pass, one decoder pass and one actio
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any
 
 import numpy as np
 import torch
@@ -27,9 +26,10 @@ from torch import nn
 from model.checkpoint import load_weights, read_card
 from model.lawm import LaWM
 from model.text import Tokenizer, build_vocab
+from schemas.cards import POLICY, PolicyCard
 from schemas.training import DistillConfig, LamConfig, PolicyModelConfig
 
-KIND = "lawam-policy"
+KIND = POLICY  # the kind of card a policy folder holds
 
 
 class LaWAMPolicy(nn.Module):
@@ -181,29 +181,28 @@ class LaWAMPolicy(nn.Module):
         return parts
 
 
-def policy_from_card(card: dict[str, Any]) -> LaWAMPolicy:
+def policy_from_card(card: PolicyCard) -> LaWAMPolicy:
     """An untrained policy shaped as the card says (the LaWM inside is shaped from its config)."""
-    cfg = DistillConfig.model_validate(card["config"])
-    tokens, dim = card["token_shape"]
+    cfg = DistillConfig.model_validate(card.config)
+    tokens, dim = card.token_shape
     lawm = None
-    if card.get("lawm"):
-        lam_cfg = LamConfig.model_validate(card["lawm"]["config"])
-        lawm = LaWM(lam_cfg.model, tokens=tokens, feature_dim=dim, state_dim=card["lawm"]["state_dim"],
-                    action_dim=card["lawm"].get("action_dim", 0), horizon=card["lawm"].get("horizon", 0),
-                    vocab=card["lawm"].get("vocab"))
-    return LaWAMPolicy(cfg.model, tokens=tokens, feature_dim=dim, state_dim=card["state_dim"],
-                       action_dim=card["action_dim"], horizon=card["horizon"], vocab=card["vocab"], lawm=lawm)
+    if card.lawm is not None:
+        lam_cfg = LamConfig.model_validate(card.lawm.config)
+        lawm = LaWM(lam_cfg.model, tokens=tokens, feature_dim=dim, state_dim=card.lawm.state_dim,
+                    action_dim=card.lawm.action_dim, horizon=card.lawm.horizon, vocab=card.lawm.vocab)
+    return LaWAMPolicy(cfg.model, tokens=tokens, feature_dim=dim, state_dim=card.state_dim,
+                       action_dim=card.action_dim, horizon=card.horizon, vocab=card.vocab, lawm=lawm)
 
 
 class PolicyRunner:
     """A trained policy at batch 1: `act(features, instruction, proprio) -> (H, A)` chunk."""
 
-    def __init__(self, model: LaWAMPolicy, card: dict[str, Any], device: str = "cpu") -> None:
+    def __init__(self, model: LaWAMPolicy, card: PolicyCard, device: str = "cpu") -> None:
         self.model, self.card = model.eval().to(device), card
         self.device = torch.device(device)
         self.horizon, self.action_dim = model.horizon, model.action_dim
         # The rate the chunk's actions were recorded at (None in the card: sources of mixed rates).
-        self.control_hz = float(card["control_hz"]) if card.get("control_hz") else float("nan")
+        self.control_hz = float(card.control_hz) if card.control_hz else float("nan")
         self._gen = torch.Generator(device=self.device).manual_seed(0)
 
     @torch.inference_mode()

@@ -25,13 +25,14 @@ from model.lawm import LaWM
 from model.loop import ProgressFactory, resolve_version, run
 from model.text import build_vocab
 from pipeline.store import FeatureStore
-from pipeline.store.labels import label_set_id
 from pipeline.store.pairs import PairQuery, PairReader
+from schemas.cards import LAWM, LawmCard, StoppedRun
+from schemas.identity import label_set_id
 from schemas.training import LamConfig, with_steps
 
 log = logging.getLogger(__name__)
 
-KIND = "lawm"
+KIND = LAWM  # the kind of card a LaWM folder holds
 EVAL_PAIRS = 4096  # held-out pairs per evaluation (and train pairs for the probe's fit)
 
 
@@ -60,13 +61,13 @@ def build_model(cfg: LamConfig, store: FeatureStore, reader: PairReader) -> LaWM
     return model
 
 
-def load_lawm(lam_dir: str | Path) -> tuple[LaWM, dict[str, Any]]:
+def load_lawm(lam_dir: str | Path) -> tuple[LaWM, LawmCard]:
     """A trained LaWM (eval mode) and its card."""
     card = read_card(lam_dir, KIND)
-    cfg = LamConfig.model_validate(card["config"])
-    tokens, dim = card["token_shape"]
-    model = LaWM(cfg.model, tokens=tokens, feature_dim=dim, state_dim=card.get("state_dim", 0),
-                 action_dim=card.get("action_dim", 0), horizon=card.get("horizon", 0), vocab=card.get("vocab"))
+    cfg = LamConfig.model_validate(card.config)
+    tokens, dim = card.token_shape
+    model = LaWM(cfg.model, tokens=tokens, feature_dim=dim, state_dim=card.state_dim,
+                 action_dim=card.action_dim, horizon=card.horizon, vocab=card.vocab)
     load_weights(model, lam_dir)
     return model.eval(), card
 
@@ -139,7 +140,7 @@ class LamRecipe:
 def train_lam(store_uri: str, out_dir: str | Path, cfg: LamConfig | None = None, *, version: str | None = None,
               steps: int | None = None, resume: bool = False, workers: int = 1,
               progress: ProgressFactory | bool | None = None, device: str = "auto",
-              stop_at: int | None = None) -> dict[str, Any]:
+              stop_at: int | None = None) -> LawmCard | StoppedRun:
     """Train a LaWM on the store at `version` (default: its newest commit) and return its card.
 
     `progress` is a progress-bar factory such as `pipeline.progress.progress_bar` (the CLI

@@ -126,7 +126,7 @@ def _train_or_reuse(store_uri: str, run_dir: Path, cfg: LamConfig, version: str,
     """Train into `run_dir`, or keep the LaWM there when it read `version` with `cfg`."""
     if (run_dir / "card.json").exists():
         card = read_card(run_dir, KIND)
-        if card["store"]["version"] == version and card["config"] == cfg.model_dump(mode="json"):
+        if card.store.version == version and card.config == cfg.model_dump(mode="json"):
             log.info("%s: reusing the LaWM trained with the same config on the same store version", run_dir)
             return
         raise ConfigError(f"{run_dir} holds a LaWM of another config or store version: choose another --out")

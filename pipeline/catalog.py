@@ -8,6 +8,7 @@ import pyarrow.compute as pc
 
 from pipeline.store import FeatureStore, list_label_sets
 from schemas import EpisodeStatus
+from schemas.identity import EncoderIdentity
 
 
 @dataclass
@@ -24,7 +25,7 @@ class SourceSummary:
 class CatalogSummary:
     store: str
     version: str
-    encoder: dict
+    encoder: EncoderIdentity | None  # None while the store is empty
     sources: list[SourceSummary] = field(default_factory=list)
     # source, episode_id, uri, reason, failed_since (first failure, UTC), failures (attempts that failed)
     quarantined: list[dict] = field(default_factory=list)

@@ -31,9 +31,10 @@ import numpy as np
 
 from pipeline.progress import progress_bar
 from pipeline.ray_runtime import ensure_ray
-from pipeline.store import FeatureStore, StoreMismatchError
+from pipeline.store import FeatureStore
 from pipeline.store.labels import LabelWriter
-from pipeline.store.pairs import k_frames_for
+from pipeline.store.pairs import PairQuery, PairReader
+from schemas.identity import EncoderIdentity
 
 log = logging.getLogger(__name__)
 
@@ -42,7 +43,7 @@ class Labeler(Protocol):
     set_id: str  # label set id (keyed by the model's weights hash)
     attrs: dict[str, Any]  # stored with the set: what made it (lineage)
     k_seconds: float  # the model's frame gap
-    encoder: dict[str, Any]  # the encoder identity of the features it was trained on
+    encoder: EncoderIdentity  # the encoder identity of the features it was trained on
 
     def __call__(self): ...  # on the worker: load the model, return fn(f_t, f_tk) -> z | (z, codes)
 
@@ -70,20 +71,18 @@ class LabelReport:
         return f"## Labels in `{self.store}`\n\n| | |\n|---|---|\n" + "".join(f"| {a} | {b} |\n" for a, b in rows)
 
 
-def _label_episodes(store: FeatureStore, fn, keys: list[str], k_seconds: float,
+def _label_episodes(reader: PairReader, fn, keys: list[str],
                     batch_pairs: int) -> list[tuple[str, str, int, np.ndarray, np.ndarray | None]]:
-    """(key, content_hash, k, z, codes) for each episode: pairs of several episodes are
-    batched together, so short clips still fill a forward pass."""
-    hashes = store.episodes()["content_hash"]
+    """(key, content_hash, k, z, codes) for each episode: the reader's pairs (t, t + k) of
+    several episodes are batched together, so short clips still fill a forward pass."""
+    hashes = reader.store.episodes()["content_hash"]
     metas, f_t, f_tk = [], [], []
     for key in keys:
-        row = store.row(key)
-        feats = store.features(row)
-        k = int(k_frames_for(store.fps[row], k_seconds))
-        n = max(0, len(feats) - k)
-        metas.append((key, hashes[row].as_py(), k, n))
-        f_t.append(feats[:n])
-        f_tk.append(feats[k : k + n])
+        e = reader.index(key)
+        a, b = reader.episode_features(e)
+        metas.append((key, hashes[int(reader.rows[e])].as_py(), int(reader.k[e]), len(a)))
+        f_t.append(a)
+        f_tk.append(b)
     a, b = np.concatenate(f_t), np.concatenate(f_tk)
     zs, codes = [], []
     for s in range(0, len(a), batch_pairs):
@@ -101,6 +100,11 @@ def _label_episodes(store: FeatureStore, fn, keys: list[str], k_seconds: float,
     return results
 
 
+def pair_reader(store: FeatureStore, k_seconds: float) -> PairReader:
+    """Every episode's pairs at the labeler's gap: the trainers' pair path, all splits."""
+    return PairReader(store, PairQuery(k_seconds=k_seconds, split="all"))
+
+
 def _actor_class():
     import ray
 
@@ -112,11 +116,11 @@ def _actor_class():
             import torch
 
             torch.set_num_threads(threads)
-            self.store, self.k_seconds, self.batch_pairs = store, labeler.k_seconds, batch_pairs
+            self.reader, self.batch_pairs = pair_reader(store, labeler.k_seconds), batch_pairs
             self.fn = labeler()
 
         def label(self, keys: list[str]):
-            return _label_episodes(self.store, self.fn, keys, self.k_seconds, self.batch_pairs)
+            return _label_episodes(self.reader, self.fn, keys, self.batch_pairs)
 
     return LabelActor
 
@@ -143,11 +147,10 @@ def label_store(uri: str, labeler: Labeler, *, version: str | None = None, num_a
     t0 = time.monotonic()
     with LabelWriter.open(uri, labeler.set_id, labeler.attrs) as writer:
         store = FeatureStore.open(uri, version or writer.parent_version)
-        if store.encoder != labeler.encoder:
-            raise StoreMismatchError(
-                f"label set {labeler.set_id}: its LaWM was trained on features of encoder "
-                f"{labeler.encoder.get('model')!r} ({labeler.encoder.get('weights')}); store {uri!r} holds "
-                f"{store.encoder.get('model')!r} ({store.encoder.get('weights')}): labels would be meaningless")
+        if store.encoder is not None:
+            store.encoder.require_same(labeler.encoder, ours=f"store {uri!r}",
+                                       theirs=f"the LaWM of label set {labeler.set_id}",
+                                       fix="labels would be meaningless; label a store of the LaWM's encoder")
         todo = writer.todo(store)
         report = LabelReport(uri, labeler.set_id, writer.parent_version, None, skipped=len(store) - len(todo))
         if not todo:
@@ -155,8 +158,11 @@ def label_store(uri: str, labeler: Labeler, *, version: str | None = None, num_a
             return report
         tasks = _tasks(store, todo, pairs_per_task)
         with progress_bar("label", total=len(todo), enabled=progress, unit="episodes") as bar:
-            results = _run_ray(store, labeler, tasks, num_actors, batch_pairs) if use_ray else (
-                _label_episodes(store, labeler(), keys, labeler.k_seconds, batch_pairs) for keys in tasks)
+            if use_ray:
+                results = _run_ray(store, labeler, tasks, num_actors, batch_pairs)
+            else:
+                reader, fn = pair_reader(store, labeler.k_seconds), labeler()
+                results = (_label_episodes(reader, fn, keys, batch_pairs) for keys in tasks)
             for batch in results:
                 for key, h, k, z, codes in batch:
                     writer.put(key, h, z, k, codes)

@@ -33,6 +33,11 @@ class ConfigError(LawamError, ValueError):
     is wrong. The message names the file and the field, so it can be shown as it is."""
 
 
+class StoreMismatchError(ConfigError):
+    """The store (or a model trained on one) was made by another encoder or store layout:
+    features of two encoders never mix. A config error (exit 2): choose another store."""
+
+
 class InfrastructureError(LawamError, RuntimeError):
     """A fault of the machinery, not of the input (network, object store, lost worker): the
     same run can succeed when retried, and nothing is quarantined for it."""
@@ -43,4 +48,4 @@ class ResourceError(LawamError, OSError):
     keep the previous version, say so in one line; a retry would fail the same way."""
 
 
-__all__ = ["BadInputError", "ConfigError", "InfrastructureError", "LawamError", "ResourceError"]
+__all__ = ["BadInputError", "ConfigError", "InfrastructureError", "LawamError", "ResourceError", "StoreMismatchError"]

@@ -14,9 +14,17 @@ from dataclasses import dataclass
 import numpy as np
 
 from pipeline.store import StoreWriter
+from schemas.identity import EncoderIdentity, SamplingParams, random_init_weights
 from schemas.records import ActionTrack, EpisodeRef
 
-ENCODER = {"model": "synthetic", "weights": "random-init:seed=0", "tokens": "grid:2x2"}
+
+def fake_encoder(model: str = "synthetic", seed: int = 0, tokens: str = "grid:2x2", layer: int = -1) -> EncoderIdentity:
+    """The identity of an encoder that never runs: stores written by hand in tests name one."""
+    return EncoderIdentity(model=model, weights=random_init_weights(seed), image_size=32, mean=(0.5, 0.5, 0.5),
+                           std=(0.5, 0.5, 0.5), tokens=tokens, layer=layer)
+
+
+ENCODER = fake_encoder()
 TOKENS, DIM = 4, 16
 CONTROL_HZ = 20.0
 
@@ -52,7 +60,7 @@ def episode_data(source: SynthSource, i: int, seed: int = 0) -> tuple[np.ndarray
 
 
 def write_store(uri: str, sources: list[SynthSource], *, seed: int = 0, chunk_frames: int = 16,
-                content: str = "v1", only: set[str] | None = None, encoder: dict | None = None) -> str:
+                content: str = "v1", only: set[str] | None = None, encoder: EncoderIdentity | None = None) -> str:
     """Ingest the synthetic episodes of `sources` into `uri` (one commit); returns the version.
     `content` changes every episode's content hash (as a re-encoded video would); `only`
     restricts the episodes written to these keys."""
@@ -65,7 +73,7 @@ def write_store(uri: str, sources: list[SynthSource], *, seed: int = 0, chunk_fr
                 if only is not None and ref.key not in only:
                     continue
                 f, ts, track = episode_data(src, i, seed)
-                w.start_episode(ref, {"fps": src.fps})
+                w.start_episode(ref, SamplingParams(fps=src.fps, size=32))
                 w.append_frames(ref, f, ts)
                 w.finish_episode(ref, track if src.kind == "robot" else None, fps=src.fps)
         return w.commit("synthetic episodes")

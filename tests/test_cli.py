@@ -13,6 +13,7 @@ import pytest
 from typer.testing import CliRunner
 
 from flows.cli import app
+from model.checkpoint import read_card
 
 runner = CliRunner()
 COMMANDS = ["samples", "ingest", "catalog", "versions", "demo", "version", "train-lam", "label", "serve"]
@@ -120,13 +121,13 @@ def test_demo_runs_the_chain_writes_the_report_and_again_redoes_nothing(tmp_path
 
     [lam] = list((out / "runs").glob("lam-*"))
     [policy] = list((out / "runs").glob("policy-*"))
-    card, pcard = (json.loads((d / "card.json").read_text()) for d in (lam, policy))
-    assert card["steps"] == 20 and pcard["steps"] == 20 and (lam / "curves.png").stat().st_size > 0
-    assert pcard["label_set"] == card["label_set"] and pcard["lawm"]["weights_sha256"] == card["weights_sha256"]
+    card, pcard = (read_card(d) for d in (lam, policy))
+    assert card.steps == 20 and pcard.steps == 20 and (lam / "curves.png").stat().st_size > 0
+    assert pcard.label_set == card.label_set and pcard.lawm.weights_sha256 == card.weights_sha256
     from pipeline.store import FeatureStore
 
     store = FeatureStore.open(str(out / "store"))
-    assert pcard["store"]["version"] == store.version  # the policy read the labelled version
+    assert pcard.store.version == store.version  # the policy read the labelled version
     result = json.loads((policy / "eval" / "results.json").read_text())
     assert list(result["tasks"]) == ["reach-v3"] and len(result["episodes"]) == 1
     episode = result["episodes"][0]
@@ -199,7 +200,7 @@ def test_an_object_store_fault_is_one_line_and_exit_1(tmp_path, monkeypatch):
 def test_a_multi_line_bad_input_message_is_cut_to_its_first_line(capsys):
     import typer
 
-    from flows.cli import _fail
+    from flows.cli.app import _fail
 
     with pytest.raises(typer.Exit) as stop:
         _fail("\n  store 's' cannot be read: a report\n  | context: ...\n")
@@ -210,7 +211,7 @@ def test_a_multi_line_bad_input_message_is_cut_to_its_first_line(capsys):
 def test_only_infrastructure_faults_are_cut_to_one_line():
     import ray.exceptions as rex
 
-    from flows.cli import infrastructure_line
+    from flows.cli.app import infrastructure_line
 
     line = infrastructure_line(rex.WorkerCrashedError())
     assert line is not None and line.startswith("ray: WorkerCrashedError: The worker died") and "\n" not in line
@@ -221,7 +222,7 @@ def test_only_infrastructure_faults_are_cut_to_one_line():
 def _engines_start_stderr(verbose: bool, prefect: bool) -> str:
     """stderr of a fresh process that starts Ray (and runs a Prefect flow) the way `lawam`
     commands do: the app callback's `_env`, then `ensure_ray`."""
-    code = (f"from flows.cli import _env; _env(verbose={verbose}); "
+    code = (f"from flows.cli.app import _env; _env(verbose={verbose}); "
             "from pipeline.ray_runtime import ensure_ray; import ray; ensure_ray(); "
             + ("from prefect import flow; flow(lambda: 1, name='noop')(); " if prefect else "") + "ray.shutdown()")
     drop = ("RAY_AUTH_MODE", "RAY_ADDRESS", "LAWAM_LOG", "PREFECT_LOGGING_LEVEL")

@@ -26,6 +26,7 @@ from pipeline.decode import (
     pick_frame_indices,
     probe_video,
 )
+from schemas.identity import SamplingParams
 from tests.media import CODECS, Clip, NotUprightError, grid_region, make_media, read_index
 
 
@@ -302,7 +303,7 @@ def test_array_frames_are_resized_like_video_frames(tmp_path: Path) -> None:
         f["data/demo_0/obs/agentview_image"][...] = np.random.default_rng(0).integers(0, 256, (6, 30, 40, 3))
     ref = next(iter(iter_episodes(SourceSpec(id="h5", kind="robot", format="hdf5", uri=str(path)))))
     images, _ = read_image_frames(ref)
-    got = np.concatenate([b["frames"] for b in decode_episode_blocks(ref, fps=20, size=16)])
+    got = np.concatenate([b["frames"] for b in decode_episode_blocks(ref, SamplingParams(fps=20.0, size=16))])
     np.testing.assert_array_equal(got, resize_like_decode(images, 16, "center_crop"))
 
 

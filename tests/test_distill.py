@@ -11,7 +11,7 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from model.checkpoint import CheckpointError, file_sha256
+from model.checkpoint import CheckpointError, file_sha256, read_card
 from model.data import collect, to_torch
 from model.distill import DistillRecipe, distill, keeps_actions
 from model.labeler import IdmLabeler
@@ -19,6 +19,7 @@ from model.policy import load_policy
 from model.train_lam import train_lam
 from pipeline.label import label_store
 from pipeline.store import FeatureStore
+from schemas.cards import StoppedRun
 from schemas.training import DistillConfig, LamConfig
 from tests.stores import SynthSource, write_store
 
@@ -56,17 +57,17 @@ def test_card_names_the_whole_lineage_and_the_policy_acts(labelled, tmp_path):
     uri, lam = labelled
     card = distill(uri, tmp_path / "pol", lam, tiny(), progress=False)
     store = FeatureStore.open(uri)
-    lam_card = json.loads((Path(lam) / "card.json").read_text())
-    assert card["store"] == {"uri": uri, "version": store.version}
-    assert card["encoder"] == store.encoder
-    assert card["label_set"] == lam_card["label_set"]
-    assert card["lawm"]["weights_sha256"] == lam_card["weights_sha256"]
-    assert card["lawm"]["store"] == lam_card["store"] and card["lawm"]["k_seconds"] == 0.4
-    assert card["config"]["pairs"]["k_seconds"] == 0.4, "pairs use the LaWM's gap: labels exist for it only"
-    assert card["horizon"] == 4 and card["action_dim"] == 2 and card["state_dim"] == 3
-    assert card["control_hz"] == 20.0 and card["subgoal"] is True
-    assert card["weights_sha256"] == file_sha256(tmp_path / "pol" / "model.safetensors")
-    assert np.isfinite(card["metrics"]["heldout_action"]) and np.isfinite(card["metrics"]["subgoal_mse"])
+    lam_card = read_card(lam)
+    assert card.store.uri == uri and card.store.version == store.version
+    assert card.encoder == store.encoder
+    assert card.label_set == lam_card.label_set
+    assert card.lawm.weights_sha256 == lam_card.weights_sha256
+    assert card.lawm.store == lam_card.store and card.lawm.k_seconds == 0.4
+    assert card.config["pairs"]["k_seconds"] == 0.4, "pairs use the LaWM's gap: labels exist for it only"
+    assert card.horizon == 4 and card.action_dim == 2 and card.state_dim == 3
+    assert card.control_hz == 20.0 and card.subgoal is True
+    assert card.weights_sha256 == file_sha256(tmp_path / "pol" / "model.safetensors")
+    assert np.isfinite(card.metrics["heldout_action"]) and np.isfinite(card.metrics["subgoal_mse"])
     assert any(k.startswith("lawm.") for k in load_file(tmp_path / "pol" / "model.safetensors")), \
         "the frozen decoder travels inside the policy"
     for name in ("metrics.jsonl", "curves.png"):
@@ -84,7 +85,7 @@ def test_card_names_the_whole_lineage_and_the_policy_acts(labelled, tmp_path):
 def test_a_human_only_batch_gives_the_action_head_zero_gradient(labelled):
     uri, lam = labelled
     store = FeatureStore.open(uri)
-    recipe = DistillRecipe(tiny(), lam, json.loads((Path(lam) / "card.json").read_text())["label_set"])
+    recipe = DistillRecipe(tiny(), lam, read_card(lam).label_set)
     model = recipe.build(store, recipe.query("train"), fresh=True)
     human = collect(store, replace(recipe.query("all"), kinds=("human",)), max_pairs=16)
     assert human and not human["robot"].any() and human["label_mask"].any()
@@ -116,7 +117,7 @@ def test_overfits_a_tiny_set(labelled, tmp_path):
 def test_the_ablation_needs_no_lawm_and_action_fraction_drops_whole_episodes(labelled, tmp_path):
     uri, _ = labelled
     card = distill(uri, tmp_path / "bc", None, tiny(subgoal=False), progress=False)
-    assert card["subgoal"] is False and card["lawm"] is None and card["label_set"] is None
+    assert card.subgoal is False and card.lawm is None and card.label_set is None
     assert load_policy(tmp_path / "bc").act(np.zeros((4, 16), np.float32), "task 0", None).shape == (4, 2)
     with pytest.raises(CheckpointError, match="--labels"):
         distill(uri, tmp_path / "x", None, tiny())
@@ -139,9 +140,9 @@ def test_resume_continues_exactly(labelled, tmp_path):
     uri, lam = labelled
     full = distill(uri, tmp_path / "full", lam, tiny(steps=10), progress=False)
     part = distill(uri, tmp_path / "part", lam, tiny(steps=10), progress=False, stop_at=4)
-    assert part["interrupted"] and part["steps"] == 4
+    assert isinstance(part, StoppedRun) and part.steps == 4
     resumed = distill(uri, tmp_path / "part", lam, resume=True, progress=False)
-    assert resumed["steps"] == full["steps"] == 10
+    assert resumed.steps == full.steps == 10
     a, b = load_file(tmp_path / "full" / "model.safetensors"), load_file(tmp_path / "part" / "model.safetensors")
     for name in a:
         torch.testing.assert_close(a[name], b[name], rtol=0, atol=0)
@@ -156,7 +157,7 @@ def test_the_example_config_is_the_defaults():
 def test_flow_matching_head_trains_and_acts_deterministically(labelled, tmp_path):
     uri, lam = labelled
     card = distill(uri, tmp_path / "flow", lam, tiny(steps=6, action_head="flow"), progress=False)
-    assert card["config"]["model"]["action_head"] == "flow" and np.isfinite(card["metrics"]["heldout_action"])
+    assert card.config["model"]["action_head"] == "flow" and np.isfinite(card.metrics["heldout_action"])
     runner = load_policy(tmp_path / "flow")
     feats = FeatureStore.open(uri).features("bot/ep000")[3]
     a = runner.act(feats, "task 0", np.array([0.0, 0.0, 1.0], np.float32))
@@ -169,7 +170,7 @@ def test_two_workers_on_ray_train_run_ddp(ray_local, labelled, tmp_path):
     cfg = tiny(steps=30)
     cfg = cfg.model_copy(update={"optim": cfg.optim.model_copy(update={"lr": 3e-3})})
     card = distill(uri, tmp_path / "ddp", lam, cfg, workers=2, progress=False)
-    assert card["workers"] == 2 and card["steps"] == 30 and card["label_set"]
+    assert card.workers == 2 and card.steps == 30 and card.label_set
     rows = [json.loads(line) for line in (tmp_path / "ddp" / "metrics.jsonl").read_text().splitlines()]
     latent = [r["latent"] for r in rows if "latent" in r]
     assert np.mean(latent[-3:]) < np.mean(latent[:3]), latent

@@ -39,7 +39,7 @@ def test_same_identity_same_features_and_layer_changes_them(frames):
     b = FrozenEncoder(EncoderConfig(**TINY)).encode(frames)
     np.testing.assert_array_equal(a, b)
     mid = FrozenEncoder(EncoderConfig(**TINY, layer=5))
-    assert mid.identity["layer"] == 5 and mid.identity != FrozenEncoder(EncoderConfig(**TINY)).identity
+    assert mid.identity.layer == 5 and mid.identity != FrozenEncoder(EncoderConfig(**TINY)).identity
     assert not np.allclose(mid.encode(frames), a)
 
 
@@ -51,7 +51,7 @@ def test_local_checkpoint_is_loaded_and_hashed(tmp_path, frames, suffix):
     sd = {k: v.contiguous() for k, v in model.state_dict().items()}
     save_file(sd, str(path)) if suffix == ".safetensors" else torch.save(sd, path)
     enc = FrozenEncoder(EncoderConfig(**TINY, checkpoint=path))
-    assert enc.identity["weights"].startswith("sha256:")
+    assert enc.identity.weights.startswith("sha256:")
     with torch.inference_mode():
         x = (torch.from_numpy(frames).permute(0, 3, 1, 2).float() / 255 - 0.5) / 0.5
         want = model.eval().forward_features(x)[:, 1:].mean(1)

@@ -7,6 +7,7 @@ say exactly how much of each chunk was executed.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import math
 from pathlib import Path
@@ -29,6 +30,8 @@ from pipeline.evaluation.results import wilson_interval
 from pipeline.samples.lerobot_v3 import VideoEncoding, encode_video_frames
 from pipeline.samples.metaworld_env import Layout
 from schemas import EncoderConfig
+from schemas.cards import PolicyCard, StoreRef
+from schemas.identity import SamplingParams
 
 pytestmark = pytest.mark.slow
 
@@ -41,8 +44,10 @@ class CountingRunner:
     and follow the features (so episodes depend on every rendered frame); counts its calls."""
 
     def __init__(self, device: str = "cpu") -> None:
-        self.card = {"kind": "lawam", "encoder": encoder_identity(TINY), "weights_sha256": "fake",
-                     "store": {"uri": "data/store", "version": "v0"}}
+        self.card = PolicyCard(lawam_version="0", created_at="now", store=StoreRef(uri="data/store", version="v0"),
+                               encoder=encoder_identity(TINY), token_shape=(4, 192), config={}, steps=1,
+                               wall_time_s=0.0, metrics={}, weights_sha256="fake", action_dim=4, horizon=HORIZON,
+                               vocab=[], control_hz=20.0)
         self.horizon, self.action_dim, self.control_hz = HORIZON, 4, 20.0
         self.device = device
         self.calls = 0
@@ -74,7 +79,7 @@ def test_eval_writes_results_plot_and_rollout_video(eval_run: Path):
     for e in results["episodes"]:
         assert {"task", "mt1_seed", "slot", "seed", "steps", "success"} <= set(e)
     assert results["settings"]["execute_steps"] == 3 and results["settings"]["overlap_checked"] is False
-    assert results["policy"]["path"] == "runs/fake" and results["policy"]["encoder"] == encoder_identity(TINY)
+    assert results["policy"]["path"] == "runs/fake" and results["policy"]["encoder"] == encoder_identity(TINY).to_dict()
     assert results["latency"]["cpu"]["policy_ms"]["median"] > 0
     assert (eval_run / "success.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     with av.open(str(eval_run / task["video"])) as c:
@@ -128,7 +133,7 @@ def test_training_samples_reads_layouts_and_camera_of_the_stores_robot_episodes(
     video = sample_corpora / "robot/videos/observation.images.corner2/chunk-000/file-000.mp4"
     ref = EpisodeRef(source="robot", episode_id="0", kind="robot", uri=str(video), content_hash="x")
     with StoreWriter.open(str(tmp_path / "store"), encoder=encoder_identity(TINY)) as w:
-        w.start_episode(ref, {"fps": 20})
+        w.start_episode(ref, SamplingParams(fps=20.0, size=32))
         w.append_frames(ref, np.zeros((2, 4, 192), np.float16), np.array([0.0, 0.05]))
         w.finish_episode(ref, None, fps=20)
         version = w.commit("one episode")
@@ -181,7 +186,7 @@ def test_resize_like_decode_matches_decoding_the_video(tmp_path: Path, resize: s
 def test_encoder_config_from_identity_rebuilds_the_encoder_or_refuses(tmp_path: Path):
     identity = encoder_identity(TINY.model_copy(update={"seed": 3}))
     assert encoder_identity(encoder_config_from_identity(identity)) == identity
-    hashed = {**identity, "weights": "sha256:" + "0" * 64}
+    hashed = dataclasses.replace(identity, weights="sha256:" + "0" * 64)
     with pytest.raises(EncoderError, match="checkpoint"):
         encoder_config_from_identity(hashed)
     other = tmp_path / "w.safetensors"

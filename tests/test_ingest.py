@@ -20,8 +20,11 @@ import zarr
 from pipeline.ingest import ingest_corpus, ingest_episodes
 from pipeline.sources import iter_episodes
 from pipeline.store import FeatureStore, StoreMismatchError, StoreWriter
+from pipeline.store.pairs import PairQuery, PairReader
 from schemas import CorpusConfig, EncoderConfig, SamplingConfig, SourceSpec, StoreConfig, load_corpus
+from schemas.identity import SamplingParams
 from tests.datasets import make_hdf5, make_lerobot_v30, make_video
+from tests.stores import fake_encoder
 
 REPO = Path(__file__).resolve().parents[1]
 TINY = EncoderConfig(model="vit_tiny_patch16_224", image_size=32, tokens="mean", batch_size=8)
@@ -131,9 +134,15 @@ def test_lerobot_episodes_carry_the_actions_between_frames(ray_local, tmp_path):
         assert ep.actions.actions.shape == (n_video * 4, 4)
         # the episode's own rows: action[:, 0] = 1000 * episode + row
         np.testing.assert_array_equal(ep.actions.actions[:, 0], 1000 * ep_index + np.arange(n_video * 4))
-    batch = store.sample_pairs(50, k=1, rng=0)
-    for acts, dt in zip(batch.actions, batch.dt, strict=True):
-        assert len(acts) == round(dt * 80)  # every control step between the two frames
+    # every control step between two kept frames (0.2 s apart), at the episode's own 80 Hz
+    reader = PairReader(store, PairQuery(k_seconds=0.2, horizon=16, action_rate=None, split="all"))
+    for _, eps, t in reader.batch_indices(64):
+        batch = reader.read(eps, t)
+        np.testing.assert_allclose(batch["dt"], 0.2, atol=1e-6)
+        assert batch["action_mask"].all()
+        ep_index = np.array([int(k.rsplit("_", 1)[1]) for k in batch["episode"]])
+        rows = 1000 * ep_index[:, None] + 16 * batch["t"][:, None] + np.arange(16)
+        np.testing.assert_array_equal(batch["actions"][:, :, 0], rows)
 
 
 def test_real_lerobot_dataset_written_by_the_library(ray_local, tmp_path):
@@ -253,7 +262,8 @@ def test_encoder_crash_fails_the_run_but_keeps_finished_episodes(ray_local, vide
     import ray
 
     from pipeline.encode import encoder_identity
-    from pipeline.ingest.ray_executor import IngestRun
+    from pipeline.ingest.assembler import EpisodeAssembler
+    from pipeline.ingest.ray_executor import RayExecutor
     from pipeline.progress import Bar
 
     @ray.remote(num_cpus=0)
@@ -271,12 +281,11 @@ def test_encoder_crash_fails_the_run_but_keeps_finished_episodes(ray_local, vide
             return self.encoder.encode(block["frames"]), block["timestamps"]
 
     refs = sorted(iter_episodes(human(videos)), key=lambda r: r.episode_id)
-    params = {"fps": 5.0, "size": 32, "resize": "center_crop", "max_seconds": None}
+    params = SamplingParams(fps=5.0, size=32)
     with StoreWriter.open(str(tmp_path / "store"), encoder=encoder_identity(TINY)) as writer:
-        job = IngestRun(writer, [DiesOnThirdBlock.remote()], lambda r: params, block_frames=10, decoder="auto",
-                        bar=Bar(None, None), commit_every_s=1e9)
+        executor = RayExecutor([DiesOnThirdBlock.remote()], block_frames=10, decoder="auto")
         with pytest.raises(ray.exceptions.RayActorError):
-            job.run(refs)
+            executor.run(EpisodeAssembler(writer, lambda r: params, Bar(None, None), commit_every_s=1e9), refs)
     store = FeatureStore.open(str(tmp_path / "store"))
     assert len(store) == 2  # what finished before the crash is kept
     assert store.catalog().filter(pc.equal(store.catalog()["status"], "quarantined")).num_rows == 0
@@ -302,8 +311,11 @@ def test_sample_corpora_ingest_with_control_rate_actions(ray_local, sample_corpo
     ep = store.episode(robot[0])
     np.testing.assert_allclose(np.diff(ep.timestamps), 0.1, atol=1e-3)  # the source's own fps: 10
     assert ep.actions.state is not None and ep.instruction
-    batch = store.read_pairs(np.array([robot[0]]), np.array([0]), k=2)
-    assert batch.actions[0].shape == (4, 4)  # 0.2 s of 20 Hz control between the two frames
+    reader = PairReader(store, PairQuery(k_seconds=0.2, horizon=4, action_rate=None, sources=("metaworld",),
+                                         split="all"))
+    batch = reader.read(np.array([reader.index(store.keys[robot[0]])]), np.array([0]))
+    assert batch["actions"].shape == (1, 4, 4) and batch["action_mask"].all()  # 0.2 s of 20 Hz control
+    np.testing.assert_allclose(batch["dt"], 0.2, atol=1e-3)
 
 
 # -- many short episodes: packed decode tasks, buffered writes -----------------------------------
@@ -329,7 +341,7 @@ def test_packed_decode_reports_each_episode_alone(short_clips):
 
     d, _ = short_clips
     refs = sorted(iter_episodes(human(d)), key=lambda r: r.episode_id)
-    params = {"fps": 5.0, "size": 32, "resize": "center_crop", "max_seconds": None}
+    params = SamplingParams(fps=5.0, size=32)
     got: dict[int, list[np.ndarray]] = {}
     ended: dict[int, str] = {}
     for block in decode_packed([(r, params) for r in refs], block_frames=8):
@@ -346,7 +358,7 @@ def test_packed_decode_reports_each_episode_alone(short_clips):
     assert {refs[i].episode_id for i, why in ended.items() if why != "ok"} == {"c08.mp4", "c16.mp4"}
     for i, ref in enumerate(refs):
         if ended[i] == "ok":
-            alone = np.concatenate([b["frames"] for b in decode_episode_blocks(ref, block_frames=8, **params)])
+            alone = np.concatenate([b["frames"] for b in decode_episode_blocks(ref, params, block_frames=8)])
             np.testing.assert_array_equal(np.concatenate(got[i]), alone)
 
 
@@ -356,9 +368,9 @@ def test_many_short_clips_land_whole_contiguous_and_encoded(ray_local, short_cli
     bad clips among them are quarantined alone."""
     from pipeline.encode import FrozenEncoder
     from pipeline.ingest.frames import decode_episode_blocks
-    from pipeline.ingest.ray_executor import IngestRun
+    from pipeline.ingest.ray_executor import RayExecutor
 
-    monkeypatch.setattr(IngestRun, "batches_per_decoder", 1)  # few, large batches: many episodes per task
+    monkeypatch.setattr(RayExecutor, "batches_per_decoder", 1)  # few, large batches: many episodes per task
     d, lengths = short_clips
     report = run(human(d), tmp_path / "store")
     assert sorted(k for k, _ in report.quarantined) == ["vids/c08.mp4", "vids/c16.mp4"]
@@ -374,16 +386,43 @@ def test_many_short_clips_land_whole_contiguous_and_encoded(ray_local, short_cli
         for a, b in zip(shard_rows, shard_rows[1:], strict=False):
             assert b["frame_start"] == a["frame_start"] + a["frames"]
     encoder = FrozenEncoder(TINY)
-    params = {"fps": 5.0, "size": 32, "resize": "center_crop", "max_seconds": None}
+    params = SamplingParams(fps=5.0, size=32)
     refs = {x.episode_id: x for x in iter_episodes(human(d))}
     for r in rows:
-        blocks = list(decode_episode_blocks(refs[r["episode_id"]], block_frames=8, **params))
+        blocks = list(decode_episode_blocks(refs[r["episode_id"]], params, block_frames=8))
         frames = np.concatenate([b["frames"] for b in blocks])
         ep = store.episode(f"vids/{r['episode_id']}")
         assert r["frames"] == len(frames) == len(ep.features) == int(np.ceil(lengths[int(r["episode_id"][1:3])] / 2))
         np.testing.assert_allclose(ep.timestamps, np.concatenate([b["timestamps"] for b in blocks]))
         np.testing.assert_allclose(ep.features.astype(np.float32), encoder.encode(frames).astype(np.float32),
                                    atol=2e-2, rtol=2e-2)
+
+
+def test_local_executor_stores_what_ray_stores_without_starting_ray(ray_local, short_clips, tmp_path):
+    """Issue #18: a notebook ingests without Ray (`executor="local"`): the same step, the same
+    episodes kept and quarantined, the same features; Ray is never imported."""
+    d, _ = short_clips
+    on_ray = run(human(d), tmp_path / "ray")
+    script = (
+        "import sys\n"
+        "from pipeline.ingest import ingest_episodes\n"
+        "from pipeline.sources import iter_episodes\n"
+        "from schemas import EncoderConfig, SamplingConfig, SourceSpec, StoreConfig\n"
+        f"spec = SourceSpec(id='vids', kind='human', format='video_dir', uri={str(d)!r})\n"
+        f"enc = EncoderConfig.model_validate_json({TINY.model_dump_json()!r})\n"
+        "r = ingest_episodes(list(iter_episodes(spec)), encoder=enc, sampling=SamplingConfig(fps=5),\n"
+        f"                    store=StoreConfig(uri={str(tmp_path / 'local')!r}), progress=False, executor='local')\n"
+        "assert 'ray' not in sys.modules, 'the local executor imported Ray'\n"
+        "print(r.added, sorted(k for k, _ in r.quarantined))\n")
+    out = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=300)
+    assert out.returncode == 0, out.stderr[-2000:]
+    assert out.stdout.split(None, 1) == [str(on_ray.added), str(sorted(k for k, _ in on_ray.quarantined)) + "\n"]
+    a, b = FeatureStore.open(str(tmp_path / "ray")), FeatureStore.open(str(tmp_path / "local"))
+    assert sorted(a.keys) == sorted(b.keys)
+    for key in a.keys:  # torch's thread count may differ: float16 rounding apart, the same numbers
+        np.testing.assert_allclose(a.features(key).astype(np.float32), b.features(key).astype(np.float32),
+                                   atol=1e-2, rtol=1e-2)
+        np.testing.assert_array_equal(a.timestamps(key), b.timestamps(key))
 
 
 def test_writer_buffers_episodes_and_writes_them_behind_exactly(tmp_path):
@@ -402,18 +441,18 @@ def test_writer_buffers_episodes_and_writes_them_behind_exactly(tmp_path):
         return f
 
     lengths = [3, 1, 6, 2, 5, 4, 1, 7]
-    with StoreWriter.open(str(tmp_path / "store"), encoder={"model": "fake"}, chunk_frames=4) as w:
+    with StoreWriter.open(str(tmp_path / "store"), encoder=fake_encoder("fake"), chunk_frames=4) as w:
         w.flush_every_s = 0.0
-        w.start_episode(ref(99), {"fps": 5.0})  # in flight across the first commit
+        w.start_episode(ref(99), SamplingParams(fps=5.0, size=32))  # in flight across the first commit
         w.append_frames(ref(99), feats(99, 5)[:2], np.arange(2) / 5)
         for i, n in enumerate(lengths):
-            w.start_episode(ref(i), {"fps": 5.0})
+            w.start_episode(ref(i), SamplingParams(fps=5.0, size=32))
             w.append_frames(ref(i), feats(i, n), np.arange(n) / 5)
             acts = np.full((2 * n, 2 if i != 5 else 3), i, np.float32)  # episode 5's actions are too wide
             if i == 5:
                 with pytest.raises(ValueError, match="do not fit"):
                     w.finish_episode(ref(i), ActionTrack(np.arange(2 * n) / 10, acts), 5.0)
-                w.quarantine(ref(i), "bad actions", {"fps": 5.0})
+                w.quarantine(ref(i), "bad actions", SamplingParams(fps=5.0, size=32))
             else:
                 w.finish_episode(ref(i), ActionTrack(np.arange(2 * n) / 10, acts), 5.0)
             w.flush()

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import os
 import shutil
 import signal
@@ -18,6 +17,7 @@ import torch
 from typer.testing import CliRunner
 
 from flows.cli import app
+from model.checkpoint import read_card
 from model.data import collect
 from model.labeler import IdmLabeler
 from model.train_lam import load_lawm, train_lam
@@ -25,7 +25,7 @@ from pipeline.label import label_store
 from pipeline.store import FeatureStore, LabelSet, StoreMismatchError, list_label_sets
 from pipeline.store.pairs import PairQuery, k_frames_for
 from schemas.training import LamConfig
-from tests.stores import SynthSource, write_store
+from tests.stores import SynthSource, fake_encoder, write_store
 
 REPO = Path(__file__).resolve().parents[1]
 BOT = SynthSource("bot", episodes=5, seconds=3.0)
@@ -60,14 +60,14 @@ def test_labels_cover_every_pair_and_are_the_idms_latents(ray_local, lam_dir, st
     store = FeatureStore.open(store_uri)
     labels = LabelSet.open(store, labeler.set_id)
     model, card = load_lawm(lam_dir)
-    assert labels.attrs["lam"]["weights_sha256"] == card["weights_sha256"]
-    gaps = k_frames_for(store.fps, card["k_seconds"])
+    assert labels.attrs["lam"]["weights_sha256"] == card.weights_sha256
+    gaps = k_frames_for(store.fps, card.k_seconds)
     assert report.pairs == int((store.frames - gaps).sum())
     for key in store.keys:
         feats = store.features(key)
-        k = int(k_frames_for(store.fps[store.row(key)], card["k_seconds"]))
+        k = int(k_frames_for(store.fps[store.row(key)], card.k_seconds))
         z = labels.episode(key)
-        assert z.shape == (len(feats) - k, card["latent_dim"]) and labels.k_frames(key) == k
+        assert z.shape == (len(feats) - k, card.latent_dim) and labels.k_frames(key) == k
         expected = model.latent(torch.from_numpy(feats[:-k]), torch.from_numpy(feats[k:])).numpy()
         np.testing.assert_allclose(z, expected, rtol=1e-4, atol=1e-5)
 
@@ -133,7 +133,7 @@ def test_several_label_sets_coexist(lam_dir, store_uri, tmp_path):
 
 def test_a_lawm_of_another_encoder_is_refused(lam_dir, tmp_path):
     uri = str(tmp_path / "other-encoder")
-    write_store(uri, [BOT], encoder={"model": "another", "weights": "random-init:seed=1", "tokens": "grid:2x2"})
+    write_store(uri, [BOT], encoder=fake_encoder("another", seed=1))
     with pytest.raises(StoreMismatchError, match="labels would be meaningless"):
         label_store(uri, IdmLabeler(str(lam_dir)), use_ray=False, progress=False)
     assert list_label_sets(FeatureStore.open(uri)) == []
@@ -182,11 +182,11 @@ def test_cli_label_exports_and_catalog_shows_coverage(lam_dir, store_uri, tmp_pa
     result = runner.invoke(app, ["label", "--store", store_uri, "--lam", str(lam_dir), "--export", str(export),
                                  "--no-progress"])
     assert result.exit_code == 0, result.output
-    card = json.loads((lam_dir / "card.json").read_text())
+    card = read_card(lam_dir)
     table = pq.read_table(export)
     assert set(table.column_names) == {"episode", "t", "z"}
     store = FeatureStore.open(store_uri)
-    labels = LabelSet.open(store, card["label_set"])
+    labels = LabelSet.open(store, card.label_set)
     assert table.num_rows == sum(len(labels.episode(k)) for k in store.keys)
     catalog = runner.invoke(app, ["catalog", store_uri])
-    assert f"label set {card['label_set']}: 8/8 episodes (100%)" in catalog.output
+    assert f"label set {card.label_set}: 8/8 episodes (100%)" in catalog.output

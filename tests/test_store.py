@@ -8,11 +8,14 @@ import pyarrow.parquet as pq
 import pytest
 
 from pipeline.store import FeatureStore, StoreBusyError, StoreError, StoreMismatchError, StoreWriter
+from pipeline.store.pairs import PairQuery, PairReader
+from schemas.identity import SamplingParams
 from schemas.records import ActionTrack, EpisodeRef
+from tests.stores import fake_encoder
 
-ENC = {"model": "fake", "weights": "random-init:seed=0", "tokens": "grid:2x2"}
+ENC = fake_encoder("fake")
 TOKENS = (4, 8)
-PARAMS = {"fps": 5.0}
+PARAMS = SamplingParams(fps=5.0, size=32)
 
 
 def ref(i: int, content: str = "v1", kind: str = "robot") -> EpisodeRef:
@@ -119,7 +122,7 @@ def test_plan_skips_unchanged_holds_quarantined_and_redoes_changed(tmp_path):
         assert [r.episode_id for r in w.plan([ref(2)], lambda r: PARAMS, retry_quarantined=True).todo] == ["ep2"]
         assert [r.episode_id for r in w.plan([ref(2, content="v2")], lambda r: PARAMS).todo] == ["ep2"]
         # a different sampling rate is a different ingest: everything is redone
-        assert not w.plan([ref(0)], lambda r: {"fps": 10.0}).skipped
+        assert not w.plan([ref(0)], lambda r: SamplingParams(fps=10.0, size=32)).skipped
 
 
 def test_redone_episode_replaces_its_row(tmp_path):
@@ -154,7 +157,7 @@ def test_another_encoder_is_refused_and_store_untouched(tmp_path):
         put(w, ref(0), n=3)
         v1 = w.commit("first")
     with pytest.raises(StoreMismatchError, match="never mix"):
-        StoreWriter.open(uri, encoder={**ENC, "layer": 3})
+        StoreWriter.open(uri, encoder=fake_encoder("fake", layer=3))
     assert FeatureStore.open(uri).version == v1
 
 
@@ -173,16 +176,21 @@ def test_pairs_and_the_actions_between_them(tmp_path):
         put(w, ref(2), n=2)  # too short for k=3: never sampled
         w.commit("first")
     store = FeatureStore.open(uri)
-    batch = store.sample_pairs(200, k=3, rng=0)
-    assert set(batch.episode) == {"src/ep0", "src/ep1"}  # episodes named by key, not by row
+    # k = 0.6 s = 3 frames at 5 fps; a chunk of 12 steps at the episode's 20 Hz spans the gap
+    reader = PairReader(store, PairQuery(k_seconds=0.6, horizon=12, action_rate=None, split="all"))
+    (_, eps, t), = reader.batch_indices(200)
+    batch = reader.read(eps, t)
+    assert len(t) == (9 - 3) + (12 - 3)  # every pair once; ep2 is too short for the gap
+    assert set(batch["episode"]) == {"src/ep0", "src/ep1"}  # episodes named by key, not by row
     # the features say which episode and frame they are
-    np.testing.assert_array_equal(batch.f_t[:, 0, 1], batch.t)
-    np.testing.assert_array_equal(batch.f_tk[:, 0, 1], batch.t + 3)
-    np.testing.assert_allclose(batch.dt, 3 / 5.0)
-    for e, t, acts in zip(batch.episode, batch.t, batch.actions, strict=True):
+    np.testing.assert_array_equal(batch["f_t"][:, 0, 1], batch["t"])
+    np.testing.assert_array_equal(batch["f_tk"][:, 0, 1], batch["t"] + 3)
+    np.testing.assert_allclose(batch["dt"], 3 / 5.0)
+    for e, t, acts, mask in zip(batch["episode"], batch["t"], batch["actions"], batch["action_mask"], strict=True):
         if e == "src/ep1":
-            assert acts is None
+            assert not mask.any()  # human video: no actions
         else:  # 4 control steps per kept frame: the 12 actions in [t/5, (t+3)/5)
+            assert mask.all()
             np.testing.assert_allclose(acts[:, 0], np.arange(4 * t, 4 * t + 12) / 20.0)
 
 

@@ -63,12 +63,13 @@ def test_plain_icechunk_and_zarr_read_an_episode_without_lawam(tmp_path):
                            "actions": ["step", "action"]}
     assert got["codecs"][-1] == "crc32c"  # every chunk checksummed
     assert got["ts_attrs"]["units"] == "s" and got["ts_attrs"]["origin"] == "episode start"
-    assert got["feat_attrs"]["sampling"] == {"fps": 5.0}
+    assert got["feat_attrs"]["sampling"] == {"fps": 5.0, "size": 32, "resize": "center_crop", "max_seconds": None}
     assert got["control_rate"] == 20.0
     root = got["root"]
-    assert root["encoder"] == ENCODER and root["token_shape"] == [4, 16]
-    assert root["sources"] == {"arm": {"kind": "robot", "sampling": {"fps": 5.0}},
-                               "cam": {"kind": "human", "sampling": {"fps": 4.0}}}
+    assert root["encoder"] == ENCODER.to_dict() and root["token_shape"] == [4, 16]
+    sampling = {"size": 32, "resize": "center_crop", "max_seconds": None}
+    assert root["sources"] == {"arm": {"kind": "robot", "sampling": {"fps": 5.0, **sampling}},
+                               "cam": {"kind": "human", "sampling": {"fps": 4.0, **sampling}}}
     assert {"zarr", "icechunk", "numpy"} <= set(root["written_with"])
 
 

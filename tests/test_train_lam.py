@@ -10,8 +10,11 @@ import torch
 from safetensors.torch import load_file
 
 from model.checkpoint import CheckpointError, file_sha256
+from model.data import collect
 from model.train_lam import load_lawm, train_lam
 from pipeline.store import FeatureStore
+from pipeline.store.pairs import PairQuery
+from schemas.cards import StoppedRun
 from schemas.training import LamConfig
 from tests.stores import SynthSource, write_store
 
@@ -35,25 +38,25 @@ def store_uri(tmp_path_factory) -> str:
 def test_card_names_its_lineage_and_the_checkpoint_round_trips(store_uri, tmp_path):
     card = train_lam(store_uri, tmp_path / "lam", TINY, progress=False)
     store = FeatureStore.open(store_uri)
-    assert card["store"] == {"uri": store_uri, "version": store.version}
-    assert card["encoder"] == store.encoder and card["token_shape"] == list(store.token_shape)
-    assert card["steps"] == 16 and card["state_dim"] == 3 and card["latent_dim"] == 8
-    assert card["weights_sha256"] == file_sha256(tmp_path / "lam" / "model.safetensors")
-    assert card["label_set"] == "lam-" + card["weights_sha256"][:12]
+    assert card.store.uri == store_uri and card.store.version == store.version
+    assert card.encoder == store.encoder and card.token_shape == store.token_shape
+    assert card.steps == 16 and card.state_dim == 3 and card.latent_dim == 8
+    assert card.weights_sha256 == file_sha256(tmp_path / "lam" / "model.safetensors")
+    assert card.label_set == "lam-" + card.weights_sha256[:12]
     for key in ("forward_mse", "copy_mse", "zero_z_mse", "shuffle_episode_increase", "probe_r2_z", "probe_r2_pca"):
-        assert np.isfinite(card["metrics"][key]), key
-    assert json.loads((tmp_path / "lam" / "card.json").read_text()) == json.loads(json.dumps(card, default=str))
+        assert np.isfinite(card.metrics[key]), key
+    assert json.loads((tmp_path / "lam" / "card.json").read_text()) == card.to_json()
     for name in ("metrics.jsonl", "metrics.png", "curves.png"):
         assert (tmp_path / "lam" / name).stat().st_size > 0, name
     assert list((tmp_path / "lam" / "tb").iterdir()), "TensorBoard events"
 
     model, loaded = load_lawm(tmp_path / "lam")
-    assert loaded == json.loads((tmp_path / "lam" / "card.json").read_text())
-    np.testing.assert_allclose(model.feat_mean.numpy(), card["feature_mean"], rtol=1e-6)
-    batch = store.sample_pairs(8, k=2, rng=0)
+    assert loaded == card
+    np.testing.assert_allclose(model.feat_mean.numpy(), card.feature_mean, rtol=1e-6)
+    batch = collect(store, PairQuery(k_seconds=0.4), max_pairs=8)
     again, _ = load_lawm(tmp_path / "lam")
-    z1 = model.latent(torch.from_numpy(batch.f_t), torch.from_numpy(batch.f_tk))
-    z2 = again.latent(torch.from_numpy(batch.f_t), torch.from_numpy(batch.f_tk))
+    z1 = model.latent(torch.from_numpy(batch["f_t"]), torch.from_numpy(batch["f_tk"]))
+    z2 = again.latent(torch.from_numpy(batch["f_t"]), torch.from_numpy(batch["f_tk"]))
     torch.testing.assert_close(z1, z2, rtol=0, atol=0)
 
 
@@ -62,10 +65,10 @@ def test_resume_continues_exactly_like_an_uninterrupted_run(store_uri, tmp_path)
     the first batches or restarts the schedule."""
     train_lam(store_uri, tmp_path / "straight", TINY, progress=False)
     stopped = train_lam(store_uri, tmp_path / "resumed", TINY, progress=False, stop_at=7)
-    assert stopped["interrupted"] and stopped["steps"] == 7
+    assert isinstance(stopped, StoppedRun) and stopped.steps == 7
     assert not (tmp_path / "resumed" / "card.json").exists()
     card = train_lam(store_uri, tmp_path / "resumed", resume=True, progress=False)
-    assert card["steps"] == 16
+    assert card.steps == 16
     a = load_file(str(tmp_path / "straight" / "model.safetensors"))
     b = load_file(str(tmp_path / "resumed" / "model.safetensors"))
     for name in a:
@@ -88,14 +91,14 @@ def test_the_run_reads_the_version_it_was_given(store_uri, tmp_path):
     v1 = write_store(uri, [SynthSource("bot", episodes=4)])
     write_store(uri, [SynthSource("bot", episodes=8)])
     card = train_lam(uri, tmp_path / "lam", TINY, version=v1, steps=2, progress=False)
-    assert card["store"]["version"] == v1
+    assert card.store.version == v1
 
 
 def test_two_workers_on_ray_train_run_ddp_and_the_loss_falls(ray_local, store_uri, tmp_path):
     cfg = TINY.model_copy(update={"optim": TINY.optim.model_copy(update={"steps": 40, "lr": 1e-2})})
     card = train_lam(store_uri, tmp_path / "lam", cfg, workers=2, progress=False)
-    assert card["workers"] == 2 and card["steps"] == 40
+    assert card.workers == 2 and card.steps == 40
     rows = [json.loads(line) for line in (tmp_path / "lam" / "metrics.jsonl").read_text().splitlines()]
     ratio = [r["forward"] / r["copy"] for r in rows if "forward" in r]  # 1.0 at the start: the FDM copies f_t
     assert np.mean(ratio[-3:]) < 0.9 * np.mean(ratio[:3]), ratio
-    assert card["metrics"]["forward_over_copy"] < 0.9
+    assert card.metrics["forward_over_copy"] < 0.9

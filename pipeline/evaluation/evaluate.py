@@ -2,7 +2,7 @@
 
     from functools import partial
     from model.policy import load_policy
-    view = training_view(card["store"]["uri"], card["store"]["version"])   # camera, size, training scenes
+    view = training_view(card.store.uri, card.store.version)   # camera, size, training scenes
     report = evaluate(partial(load_policy, "runs/policy"), tasks=["reach-v3"], episodes=20, seed=0,
                       out_dir=Path("runs/policy/eval"), camera=view.camera, image_size=view.image_size,
                       training_layouts=view.layouts)
@@ -53,6 +53,7 @@ from pipeline.evaluation.latency import Runner, latency_report, measure_latency
 from pipeline.evaluation.results import EpisodeResult, EvalReport, write_report
 from pipeline.progress import progress_bar
 from schemas import EncoderConfig
+from schemas.cards import PolicyCard
 
 if TYPE_CHECKING:
     from pipeline.samples.metaworld_env import Layout, TaskEnv
@@ -349,7 +350,7 @@ class _Plan:
     jobs: list[EpisodeJob]
     settings: RolloutSettings
     encoder_cfg: EncoderConfig
-    card: dict[str, Any]
+    card: PolicyCard
     horizon: int
     notes: list[str] = field(default_factory=list)
 
@@ -389,7 +390,7 @@ def _plan(runner: Runner, *, tasks: Sequence[str], episodes: int, seed: int, str
         notes.append("training layouts unknown: overlap with the training scenes was not checked")
     for note in notes:
         log.warning("%s", note)
-    encoder_cfg = encoder_config_from_identity(runner.card["encoder"], encoder_checkpoint, device="cpu")
+    encoder_cfg = encoder_config_from_identity(runner.card.encoder, encoder_checkpoint, device="cpu")
     jobs = [EpisodeJob(lay.task, i % episodes, lay, episode_seed(seed, lay.task, i % episodes),
                        record=record and i % episodes == 0) for i, lay in enumerate(eval_layouts)]
     settings = RolloutSettings(camera, image_size, resize, steps, max_steps)

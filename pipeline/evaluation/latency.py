@@ -22,6 +22,7 @@ import numpy as np
 from pipeline.decode import resize_like_decode
 from pipeline.encode import FrozenEncoder
 from schemas import EncoderConfig
+from schemas.cards import PolicyCard
 
 __all__ = ["Runner", "latency_report", "measure_latency"]
 
@@ -29,7 +30,7 @@ __all__ = ["Runner", "latency_report", "measure_latency"]
 class Runner(Protocol):
     """What the evaluation and the latency figures need of a policy (model.policy's `PolicyRunner`)."""
 
-    card: dict[str, Any]  # the policy card: card["encoder"] is the encoder identity of its features
+    card: PolicyCard  # the policy card: card.encoder is the encoder identity of its features
     horizon: int  # actions per chunk
     action_dim: int
     control_hz: float  # the rate the chunk's actions are meant to be executed at

@@ -69,8 +69,8 @@ def write_report(path: str | Path, catalog: CatalogSummary, stages: Sequence[dic
     parts = [f"<!doctype html><html><head><meta charset='utf-8'><title>{_e(title)}</title>"
              f"<style>{_CSS}</style></head><body><h1>{_e(title)}</h1>",
              f"<p>Store <code>{_e(catalog.store)}</code> at version <code>{_e(catalog.version)}</code>; encoder "
-             f"{_e(catalog.encoder.get('model'))} ({_e(catalog.encoder.get('tokens'))}, "
-             f"{_e(catalog.encoder.get('image_size'))} px). Written {datetime.now(UTC):%Y-%m-%d %H:%M} UTC.</p>",
+             f"{_e(catalog.encoder.describe() if catalog.encoder else '(none yet)')}. "
+             f"Written {datetime.now(UTC):%Y-%m-%d %H:%M} UTC.</p>",
              "<h2>Hours per source</h2>"]
     sources = [{"source": s.source, "kind": s.kind, "episodes": s.episodes, "frames": s.frames,
                 "hours": s.hours, "quarantined": s.quarantined} for s in catalog.sources]

@@ -22,6 +22,8 @@ from typing import Any
 
 import numpy as np
 
+from schemas.cards import PolicyCard
+
 log = logging.getLogger(__name__)
 
 RESULTS_FORMAT = 1  # bump when results.json changes incompatibly
@@ -105,10 +107,11 @@ class EvalReport:
         return text
 
 
-def lineage(card: dict[str, Any]) -> dict[str, Any]:
-    out = {k: card[k] for k in LINEAGE_KEYS if k in card}
-    if card.get("lawm"):
-        out["lawm"] = {k: card["lawm"][k] for k in ("dir", "weights_sha256", "store") if k in card["lawm"]}
+def lineage(card: PolicyCard) -> dict[str, Any]:
+    data = card.to_json()
+    out = {k: data[k] for k in LINEAGE_KEYS if k in data}
+    if card.lawm is not None:
+        out["lawm"] = card.lawm.model_dump(mode="json", include={"dir", "weights_sha256", "store"})
     return out
 
 
@@ -142,7 +145,7 @@ def write_video(path: Path, frames: np.ndarray, fps: int) -> Path:
     return path
 
 
-def write_report(out_dir: Path, results: list[EpisodeResult], *, settings: dict[str, Any], card: dict[str, Any],
+def write_report(out_dir: Path, results: list[EpisodeResult], *, settings: dict[str, Any], card: PolicyCard,
                  policy: str | None, latency: dict[str, Any] | None, video_fps: int, seconds: float,
                  rollout_seconds: float) -> EvalReport:
     """Write the videos, the plot and (last, atomically) results.json into `out_dir`."""

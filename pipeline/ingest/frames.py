@@ -22,16 +22,17 @@ from pipeline.decode.arrays import resize_frames
 from pipeline.errors import classify
 from pipeline.sources import load_actions, read_image_frames, read_image_timestamps
 from pipeline.sources.base import EpisodeError
+from schemas.identity import SamplingParams
 from schemas.records import EpisodeRef
 
 
-def decode_episode_blocks(ref: EpisodeRef, *, fps: float, size: int, resize: str = "center_crop",
-                          max_seconds: float | None = None, block_frames: int = 32,
+def decode_episode_blocks(ref: EpisodeRef, params: SamplingParams, *, block_frames: int = 32,
                           decoder: str = "auto") -> Iterator[dict]:
     """Yield {"frames": (n, size, size, 3) uint8, "timestamps": (n,) float64} blocks.
     A refused episode (bad input found at enumeration) is never opened: EpisodeError."""
     if ref.refused is not None:
         raise EpisodeError(ref.refused)
+    fps, size, resize, max_seconds = params.fps, params.size, params.resize, params.max_seconds
     if ref.image_key is None:
         for block in decode_frames(ref.uri, fps=fps, size=size, start_s=ref.start_s, end_s=ref.end_s,
                                    resize=resize, max_seconds=max_seconds, block_frames=block_frames,
@@ -72,7 +73,7 @@ class PackedBlock:
     failed: list[tuple[int, str]] = field(default_factory=list)
 
 
-def decode_packed(items: list[tuple[EpisodeRef, dict]], *, block_frames: int = 32, decoder: str = "auto",
+def decode_packed(items: list[tuple[EpisodeRef, SamplingParams]], *, block_frames: int = 32, decoder: str = "auto",
                   actions: Callable[[EpisodeRef], object] | None = None) -> Iterator[PackedBlock]:
     """Decode `items` (episode ref, its sampling params: fps, size, resize, max_seconds) in
     order and yield blocks of at most `block_frames` frames packing several episodes (see
@@ -101,9 +102,7 @@ def decode_packed(items: list[tuple[EpisodeRef, dict]], *, block_frames: int = 3
 
     for i, (ref, p) in enumerate(items):
         try:
-            for block in decode_episode_blocks(ref, fps=p["fps"], size=p["size"], resize=p["resize"],
-                                               max_seconds=p["max_seconds"], block_frames=block_frames,
-                                               decoder=decoder):
+            for block in decode_episode_blocks(ref, p, block_frames=block_frames, decoder=decoder):
                 f, t = block["frames"], block["timestamps"]
                 while len(f):
                     if n == block_frames:  # full: sent once more frames come, or with the episode's outcome

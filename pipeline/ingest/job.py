@@ -22,12 +22,15 @@ import logging
 import time
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
+from typing import Literal
 
+from pipeline.ingest.assembler import EpisodeAssembler
 from pipeline.progress import progress_bar
 from pipeline.sources import hashing, iter_episodes
-from pipeline.store import StoreMismatchError, StoreWriter
+from pipeline.store import StoreWriter
 from pipeline.store.index import committed_attrs, committed_files
 from schemas import ConfigError, CorpusConfig, EncoderConfig, SamplingConfig, SourceSpec, StoreConfig
+from schemas.identity import EncoderIdentity, SamplingParams
 from schemas.records import EpisodeRef
 
 __all__ = ["IngestReport", "ensure_ray", "ingest_corpus", "ingest_episodes", "remember_hashes"]
@@ -43,35 +46,24 @@ def ensure_ray(verbose: bool | None = None) -> None:
     _ensure_ray(verbose)
 
 
-def _stored_encoder(store: StoreConfig) -> dict | None:
+def _stored_encoder(store: StoreConfig) -> EncoderIdentity | None:
     """The encoder identity the store's branch was built with; None for a new store."""
-    return committed_attrs(store.uri, store.branch).get("encoder") or None
+    stored = committed_attrs(store.uri, store.branch).get("encoder")
+    return EncoderIdentity.from_dict(stored, where=f"store {store.uri!r}") if stored else None
 
 
-def _encoder_identity(encoder: EncoderConfig, stored: dict | None) -> tuple[dict, bool]:
+def _encoder_identity(encoder: EncoderConfig, stored: EncoderIdentity | None) -> tuple[EncoderIdentity, bool]:
     """(identity to open the store with, whether it is the full one). When the store already
-    names this encoder by model, weights, image size, tokens and layer, its identity is used
-    as is and timm (torch) is not imported; `_full_identity_check` verifies it before any
-    frame is encoded."""
-    if stored and (encoder.checkpoint is None or encoder.checkpoint.is_file()):
-        weights = (hashing.file_digest(str(encoder.checkpoint)) if encoder.checkpoint is not None
-                   else f"random-init:seed={encoder.seed}")
-        cheap = {"model": encoder.model, "weights": weights, "image_size": encoder.image_size,
-                 "tokens": encoder.tokens, "layer": encoder.layer}
-        if all(stored.get(k) == v for k, v in cheap.items()):
-            return stored, False
+    names this encoder's settings, its identity is used as is and timm (torch) is not
+    imported; `encoder_identity` is then checked against it before any frame is encoded."""
+    from pipeline.encode.identity import config_weights
+
+    if stored and stored.same_settings(model=encoder.model, weights=config_weights(encoder),
+                                       image_size=encoder.image_size, tokens=encoder.tokens, layer=encoder.layer):
+        return stored, False
     from pipeline.encode import encoder_identity
 
     return encoder_identity(encoder), True
-
-
-def _full_identity_check(encoder: EncoderConfig, identity: dict, uri: str) -> None:
-    from pipeline.encode import encoder_identity
-
-    full = encoder_identity(encoder)
-    if full != identity:
-        raise StoreMismatchError(f"store {uri!r} holds features of encoder {identity!r}; this run uses "
-                                 f"{full!r}. Features of two encoders never mix: choose another --store.")
 
 
 def remember_hashes(store: StoreConfig) -> int:
@@ -128,20 +120,27 @@ def ingest_episodes(
     progress: bool = True,
     retry_quarantined: bool = False,
     source_roots: Iterable[str] = (),
+    executor: Literal["ray", "local"] = "ray",
 ) -> IngestReport:
     """Ingest `refs` into `store` and return what was done. Quarantined episodes do not
     raise; bad config, a store of another encoder, or an infrastructure fault do. An episode
     quarantined before is retried only when its input changed, or with `retry_quarantined`.
     The digests of the files the refs were hashed from are committed with the episodes;
     remembered digests of files under `source_roots` (folders whose every episode is in
-    `refs`) that this process did not see are dropped."""
+    `refs`) that this process did not see are dropped.
+
+    `executor="ray"` decodes and encodes on Ray (local, or the cluster of `RAY_ADDRESS`);
+    `"local"` in this process, without starting Ray (a notebook, a handful of episodes): the
+    same step, the same features."""
+    if executor not in ("ray", "local"):
+        raise ConfigError(f"executor {executor!r}: use 'ray' or 'local'")
     t0 = time.monotonic()
     refs = list(refs)
     fps_for = fps_for or (lambda ref: sampling.fps)
 
-    def params(ref: EpisodeRef) -> dict:
-        return {"fps": fps_for(ref), "size": encoder.image_size, "resize": sampling.resize,
-                "max_seconds": sampling.max_seconds}
+    def params(ref: EpisodeRef) -> SamplingParams:
+        return SamplingParams(fps=fps_for(ref), size=encoder.image_size, resize=sampling.resize,
+                              max_seconds=sampling.max_seconds)
 
     identity, full = _encoder_identity(encoder, _stored_encoder(store))
     with StoreWriter.open(store.uri, encoder=identity, chunk_frames=store.chunk_frames,
@@ -153,7 +152,10 @@ def ingest_episodes(
         remembered = writer.remember_files(seen)
         forgotten = writer.forget_files(source_roots, (rec.uri for rec in seen))
         if not full and any(ref.refused is None for ref in plan.todo):
-            _full_identity_check(encoder, identity, store.uri)
+            from pipeline.encode import encoder_identity
+
+            identity.require_same(encoder_identity(encoder), ours=f"store {store.uri!r}", theirs="this run",
+                                  fix="choose another --store")
         # Refused at enumeration (a path outside the source, a missing file, a demo without
         # actions): quarantined as they are, their media never opened.
         todo = [ref for ref in plan.todo if ref.refused is None]
@@ -169,22 +171,28 @@ def ingest_episodes(
                                                  f"{len(report.quarantined)} quarantined, "
                                                  f"{remembered} file hashes remembered")
         else:
-            from pipeline.ingest.ray_executor import IngestRun, encoder_pool
-
-            ensure_ray()
-            # models load on the workers while decoding starts
-            actors = encoder_pool(encoder, num_encoders)
             with progress_bar("ingest", total=len(todo), enabled=progress, unit="episodes") as bar:
-                run = IngestRun(writer, actors, params, block_frames=encoder.batch_size, decoder=sampling.decoder,
-                                bar=bar, commit_every_s=commit_every_s)
-                run.stats.quarantined.extend(report.quarantined)
-                stats = run.run(todo)  # commits at the end
+                step = EpisodeAssembler(writer, params, bar, commit_every_s)
+                step.stats.quarantined.extend(report.quarantined)
+                stats = _executor(executor, encoder, sampling, num_encoders).run(step, todo)  # commits at the end
             report.version_after = stats.last_version
             report.added, report.frames, report.quarantined = stats.added, stats.frames, stats.quarantined
             report.hours = stats.seconds_of_video / 3600
             report.steady_frames_per_s = stats.steady_frames_per_s
     report.seconds = time.monotonic() - t0
     return report
+
+
+def _executor(kind: str, encoder: EncoderConfig, sampling: SamplingConfig, num_encoders: int | None):
+    if kind == "local":
+        from pipeline.ingest.local_executor import LocalExecutor
+
+        return LocalExecutor(encoder, block_frames=encoder.batch_size, decoder=sampling.decoder)
+    from pipeline.ingest.ray_executor import RayExecutor, encoder_pool
+
+    ensure_ray()
+    actors = encoder_pool(encoder, num_encoders)  # models load on the workers while decoding starts
+    return RayExecutor(actors, block_frames=encoder.batch_size, decoder=sampling.decoder)
 
 
 def source_fps(sampling: SamplingConfig, specs: Iterable[SourceSpec]) -> Callable[[EpisodeRef], float]:

@@ -5,9 +5,11 @@
 """
 
 from pipeline.store.backend import StoreBusyError, StoreError
-from pipeline.store.labels import LabelSet, LabelSetInfo, LabelWriter, label_set_id, list_label_sets
-from pipeline.store.reader import Episode, FeatureStore, PairBatch, StoreCorruptError, VersionInfo
-from pipeline.store.writer import Plan, StoreMismatchError, StoreWriter, ingest_hash
+from pipeline.store.labels import LabelSet, LabelSetInfo, LabelWriter, list_label_sets
+from pipeline.store.reader import Episode, FeatureStore, StoreCorruptError, VersionInfo
+from pipeline.store.writer import Plan, StoreWriter, ingest_hash
+from schemas.errors import StoreMismatchError
+from schemas.identity import label_set_id
 
 __all__ = [
     "Episode",
@@ -15,7 +17,6 @@ __all__ = [
     "LabelSet",
     "LabelSetInfo",
     "LabelWriter",
-    "PairBatch",
     "Plan",
     "StoreBusyError",
     "StoreCorruptError",

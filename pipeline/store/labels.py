@@ -48,11 +48,6 @@ _FLUSH_BYTES = 64 << 20  # buffered label rows are written in blocks of about th
 _CACHE_BYTES = 128 << 20  # labels a reader keeps in memory (a trainer reads each episode many times)
 
 
-def label_set_id(weights_hash: str) -> str:
-    """The id of the label set a LaWM checkpoint writes: `lam-` + 12 hex digits of its weights."""
-    return f"lam-{weights_hash[:12]}"
-
-
 @dataclass(frozen=True)
 class LabelSetInfo:
     id: str

@@ -288,10 +288,24 @@ class PairReader:
             out["state_t"][sel], out["state_tk"][sel] = track.state[i0], track.state[i1]
             out["state_mask"][sel] = True
 
-    def episode_pairs(self, e: int) -> dict[str, np.ndarray]:
-        """Every pair of one selected episode, in order of t (labelling, evaluation)."""
-        t = np.arange(int(self.n_pairs[e]), dtype=np.int64)
-        return self.read(np.full(len(t), e, np.int64), t)
+    def index(self, key: str) -> int:
+        """The selected-episode index of the episode `key` (KeyError when not selected)."""
+        if not hasattr(self, "_index_of"):
+            self._index_of = {k: e for e, k in enumerate(self.keys.tolist())}
+        try:
+            return self._index_of[key]
+        except KeyError:
+            raise KeyError(f"episode {key!r} is not in this selection of version {self.store.version}") from None
+
+    def episode_features(self, e: int) -> tuple[np.ndarray, np.ndarray]:
+        """(f_t, f_tk), each (n, T, D) float16: every pair of one selected episode in order of t,
+        features only (labelling: the same pairs `read` serves a trainer, without the rest)."""
+        feats = self.store.features(int(self.rows[e]))
+        n, k = int(self.n_pairs[e]), int(self.k[e])
+        if self.query.all_frames:
+            t = np.arange(n)
+            return feats[t], feats[np.minimum(t + k, len(feats) - 1)]
+        return feats[:n], feats[k : k + n]
 
     def feature_stats(self, max_frames: int = 50_000, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
         """Per-dimension mean and std (D,) of the selection's features, over frames and tokens,

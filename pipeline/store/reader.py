@@ -3,11 +3,14 @@
     store = FeatureStore.open("data/store")            # newest commit on main
     store.version                                      # record it with your training run
     store = FeatureStore.open("data/store", version=v)  # exactly that commit, later
-    batch = store.sample_pairs(256, k=5, rng=0)         # (f_t, f_{t+k}) + actions between
+    ep = store.episode("source/episode_id")             # features, timestamps, actions
 
-Only committed data is visible; a reader never sees a half-written episode. Random pair
-reads go through an LRU cache of decompressed chunks, so a trainer sampling pairs at
-random touches storage once per chunk, not once per frame.
+Training pairs are read through `pipeline.store.pairs.PairReader` (k in seconds), the one
+pair path of every trainer and of labelling.
+
+Only committed data is visible; a reader never sees a half-written episode. Feature reads
+go through an LRU cache of decompressed chunks, so a trainer reading episodes at random
+touches storage once per chunk, not once per frame.
 """
 
 from __future__ import annotations
@@ -27,6 +30,7 @@ from pipeline.store.format import has_no_state
 from pipeline.store.index import read_index
 from schemas import EpisodeStatus
 from schemas.errors import ResourceError
+from schemas.identity import EncoderIdentity
 from schemas.records import ActionTrack
 
 log = logging.getLogger(__name__)
@@ -74,18 +78,6 @@ class Episode:
     split: str | None = None  # the source's own split, if it names one
 
 
-@dataclass
-class PairBatch:
-    """`n` pairs (f_t, f_{t+k}) from episodes with at least k+1 frames."""
-
-    f_t: np.ndarray  # (n, T, D) float16
-    f_tk: np.ndarray  # (n, T, D) float16
-    episode: np.ndarray  # (n,) str episode key: the same in every version
-    t: np.ndarray  # (n,) int64 frame index of f_t within its episode
-    dt: np.ndarray  # (n,) float64 seconds between the two frames
-    actions: list[np.ndarray | None]  # per pair: control-rate actions in [ts_t, ts_{t+k}), None for human
-
-
 class FeatureStore:
     """One pinned version of a store. Picklable: a copy sent to a DataLoader worker, a Ray
     task or a subprocess reopens `(uri, version)` there, with an empty cache of its own."""
@@ -115,7 +107,6 @@ class FeatureStore:
         self._arrays: dict[str, zarr.Array] = {}
         self._ts: dict[int, np.ndarray] = {}
         self._tracks: dict[int, ActionTrack | None] = {}
-        self._slack: dict[int, float] = {}
         self._shard_of = self._ok["shard"].to_pylist()
         self._start_of = self._ok["frame_start"].to_numpy()
         self._frames_of = self._ok["frames"].to_numpy()
@@ -150,8 +141,10 @@ class FeatureStore:
 
     # -- metadata ----------------------------------------------------------------------
     @property
-    def encoder(self) -> dict:
-        return self.attrs.get("encoder", {})
+    def encoder(self) -> EncoderIdentity | None:
+        """The identity of the encoder that made every feature of the store; None while empty."""
+        stored = self.attrs.get("encoder")
+        return EncoderIdentity.from_dict(stored, where=f"store {self.uri!r}") if stored else None
 
     @property
     def token_shape(self) -> tuple[int, ...]:
@@ -256,7 +249,6 @@ class FeatureStore:
                     track = ActionTrack(group["action_timestamps"][s : s + m], group["actions"][s : s + m], state)
                 except CHUNK_ERRORS as e:
                     raise self._corrupt(i, "actions", e) from e
-                self._slack[i] = 0.25 / track.rate if track.rate else 0.0  # a quarter control step
             self._tracks[i] = track
         return self._tracks[i]
 
@@ -285,47 +277,6 @@ class FeatureStore:
         block = parts[0] if len(parts) == 1 else np.concatenate(parts)
         off = start - first * size
         return block[off : off + n]
-
-    def read_pairs(self, episode: np.ndarray, t: np.ndarray, k: int, with_actions: bool = True) -> PairBatch:
-        """Pairs (f_t, f_{t+k}) at given episodes (keys, or rows of this version) and frame indices."""
-        episode = np.asarray([self._resolve(e) for e in np.asarray(episode).tolist()], np.int64)
-        t = np.asarray(t, np.int64)
-        if np.any(t < 0) or np.any(t + k >= self._frames_of[episode]):
-            raise IndexError(f"pair (t, t+{k}) outside its episode")
-        n = len(episode)
-        shape = self.token_shape or self.features(int(episode[0])).shape[1:] if n else ()
-        f_t = np.empty((n, *shape), np.float16)
-        f_tk = np.empty((n, *shape), np.float16)
-        dts = np.empty(n)
-        acts: list[np.ndarray | None] = [None] * n
-        for e in np.unique(episode).tolist():  # one read per episode, then vectorised gathers
-            sel = np.flatnonzero(episode == e)
-            feats, ts = self.features(e), self._timestamps(e)
-            ti = t[sel]
-            f_t[sel], f_tk[sel] = feats[ti], feats[ti + k]
-            dts[sel] = ts[ti + k] - ts[ti]
-            track = self._actions(e) if with_actions else None
-            if track is not None:
-                # [ts_t, ts_t+k) with a quarter control step of slack: frame pts and (often
-                # float32) action timestamps disagree in the last bits.
-                lo = np.searchsorted(track.timestamps, ts[ti] - self._slack[e], side="left")
-                hi = np.searchsorted(track.timestamps, ts[ti + k] - self._slack[e], side="left")
-                for j, a, b in zip(sel.tolist(), lo.tolist(), hi.tolist(), strict=True):
-                    acts[j] = track.actions[a:b]
-        return PairBatch(f_t, f_tk, self.keys[episode], t, dts, acts)
-
-    def sample_pairs(self, n: int, k: int, rng: int | np.random.Generator | None = None,
-                     with_actions: bool = True) -> PairBatch:
-        """`n` pairs drawn uniformly over all valid (episode, t) positions."""
-        rng = np.random.default_rng(rng)
-        valid = np.clip(self._frames_of - k, 0, None)
-        if valid.sum() == 0:
-            raise ValueError(f"no episode in version {self.version} has more than k={k} frames")
-        cum = np.cumsum(valid)
-        pos = rng.integers(0, cum[-1], size=n)
-        episode = np.searchsorted(cum, pos, side="right")
-        t = pos - (cum[episode] - valid[episode])
-        return self.read_pairs(episode, t, k, with_actions)
 
 
 def _reopen(uri: str, version: str, cache_bytes: int) -> FeatureStore:

@@ -31,8 +31,6 @@ gets are fixed when it finishes, so its catalog row is final at once.
 
 from __future__ import annotations
 
-import hashlib
-import json
 import logging
 import time
 import uuid
@@ -59,7 +57,8 @@ from pipeline.store.format import (
 from pipeline.store.index import FILES_GROUP, read_files, read_index, write_index
 from pipeline.store.reader import store_commit_at
 from schemas import INDEX_SCHEMA, STORE_LAYOUT_VERSION, EpisodeStatus
-from schemas.errors import BadInputError, ConfigError
+from schemas.errors import BadInputError, StoreMismatchError
+from schemas.identity import EncoderIdentity, SamplingParams
 from schemas.records import ActionTrack, IndexRow
 from schemas.tables import FILES_SCHEMA
 
@@ -69,15 +68,9 @@ if TYPE_CHECKING:  # the store imports no source adapter: trainers never load h5
 log = logging.getLogger(__name__)
 
 
-class StoreMismatchError(ConfigError):
-    """The store was built by another encoder: features of two encoders never mix (choose
-    another store: a config error, exit 2)."""
-
-
-def ingest_hash(ref: EpisodeRef, params: dict) -> str:
+def ingest_hash(ref: EpisodeRef, params: SamplingParams) -> str:
     """What decides whether an episode must be (re)done: its bytes and how it is sampled."""
-    payload = json.dumps({"content": ref.content_hash, **params}, sort_keys=True)
-    return hashlib.sha256(payload.encode()).hexdigest()[:32]
+    return params.ingest_hash(ref.content_hash)
 
 
 @dataclass
@@ -179,7 +172,7 @@ class StoreWriter:
         self._begin()
 
     @classmethod
-    def open(cls, uri: str, *, encoder: dict, chunk_frames: int = 64, branch: str = "main",
+    def open(cls, uri: str, *, encoder: EncoderIdentity, chunk_frames: int = 64, branch: str = "main",
              spill_frames: int = 4096) -> StoreWriter:
         """Open (creating if needed) the store at `uri` for appending with this encoder
         identity. The token shape is taken from the store, or from the first features."""
@@ -193,18 +186,16 @@ class StoreWriter:
             raise
         return self
 
-    def _check_identity(self, encoder: dict) -> None:
+    def _check_identity(self, encoder: EncoderIdentity) -> None:
         uri = self.uri
         attrs = dict(self.root.attrs)
         if "encoder" not in attrs:
-            self.root.attrs.update({"lawam_layout": STORE_LAYOUT_VERSION, "encoder": encoder})
+            self.root.attrs.update({"lawam_layout": STORE_LAYOUT_VERSION, "encoder": encoder.to_dict()})
             attrs = dict(self.root.attrs)
-        elif attrs["encoder"] != encoder:
-            raise StoreMismatchError(
-                f"store {uri!r} holds features of encoder {attrs['encoder']!r}; this run uses "
-                f"{encoder!r}. Features of two encoders never mix: choose another --store."
-            )
-        elif attrs.get("lawam_layout") != STORE_LAYOUT_VERSION:
+        else:
+            stored = EncoderIdentity.from_dict(attrs["encoder"], where=f"store {uri!r}")
+            stored.require_same(encoder, ours=f"store {uri!r}", theirs="this run", fix="choose another --store")
+        if attrs.get("lawam_layout") != STORE_LAYOUT_VERSION:
             raise StoreMismatchError(f"store {uri!r} has layout {attrs.get('lawam_layout')}, "
                                      f"this lawam writes {STORE_LAYOUT_VERSION}")
         if attrs.get("token_shape"):
@@ -215,11 +206,11 @@ class StoreWriter:
         if any(attrs.get(k) != v for k, v in about.items()):
             self.root.attrs.update(about)
 
-    def _note_sampling(self, ref: EpisodeRef, params: dict) -> None:
+    def _note_sampling(self, ref: EpisodeRef, params: SamplingParams) -> None:
         """Record in the root attrs `sources` how `ref`'s source is sampled (fps, resize mode,
         image size, ...): the newest run's settings per source."""
         sources = dict(self.root.attrs.get("sources", {}))
-        entry = {**sources.get(ref.source, {}), "kind": ref.kind, "sampling": params}
+        entry = {**sources.get(ref.source, {}), "kind": ref.kind, "sampling": params.to_dict()}
         if sources.get(ref.source) != entry:  # written once per source and run, not per episode
             sources[ref.source] = entry
             self.root.attrs["sources"] = sources
@@ -260,7 +251,7 @@ class StoreWriter:
         self._lock.__exit__(None, None, None)
 
     # -- planning ----------------------------------------------------------------------
-    def plan(self, refs: list[EpisodeRef], params_for: Callable[[EpisodeRef], dict], *,
+    def plan(self, refs: list[EpisodeRef], params_for: Callable[[EpisodeRef], SamplingParams], *,
              retry_quarantined: bool = False) -> Plan:
         """Sort refs into work to do and work already committed. An unchanged episode whose
         instruction text changed (an edited manifest) is not re-encoded: its catalog row is
@@ -286,7 +277,7 @@ class StoreWriter:
         return plan
 
     # -- writing -----------------------------------------------------------------------
-    def start_episode(self, ref: EpisodeRef, params: dict) -> None:
+    def start_episode(self, ref: EpisodeRef, params: SamplingParams) -> None:
         self._pending[ref.key] = _Pending(ref, ingest_hash(ref, params))
         self._note_sampling(ref, params)
 
@@ -381,7 +372,7 @@ class StoreWriter:
             parts.clear()
         buf.frames, buf.nbytes, buf.flushed_at = 0, 0, time.monotonic()
 
-    def quarantine(self, ref: EpisodeRef, reason: str, params: dict) -> None:
+    def quarantine(self, ref: EpisodeRef, reason: str, params: SamplingParams) -> None:
         """Record a failed episode. A previously committed good version of it stays. The row
         counts the failed attempts (`failures`) since it was first quarantined (`failed_since`)."""
         self._pending.pop(ref.key, None)

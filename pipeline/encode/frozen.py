@@ -1,9 +1,9 @@
 """The frozen vision encoder: frames in, float16 feature tokens out.
 
 A timm model built from a name and, for real runs, a local checkpoint (there is no network
-at run time). Its *identity* — model name, weights hash, preprocessing, token mode and
-layer — is what versions a feature store: `FrozenEncoder.identity` is written into the
-store and an ingest into a store made by another encoder is refused.
+at run time). Its identity (`pipeline.encode.identity`) is what versions a feature store:
+`FrozenEncoder.identity` is written into the store and an ingest into a store made by
+another encoder is refused.
 """
 
 from __future__ import annotations
@@ -18,16 +18,10 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from pipeline.sources.hashing import file_digest
+from pipeline.encode.identity import EncoderError, encoder_identity
 from schemas import EncoderConfig
-from schemas.errors import ConfigError
 
 log = logging.getLogger(__name__)
-
-
-class EncoderError(ConfigError):
-    """The encoder cannot be built as configured (unknown model, unreadable checkpoint): a
-    config error (exit 2), never retried."""
 
 
 def _load_state_dict(path: Path) -> dict[str, torch.Tensor]:
@@ -47,71 +41,6 @@ def _load_state_dict(path: Path) -> dict[str, torch.Tensor]:
     if not isinstance(sd, dict):
         raise EncoderError(f"{str(path)!r} holds no state dict")
     return sd
-
-
-def encoder_identity(cfg: EncoderConfig) -> dict:
-    """Everything that changes the numbers stored (batch size and device do not), computed
-    without building the model: a no-op ingest checks it against the store in milliseconds."""
-    import timm
-
-    if not timm.is_model(cfg.model):
-        raise EncoderError(f"unknown timm model {cfg.model!r} (see timm.list_models())")
-    pretrained = timm.models.get_pretrained_cfg(cfg.model)
-    mean = getattr(pretrained, "mean", None) or (0.485, 0.456, 0.406)
-    std = getattr(pretrained, "std", None) or (0.229, 0.224, 0.225)
-    if cfg.checkpoint is not None:
-        if not Path(cfg.checkpoint).is_file():
-            raise EncoderError(f"encoder checkpoint {str(cfg.checkpoint)!r} does not exist")
-        weights = file_digest(str(cfg.checkpoint))  # "sha256:...", cached per file version
-    else:
-        weights = f"random-init:seed={cfg.seed}"
-    return {
-        "model": cfg.model,
-        "weights": weights,
-        "image_size": cfg.image_size,
-        "mean": [float(x) for x in mean],
-        "std": [float(x) for x in std],
-        "tokens": cfg.tokens,
-        "layer": cfg.layer,
-    }
-
-
-def encoder_config_from_identity(identity: dict, checkpoint: Path | None = None, *,
-                                 device: str = "auto") -> EncoderConfig:
-    """The `EncoderConfig` that rebuilds the encoder an identity (from a store or a model card)
-    names, so evaluation encodes live frames exactly as the training features were encoded.
-
-    A random-init identity carries its seed; a `sha256:` identity needs `checkpoint`, a file
-    whose digest matches. The rebuilt config's identity must equal `identity` field for field
-    (a timm upgrade that changed the model's mean/std is refused, not silently used).
-    """
-    weights = str(identity.get("weights", ""))
-    seed, ckpt = 0, None
-    if m := re.fullmatch(r"random-init:seed=(-?\d+)", weights):
-        seed = int(m.group(1))
-    elif weights.startswith("sha256:"):
-        if checkpoint is None:
-            raise EncoderError(f"encoder {identity.get('model')!r} was built from a checkpoint ({weights[:19]}...): "
-                               "pass the checkpoint file (--encoder-checkpoint)")
-        if not Path(checkpoint).is_file():
-            raise EncoderError(f"encoder checkpoint {str(checkpoint)!r} does not exist")
-        if (got := file_digest(str(checkpoint))) != weights:
-            raise EncoderError(f"encoder checkpoint {str(checkpoint)!r} has digest {got[:19]}..., the features were "
-                               f"made with {weights[:19]}...: pass the checkpoint they were made with")
-        ckpt = Path(checkpoint)
-    else:
-        raise EncoderError(f"encoder identity has weights {weights!r}; expected 'random-init:seed=N' or 'sha256:...'")
-    try:
-        cfg = EncoderConfig(model=identity["model"], checkpoint=ckpt, image_size=identity["image_size"],
-                            tokens=identity["tokens"], layer=identity["layer"], seed=seed, device=device)
-    except (KeyError, ValueError) as e:
-        raise EncoderError(f"encoder identity {identity!r} is incomplete or invalid: "
-                           f"{str(e).splitlines()[0]}") from None
-    if (rebuilt := encoder_identity(cfg)) != identity:
-        diff = sorted(k for k in set(rebuilt) | set(identity) if rebuilt.get(k) != identity.get(k))
-        raise EncoderError(f"encoder {cfg.model!r} rebuilt here differs from the recorded identity in {diff}: "
-                           "install the timm version the features were made with")
-    return cfg
 
 
 @dataclass(frozen=True)
@@ -158,7 +87,7 @@ class FrozenEncoder:
             if unexpected:
                 log.warning("checkpoint has %d keys the model does not use, e.g. %s", len(unexpected), unexpected[:3])
         self.model = model.eval().requires_grad_(False)
-        self.mean, self.std = tuple(self.identity["mean"]), tuple(self.identity["std"])
+        self.mean, self.std = self.identity.mean, self.identity.std
         want_cuda = cfg.device == "cuda" or (cfg.device == "auto" and torch.cuda.is_available())
         if cfg.device == "cuda" and not torch.cuda.is_available():
             raise EncoderError("encoder.device is 'cuda' but no CUDA device is visible")

@@ -1,0 +1,27 @@
+"""The `lawam` command line. Each command is a thin shell over a library function.
+
+Bad input or a bad config exits with status 2 and one line on stderr; an ingest that
+quarantined episodes completes, lists them, and exits with status 3; an infrastructure
+fault (the object store, Ray, another writer holding the store) exits with status 1 and one
+line saying to retry; a resource fault (a full disk, a read-only or forbidden store) exits
+with status 4 and one line naming the cause (the store keeps its last committed version; a
+retry would fail the same way). Tracebacks only with `-v`, or for a bug.
+`-h` is `--help` everywhere; `lawam --version` prints the version. Long commands show a
+live bar on a terminal and a plain progress line every few seconds when stderr is not one
+(`$LAWAM_PROGRESS_EVERY` seconds, default 5); `--no-progress` silences both. Ray's
+start-up lines and Prefect's run logs are shown only with `-v`.
+"""
+
+from __future__ import annotations
+
+from flows.cli.app import app
+
+# The commands register on `app` as their modules load, in the order `lawam --help` lists them.
+# isort: off
+from flows.cli import store  # noqa: F401
+from flows.cli import train  # noqa: F401
+from flows.cli import evaluate  # noqa: F401
+from flows.cli import demo  # noqa: F401
+# isort: on
+
+__all__ = ["app"]

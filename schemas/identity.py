@@ -1,0 +1,132 @@
+"""Identities that version what the store holds: which encoder made the features, and how an
+episode's frames were sampled. One record each, built in one place, compared in one place.
+
+- `EncoderIdentity`: everything that changes the numbers an encoder stores (model, weights
+  hash, preprocessing, token mode, layer). It is written into the store's attributes and into
+  every checkpoint card; features of two identities never mix (`require_same`).
+- `SamplingParams`: how one episode's frames are picked and resized. With the episode's
+  content hash it makes the *ingest hash* (`ingest_hash`): an episode is redone exactly when
+  its bytes or its sampling change.
+
+Both are stored as plain JSON dicts (`to_dict`, in store attributes and cards) and read back
+with `from_dict`, so a store or card written before a field existed still opens: the missing
+field takes the value that the older code implied.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import re
+from collections.abc import Mapping
+from dataclasses import asdict, dataclass, fields
+from typing import Any
+
+from schemas.errors import ConfigError, StoreMismatchError
+
+_RANDOM_INIT = re.compile(r"random-init:seed=(-?\d+)")
+
+
+def random_init_weights(seed: int) -> str:
+    """The `weights` of a randomly initialised encoder: its seed is its identity."""
+    return f"random-init:seed={seed}"
+
+
+@dataclass(frozen=True)
+class EncoderIdentity:
+    """Everything that changes the numbers stored (batch size and device do not)."""
+
+    model: str  # timm model name
+    weights: str  # "sha256:<hex>" of a local checkpoint, or "random-init:seed=N"
+    image_size: int  # square input side, pixels
+    mean: tuple[float, ...]  # per-channel normalisation the model was trained with
+    std: tuple[float, ...]
+    tokens: str  # cls | mean | patches | grid:HxW
+    layer: int  # block whose output is stored; -1 = last
+
+    @classmethod
+    def from_dict(cls, d: Mapping[str, Any], *, where: str = "encoder identity") -> EncoderIdentity:
+        """From a store attribute or a card; ConfigError naming `where` when it is not one."""
+        if isinstance(d, EncoderIdentity):
+            return d
+        if not isinstance(d, Mapping):
+            raise ConfigError(f"{where}: expected a mapping of encoder fields, got {type(d).__name__}")
+        try:
+            return cls(model=str(d["model"]), weights=str(d["weights"]), image_size=int(d["image_size"]),
+                       mean=tuple(float(x) for x in d["mean"]), std=tuple(float(x) for x in d["std"]),
+                       tokens=str(d["tokens"]), layer=int(d["layer"]))
+        except (KeyError, TypeError, ValueError) as e:
+            missing = sorted({f.name for f in fields(cls)} - set(d))
+            what = f"missing {missing}" if missing else f"{type(e).__name__}: {e}"
+            raise ConfigError(f"{where}: not an encoder identity ({what})") from None
+
+    def to_dict(self) -> dict[str, Any]:
+        """The JSON form written into store attributes and cards."""
+        d = asdict(self)
+        d["mean"], d["std"] = list(self.mean), list(self.std)
+        return d
+
+    @property
+    def seed(self) -> int | None:
+        """The init seed of a randomly initialised encoder; None for one loaded from a checkpoint."""
+        m = _RANDOM_INIT.fullmatch(self.weights)
+        return int(m.group(1)) if m else None
+
+    def differences(self, other: EncoderIdentity) -> list[str]:
+        """Names of the fields in which the two identities differ."""
+        return [f.name for f in fields(self) if getattr(self, f.name) != getattr(other, f.name)]
+
+    def same_settings(self, *, model: str, weights: str, image_size: int, tokens: str, layer: int) -> bool:
+        """Whether an encoder configured with these settings computes these features, judged
+        without building it (mean/std come from timm's model registry and are checked once the
+        model is built): a no-op ingest needs neither torch nor timm."""
+        return (self.model, self.weights, self.image_size, self.tokens, self.layer) == (
+            model, weights, image_size, tokens, layer)
+
+    def describe(self) -> str:
+        """One line for people: `vit_small_patch14_dinov2 @112 px, grid:4x4, layer -1, random-init:seed=0`."""
+        weights = self.weights if len(self.weights) <= 24 else self.weights[:19] + "..."
+        return f"{self.model} @{self.image_size} px, {self.tokens}, layer {self.layer}, {weights}"
+
+    def require_same(self, other: EncoderIdentity, *, ours: str, theirs: str, fix: str) -> None:
+        """Raise `StoreMismatchError` (a config error, exit 2) unless `other` is this identity:
+        features of two encoders never mix. `ours`/`theirs` name what holds each identity
+        ("store 'x'", "the LaWM in runs/lam"); `fix` says what to do."""
+        diff = self.differences(other)
+        if diff:
+            raise StoreMismatchError(
+                f"{ours} holds features of encoder {self.describe()}; {theirs} uses {other.describe()} "
+                f"(differs in {', '.join(diff)}). Features of two encoders never mix: {fix}")
+
+
+@dataclass(frozen=True)
+class SamplingParams:
+    """How one episode's frames are picked (by timestamp at `fps`) and resized (to `size`
+    square, by `resize`), and how much of it is kept."""
+
+    fps: float
+    size: int
+    resize: str = "center_crop"  # center_crop | squash
+    max_seconds: float | None = None
+
+    @classmethod
+    def from_dict(cls, d: Mapping[str, Any]) -> SamplingParams:
+        return cls(fps=float(d["fps"]), size=int(d["size"]), resize=str(d.get("resize", "center_crop")),
+                   max_seconds=None if d.get("max_seconds") is None else float(d["max_seconds"]))
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+    def ingest_hash(self, content_hash: str) -> str:
+        """What decides whether an episode must be (re)done: its bytes and how it is sampled.
+        The JSON spelling is part of every store's index: changing it would redo every episode."""
+        payload = json.dumps({"content": content_hash, **self.to_dict()}, sort_keys=True)
+        return hashlib.sha256(payload.encode()).hexdigest()[:32]
+
+
+def label_set_id(weights_sha256: str) -> str:
+    """The id of the label set a LaWM checkpoint writes: `lam-` + 12 hex digits of its weights."""
+    return f"lam-{weights_sha256[:12]}"
+
+
+__all__ = ["EncoderIdentity", "SamplingParams", "label_set_id", "random_init_weights"]
