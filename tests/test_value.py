@@ -3,8 +3,11 @@
 from __future__ import annotations
 
 import json
+import subprocess
+import sys
 
 import pytest
+import yaml
 
 from model.value import source_value
 from schemas.errors import ConfigError
@@ -33,32 +36,44 @@ def human_truth() -> dict:
     return {f"cam/ep{i:03d}": episode_data(CAM, i)[2] for i in range(CAM.episodes)}
 
 
-def test_both_runs_are_scored_on_the_same_heldout_episodes_and_reused(store_uri, tmp_path):
-    report = source_value(store_uri, "cam", out_dir=tmp_path / "value", cfg=TINY, steps=None, truth=human_truth())
-    assert (report.source, report.kind, report.steps) == ("cam", "human", 12)
+def test_value_in_a_fresh_process_then_asked_again_from_python(store_uri, tmp_path):
+    """`lawam value` trains both runs in a fresh process and prints JSON; asking again from
+    Python reuses both runs (nothing retrained) and, given the human clips' kept-aside
+    actions, adds probes on human episodes."""
+    config = tmp_path / "lam.yaml"
+    config.write_text(yaml.safe_dump(TINY.model_dump(mode="json")))
+    result = subprocess.run([sys.executable, "-m", "flows.cli", "value", "--store", store_uri, "--source", "cam",
+                             "--steps", "12", "--config", str(config), "--out", str(tmp_path / "value"), "--json",
+                             "--no-progress"], capture_output=True, text=True, timeout=600)
+    assert result.returncode == 0, result.stderr[-2000:]
+    shown = json.loads(result.stdout)
+    assert (shown["source"], shown["kind"], shown["steps"]) == ("cam", "human", 12)
     without = json.loads((tmp_path / "value" / "without-cam" / "card.json").read_text())
     assert without["config"]["pairs"]["sources"] == ["bot"]
     for kind in ("robot", "human"):  # the left-out source's held-out episodes are scored too
-        a, b = report.with_source[kind], report.without_source[kind]
+        a, b = shown["with_source"][kind], shown["without_source"][kind]
         assert a["heldout_episodes"] == b["heldout_episodes"] > 0 and a["heldout_pairs"] == b["heldout_pairs"]
         assert a["forward_mse"] != b["forward_mse"]  # two models, not one scored twice
-    assert "probe_r2_z" in report.with_source["human"]  # the kept-aside actions reach the probes
-    kinds = {(r["kind"], r["key"]) for r in report.rows()}
-    assert {("robot", "forward_mse"), ("human", "forward_mse"), ("human", "probe_r2_z")} <= kinds
-    assert json.loads((tmp_path / "value" / "value.json").read_text())["rows"] == json.loads(
-        json.dumps(report.rows()))
+    assert {(r["kind"], r["key"]) for r in shown["rows"]} >= {("robot", "forward_mse"), ("human", "forward_mse")}
 
     mtime = (tmp_path / "value" / "with" / "model.safetensors").stat().st_mtime_ns
-    again = source_value(store_uri, "cam", out_dir=tmp_path / "value", cfg=TINY, steps=None, truth=human_truth())
-    assert (tmp_path / "value" / "with" / "model.safetensors").stat().st_mtime_ns == mtime  # reused, not retrained
-    assert again.rows() == report.rows()
+    again = source_value(store_uri, "cam", out_dir=tmp_path / "value", cfg=TINY, steps=12, truth=human_truth())
+    assert (tmp_path / "value" / "with" / "model.safetensors").stat().st_mtime_ns == mtime  # reused
+    assert again.with_source["robot"] == shown["with_source"]["robot"]
+    assert "probe_r2_z" in again.with_source["human"]  # the kept-aside actions reach the probes
+    assert json.loads((tmp_path / "value" / "value.json").read_text())["rows"] == json.loads(
+        json.dumps(again.rows()))
 
 
-@pytest.mark.parametrize(("source", "cfg", "match"), [
-    ("nope", TINY, "no such source"),
-    ("bot", TINY.model_copy(update={"pairs": TINY.pairs.model_copy(update={"sources": ["bot"]})}), "only source"),
-])
-def test_a_source_that_cannot_be_left_out_is_one_config_error(store_uri, tmp_path, source, cfg, match):
-    with pytest.raises(ConfigError, match=match):
-        source_value(store_uri, source, out_dir=tmp_path / "v", cfg=cfg)
+def test_an_unknown_source_is_one_line_and_exit_2(store_uri, tmp_path):
+    result = subprocess.run([sys.executable, "-m", "flows.cli", "value", "--store", store_uri, "--source", "nope",
+                             "--out", str(tmp_path / "v")], capture_output=True, text=True, timeout=300)
+    assert result.returncode == 2 and "no such source" in result.stderr
+    assert len(result.stderr.strip().splitlines()) == 1 and not (tmp_path / "v").exists()
+
+
+def test_the_only_source_trained_on_cannot_be_left_out(store_uri, tmp_path):
+    only_bot = TINY.model_copy(update={"pairs": TINY.pairs.model_copy(update={"sources": ["bot"]})})
+    with pytest.raises(ConfigError, match="only source"):
+        source_value(store_uri, "bot", out_dir=tmp_path / "v", cfg=only_bot)
     assert not (tmp_path / "v").exists()

@@ -20,6 +20,7 @@ from flows.cli.app import app
 # isort: off
 from flows.cli import store  # noqa: F401
 from flows.cli import train  # noqa: F401
+from flows.cli import value  # noqa: F401
 from flows.cli import evaluate  # noqa: F401
 from flows.cli import demo  # noqa: F401
 # isort: on
