@@ -124,8 +124,8 @@ def probe_goal(uri: str, samples: Path, heldout: float = 0.2) -> dict:
         for row, key in enumerate(store.keys):
             if table["source"][row].as_py() != ROBOT_SOURCE:
                 continue
-            ep = layouts[int(key.rsplit("_", 1)[-1])] if "_" in key else None
-            if ep is None or ep["task"] != task:
+            ep = layouts[int(key.split("@")[0].rsplit("_", 1)[-1])]  # metaworld/episode_000123[@camera]
+            if ep["task"] != task:
                 continue
             f = store.features(row).astype(np.float32)
             held = is_heldout(key, None, heldout)
