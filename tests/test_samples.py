@@ -291,13 +291,11 @@ def test_min_seconds_slows_the_expert_until_the_clip_lasts(tmp_path: Path) -> No
     """reach-v3 succeeds in ~0.5 s at full speed; with min_seconds=2 the expert's moves are
     scaled down (the recorded speed) until the episode lasts 2 s, and it still succeeds."""
     out = tmp_path / "slow"
-    make_samples(out, **{**_tiny(), "human_tasks": ("drawer-close-v3",)}, min_seconds=2.0)
+    make_samples(out, **{**_tiny(), "human_tasks": ()}, min_seconds=2.0)
     episode = json.loads((out / "robot" / "meta/lawam_samples.json").read_text())["episodes"][0]
     assert episode["success"] and episode["length"] >= 40 and episode["speed"] < 1.0
     actions = np.stack(pq.read_table(out / "robot" / DATA).column("action").to_numpy(zero_copy_only=False))
     assert np.abs(actions[:, :3]).max() <= episode["speed"] + 1e-6
-    truth = next(iter(read_human_truth(out).values()))
-    assert len(truth.actions) >= 40 and truth.speed < 1.0
 
 
 def test_summary_reads_what_is_on_disk(sample_corpora: Path) -> None:
