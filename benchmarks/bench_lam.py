@@ -22,6 +22,7 @@ Usage: python -m benchmarks.bench_lam [--levers base,action-head] [--seeds 0,1,2
 from __future__ import annotations
 
 import argparse
+import fcntl
 import json
 import os
 import shutil
@@ -75,7 +76,7 @@ def lever_config(base: LamConfig, lever: dict, seed: int, steps: int | None) -> 
 
 
 def run_lever(name: str, lever: dict, seed: int, base: LamConfig, steps: int | None, corpora: dict[str, Corpus],
-              results_dir: Path) -> dict:
+              results_dir: Path) -> dict | None:
     """Train (or reuse) one lever at one seed and score it; cached as JSON."""
     cfg = lever_config(base, lever, seed, steps)
     run = f"{name}-s{seed}-{cfg.optim.steps}"
@@ -85,10 +86,22 @@ def run_lever(name: str, lever: dict, seed: int, base: LamConfig, steps: int | N
     tokens = lever.get("tokens", "grid:4x4")
     corpus = corpora[tokens]
     out = WORK / "runs" / "lam" / run
-    if not (out / "card.json").exists():
-        shutil.rmtree(out, ignore_errors=True)
-    if not (out / "card.json").exists():
-        train_lam(corpus.store, out, cfg)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    with open(out.parent / f".{run}.lock", "w") as lock:
+        try:  # several benchmark processes share the work: a run another one trains is skipped
+            fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            print(f"[{run}] being trained by another process: skipped")
+            return None
+        if cached.exists():
+            return json.loads(cached.read_text())
+        if not (out / "card.json").exists():
+            shutil.rmtree(out, ignore_errors=True)
+            train_lam(corpus.store, out, cfg)
+        return _score(name, seed, tokens, corpus, out, cfg, cached)
+
+
+def _score(name: str, seed: int, tokens: str, corpus: Corpus, out: Path, cfg: LamConfig, cached: Path) -> dict:
     model, card = load_lawm(out)
     t = time.perf_counter()
     store = FeatureStore.open(corpus.store, card.store.version)
@@ -97,7 +110,7 @@ def run_lever(name: str, lever: dict, seed: int, base: LamConfig, steps: int | N
               "train_wall_s": card.wall_time_s, "eval_wall_s": time.perf_counter() - t,
               "params": sum(p.numel() for p in model.parameters()), "config": card.config,
               "headline": headline(metrics), "metrics": metrics}
-    results_dir.mkdir(parents=True, exist_ok=True)
+    cached.parent.mkdir(parents=True, exist_ok=True)
     cached.write_text(json.dumps(result, indent=2, default=float))
     return result
 
@@ -224,6 +237,7 @@ def main() -> None:
     p.add_argument("--config", default=str(REPO / "configs" / "lam.yaml"))
     p.add_argument("--threads", type=int, default=1, help="torch threads (the machine is shared)")
     p.add_argument("--speed", action="store_true", help="also loader and labelling throughput (first lever)")
+    p.add_argument("--report", action="store_true", help="train nothing: the table of the runs already cached")
     p.add_argument("--tasks", action="store_true", help="print the per-task table of each lever's first seed")
     p.add_argument("--results", default=str(REPO / "benchmarks" / "results" / "lam-runs"))
     p.add_argument("--out", default=str(REPO / "benchmarks" / "results" / "lam.json"))
@@ -243,13 +257,21 @@ def main() -> None:
         p.error(f"unknown levers {unknown}; known: {', '.join(levers)}")
     base = load_lam_config(args.config)
     t = time.perf_counter()
-    corpora = {mode: bench_corpus(mode) for mode in {levers[n].get("tokens", "grid:4x4") for n in names}}
+    corpora = {} if args.report else {mode: bench_corpus(mode) for mode in {levers[n].get("tokens", "grid:4x4")
+                                                                            for n in names}}
     print(f"corpus ready in {time.perf_counter() - t:.0f} s")
     runs = []
     for name in names:
         for seed in [int(s) for s in args.seeds.split(",")]:
             t = time.perf_counter()
-            r = run_lever(name, levers[name], seed, base, args.steps, corpora, Path(args.results))
+            if args.report:  # only what is cached
+                run = f"{name}-s{seed}-{lever_config(base, levers[name], seed, args.steps).optim.steps}"
+                path = Path(args.results) / f"{run}.json"
+                r = json.loads(path.read_text()) if path.exists() else None
+            else:
+                r = run_lever(name, levers[name], seed, base, args.steps, corpora, Path(args.results))
+            if r is None:
+                continue
             h = {k: float("nan") for k, _ in COLUMNS} | r["headline"]
             print(f"[{name} s{seed}] {time.perf_counter() - t:.0f} s: probe z {h['robot_probe_r2_z']:.3f} vs PCA "
                   f"{h['robot_probe_r2_pca']:.3f}, fwd/copy {h['robot_forward_over_copy']:.3f}, z explains "
@@ -265,7 +287,7 @@ def main() -> None:
                 print_tasks(r)
     results = {"machine": {"cpus": os.cpu_count(), "load": os.getloadavg()}, "params": vars(args),
                "summary": summary, "runs": runs}
-    if args.speed:
+    if args.speed and not args.report:
         results["speed"] = speed(corpora["grid:4x4"].store, runs[0])
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)
     Path(args.out).write_text(json.dumps(results, indent=2, default=float))
