@@ -37,12 +37,13 @@ os.environ.setdefault("MUJOCO_GL", "egl")
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
 
-from benchmarks.corpus import POLICY_TASKS, REPO, WORK, bench_corpus  # noqa: E402
+from benchmarks.corpus import HUMAN_SOURCE, POLICY_TASKS, REPO, WORK, bench_corpus  # noqa: E402
 from model.checkpoint import read_card  # noqa: E402
 from model.distill import distill  # noqa: E402
 from model.labeler import IdmLabeler  # noqa: E402
 from model.policy import KIND, load_policy  # noqa: E402
 from model.train_lam import train_lam  # noqa: E402
+from model.value import source_value  # noqa: E402
 from pipeline.evaluation.evaluate import evaluate, training_samples  # noqa: E402
 from pipeline.evaluation.results import wilson_interval  # noqa: E402
 from pipeline.label import label_store  # noqa: E402
@@ -53,18 +54,27 @@ from schemas.training import DistillConfig, LamConfig, load_distill_config, load
 ROBOT_SOURCE = "metaworld"
 
 
-def lawm(uri: str, out: Path, cfg: LamConfig) -> Path:
-    if not (out / "card.json").exists():
-        t = time.perf_counter()
-        card = train_lam(uri, out, cfg, progress=progress_bar)
-        m = card.metrics
-        print(f"train-lam {out.name:<14} {time.perf_counter() - t:6.0f} s: held-out forward "
-              f"{m['forward_over_copy']:.2f}x copy, z explains {100 * m['z_explains']:.0f}%, probe R^2 "
-              f"{m.get('probe_r2_z', float('nan')):.2f}")
-    report = label_store(uri, IdmLabeler(str(out)), progress=True)
-    if report.episodes:
-        print(f"label {out.name:<14} +{report.episodes} episodes, {report.pairs_per_s:.0f} pairs/s")
-    return out
+def lawms(corpus, work: Path, cfg: LamConfig, human_value: bool) -> tuple[dict[str, Path], dict]:
+    """The LaWM (and, for the human-value arms, the same LaWM without the human clips: one
+    `model.value.source_value`, both scored on the same held-out episodes), labelled."""
+    t = time.perf_counter()
+    if human_value:
+        report = source_value(corpus.store, HUMAN_SOURCE, out_dir=work / "value", cfg=cfg, steps=None,
+                              truth=corpus.human_truth(), progress=progress_bar)
+        dirs = {"lawam": Path(report.runs["with"]), "lawam-nohuman": Path(report.runs["without"])}
+        value = report.to_json()
+    else:
+        dirs, value = {"lawam": work / "value" / "with"}, {}
+        if not (dirs["lawam"] / "card.json").exists():  # the very run source_value's "with" arm is
+            table = FeatureStore.open(corpus.store).episodes()
+            every = cfg.pairs.model_copy(update={"sources": sorted(set(table["source"].to_pylist()))})
+            train_lam(corpus.store, dirs["lawam"], cfg.model_copy(update={"pairs": every}), progress=progress_bar)
+    print(f"LaWM(s) ready in {time.perf_counter() - t:.0f} s")
+    for out in dirs.values():
+        report = label_store(corpus.store, IdmLabeler(str(out)), progress=True)
+        if report.episodes:
+            print(f"label {out.name:<14} +{report.episodes} episodes, {report.pairs_per_s:.0f} pairs/s")
+    return dirs, value
 
 
 def policy(uri: str, lam: Path | None, out: Path, cfg: DistillConfig) -> dict:
@@ -166,16 +176,14 @@ def main() -> None:
     if args.lam_steps:
         lam_cfg = lam_cfg.model_copy(update={"optim": lam_cfg.optim.model_copy(update={"steps": args.lam_steps})})
     arms = args.arms.split(",")
-    lams = {"lawam": lawm(uri, work / "lam", lam_cfg)}
-    if "lawam-nohuman" in arms:
-        robot_only = lam_cfg.pairs.model_copy(update={"sources": [ROBOT_SOURCE]})
-        lams["lawam-nohuman"] = lawm(uri, work / "lam-nohuman", lam_cfg.model_copy(update={"pairs": robot_only}))
+    lams, value = lawms(corpus, work, lam_cfg, "lawam-nohuman" in arms)
     base = load_distill_config(args.config)
     base = base.model_copy(update={"optim": base.optim.model_copy(update={"steps": args.steps})})
     layouts, record = training_samples(uri, None)
     results: dict = {"machine": {"cpus": os.cpu_count(), "load": os.getloadavg()}, "params": vars(args),
                      "store_version": store.version, "episodes": len(store), "frames": int(store.frames.sum()),
-                     "lam_metrics": {name: read_card(d, "lawm").metrics for name, d in lams.items()}, "runs": {}}
+                     "lam_metrics": {name: read_card(d, "lawm").metrics for name, d in lams.items()},
+                     "human_value_lawm": value, "runs": {}}
     if args.probe_goal:
         results["goal_probe_r2"] = probe_goal(uri, corpus.samples)
         print(f"goal position probe R^2 from f_t ({args.tokens}): {results['goal_probe_r2']}")
@@ -195,6 +203,8 @@ def main() -> None:
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)
     Path(args.out).write_text(json.dumps(results, indent=2, default=float))
     print_table(results)
+    if value:
+        print_human_value(results)
     print("wrote", args.out)
 
 
@@ -213,6 +223,21 @@ def print_table(results: dict) -> None:
             print(f"latency {name:<18} policy {lat['policy_ms']['median']:.2f} ms (p95 {lat['policy_ms']['p95']:.2f}), "
                   f"encoder+policy {lat['encoder_policy_ms']['median']:.1f} ms "
                   f"(p95 {lat['encoder_policy_ms']['p95']:.1f})")
+
+
+def print_human_value(results: dict) -> None:
+    """LaWM and LaWAM with vs without the human clips, side by side."""
+    print("human clips' value (same budget, same held-out episodes):")
+    for r in results["human_value_lawm"]["rows"]:
+        if r["key"] in ("forward_mse", "forward_over_copy", "probe_r2_z"):
+            print(f"  LaWM {r['kind']:<6} {r['figure']:<26} with {r['with']:.4f}  without {r['without']:.4f}  "
+                  f"gain {r['gain']:+.4f}")
+    runs = results["runs"]
+    for fraction in sorted({r["action_fraction"] for r in runs.values()}, reverse=True):
+        a, b = runs.get(f"lawam-{fraction:g}"), runs.get(f"lawam-nohuman-{fraction:g}")
+        if a and b:
+            print(f"  LaWAM SR at action fraction {fraction:g}: with {100 * a['overall']['success_rate']:.0f}%, "
+                  f"without {100 * b['overall']['success_rate']:.0f}%")
 
 
 if __name__ == "__main__":
