@@ -125,7 +125,8 @@ def lawm_lineage(lam_dir: str | Path) -> LawmLineage:
         log.warning("%s: the card says label set %s, its contents make %s (edited since training?): labels go "
                     "to %s", lam_dir / CARD, card.label_set, label_set, label_set)
     return LawmLineage(dir=str(lam_dir), weights_sha256=sha, store=card.store, config=card.config,
-                       state_dim=card.state_dim, k_seconds=card.k_seconds, label_set=label_set)
+                       state_dim=card.state_dim, action_dim=card.action_dim, horizon=card.horizon,
+                       vocab=card.vocab, k_seconds=card.k_seconds, label_set=label_set)
 
 
 def _position(e: UnicodeDecodeError | json.JSONDecodeError) -> int:

@@ -17,7 +17,6 @@ policy's `model.safetensors`, so a policy folder is all `lawam eval` needs.
 
 from __future__ import annotations
 
-import hashlib
 import logging
 from dataclasses import dataclass, replace
 from pathlib import Path
@@ -27,9 +26,10 @@ import numpy as np
 import torch
 
 from model.checkpoint import CheckpointError, lawm_lineage, read_card
-from model.data import collect
+from model.data import collect, keeps_actions
 from model.loop import ProgressFactory, run
-from model.policy import KIND, LaWAMPolicy, build_vocab
+from model.policy import KIND, LaWAMPolicy
+from model.text import build_vocab
 from model.train_lam import KIND as LAWM_KIND
 from model.train_lam import load_lawm
 from pipeline.store import FeatureStore
@@ -47,16 +47,6 @@ EVAL_PAIRS = 4096
 
 class SelectionError(ConfigError):
     """The store version (or the selection of it) lacks what a policy trains on."""
-
-
-def keeps_actions(keys, fraction: float) -> np.ndarray:
-    """Which episodes keep their actions under `action_fraction`: by a hash of the key, so the
-    same episodes keep them in every run and store version."""
-    if fraction >= 1:
-        return np.ones(len(keys), bool)
-    h = np.array([int.from_bytes(hashlib.sha256(("actions:" + k).encode()).digest()[:8], "big") for k in keys],
-                 dtype=np.float64)
-    return h / 2**64 < fraction
 
 
 @dataclass(frozen=True)
@@ -145,7 +135,7 @@ class DistillRecipe:
                                     batch["state_mask"].to(device))
             z = core.latent(pooled) * core.z_std + core.z_mean
             target = core.lawm.standardize(f_tk.float())
-            pred = core.lawm.decode(f_t.float(), z)
+            pred = core.lawm.decode(f_t.float(), z, batch["instruction"])
             copy = core.lawm.standardize(f_t.float())
             m = batch["label_mask"].to(device)
             if m.any():

@@ -75,6 +75,7 @@ def lawm_metrics(
     seed: int = 0,
     pca_dim: int = 32,
     ridge_alpha: float = 1.0,
+    group_by: str | None = None,
 ) -> dict[str, float]:
     """Held-out metrics of a LaWM; the model's train/eval mode is restored afterwards.
 
@@ -106,6 +107,10 @@ def lawm_metrics(
       train statistics, intercept fitted) fitted on train robot pairs, from z, and — the
       control — from the top-`pca_dim` principal components (fitted on those train pairs)
       of the flattened standardised f_t. See `ridge_r2` for the R² definition.
+    - with `group_by` (a key of `heldout`, e.g. "instruction"), also `probe_r2_z[G]` and
+      `probe_r2_pca[G]` for each group G: the same fitted probes scored on that group's
+      held-out pairs alone (R² around the group's own mean: what the probe tells apart
+      *within* a task, not which task it is).
     - `heldout_pairs`, `heldout_episodes`.
     """
     n = _check_pairs(heldout, "heldout")
@@ -134,7 +139,8 @@ def lawm_metrics(
             if codes is not None:
                 out |= code_stats(codes, int(model.cfg.vq_codes))
             if train is not None:
-                out |= _probes(model, heldout, mu, train, batch_size, device, seed, pca_dim, ridge_alpha)
+                out |= _probes(model, heldout, mu, train, batch_size, device, seed, pca_dim, ridge_alpha,
+                               None if group_by is None else np.asarray(heldout[group_by]))
     finally:
         model.train(was_training)
     out["heldout_pairs"] = float(n)
@@ -186,17 +192,27 @@ def ridge_r2(
     high-variance outputs count more. 0 = no better than the test mean, negative = worse;
     NaN when the test targets are constant.
     """
+    return r2_score(y_test, ridge_predict(x_train, y_train, x_test, alpha))
+
+
+def ridge_predict(x_train: np.ndarray, y_train: np.ndarray, x_test: np.ndarray, alpha: float = 1.0) -> np.ndarray:
+    """Predictions for the test rows of the ridge regression `ridge_r2` describes."""
     x_train, y_train = np.asarray(x_train, np.float64), np.asarray(y_train, np.float64)
-    x_test, y_test = np.asarray(x_test, np.float64), np.asarray(y_test, np.float64)
+    x_test = np.asarray(x_test, np.float64)
     mean, std = x_train.mean(0), x_train.std(0)
     std[std < 1e-8] = 1.0
     xs = (x_train - mean) / std
     y_mean = y_train.mean(0)
     gram = xs.T @ xs + alpha * np.eye(xs.shape[1])
     w = np.linalg.lstsq(gram, xs.T @ (y_train - y_mean), rcond=None)[0]  # lstsq: alpha=0 may be singular
-    pred = ((x_test - mean) / std) @ w + y_mean
-    sst = float(((y_test - y_test.mean(0)) ** 2).sum())
-    return 1.0 - float(((y_test - pred) ** 2).sum()) / sst if sst > 0 else float("nan")
+    return ((x_test - mean) / std) @ w + y_mean
+
+
+def r2_score(y: np.ndarray, pred: np.ndarray) -> float:
+    """1 - SSE / SST over all rows and columns, SST around the mean of `y`; NaN when `y` is constant."""
+    y, pred = np.asarray(y, np.float64), np.asarray(pred, np.float64)
+    sst = float(((y - y.mean(0)) ** 2).sum())
+    return 1.0 - float(((y - pred) ** 2).sum()) / sst if sst > 0 else float("nan")
 
 
 def streaming_pca(
@@ -263,13 +279,27 @@ def _row_batches(rows: np.ndarray, batch_size: int) -> Iterator[np.ndarray]:
         yield rows[start : start + batch_size]
 
 
+def encode_pairs(model: nn.Module, pairs: PairArrays, rows: np.ndarray | None = None,
+                 batch_size: int = 512) -> np.ndarray:
+    """Deterministic z (len(rows), Z) float32 of the pairs at `rows` (default all), in eval mode."""
+    rows = np.arange(len(pairs["f_t"])) if rows is None else rows
+    was_training = model.training
+    model.eval()
+    try:
+        with torch.inference_mode():
+            return _encode(model, pairs, rows, batch_size, _device(model))[0]
+    finally:
+        model.train(was_training)
+
+
 def _encode(
     model: nn.Module, pairs: PairArrays, rows: np.ndarray, batch_size: int, device: torch.device
 ) -> tuple[np.ndarray, np.ndarray | None]:
     """z = mu (len(rows), Z) float32 and codes (len(rows), Q) or None."""
     mus, codes = [], []
     for b in _row_batches(rows, batch_size):
-        out = model.encode(_tensor(pairs["f_t"], b, device), _tensor(pairs["f_tk"], b, device))
+        f_mid = _tensor(pairs["f_mid"], b, device) if "f_mid" in pairs else None
+        out = model.encode(_tensor(pairs["f_t"], b, device), _tensor(pairs["f_tk"], b, device), f_mid)
         mus.append(out.mu.float().cpu().numpy())
         if out.codes is not None:
             codes.append(out.codes.cpu().numpy())
@@ -287,15 +317,21 @@ def _decode_errors(
     """Mean squared error per element of each prediction against standardize(f_tk)."""
     sse = dict.fromkeys(["forward", "copy", "zero_z", *perms], 0.0)
     count = 0
+    conditioned = getattr(model, "fdm_lang", None) is not None  # an FDM that reads the instruction
     for b in _row_batches(np.arange(len(mu)), batch_size):
         f_t = _tensor(pairs["f_t"], b, device)
         target = model.standardize(_tensor(pairs["f_tk"], b, device)).float()  # (B, T, D)
         z = torch.from_numpy(mu[b]).to(device)  # (B, Z)
-        sse["forward"] += _sse(model.decode(f_t, z), target)
+        instr = [str(x) for x in pairs["instruction"][b]] if conditioned else None
+
+        def decode(z: torch.Tensor, f_t=f_t, instr=instr) -> torch.Tensor:
+            return model.decode(f_t, z, instr) if instr is not None else model.decode(f_t, z)
+
+        sse["forward"] += _sse(decode(z), target)
         sse["copy"] += _sse(model.standardize(f_t), target)
-        sse["zero_z"] += _sse(model.decode(f_t, torch.zeros_like(z)), target)
+        sse["zero_z"] += _sse(decode(torch.zeros_like(z)), target)
         for name, perm in perms.items():
-            sse[name] += _sse(model.decode(f_t, torch.from_numpy(mu[perm[b]]).to(device)), target)
+            sse[name] += _sse(decode(torch.from_numpy(mu[perm[b]]).to(device)), target)
         count += target.numel()
     return {k: v / count for k, v in sse.items()}
 
@@ -304,7 +340,7 @@ def _sse(pred: torch.Tensor, target: torch.Tensor) -> float:
     return float(((pred.float() - target) ** 2).sum(dtype=torch.float64))
 
 
-def _probe_rows(pairs: PairArrays) -> np.ndarray:
+def probe_rows(pairs: PairArrays) -> np.ndarray:
     """Robot pairs whose whole action chunk is valid (padding past an episode's end is no target)."""
     valid = np.asarray(pairs["action_mask"], bool).reshape(len(pairs["robot"]), -1).all(axis=1)
     return np.flatnonzero(np.asarray(pairs["robot"], bool) & valid)
@@ -320,9 +356,10 @@ def _probes(
     seed: int,
     pca_dim: int,
     ridge_alpha: float,
+    groups: np.ndarray | None = None,
 ) -> dict[str, float]:
     """Ridge probes z -> action chunk and PCA(f_t) -> action chunk; {} when a side has no robot pairs."""
-    rows_tr, rows_ho = _probe_rows(train), _probe_rows(heldout)
+    rows_tr, rows_ho = probe_rows(train), probe_rows(heldout)
     if len(rows_tr) < 2 or len(rows_ho) < 2:
         logger.info("no probes: %d train / %d held-out robot pairs with a full chunk", len(rows_tr), len(rows_ho))
         return {}
@@ -340,17 +377,25 @@ def _probes(
     mean, axes = streaming_pca(flat_f_t(train, rows_tr), pca_dim, seed=seed)
     pc_tr = np.concatenate([(c - mean) @ axes.T for c in flat_f_t(train, rows_tr)()])
     pc_ho = np.concatenate([(c - mean) @ axes.T for c in flat_f_t(heldout, rows_ho)()])
-    r2_z = ridge_r2(z_tr, y_tr, heldout_mu[rows_ho], y_ho, ridge_alpha)
-    r2_pca = ridge_r2(pc_tr, y_tr, pc_ho, y_ho, ridge_alpha)
+    pred_z = ridge_predict(z_tr, y_tr, heldout_mu[rows_ho], ridge_alpha)
+    pred_pca = ridge_predict(pc_tr, y_tr, pc_ho, ridge_alpha)
+    r2_z, r2_pca = r2_score(y_ho, pred_z), r2_score(y_ho, pred_pca)
     if not (math.isfinite(r2_z) and math.isfinite(r2_pca)):
         logger.warning("no probes: held-out actions are constant, R² is undefined")
         return {}
-    return {
+    out = {
         "probe_r2_z": r2_z,
         "probe_r2_pca": r2_pca,
         "probe_pairs_train": float(len(rows_tr)),
         "probe_pairs_heldout": float(len(rows_ho)),
     }
+    if groups is not None:
+        g_ho = groups[rows_ho]
+        for g in np.unique(g_ho).tolist():
+            m = g_ho == g
+            out[f"probe_r2_z[{g}]"] = r2_score(y_ho[m], pred_z[m])
+            out[f"probe_r2_pca[{g}]"] = r2_score(y_ho[m], pred_pca[m])
+    return out
 
 
 # --- plots ----------------------------------------------------------------------------------

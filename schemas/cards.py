@@ -66,6 +66,9 @@ class LawmLineage(_Record):
     store: StoreRef  # the store version the LaWM was trained on
     config: dict[str, Any] | None = None  # its LamConfig (shapes the frozen LaWM inside a policy)
     state_dim: int = 0
+    action_dim: int = 0  # its auxiliary action head's chunk shape (0: no head) ...
+    horizon: int = 0
+    vocab: list[str] | None = None  # ... and the words its instruction-conditioned FDM knows (None: not conditioned)
     k_seconds: float | None = None  # its frame gap: the gap of its labels
     label_set: str  # the label set its labels go into (`LawmCard.contents_label_set`)
 
@@ -104,6 +107,9 @@ class LawmCard(_Card):
 
     kind: Literal["lawm"] = LAWM
     state_dim: int = 0
+    action_dim: int = 0  # chunk shape of the auxiliary action head (0: none; model.action_weight)
+    horizon: int = 0
+    vocab: list[str] | None = None  # words of the instruction-conditioned FDM (None: model.fdm_instruction off)
     latent_dim: int
     k_seconds: float  # the frame gap it was trained at: labels are written at this gap
     feature_mean: list[float]  # (D,) the standardisation its IDM and FDM work in

@@ -25,6 +25,7 @@ from flows.cli.app import app, reflow_help
 from flows.cli import store  # noqa: F401
 from flows.cli import curate  # noqa: F401
 from flows.cli import train  # noqa: F401
+from flows.cli import value  # noqa: F401
 from flows.cli import evaluate  # noqa: F401
 from flows.cli import demo  # noqa: F401
 # isort: on

@@ -69,6 +69,9 @@ class PairQuery:
     curation: str | None = None  # a curation set of the store ('cur-...'): drop_idle and dedup apply
     drop_idle: bool = True  # skip pairs touching the set's still (static / idle) spans
     dedup: bool = True  # of each duplicate group, read only the episode the set keeps
+    # Frames between f_t and f_{t+k} served too (`f_mid`, evenly spaced, rounded to frames):
+    # what a multi-frame inverse-dynamics model sees.
+    between: int = 0
 
     @classmethod
     def from_config(cls, cfg, **overrides) -> PairQuery:
@@ -94,6 +97,24 @@ def is_heldout(key: str, split: str | None, fraction: float, source_splits: bool
 def k_frames_for(fps: np.ndarray | float, k_seconds: float) -> np.ndarray:
     """The gap in frames at each episode's rate (at least one frame)."""
     return np.maximum(1, np.rint(np.asarray(fps, np.float64) * k_seconds)).astype(np.int64)
+
+
+def _slack(track, action_rate: float | None) -> float:
+    # Frame pts and float32 action stamps differ in the last bits.
+    return 0.25 / (track.rate or action_rate or 1.0)
+
+
+def action_chunks(track, t0: np.ndarray, horizon: int, action_rate: float | None) -> tuple[np.ndarray, np.ndarray]:
+    """The action chunk starting at each frame time `t0` (n,) of an `ActionTrack`: (n, H, A)
+    actions at `action_rate` (None = the track's own rate) and the (n, H) mask of steps the
+    track covers (steps past its end are zero and masked, never made up)."""
+    rate = action_rate or track.rate or 1.0
+    ats, slack = track.timestamps, _slack(track, action_rate)
+    tau = np.asarray(t0)[:, None] + np.arange(horizon)[None, :] / rate  # (n, H) chunk step times
+    idx = np.searchsorted(ats, tau - slack, side="left")
+    valid = (idx < len(ats)) & (tau <= ats[-1] + slack)
+    idx = np.minimum(idx, len(ats) - 1)
+    return np.where(valid[..., None], track.actions[idx], 0.0).astype(np.float32), valid
 
 
 class PairReader:
@@ -304,6 +325,8 @@ class PairReader:
             "actions": np.zeros((n, q.horizon, self.action_dim), np.float32),
             "action_mask": np.zeros((n, q.horizon), bool),
         }
+        if q.between:
+            out["f_mid"] = np.empty((n, q.between, *T), np.float16)
         if self._labels is not None:
             out["label"] = np.zeros((n, self._labels.dim), np.float32)
             out["label_mask"] = np.zeros(n, bool)
@@ -317,6 +340,9 @@ class PairReader:
         feats, ts = self.store.features(row), self.store.timestamps(row)
         tk = np.minimum(t + k, len(feats) - 1)  # only all_frames reaches past the end
         out["f_t"][sel], out["f_tk"][sel] = feats[t], feats[tk]
+        for i in range(self.query.between):
+            step = int(np.rint(k * (i + 1) / (self.query.between + 1)))
+            out["f_mid"][sel, i] = feats[np.minimum(t + step, len(feats) - 1)]
         out["dt"][sel] = ts[tk] - ts[t]
         track = self.store.actions(row) if self.robot[e] else None
         if track is not None and len(track.timestamps):
@@ -334,16 +360,10 @@ class PairReader:
             raise ConfigError(f"episode actions/state of shape {track.actions.shape[1:]}/"
                               f"{None if track.state is None else track.state.shape[1:]} differ from the selection's "
                               f"({A},)/({S},): select sources with one action space (pairs.sources)")
-        rate = self.query.action_rate or track.rate or 1.0
-        ats = track.timestamps
-        slack = 0.25 / (track.rate or rate)  # frame pts and float32 action stamps differ in the last bits
-        tau = t0[:, None] + np.arange(self.query.horizon)[None, :] / rate  # (n, H) chunk step times
-        idx = np.searchsorted(ats, tau - slack, side="left")
-        valid = (idx < len(ats)) & (tau <= ats[-1] + slack)
-        idx = np.minimum(idx, len(ats) - 1)
-        out["actions"][sel] = np.where(valid[..., None], track.actions[idx], 0.0)
-        out["action_mask"][sel] = valid
+        out["actions"][sel], out["action_mask"][sel] = action_chunks(track, t0, self.query.horizon,
+                                                                     self.query.action_rate)
         if track.state is not None and S:
+            ats, slack = track.timestamps, _slack(track, self.query.action_rate)
             i0 = np.minimum(np.searchsorted(ats, t0 - slack, side="left"), len(ats) - 1)
             i1 = np.minimum(np.searchsorted(ats, t1 - slack, side="left"), len(ats) - 1)
             out["state_t"][sel], out["state_tk"][sel] = track.state[i0], track.state[i1]
