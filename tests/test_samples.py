@@ -466,3 +466,21 @@ def test_rendering_then_loading_torch_compiler_in_one_process(tmp_path: Path) ->
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, timeout=300,
                             cwd=Path(__file__).resolve().parents[1])
     assert result.returncode == 0 and result.stdout.strip() == "ok", result.stderr[-2000:]
+
+
+def test_a_process_that_rendered_can_train_afterwards() -> None:
+    """A render loads Mesa's LLVM (llvmpipe); an optimizer built afterwards imports torch._dynamo,
+    which loads triton's LLVM: in that order the process segfaulted (a test worker died this way;
+    so would a notebook that evaluates a policy, then trains)."""
+    code = (
+        "from pipeline.samples.metaworld_env import TaskEnv, layouts\n"
+        "with TaskEnv('reach-v3', camera='corner', image_size=32) as env:\n"
+        "    env.reset(layouts('reach-v3', seed=0, stream='robot', count=1)[0])\n"
+        "    assert env.render().shape == (32, 32, 3)\n"
+        "import torch\n"
+        "torch.optim.AdamW(torch.nn.Linear(2, 2).parameters())\n"
+        "print('trained after rendering')\n"
+    )
+    out = subprocess.run([sys.executable, "-c", code], cwd=Path(__file__).parents[1], capture_output=True,
+                         text=True, timeout=300)
+    assert out.returncode == 0 and "trained after rendering" in out.stdout, (out.returncode, out.stderr[-2000:])

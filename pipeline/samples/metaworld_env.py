@@ -32,6 +32,7 @@ mirrored) by it.
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import os
 import pickle
@@ -45,6 +46,12 @@ import numpy as np
 # machine or a notebook renders without a display (an exported MUJOCO_GL wins).
 os.environ.setdefault("MUJOCO_GL", "egl")
 os.environ.setdefault("PYOPENGL_PLATFORM", "egl")
+# Triton first: Mesa's software renderer (llvmpipe) loads the system's LLVM when the first EGL
+# context is made; triton (which torch imports with torch._dynamo, e.g. when an optimizer is
+# built) carries an LLVM of its own. Loaded after Mesa's, triton's segfaults the process (triton
+# 3.8, Mesa 22.3: a render, then `torch.optim.AdamW`, crashed a test worker); loaded first, both work.
+with contextlib.suppress(ImportError):  # a torch without triton: no second LLVM to collide with
+    import triton._C.libtriton  # noqa: F401  (PyPI's torch ships triton; loading it takes 0.3 s)
 try:
     import metaworld
     import mujoco
