@@ -61,7 +61,7 @@ def label(
     lam: Path = typer.Option(..., help="A `lawam train-lam` output folder (model.safetensors + card.json)."),
     version_id: str = typer.Option(None, "--version", help="Store version to read; default: newest."),
     export: Path = typer.Option(None, help="Also write (episode, t, z) of the whole label set to this Parquet file."),
-    actors: int = typer.Option(None, min=1, help="Labelling actors (default: one per GPU, else one on every core)."),
+    actors: int = typer.Option(None, min=1, help="Labelling actors (default: one per GPU, else one per Ray node using its cores)."),
     progress: bool = typer.Option(True, help="Show a progress bar."),
 ) -> None:
     """Label every pair of every episode with the LaWM's latent action, as a label set in the store.
@@ -88,6 +88,9 @@ def label(
     out.print(f"label set {report.set_id} in {store}: +{report.episodes} episodes ({report.pairs} pairs, "
               f"{report.pairs_per_s:.0f} pairs/s), {report.skipped} already labelled; "
               f"{report.version_before} -> {report.version_after or '(unchanged)'}", highlight=False)
+    if len(report.nodes) > 1:  # a cluster: where the work went
+        out.print("  episodes per Ray node: " + ", ".join(f"{n}: {c}" for n, c in sorted(report.nodes.items())),
+                  highlight=False)
     if export:
         out.print(f"exported {table.num_rows} labels to {export}", highlight=False)
 
