@@ -6,6 +6,8 @@ from __future__ import annotations
 
 import logging
 import os
+import signal
+import threading
 
 # Ray reads these at import: keep a local instance on 127.0.0.1 (never the machine's address).
 os.environ.setdefault("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", "0")
@@ -13,6 +15,8 @@ os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
 
 import ray  # noqa: E402
 from ray import exceptions as rex  # noqa: E402
+
+from schemas.errors import ConfigError  # noqa: E402
 
 INFRA_ERRORS = (rex.RayActorError, rex.WorkerCrashedError, rex.ObjectLostError, rex.RaySystemError,
                 rex.OutOfMemoryError, rex.TaskCancelledError)
@@ -31,7 +35,11 @@ def ensure_ray(verbose: bool | None = None) -> None:
     if verbose is None:
         verbose = logging.getLogger().getEffectiveLevel() <= logging.INFO
     level = logging.INFO if verbose else logging.WARNING
-    if os.environ.get("RAY_ADDRESS"):
+    if address := os.environ.get("RAY_ADDRESS"):
+        if address.startswith("ray://"):
+            raise ConfigError(f"RAY_ADDRESS={address!r} is Ray Client, which cannot carry the ingest's streaming "
+                              "decode tasks: run lawam on a node of the cluster (RAY_ADDRESS=auto there, or "
+                              "`ray job submit -- lawam ...`)")
         ray.init(log_to_driver=False, logging_level=level)  # a cluster: connect, size nothing
     else:
         # "local": always a new instance of our own. Without it Ray joins whatever cluster runs on
@@ -39,3 +47,11 @@ def ensure_ray(verbose: bool | None = None) -> None:
         # after a `ray stop`), and then refuses num_cpus: every run failed until the file went.
         ray.init(address="local", num_cpus=os.cpu_count(), include_dashboard=False, log_to_driver=False,
                  logging_level=level)
+    if threading.current_thread() is threading.main_thread():
+        signal.signal(signal.SIGTERM, _terminated)  # after ray.init, which installs its own
+
+
+def _terminated(signum: int, frame) -> None:  # noqa: ARG001
+    """SIGTERM unwinds like Ctrl-C (a run commits what is complete, locks are released) and the
+    process exits 143, as a shell reports a SIGTERM. Ray's own handler exits with status 15."""
+    raise SystemExit(128 + signum)
