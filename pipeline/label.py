@@ -237,8 +237,10 @@ def _run_ray(store: FeatureStore, labeler: Labeler, todo: list[str], num_actors:
                 queue.extendleft(reversed(redo))
                 continue
             free.append(actor)
-            node = names.get(ray.get(node_of[actor])) or node_names().get(ray.get(node_of[actor]), "?")
-            nodes[node] = nodes.get(node, 0) + len(batch)
+            node = ray.get(node_of[actor])  # answered: its `actor_node` call ran before its tasks
+            if node not in names:
+                names = node_names()
+            nodes[names.get(node, node[:12])] = nodes.get(names.get(node, node[:12]), 0) + len(batch)
             yield batch
     finally:
         for a in actors:

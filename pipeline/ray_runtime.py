@@ -51,7 +51,14 @@ def ensure_ray(verbose: bool | None = None) -> None:
         signal.signal(signal.SIGTERM, _terminated)  # after ray.init, which installs its own
 
 
+received: int | None = None  # the signal that stopped this process, for the CLI's exit status (143)
+
+
 def _terminated(signum: int, frame) -> None:  # noqa: ARG001
-    """SIGTERM unwinds like Ctrl-C (a run commits what is complete, locks are released) and the
-    process exits 143, as a shell reports a SIGTERM. Ray's own handler exits with status 15."""
-    raise SystemExit(128 + signum)
+    """SIGTERM unwinds like Ctrl-C: a run commits what is complete and releases its locks, and
+    `lawam` exits 143. A KeyboardInterrupt, because Ray turns an exception raised in a handler
+    while it waits (`ray.wait`, `ray.get`) into that or into SystemExit(1); Ray's own handler
+    exits with status 15, or 1 mid-wait, and once ended an ingest in SIGABRT (issue #19)."""
+    global received
+    received = signum
+    raise KeyboardInterrupt

@@ -81,9 +81,11 @@ def corpus(root: Path, videos: Path, encoder: dict, fps: float) -> Path:
     return path
 
 
-def wait_running(cluster: LoopbackCluster, node: Node, title: str, proc: subprocess.Popen, limit: float = 300) -> None:
+def wait_running(cluster: LoopbackCluster, node: Node, title: str, proc: subprocess.Popen, limit: float = 300,
+                 progress=lambda: True) -> None:
+    """Until `node` runs `title` for this run (`progress()`: the run has written something)."""
     deadline = time.monotonic() + limit
-    while not cluster.running(node, title):
+    while not (progress() and cluster.running(node, title)):
         assert proc.poll() is None, f"finished before {title} ran on {node.ip}: {proc.communicate()}"
         assert time.monotonic() < deadline, f"no {title} on {node.ip} after {limit} s"
         time.sleep(0.05)
@@ -166,8 +168,13 @@ def test_losing_a_node_mid_ingest_ends_in_bounded_time_and_loses_nothing(cluster
         assert len(keys) == len(set(keys)), "an episode was committed twice"
         return keys
 
+    chunks = tmp_path / "store" / "repo" / "chunks"
+
+    def written(before: int):  # episode data on disk, not yet committed: the run is under way
+        return lambda: chunks.exists() and sum(1 for _ in chunks.rglob("*")) > before
+
     proc = lawam(cluster, "ingest", str(cfg), "--no-flow", "--no-progress")
-    wait_running(cluster, worker, "EncoderActor.encode", proc)
+    wait_running(cluster, worker, "EncoderActor.encode", proc, progress=written(0))
     t_kill = time.monotonic()
     cluster.kill_node(worker)
     rc, out, err = finish(proc, timeout=AFTER_KILL_S)
@@ -184,7 +191,8 @@ def test_losing_a_node_mid_ingest_ends_in_bounded_time_and_loses_nothing(cluster
     for i in range(30, 40):  # more work, then SIGTERM mid-run
         make_video(tmp_path / "v" / f"c{i:02d}.mp4", n_frames=100, fps=10, seed=i)
     proc = lawam(cluster, "ingest", str(cfg), "--no-flow", "--no-progress")
-    wait_running(cluster, cluster.nodes[0], "EncoderActor.encode", proc)
+    wait_running(cluster, cluster.nodes[0], "EncoderActor.encode", proc,
+                 progress=written(sum(1 for _ in chunks.rglob("*"))))
     proc.send_signal(signal.SIGTERM)
     rc, _, err = finish(proc, timeout=90)
     assert rc in (143, -signal.SIGTERM), (rc, err[-3000:])  # never SIGABRT (134 / -6)

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import logging
 import os
+import signal
 import sys
 from importlib.metadata import PackageNotFoundError, version
 
@@ -84,6 +85,9 @@ class _Commands(TyperGroup):
     def invoke(self, ctx: click.Context):
         try:
             return super().invoke(ctx)
+        except KeyboardInterrupt:  # Ctrl-C 130; SIGTERM, turned into one by `pipeline.ray_runtime`, 143
+            ray_runtime = sys.modules.get("pipeline.ray_runtime")
+            raise typer.Exit(128 + (getattr(ray_runtime, "received", None) or signal.SIGINT)) from None
         except Exception as e:
             from pipeline.errors import classify
 

@@ -61,7 +61,8 @@ def label(
     lam: Path = typer.Option(..., help="A `lawam train-lam` output folder (model.safetensors + card.json)."),
     version_id: str = typer.Option(None, "--version", help="Store version to read; default: newest."),
     export: Path = typer.Option(None, help="Also write (episode, t, z) of the whole label set to this Parquet file."),
-    actors: int = typer.Option(None, min=1, help="Labelling actors (default: one per GPU, else one per Ray node using its cores)."),
+    actors: int = typer.Option(None, min=1, help="Labelling actors (default: one per GPU, else one per Ray node, "
+                                                 "using its cores)."),
     progress: bool = typer.Option(True, help="Show a progress bar."),
 ) -> None:
     """Label every pair of every episode with the LaWM's latent action, as a label set in the store.
