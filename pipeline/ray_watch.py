@@ -65,6 +65,7 @@ class NodeWatch:
         self.poll_s = min(1.0, check_every_s)
         self.alive = alive_nodes()
         self.lost: dict[str, str] = {}  # node id -> address, of nodes lost during the run
+        self.lost_at: dict[str, float] = {}  # node id -> monotonic time its loss was seen
         self._suspects: set = set()  # in flight when a node was lost, not delivered since
         self._deadline = 0.0
         now = time.monotonic()
@@ -90,6 +91,7 @@ class NodeWatch:
             self.alive = alive
             if gone:
                 self.lost.update(gone)
+                self.lost_at.update(dict.fromkeys(gone, now))
                 self._suspects |= pending
                 self._deadline = now + self.grace_s
                 log.warning("%s: lost Ray node %s; %d tasks in flight get %.0f s to be redone on the %d nodes left",

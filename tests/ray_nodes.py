@@ -20,6 +20,7 @@ runs at loads of 20-150 on 2 cores) is not declared dead.
 from __future__ import annotations
 
 import contextlib
+import json
 import os
 import shutil
 import signal
@@ -100,7 +101,8 @@ class LoopbackCluster:
         # ourselves, never with `ray stop` (which would kill every Ray on the machine).
         return subprocess.Popen(
             [str(RAY_BIN), "start", "--block", "--node-ip-address", ip, "--num-cpus", str(self.cpus),
-             "--disable-usage-stats", "--temp-dir", str(self.root / ip.rsplit(".", 1)[1]), *sizes, *args],
+             "--disable-usage-stats", "--temp-dir", str(self.root / ip.rsplit(".", 1)[1]), *sizes,
+             "--resources", json.dumps({f"node:{ip}:only": 1}), *args],  # pins a task to this node, even after its loss
             env={**os.environ, **NODE_ENV}, start_new_session=True,
             stdout=open(self.root / f"{ip}.log", "ab"), stderr=subprocess.STDOUT,  # noqa: SIM115
         )
@@ -122,8 +124,6 @@ class LoopbackCluster:
             out = subprocess.run([sys.executable, "-c", probe], env=self.env(), capture_output=True, text=True,
                                  timeout=self.start_timeout_s)
             if out.returncode == 0:
-                import json
-
                 alive = json.loads(out.stdout.strip().splitlines()[-1])
                 if len(alive) >= n:
                     for node in self.nodes:

@@ -130,6 +130,8 @@ def test_ingest_label_and_training_spread_over_both_nodes_under_a_small_object_s
     spill_logs = [p for p in cluster.root.rglob("raylet.out") if "Spilled" in p.read_text(errors="replace")]
     assert spilled or spill_logs, f"25 MB blocks through 75 MiB object stores spilled nothing: {cluster.logs()}"
     assert peak_kb < 1_500_000, f"driver peak RSS {peak_kb / 1024:.0f} MiB"  # pixels never reach the driver
+    print(f"4 x 1024 frames through 75 MiB stores: driver peak RSS {peak_kb / 1024:.0f} MiB, spilled on "
+          f"{len(spilled) or len(spill_logs)} node(s); {nodes}")
 
     (tmp_path / "lam.yaml").write_text(yaml.safe_dump(LamConfig.model_validate(TINY_LAM).model_dump(mode="json")))
     rc, out, err = finish(lawam(cluster, "train-lam", "--store", str(tmp_path / "store"), "--out",
@@ -186,7 +188,8 @@ def test_losing_a_node_mid_ingest_ends_in_bounded_time_and_loses_nothing(cluster
     else:
         assert "added 30" in out
     first = committed()
-    print(f"node lost -> run ended in {took:.1f} s, exit {rc}, {len(first)} episodes committed")
+    print(f"node lost -> run ended in {took:.1f} s, exit {rc}, {len(first)} episodes committed",
+          *[ln for ln in err.splitlines() if ln.startswith(("error:", "WARNING pipeline"))], sep="\n  ")
 
     for i in range(30, 40):  # more work, then SIGTERM mid-run
         make_video(tmp_path / "v" / f"c{i:02d}.mp4", n_frames=100, fps=10, seed=i)
@@ -205,20 +208,52 @@ def test_losing_a_node_mid_ingest_ends_in_bounded_time_and_loses_nothing(cluster
     assert len(committed()) == 40
 
 
+# A driver whose task can run only on the worker node (a resource no other node has): once the
+# node is lost, Ray retries the task and it waits forever, infeasible — the hang class the
+# executors' `NodeWatch` bounds. Prints how long after the loss the watch ended it.
+STALLED_DRIVER = """
+import sys, time, ray
+from pipeline.ray_watch import NodeWatch
+ray.init(log_to_driver=False)
+@ray.remote(num_cpus=0, resources={sys.argv[1]: 0.01})
+def forever():
+    print("running", flush=True)
+    time.sleep(3600)
+ref = forever.remote()
+watch = NodeWatch("stalled", grace_s=10)
+print("submitted", flush=True)
+try:
+    while True:
+        ready, _ = ray.wait([ref], timeout=watch.poll_s)
+        watch.delivered(ready)
+        watch.check([] if ready else [ref])
+except Exception as e:
+    print(f"{type(e).__name__} after the loss: {time.monotonic() - min(watch.lost_at.values()):.1f} s: {e}")
+"""
+
+
 def test_losing_a_node_mid_label_ends_in_bounded_time_and_labels_each_episode_once(cluster, tmp_path):
     """The worker node is SIGKILLed while its labelling actor holds tasks: they are redone by
     the actor left, or the run stops with one retryable line and no label of it committed.
-    The re-run labels every episode exactly once."""
+    The re-run labels every episode exactly once. Work that can never resume (a task only the
+    lost node could run) ends its run within the watch's grace, not never."""
     from model.train_lam import train_lam
 
     uri = str(tmp_path / "store")
     write_store(uri, [SynthSource("bot", episodes=120, seconds=3.0)])
     train_lam(uri, tmp_path / "lam", LamConfig.model_validate(TINY_LAM), progress=False)
     worker = two_nodes(cluster)
+    stalled = subprocess.Popen([sys.executable, "-c", STALLED_DRIVER, f"node:{worker.ip}:only"], cwd=REPO,
+                               env={**cluster.env(), "PYTHONPATH": str(REPO)}, text=True, stdout=subprocess.PIPE,
+                               stderr=subprocess.PIPE, start_new_session=True)
     proc = lawam(cluster, "label", "--store", uri, "--lam", str(tmp_path / "lam"), "--no-progress")
     wait_running(cluster, worker, "LabelActor", proc)
+    assert stalled.stdout.readline().strip() == "submitted"
     t_kill = time.monotonic()
     cluster.kill_node(worker)
+    stalled_out, stalled_err = stalled.communicate(timeout=AFTER_KILL_S)
+    assert "InfrastructureError after the loss" in stalled_out, stalled_err[-3000:]
+    print(stalled_out.strip().splitlines()[-1])
     rc, out, err = finish(proc, timeout=AFTER_KILL_S)
     took = time.monotonic() - t_kill
     assert rc in (0, 1), (rc, err[-3000:])
@@ -232,7 +267,8 @@ def test_losing_a_node_mid_label_ends_in_bounded_time_and_labels_each_episode_on
         assert "+120 episodes" in out  # nothing of the stopped run was committed
     else:
         assert "+120 episodes" in out
-    print(f"node lost -> labelling ended in {took:.1f} s, exit {rc}")
+    print(f"node lost -> labelling ended in {took:.1f} s, exit {rc}",
+          *[ln for ln in err.splitlines() if ln.startswith(("error:", "WARNING pipeline"))], sep="\n  ")
     store = FeatureStore.open(uri)
     (info,) = list_label_sets(store)
     labels = LabelSet.open(store, info.id)
