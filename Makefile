@@ -8,6 +8,12 @@ STAMP := $(VENV)/.installed
 DEB_PACKAGES := libegl1 libegl-mesa0 libgl1-mesa-dri libgles2 postgresql
 DEMO_DIR ?= data/demo
 DEMO_ARGS ?=
+# The suite runs in parallel worker processes (pytest-xdist), each with its own Ray and Prefect.
+# Many tests wait on a server, a Ray start or a retry back-off more than they compute, so twice
+# as many workers as cores (at most 8) pays; each worker's torch gets cores / workers threads
+# (tests/conftest.py). worksteal: each worker starts on a contiguous share of the tests (module
+# fixtures built once) and takes half of the busiest worker's queue when its own runs out.
+TEST_WORKERS ?= $(shell n=$$(( $$(nproc) * 2 )); echo $$(( n > 8 ? 8 : n )))
 
 export MUJOCO_GL ?= egl
 export PYOPENGL_PLATFORM ?= egl
@@ -22,7 +28,7 @@ demo: $(STAMP)
 
 test: $(STAMP)
 	$(VENV)/bin/ruff check .
-	$(PY) -m pytest -q --durations=25 $(PYTEST_ARGS)
+	$(PY) -m pytest -q --durations=25 -n $(TEST_WORKERS) --dist worksteal $(PYTEST_ARGS)
 
 lint: $(STAMP)
 	$(VENV)/bin/ruff check .

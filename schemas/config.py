@@ -11,9 +11,11 @@ from pathlib import Path
 from typing import Annotated, Literal, TypeVar
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import BaseModel, Field, ValidationError, field_validator, model_validator
 
+from schemas.curation import CurationConfig, load_curation_config
 from schemas.errors import ConfigError
+from schemas.strict import Strict as _Strict
 
 _SOURCE_ID = re.compile(r"^[a-z0-9][a-z0-9_.-]*$")
 # Fields a video_dir manifest provides, by our name; `SourceSpec.columns` maps them onto a
@@ -28,10 +30,6 @@ def _no_nul(v: str | None) -> str | None:
     if v is not None and "\x00" in v:
         raise ValueError("must not contain a NUL byte")
     return v
-
-
-class _Strict(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True)
 
 
 class SourceSpec(_Strict):
@@ -126,12 +124,30 @@ class EncoderConfig(_Strict):
     layer: int = -1  # transformer block whose output is stored; -1 = last (after final norm)
     seed: int = 0  # seeds random init when no checkpoint is given
     batch_size: Annotated[int, Field(ge=1)] = 32  # frames per forward pass
-    device: Literal["auto", "cpu", "cuda"] = "auto"  # auto = CUDA (bf16 autocast) when present
+    device: Literal["auto", "cpu", "cuda"] = "auto"  # auto = CUDA when present
+    # What computes the features (part of the identity: a store holds one numerics). auto =
+    # the store's own when it exists, else the fastest measured: OpenVINO on a CPU, torch on
+    # CUDA. `torch` + `fp32` is the reference, bit-compatible with stores written before
+    # runtimes were named (benchmarks/bench_encoder.py measures them all).
+    runtime: Literal["auto", "torch", "openvino", "onnxruntime"] = "auto"
+    # auto = bf16 where the hardware computes it natively (CUDA; a CPU with AVX-512 BF16 or AMX
+    # under OpenVINO or torch), else fp32; onnxruntime computes fp32 only.
+    precision: Literal["auto", "fp32", "bf16"] = "auto"
 
     @field_validator("tokens")
     @classmethod
     def _tokens_mode(cls, v: str) -> str:
         return _check_tokens(v)
+
+    @model_validator(mode="after")
+    def _runtime_fits(self) -> EncoderConfig:
+        if self.runtime in ("openvino", "onnxruntime") and self.device == "cuda":
+            raise ValueError(f"runtime {self.runtime!r} runs on the CPU here: use runtime 'torch' (or 'auto') "
+                             "with device 'cuda'")
+        if self.runtime == "onnxruntime" and self.precision == "bf16":
+            raise ValueError("runtime 'onnxruntime' computes fp32 only: use precision 'fp32' (or 'auto'), "
+                             "or runtime 'openvino' / 'torch' for bf16")
+        return self
 
 
 class SamplingConfig(_Strict):
@@ -172,6 +188,9 @@ class CorpusConfig(_Strict):
     sampling: SamplingConfig = SamplingConfig()
     store: StoreConfig = StoreConfig()
     labels: LabelsConfig | None = None  # None: a refresh ingests only
+    # Curate after every refresh (`lawam curate` with this config): a path of a curate.yaml
+    # (relative to the corpus file) or the config inline. None: a refresh does not curate.
+    curation: CurationConfig | None = None
 
     @model_validator(mode="after")
     def _unique_ids(self) -> CorpusConfig:
@@ -262,6 +281,11 @@ def load_corpus(path: str | Path) -> CorpusConfig:
             else:
                 raise ConfigError(f"{path}: sources.{i}: expected a mapping or a file path, got {s!r}")
         data = {**data, "sources": resolved}
+    curation = data.get("curation")
+    if isinstance(curation, str):
+        if not curation.strip() or not curation.isprintable():
+            raise ConfigError(f"{path}: curation: {curation!r} is not a curation config path")
+        data = {**data, "curation": load_curation_config(path.parent / curation)}
     cfg = _validate(CorpusConfig, data, path)
     store = cfg.store.model_copy(update={"uri": _resolve(cfg.store.uri, path.parent)})
     update: dict = {"store": store}

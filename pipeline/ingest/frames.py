@@ -21,7 +21,7 @@ import numpy as np
 
 from pipeline.decode import decode_frames, pick_frame_indices
 from pipeline.decode.arrays import resize_frames
-from pipeline.errors import classify
+from pipeline.errors import classify, one_line
 from pipeline.sources import iter_image_frames, load_actions, read_image_timestamps
 from pipeline.sources.base import EpisodeError
 from schemas.identity import SamplingParams
@@ -48,12 +48,6 @@ def decode_episode_blocks(ref: EpisodeRef, params: SamplingParams, *, block_fram
     keep = pick_frame_indices(stamps, fps=fps, start_s=float(stamps[0]), end_s=end)  # same rule as for videos
     for frames, ts in iter_image_frames(ref, keep, block_frames):
         yield {"frames": resize_frames(frames, size, resize), "timestamps": ts.astype(np.float64)}
-
-
-def one_line(e: BaseException) -> str:
-    """An exception as one catalog line: its type and the last line of its message."""
-    text = str(e).strip().splitlines()
-    return f"{type(e).__name__}: {text[-1] if text else ''}".strip(": ")
 
 
 @dataclass

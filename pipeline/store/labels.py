@@ -1,7 +1,8 @@
 """Label sets: latent-action labels stored next to the features they were computed from.
 
 Promise (DESIGN.md, "Label sets"): one label set per LaWM checkpoint, keyed by the hash of
-its weights; labels of two checkpoints never mix, several sets coexist, and each is added
+its weights and of every card field that changes its labels (`schemas.identity.label_set_id`);
+labels of two checkpoints never mix, several sets coexist, and each is added
 in a commit, incrementally — only episodes without labels of that set, or redone since.
 
 Layout, inside the same Icechunk repository (so a store version pins features *and* labels):
@@ -17,34 +18,40 @@ gets a new hash, so its old labels stop being served at once, and the next label
 redoes it — nothing derived from old features is ever handed out as if it were new.
 
 Like the ingest, the writer holds the store's writer lock for the whole run and publishes
-in one commit: a run killed mid-way leaves no label of that run visible.
+in one commit: a run killed mid-way leaves no label of that run visible. What label sets share
+with curation sets (the index, currency by content hash, the writer's lock, buffers and
+commit) is `pipeline.store.derived`.
+
+Labels are checked like features: a z holding NaN or inf is refused when it is put (the
+model that made it is broken, so the whole run stops before anything is committed), and
+`lawam verify` reads every label for finiteness. An episode's labels can be redone on
+purpose (`todo(store, redo=...)`): the new rows replace the old ones in the same set.
 """
 
 from __future__ import annotations
 
 import logging
-import re
-import uuid
 from collections import OrderedDict
 from dataclasses import dataclass
-from datetime import UTC, datetime
 
 import numpy as np
 import pyarrow as pa
-import pyarrow.compute as pc
 import zarr
 
-from pipeline.store.backend import StoreError, WriterLock, open_repo
-from pipeline.store.format import checksummed
-from pipeline.store.index import read_index, write_index
-from pipeline.store.reader import CHUNK_ERRORS, FeatureStore, StoreCorruptError
+from pipeline.store.backend import StoreError
+from pipeline.store.derived import DerivedSet, DerivedSetWriter
+from pipeline.store.reader import FeatureStore
 from schemas import LABEL_INDEX_SCHEMA
+from schemas.errors import ConfigError
 
 log = logging.getLogger(__name__)
 
+
+class NonFiniteLabelsError(ConfigError):
+    """A labelling model gave NaN or inf: the model is broken (its weights, not the episode's
+    input), so the run stops before anything is committed (exit 2), naming the model."""
+
 LABELS_GROUP = "labels"
-_SET_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
-_FLUSH_BYTES = 64 << 20  # buffered label rows are written in blocks of about this size
 _CACHE_BYTES = 128 << 20  # labels a reader keeps in memory (a trainer reads each episode many times)
 
 
@@ -61,55 +68,25 @@ class LabelSetInfo:
         return self.labelled / self.episodes if self.episodes else 0.0
 
 
-class LabelSet:
+class LabelSet(DerivedSet):
     """One label set, read-only, at the store version it was opened with."""
 
+    GROUP = LABELS_GROUP
+    SCHEMA = LABEL_INDEX_SCHEMA
+    WHAT = "label set"
+    MAKE = "run `lawam label` first"
+
     def __init__(self, store: FeatureStore, set_id: str, group: zarr.Group):
-        self.store = store
-        self.id = set_id
-        self.group = group
-        self.attrs = dict(group.attrs)
+        super().__init__(store, set_id, group)
         self.dim = int(self.attrs.get("dim", 0))
-        table = read_index(group, LABEL_INDEX_SCHEMA)
-        hashes = dict(zip(store.keys.tolist(), store.episodes()["content_hash"].to_pylist(), strict=True))
-        keys = table["key"].to_pylist()
-        current = [hashes.get(k) == h for k, h in zip(keys, table["content_hash"].to_pylist(), strict=True)]
-        self.index = table
-        self._current = {k: i for i, (k, ok) in enumerate(zip(keys, current, strict=True)) if ok}
-        self.stale = sum(1 for k, ok in zip(keys, current, strict=True) if not ok and k in hashes)
-        self._shard = table["shard"].to_pylist()
-        self._start = table["row_start"].to_numpy()
-        self._rows = table["rows"].to_numpy()
-        self._k = table["k_frames"].to_numpy()
-        self._arrays: dict[str, zarr.Array] = {}
+        self._start = self.index["row_start"].to_numpy()
+        self._rows = self.index["rows"].to_numpy()
+        self._k = self.index["k_frames"].to_numpy()
         self._cache: OrderedDict[str, np.ndarray] = OrderedDict()  # episode key -> z, LRU
         self._cached = 0
 
-    @classmethod
-    def open(cls, store: FeatureStore, set_id: str) -> LabelSet:
-        path = f"{LABELS_GROUP}/{set_id}"
-        if path not in store.root:
-            have = [s.id for s in list_label_sets(store)]
-            raise StoreError(f"store {store.uri!r} has no label set {set_id!r} at version {store.version}"
-                             f" (it has {have or 'none'}; run `lawam label` first)")
-        return cls(store, set_id, store.root[path])
-
-    def __contains__(self, key: str) -> bool:
-        return key in self._current
-
-    @property
-    def keys(self) -> list[str]:
-        """Episodes with current labels."""
-        return list(self._current)
-
     def k_frames(self, key: str) -> int:
         return int(self._k[self._current[key]])
-
-    def _array(self, shard: str, name: str) -> zarr.Array:
-        path = f"{shard}/{name}"
-        if path not in self._arrays:
-            self._arrays[path] = self.group[f"shards/{path}"]
-        return self._arrays[path]
 
     def episode(self, key: str) -> np.ndarray | None:
         """(N - k, Z) float32: z[t] for the pair (t, t + k_frames); None when the episode has no
@@ -119,14 +96,7 @@ class LabelSet:
             return None
         z = self._cache.get(key)
         if z is None:
-            s, n = int(self._start[i]), int(self._rows[i])
-            try:
-                z = self._cache[key] = self._array(self._shard[i], "z")[s : s + n]
-            except CHUNK_ERRORS as e:
-                cause = next((ln.strip() for ln in str(e).splitlines() if ln.strip()), type(e).__name__)
-                raise StoreCorruptError(
-                    f"store {self.store.uri!r} version {self.store.version}: labels of episode {key} (label set "
-                    f"{self.id}, shard {self._shard[i]}) cannot be read: {cause[:200]}") from e
+            z = self._cache[key] = self.read_rows(key, "z", int(self._start[i]), int(self._rows[i]))
             self._cached += z.nbytes
             while self._cached > _CACHE_BYTES and len(self._cache) > 1:
                 self._cached -= self._cache.popitem(last=False)[1].nbytes
@@ -139,8 +109,7 @@ class LabelSet:
         i = self._current.get(key)
         if i is None or "codes" not in self.group[f"shards/{self._shard[i]}"]:
             return None
-        s, n = int(self._start[i]), int(self._rows[i])
-        return self._array(self._shard[i], "codes")[s : s + n]
+        return self.read_rows(key, "codes", int(self._start[i]), int(self._rows[i]))
 
     def to_table(self) -> pa.Table:
         """(episode, t, z) rows of every current label, for other trainers (`--export`)."""
@@ -161,119 +130,50 @@ class LabelSet:
 
 
 def list_label_sets(store: FeatureStore) -> list[LabelSetInfo]:
-    if LABELS_GROUP not in store.root:
-        return []
-    out = []
-    for name in sorted(store.root[LABELS_GROUP].group_keys()):
-        ls = LabelSet(store, name, store.root[f"{LABELS_GROUP}/{name}"])
-        out.append(LabelSetInfo(name, ls.attrs, len(ls.keys), ls.stale, len(store)))
-    return out
+    return [LabelSetInfo(ls.id, ls.attrs, len(ls.keys), ls.stale, len(store)) for ls in LabelSet.list_in(store)]
 
 
-class LabelWriter:
+class LabelWriter(DerivedSetWriter):
     """The one writer of a label set. Holds the store's writer lock from `open()` to
     `close()`; `put()` buffers, `commit()` publishes everything in one new version."""
 
-    def __init__(self, uri: str, set_id: str, attrs: dict, branch: str, lock: WriterLock):
-        if not _SET_ID.match(set_id):
-            raise ValueError(f"label set id {set_id!r}: letters, digits, '.', '_' or '-' only")
-        self.uri, self.set_id, self.branch, self._lock = uri, set_id, branch, lock
-        self.repo = open_repo(uri, create=False)
-        self.session = self.repo.writable_session(branch)
-        self.parent_version: str = self.session.snapshot_id
-        self.root = zarr.open_group(self.session.store, mode="a")
-        path = f"{LABELS_GROUP}/{set_id}"
-        if path in self.root:
-            self.group = self.root[path]
-            if dict(self.group.attrs).get("dim") not in (None, attrs.get("dim")):
-                raise StoreError(f"label set {set_id!r} in {uri!r} holds z of dim {self.group.attrs['dim']}, "
-                                 f"this LaWM gives {attrs.get('dim')}")
-        else:
-            self.group = self.root.require_group(path)
-            self.group.attrs.update({**attrs, "created_at": datetime.now(UTC).isoformat(timespec="seconds")})
-        self.index = read_index(self.group, LABEL_INDEX_SCHEMA)
-        self.shard = datetime.now(UTC).strftime("%Y%m%dT%H%M%S") + "-" + uuid.uuid4().hex[:6]
-        self._rows: dict[str, dict] = {}
-        self._buf_z: list[np.ndarray] = []
-        self._buf_codes: list[np.ndarray] = []
-        self._buffered = 0
-        self._written = 0  # rows already in the shard arrays
+    GROUP = LABELS_GROUP
+    SCHEMA = LABEL_INDEX_SCHEMA
+    WHAT = "label set"
+    META = "label_set"
+    ARRAYS = {
+        "z": (("pair", "dim"), 8192, "latent action z of pair (t, t + k_frames)"),
+        "codes": (("pair", "query"), 8192, "quantizer code per query of pair (t, t + k_frames)"),
+    }
 
-    @classmethod
-    def open(cls, uri: str, set_id: str, attrs: dict, *, branch: str = "main") -> LabelWriter:
-        lock = WriterLock(uri).__enter__()
-        try:
-            return cls(uri, set_id, attrs, branch, lock)
-        except BaseException:
-            lock.__exit__(None, None, None)
-            raise
+    def check_attrs(self, stored: dict, attrs: dict) -> None:
+        for name in ("dim", "k_seconds"):  # a set's labels all come from one model at one gap
+            if stored.get(name) not in (None, attrs.get(name)):
+                raise StoreError(f"label set {self.set_id!r} in {self.uri!r} holds labels of {name} {stored[name]}; "
+                                 f"{_made_by(attrs, self.set_id)} gives {attrs.get(name)}: they never share a set")
 
-    def __enter__(self) -> LabelWriter:
-        return self
+    def __init__(self, uri: str, set_id: str, attrs: dict, branch: str, lock) -> None:
+        self.made_by = _made_by(attrs, set_id)  # the model writing now, for messages: its folder
+        super().__init__(uri, set_id, attrs, branch, lock)
 
-    def __exit__(self, *exc: object) -> None:
-        self.close()
-
-    def close(self) -> None:
-        """Release the lock; labels not committed are dropped (and stay invisible)."""
-        self._lock.__exit__(None, None, None)
-
-    def todo(self, store: FeatureStore) -> list[str]:
-        """Keys of `store`'s episodes that lack current labels of this set. `store` should be
-        the version this writer starts from (`parent_version`)."""
-        have = dict(zip(self.index["key"].to_pylist(), self.index["content_hash"].to_pylist(), strict=True))
-        hashes = store.episodes()["content_hash"].to_pylist()
-        return [k for k, h in zip(store.keys.tolist(), hashes, strict=True) if have.get(k) != h]
-
-    def put(self, key: str, content_hash: str, z: np.ndarray, k_frames: int, codes: np.ndarray | None = None) -> None:
-        """Buffer one episode's labels: z (N - k, Z), from the features with `content_hash`."""
+    def put(self, key: str, content_hash: str, z: np.ndarray, k_frames: int,  # type: ignore[override]
+            codes: np.ndarray | None = None) -> None:
+        """Buffer one episode's labels: z (N - k, Z), from the features with `content_hash`.
+        A z holding NaN or inf is refused (`NonFiniteLabelsError`): nothing is buffered."""
         z = np.asarray(z, np.float32)
         if z.ndim != 2:
             raise ValueError(f"{key}: labels must be (pairs, dim), got {z.shape}")
-        start = self._written + self._buffered
-        self._buf_z.append(z)
+        bad = int(z.size - np.isfinite(z).sum())
+        if bad:
+            raise NonFiniteLabelsError(
+                f"{self.made_by} gave NaN or inf for {bad} of {z.size} latent values of episode {key}: the model "
+                f"is broken (restore its weights or train it again); label set {self.set_id} is unchanged")
+        start = self.append("z", z)
         if codes is not None:
-            self._buf_codes.append(np.asarray(codes, np.int32))
-        self._buffered += len(z)
-        self._rows[key] = {"key": key, "content_hash": content_hash, "shard": self.shard, "row_start": start,
-                           "rows": len(z), "k_frames": int(k_frames)}
-        if sum(b.nbytes for b in self._buf_z) > _FLUSH_BYTES:
-            self._flush()
+            self.append("codes", np.asarray(codes, np.int32))
+        super().put({"key": key, "content_hash": content_hash, "row_start": start, "rows": len(z),
+                     "k_frames": int(k_frames)})
 
-    def _flush(self) -> None:
-        if not self._buf_z:
-            return
-        shard = self.group.require_group(f"shards/{self.shard}")
-        for name, bufs in (("z", self._buf_z), ("codes", self._buf_codes)):
-            if not bufs:
-                continue
-            data = np.concatenate(bufs)
-            if name not in shard:
-                shard.create_array(name, shape=(0, data.shape[1]), chunks=(8192, data.shape[1]), dtype=data.dtype,
-                                   dimension_names=("pair", "dim" if name == "z" else "query"),
-                                   compressors=checksummed(),
-                                   attributes={"description": "latent action z of pair (t, t + k_frames)" if name == "z"
-                                               else "quantizer code per query of pair (t, t + k_frames)"})
-            arr = shard[name]
-            start = arr.shape[0]
-            arr.resize((start + len(data), data.shape[1]))
-            arr[start:] = data
-        self._written += self._buffered
-        self._buf_z, self._buf_codes, self._buffered = [], [], 0
 
-    @property
-    def pending(self) -> int:
-        return len(self._rows)
-
-    def commit(self, message: str, metadata: dict | None = None) -> str | None:
-        """Publish the buffered labels (and the updated label index) as one new version."""
-        if not self._rows:
-            return None
-        self._flush()
-        old = self.index.filter(pc.invert(pc.is_in(self.index["key"], pa.array(list(self._rows), pa.string()))))
-        table = pa.concat_tables([old, pa.Table.from_pylist(list(self._rows.values()), schema=LABEL_INDEX_SCHEMA)])
-        write_index(self.group, table, LABEL_INDEX_SCHEMA)
-        version = self.session.commit(message, metadata={"lawam_label_set": self.set_id, **(metadata or {})})
-        log.info("committed %s: label set %s, +%d episodes", version, self.set_id, len(self._rows))
-        self._rows.clear()
-        return version
+def _made_by(attrs: dict, set_id: str) -> str:
+    return str((attrs.get("lam") or {}).get("dir") or set_id)

@@ -177,7 +177,7 @@ class StoreWriter:
         """Open (creating if needed) the store at `uri` for appending with this encoder
         identity. The token shape is taken from the store, or from the first features."""
         # Locked before anything is read, so the session starts from the newest commit.
-        lock = WriterLock(uri).__enter__()
+        lock = WriterLock(uri, create=True).__enter__()
         try:
             self = cls(uri, open_repo(uri, create=True), branch, chunk_frames, spill_frames, lock)
             self._check_identity(encoder)
