@@ -7,7 +7,7 @@ from pathlib import Path
 
 import typer
 
-from flows.cli.app import _domain_errors, _fail, app, out
+from flows.cli.app import app, out
 
 
 @app.command()
@@ -37,11 +37,8 @@ def value(
     if out_dir is None:
         local = Path(store)
         out_dir = (local.parent if "://" not in store else Path(".")) / f"value-{source}"
-    try:
-        report = source_value(store, source, out_dir=out_dir, cfg=load_lam_config(config), steps=steps,
-                              version=version_id, progress=progress_bar if progress else None)
-    except _domain_errors() as e:
-        _fail(str(e).splitlines()[0] if str(e) else type(e).__name__)
+    report = source_value(store, source, out_dir=out_dir, cfg=load_lam_config(config), steps=steps,
+                          version=version_id, progress=progress_bar if progress else None)
     if as_json:
         out.print_json(json.dumps(report.to_json(), default=float))
         return
