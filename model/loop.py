@@ -132,6 +132,7 @@ class RunSpec:
     workers: int = 1
     name: str = "train"  # progress-bar label; the lease's purpose
     keep_version: bool = True  # tag the version a finished run read, so gc never expires it
+    nodes: int = 1  # machines the workers ran on (Ray Train spreads them one per node where it can)
 
 
 def lr_lambda(o: OptimConfig):
@@ -320,6 +321,7 @@ def _finish(core: torch.nn.Module, spec: RunSpec, store: FeatureStore, out: Path
         store=StoreRef(uri=store.uri, version=store.version, tag=tag), encoder=store.encoder,
         token_shape=store.token_shape, config=spec.recipe.cfg.model_dump(mode="json"),
         steps=step, wall_time_s=round(wall, 2), pairs_per_s=round(pairs_per_s, 1), workers=spec.workers,
+        nodes=spec.nodes,
         device=str(device_for(spec.device)), metrics=metrics, weights_sha256=sha,
         **spec.recipe.card(core, store, sha))
     write_card(out, card)
@@ -331,9 +333,20 @@ def _finish(core: torch.nn.Module, spec: RunSpec, store: FeatureStore, out: Path
 
 
 def _ray_loop(config: dict) -> None:
-    import ray.train
+    import dataclasses
 
-    card = _loop(config["spec"])
+    import ray
+    import ray.train
+    import torch.distributed as dist
+
+    spec = config["spec"]
+    here = ray.get_runtime_context().get_node_id()
+    everyone: list[str | None] = [None] * dist.get_world_size()
+    dist.all_gather_object(everyone, here)
+    spec = dataclasses.replace(spec, nodes=len(set(everyone)))
+    if dist.get_rank() == 0:
+        log.info("%d workers on %d Ray nodes", len(everyone), spec.nodes)
+    card = _loop(spec)
     ray.train.report({"steps": card.steps} if card is not None else {})
 
 
@@ -436,8 +449,10 @@ def _train_on_ray(spec: RunSpec) -> Card | StoppedRun:
     use_gpu = device_for(spec.device).type == "cuda"
     trainer = TorchTrainer(
         _ray_loop, train_loop_config={"spec": spec},
+        # SPREAD: one worker per node where the cluster has the nodes (each its own cores and
+        # memory bandwidth); on one machine, all of them there.
         scaling_config=ScalingConfig(num_workers=spec.workers, use_gpu=use_gpu,
-                                     resources_per_worker={"CPU": 1}),
+                                     resources_per_worker={"CPU": 1}, placement_strategy="SPREAD"),
         run_config=RunConfig(name=spec.name, storage_path=str(Path(spec.out_dir).resolve() / "ray")),
     )
     trainer.fit()

@@ -14,7 +14,7 @@ returning a function `(f_t, f_tk) -> z` or `-> (z, codes)` over numpy batches.
    probe   — the model runs on the pairs of the first episodes in this process; NaN or inf
              refuses it before any actor starts (and `LabelWriter.put` refuses any later z
              that is not finite: the run stops, nothing is committed).
-2. infer   — `LabelActor`s (one per GPU, else one using every core) reopen the store by
+2. infer   — `LabelActor`s (one per GPU, else one per node using its cores) reopen the store by
              `(uri, version)`, read whole episodes and run the model on batches of pairs
              (t, t + k) with k = k_seconds at the episode's rate. At most two tasks per actor
              are in flight (backpressure); features never pass through the driver. When Ray
@@ -23,6 +23,10 @@ returning a function `(f_t, f_tk) -> z` or `-> (z, codes)` over numpy batches.
              loading the model) was most of what labelling cost beyond a plain torch loop.
 3. write   — the driver buffers the labels and publishes them in one commit at the end: a
              run killed mid-way leaves no label of that run visible.
+
+A lost Ray node: the tasks of the actors that died with it go to the live actors; work that
+does not resume within a bounded time stops the run retryably (`pipeline.ray_watch`), with
+nothing of it committed. The report counts the episodes each node labelled.
 """
 
 from __future__ import annotations
@@ -32,7 +36,7 @@ import os
 import time
 from collections import deque
 from collections.abc import Iterable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, Protocol
 
 import numpy as np
@@ -69,6 +73,7 @@ class LabelReport:
     skipped: int = 0  # already had current labels
     redone: int = 0  # asked to be labelled again (`redo`, `damaged`), among `episodes`
     seconds: float = 0.0
+    nodes: dict[str, int] = field(default_factory=dict)  # Ray node address -> episodes labelled there
 
     @property
     def pairs_per_s(self) -> float:
@@ -80,6 +85,8 @@ class LabelReport:
                 ("episodes relabelled on request", self.redone), ("pairs", self.pairs),
                 ("throughput", f"{self.pairs_per_s:.0f} pairs/s"),
                 ("store version", f"{self.version_before} → {self.version_after or '(unchanged)'}")]
+        if len(self.nodes) > 1:
+            rows.append(("episodes per Ray node", ", ".join(f"{n}: {c}" for n, c in sorted(self.nodes.items()))))
         return f"## Labels in `{self.store}`\n\n| | |\n|---|---|\n" + "".join(f"| {a} | {b} |\n" for a, b in rows)
 
 
@@ -191,13 +198,13 @@ def label_store(uri: str, labeler: Labeler, *, version: str | None = None, redo:
             report.seconds = time.monotonic() - t0
             return report
         reader, fn = _probe(store, labeler, todo, batch_pairs, writer.made_by)
-        tasks = _tasks(store, todo, pairs_per_task)
         with progress_bar("label", total=len(todo), enabled=progress, unit="episodes") as bar:
             if ray_adds_hardware(num_actors) if use_ray is None else use_ray:
                 del reader, fn  # the actors load their own
-                results = _run_ray(store, labeler, tasks, num_actors, batch_pairs)
+                results = _run_ray(store, labeler, todo, num_actors, batch_pairs, pairs_per_task, report.nodes)
             else:
-                results = (_label_episodes(reader, fn, keys, batch_pairs) for keys in tasks)
+                results = (_label_episodes(reader, fn, keys, batch_pairs)
+                           for keys in _tasks(store, todo, pairs_per_task))
             for batch in results:
                 for key, h, k, z, codes in batch:
                     writer.put(key, h, z, k, codes)
@@ -221,9 +228,14 @@ def ray_adds_hardware(num_actors: int | None) -> bool:
     return torch.cuda.device_count() > 1
 
 
-def _run_ray(store: FeatureStore, labeler: Labeler, tasks: list[list[str]], num_actors: int | None,
-             batch_pairs: int):
+def _run_ray(store: FeatureStore, labeler: Labeler, todo: list[str], num_actors: int | None,
+             batch_pairs: int, pairs_per_task: int, nodes: dict[str, int]):
+    """Yield each task's labels, in submission order but for tasks redone after an actor was
+    lost; count the episodes of each node into `nodes` (by address). Tasks are small enough
+    for every actor to get four: a small store still spreads over a cluster's nodes."""
     import ray
+
+    from pipeline.ray_watch import NodeWatch, actor_node, alive_nodes, node_names
 
     ensure_ray()
     gpus = int(ray.cluster_resources().get("GPU", 0))
@@ -232,20 +244,50 @@ def _run_ray(store: FeatureStore, labeler: Labeler, tasks: list[list[str]], num_
         actors = [actor_cls.options(num_gpus=1, num_cpus=1).remote(store, labeler, 4, batch_pairs)
                   for _ in range(num_actors or gpus)]
     else:
-        n = num_actors or 1
-        threads = max(1, (os.cpu_count() or 1) // n)
-        actors = [actor_cls.options(num_cpus=1).remote(store, labeler, threads, batch_pairs) for _ in range(n)]
-    pending: deque = deque()
-    queue = deque(tasks)
+        n_nodes = len(alive_nodes())
+        n = num_actors or n_nodes
+        threads = max(1, (os.cpu_count() or 1) * n_nodes // n)
+        actors = [actor_cls.options(num_cpus=1, scheduling_strategy="SPREAD").remote(store, labeler, threads,
+                                                                                     batch_pairs)
+                  for _ in range(n)]
+    node_of = {a: actor_node(a) for a in actors}
+    names = node_names()
+    frames = int(sum(store.frames[store.row(key)] for key in todo))
+    queue = deque(_tasks(store, todo, max(1, min(pairs_per_task, frames // (4 * len(actors))))))
+    pending: deque = deque()  # (actor, ref, keys) in submission order
     free = deque(actors * 2)  # two tasks in flight per actor: one running, one queued
+    watch = NodeWatch("label")
     try:
         while queue or pending:
             while queue and free:
-                actor = free.popleft()
-                pending.append((actor, actor.label.remote(queue.popleft())))
-            actor, ref = pending.popleft()
-            yield ray.get(ref)  # in submission order: the writer sees episodes deterministically
+                actor, keys = free.popleft(), queue.popleft()
+                pending.append((actor, actor.label.remote(keys), keys))
+            actor, ref, keys = pending[0]
+            ready, _ = ray.wait([ref], timeout=watch.poll_s)  # bounded: a lost node must not hang the run
+            watch.delivered(ready)
+            if not ready:
+                watch.check(p[1] for p in pending)
+                continue
+            pending.popleft()
+            try:
+                batch = ray.get(ref)
+            except ray.exceptions.RayActorError:
+                # Its node was lost: its tasks go to the actors left (none left: the run stops).
+                actors.remove(actor)
+                log.warning("label: an actor was lost; %d left", len(actors))
+                if not actors:
+                    raise
+                redo = [keys] + [k for a, _, k in pending if a is actor]
+                pending = deque(p for p in pending if p[0] is not actor)
+                free = deque(a for a in free if a is not actor)
+                queue.extendleft(reversed(redo))
+                continue
             free.append(actor)
+            node = ray.get(node_of[actor])  # answered: its `actor_node` call ran before its tasks
+            if node not in names:
+                names = node_names()
+            nodes[names.get(node, node[:12])] = nodes.get(names.get(node, node[:12]), 0) + len(batch)
+            yield batch
     finally:
         for a in actors:
             ray.kill(a)

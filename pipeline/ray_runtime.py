@@ -11,8 +11,10 @@ from __future__ import annotations
 
 import logging
 import os
+import signal
 import subprocess
 import sys
+import threading
 import uuid
 from pathlib import Path
 
@@ -23,6 +25,7 @@ os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
 import ray  # noqa: E402
 
 from pipeline.ray_reaper import OWNER_ENV  # noqa: E402
+from schemas.errors import ConfigError  # noqa: E402
 
 
 def ensure_ray(verbose: bool | None = None) -> None:
@@ -38,19 +41,38 @@ def ensure_ray(verbose: bool | None = None) -> None:
     if verbose is None:
         verbose = logging.getLogger().getEffectiveLevel() <= logging.INFO
     level = logging.INFO if verbose else logging.WARNING
-    if os.environ.get("RAY_ADDRESS"):
+    if address := os.environ.get("RAY_ADDRESS"):
+        if address.startswith("ray://"):
+            raise ConfigError(f"RAY_ADDRESS={address!r} is Ray Client, which cannot carry the ingest's streaming "
+                              "decode tasks: run lawam on a node of the cluster (RAY_ADDRESS=auto there, or "
+                              "`ray job submit -- lawam ...`)")
         ray.init(log_to_driver=False, logging_level=level)  # a cluster: connect, size nothing
-        return
-    token = _start_reaper()
-    try:
-        # "local": always a new instance of our own. Without it Ray joins whatever cluster runs on
-        # the machine (it scans for GCS processes and reads /tmp/ray/ray_current_cluster, stale
-        # after a `ray stop`), and then refuses num_cpus: every run failed until the file went.
-        ray.init(address="local", num_cpus=os.cpu_count(), include_dashboard=False, log_to_driver=False,
-                 logging_level=level)
-    finally:  # only the instance's processes carry the token (they copied the environment at their start)
-        if token:
-            os.environ.pop(OWNER_ENV, None)
+    else:
+        token = _start_reaper()
+        try:
+            # "local": always a new instance of our own. Without it Ray joins whatever cluster runs on
+            # the machine (it scans for GCS processes and reads /tmp/ray/ray_current_cluster, stale
+            # after a `ray stop`), and then refuses num_cpus: every run failed until the file went.
+            ray.init(address="local", num_cpus=os.cpu_count(), include_dashboard=False, log_to_driver=False,
+                     logging_level=level)
+        finally:  # only the instance's processes carry the token (they copied the environment at their start)
+            if token:
+                os.environ.pop(OWNER_ENV, None)
+    if threading.current_thread() is threading.main_thread():
+        signal.signal(signal.SIGTERM, _terminated)  # after ray.init, which installs its own
+
+
+received: int | None = None  # the signal that stopped this process, for the CLI's exit status (143)
+
+
+def _terminated(signum: int, frame) -> None:  # noqa: ARG001
+    """SIGTERM unwinds like Ctrl-C: a run commits what is complete and releases its locks, and
+    `lawam` exits 143. A KeyboardInterrupt, because Ray turns an exception raised in a handler
+    while it waits (`ray.wait`, `ray.get`) into that or into SystemExit(1); Ray's own handler
+    exits with status 15, or 1 mid-wait, and once ended an ingest in SIGABRT (issue #19)."""
+    global received
+    received = signum
+    raise KeyboardInterrupt
 
 
 _reapers: list[subprocess.Popen] = []  # kept open for the life of this process: their stdin is the signal

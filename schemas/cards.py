@@ -93,6 +93,7 @@ class _Card(_Record):
     wall_time_s: float
     pairs_per_s: float = 0.0
     workers: int = 1
+    nodes: int = 1  # machines the workers ran on
     device: str = "cpu"
     metrics: dict[str, float]  # held-out metrics
     weights_sha256: str  # of model.safetensors

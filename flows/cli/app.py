@@ -7,6 +7,7 @@ from __future__ import annotations
 import inspect
 import logging
 import os
+import signal
 import sys
 from importlib.metadata import PackageNotFoundError, version
 
@@ -33,6 +34,9 @@ class _Commands(TyperGroup):
     def invoke(self, ctx: click.Context):
         try:
             return super().invoke(ctx)
+        except KeyboardInterrupt:  # Ctrl-C 130; SIGTERM, turned into one by `pipeline.ray_runtime`, 143
+            ray_runtime = sys.modules.get("pipeline.ray_runtime")
+            raise typer.Exit(128 + (getattr(ray_runtime, "received", None) or signal.SIGINT)) from None
         except Exception as e:
             line = explain(e)
             if line is None or ctx.meta.get(VERBOSE):

@@ -51,6 +51,10 @@ def _print_report(report) -> None:
     out.print(f"store {report.store}: {report.version_before or '(new)'} -> {report.version_after or '(unchanged)'}")
     out.print(f"  added {report.added}, skipped {report.skipped}, quarantined {len(report.quarantined)}; "
               f"{report.frames} frames in {report.seconds:.1f}s = {report.frames_per_s:.1f} frames/s", highlight=False)
+    if len(getattr(report, "nodes", {})) > 1:  # a cluster: where the work went
+        out.print("  Ray nodes: " + "; ".join(f"{n} decoded {c['episodes decoded']} episodes, encoded "
+                                              f"{c['frames encoded']} frames" for n, c in sorted(report.nodes.items())),
+                  highlight=False, soft_wrap=True)
     for key, reason in report.quarantined:
         out.print(f"  [yellow]quarantined[/yellow] {escape(key)}: {escape(reason)}", highlight=False, soft_wrap=True)
     if getattr(report, "held", 0):

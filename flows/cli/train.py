@@ -66,8 +66,9 @@ def label(
     lam: Path = typer.Option(..., help="A `lawam train-lam` output folder (model.safetensors + card.json)."),
     version_id: str = typer.Option(None, "--version", help="Store version to read; default: newest."),
     export: Path = typer.Option(None, help="Also write (episode, t, z) of the whole label set to this Parquet file."),
-    actors: int = typer.Option(None, min=1, help="Labelling actors on Ray (default: one per GPU on a cluster "
-                                                 "or a multi-GPU machine, else none: this process labels)."),
+    actors: int = typer.Option(None, min=1, help="Labelling actors on Ray (default: on a cluster one per GPU, else "
+                                                 "one per node; on one machine with at most one GPU, none: this "
+                                                 "process labels)."),
     redo: list[str] = typer.Option(None, help="Label these episodes again (source/episode_id; comma-separated or "
                                    "repeated), replacing their labels in the set."),
     damaged: bool = typer.Option(False, "--damaged", help="Label again the episodes whose labels are unreadable or "
@@ -100,6 +101,9 @@ def label(
     out.print(f"label set {report.set_id} in {store}: +{report.episodes} episodes ({report.pairs} pairs, "
               f"{report.pairs_per_s:.0f} pairs/s{again}), {report.skipped} already labelled; "
               f"{report.version_before} -> {report.version_after or '(unchanged)'}", highlight=False, soft_wrap=True)
+    if len(report.nodes) > 1:  # a cluster: where the work went
+        out.print("  episodes per Ray node: " + ", ".join(f"{n}: {c}" for n, c in sorted(report.nodes.items())),
+                  highlight=False)
     if export:
         out.print(f"exported {table.num_rows} labels to {export}", highlight=False)
 

@@ -61,6 +61,7 @@ class RunStats:
     first_block_at: float | None = None  # monotonic time the first features came back
     first_block_frames: int = 0
     last_block_at: float | None = None
+    nodes: dict[str, dict[str, int]] = field(default_factory=dict)  # Ray node -> what it did (the executor's)
 
     @property
     def steady_frames_per_s(self) -> float | None:

@@ -105,6 +105,7 @@ class IngestReport:
     hours: float = 0.0  # of video added, at the kept frame rate
     seconds: float = 0.0
     steady_frames_per_s: float | None = None  # once the model is loaded and the first block is through
+    nodes: dict[str, dict[str, int]] = field(default_factory=dict)  # Ray node -> episodes decoded, frames encoded
 
     @property
     def frames_per_s(self) -> float:
@@ -122,6 +123,10 @@ class IngestReport:
         if self.quarantined:
             md += "\n### Quarantined\n\n| episode | reason |\n|---|---|\n"
             md += "".join(f"| {k} | {r.replace('|', '/')} |\n" for k, r in self.quarantined)
+        if len(self.nodes) > 1:
+            md += "\n### Ray nodes\n\n| node | episodes decoded | frames encoded |\n|---|---|---|\n"
+            md += "".join(f"| {n} | {c['episodes decoded']} | {c['frames encoded']} |\n"
+                          for n, c in sorted(self.nodes.items()))
         return md
 
 
@@ -197,6 +202,7 @@ def ingest_episodes(
             report.added, report.frames, report.quarantined = stats.added, stats.frames, stats.quarantined
             report.hours = stats.seconds_of_video / 3600
             report.steady_frames_per_s = stats.steady_frames_per_s
+            report.nodes = stats.nodes
     report.seconds = time.monotonic() - t0
     return report
 

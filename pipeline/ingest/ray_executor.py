@@ -19,6 +19,11 @@ Anything that is not bad input stops the run after committing the episodes alrea
 complete, and is raised: an infrastructure fault (a dead actor or worker, lost objects, the
 object store) so the caller (a Prefect retry, a person) can run it again, the re-run
 skipping what was committed; a full or read-only disk, not retried; a bug, loudly.
+
+On a cluster, decoders and encoders spread over the nodes (one CPU encoder per node), and the
+report counts what each node did. A lost node (`pipeline.ray_watch`): Ray re-runs its decode
+tasks elsewhere; blocks sent to an encoder that died with it go to a live one; whatever does
+not resume within `node_loss_grace_s` stops the run retryably — never a silent hang.
 """
 
 from __future__ import annotations
@@ -41,6 +46,7 @@ import ray  # noqa: E402
 from pipeline.encode import FrozenEncoder  # noqa: E402
 from pipeline.ingest.assembler import Episode, EpisodeAssembler, RunStats  # noqa: E402
 from pipeline.ingest.frames import decode_task_items  # noqa: E402
+from pipeline.ray_watch import NodeWatch, actor_node, alive_nodes, node_names  # noqa: E402
 from schemas import EncoderConfig  # noqa: E402
 from schemas.records import EpisodeRef  # noqa: E402
 
@@ -123,20 +129,31 @@ class EncoderActor:
 
 
 def encoder_pool(cfg: EncoderConfig, n: int | None = None) -> list:
-    """One actor per GPU (torch on CUDA), else one actor whose runtime's threads use every
-    core, or one thread when that measures faster (`ThreadTuner`). `cfg` has its runtime and
+    """One actor per GPU (torch on CUDA), else one actor per node whose runtime's threads use
+    every core, or one thread when that measures faster (`ThreadTuner`). CPU actors spread over
+    the nodes: a cluster of CPU nodes encodes on all of them. `cfg` has its runtime and
     precision resolved (`resolve_numerics`): every actor computes the store's numerics."""
     gpus = int(ray.cluster_resources().get("GPU", 0)) if cfg.device != "cpu" and cfg.runtime == "torch" else 0
     if gpus:
         return [EncoderActor.options(num_gpus=1, num_cpus=1).remote(cfg, 4) for _ in range(n or gpus)]
-    n = n or 1
-    threads = max(1, (os.cpu_count() or 1) // n)
-    return [EncoderActor.options(num_cpus=1).remote(cfg, threads) for _ in range(n)]
+    nodes = len(alive_nodes())
+    n = n or nodes
+    threads = max(1, (os.cpu_count() or 1) * nodes // n)
+    return [EncoderActor.options(num_cpus=1, scheduling_strategy="SPREAD").remote(cfg, threads) for _ in range(n)]
+
+
+def _decode_on_node(items: list, block_frames: int, decoder: str):
+    """`decode_task_items`, each block's metadata naming the node that decoded it."""
+    node = ray.get_runtime_context().get_node_id()
+    for item in decode_task_items(items, block_frames, decoder):
+        if "n" in item:
+            item["node"] = node
+        yield item
 
 
 # One task decodes a batch of episodes (`decode_packed`), actions loaded there too, so an
 # episode costs no task of its own; see `decode_task_items` for what it yields.
-decode_task = ray.remote(num_cpus=1)(decode_task_items)
+decode_task = ray.remote(num_cpus=1)(_decode_on_node)
 
 
 @dataclass
@@ -144,7 +161,7 @@ class _Batch:
     """Episodes decoded by one task, and its packed blocks in frame order."""
 
     episodes: list[Episode]
-    entries: deque = field(default_factory=deque)  # [metadata, encode ref or None], in order
+    entries: deque = field(default_factory=deque)  # [metadata, encode ref or None, block ref], in order
     done: set = field(default_factory=set)  # encode refs that finished
     meta: dict | None = None  # metadata whose frames block is the generator's next item
     decoded_all: bool = False
@@ -160,12 +177,19 @@ class RayExecutor:
     # every decoder busy), up to this many when there are many short ones.
     max_batch_episodes = 32
     batches_per_decoder = 8  # at least this many batches per decoder keep the end of a run balanced
+    # After a node is lost, what was in flight then must deliver within this long (Ray re-runs
+    # lost decode tasks, blocks of a dead encoder go to a live one); else the run stops, retryably.
+    node_loss_grace_s = 30.0
 
     def __init__(self, actors: list, block_frames: int, decoder: str):
         self.actors, self.block_frames, self.decoder = actors, block_frames, decoder
         self._gens: dict = {}  # decode generator -> batch
         self._inflight: dict = {}  # encode ref -> batch
+        self._actor_of: dict = {}  # encode ref -> the actor encoding it
         self._next_actor = 0
+        self._node_of: dict = {}  # actor -> ref of its node id
+        self._decoded: dict[str, int] = {}  # node id -> episodes decoded there
+        self._encoded: dict[str, int] = {}  # node id -> frames encoded there
         self._decode_cpus = 1.0
         self.assembler: EpisodeAssembler | None = None
 
@@ -185,12 +209,16 @@ class RayExecutor:
         # more than the clip), as long as each decoder still gets `batches_per_decoder` batches.
         per_task = max(1, min(self.max_batch_episodes, len(todo) // (self.batches_per_decoder * max_decoders)))
         queue = deque(todo[i : i + per_task] for i in range(0, len(todo), per_task))
+        self._node_of = {actor: actor_node(actor) for actor in self.actors}
         try:
+            watch = NodeWatch("ingest", grace_s=self.node_loss_grace_s)
             while queue or self._gens or self._inflight:
                 while queue and len(self._gens) < max_decoders:
                     self._start(queue.popleft())
                 waitables = list(self._inflight) + (list(self._gens) if len(self._inflight) < max_inflight else [])
-                ready, _ = ray.wait(waitables, num_returns=1)
+                # Never an unbounded wait: a lost node's work must resume or end the run (`NodeWatch`).
+                ready, _ = ray.wait(waitables, num_returns=1, timeout=watch.poll_s)
+                watch.delivered(ready)
                 for r in ready:
                     if r in self._gens:
                         self._pull(r)
@@ -198,8 +226,11 @@ class RayExecutor:
                         batch = self._inflight.pop(r)
                         batch.done.add(r)
                         self._drain(batch)
+                watch.check(list(self._inflight) + list(self._gens))
             # The last commit fails like any step (a full disk): inside, so the CPUs are given back.
-            return assembler.complete()
+            stats = assembler.complete()
+            stats.nodes = self._node_counts()
+            return stats
         except BaseException as failure:
             assembler.abort(failure)
             self._release()
@@ -217,11 +248,21 @@ class RayExecutor:
                 ray.kill(actor)
         self._gens.clear()
         self._inflight.clear()
+        self._actor_of.clear()
+
+    def _node_counts(self) -> dict[str, dict[str, int]]:
+        """{node address: {"episodes decoded", "frames encoded"}}: where the run's work went."""
+        names = node_names()
+        out: dict[str, dict[str, int]] = {}
+        for counts, what in ((self._decoded, "episodes decoded"), (self._encoded, "frames encoded")):
+            for node, n in counts.items():
+                out.setdefault(names.get(node, node[:12]), {"episodes decoded": 0, "frames encoded": 0})[what] += n
+        return out
 
     def _start(self, refs: list[EpisodeRef]) -> None:
         episodes = self.assembler.begin(refs)
         gen = decode_task.options(num_returns="streaming", _generator_backpressure_num_objects=4,
-                                  num_cpus=self._decode_cpus).remote(
+                                  num_cpus=self._decode_cpus, scheduling_strategy="SPREAD").remote(
             [(e.ref, e.params) for e in episodes], self.block_frames, self.decoder)
         self._gens[gen] = _Batch(episodes)
 
@@ -239,34 +280,70 @@ class RayExecutor:
             # A failure here is the task's own (episodes' failures are in the metadata):
             # an infrastructure fault, or a bug; either stops the run.
             meta = ray.get(item)
+            node = meta.get("node", "")
+            self._decoded[node] = self._decoded.get(node, 0) + len(meta["finished"]) + len(meta["failed"])
             if meta["n"]:
                 batch.meta = meta  # its frames are the generator's next item
             else:
-                batch.entries.append([meta, None])
+                batch.entries.append([meta, None, None])
                 self._drain(batch)
             return
+        entry = [batch.meta, None, item]
+        self._encode(batch, entry)
+        batch.entries.append(entry)
+        batch.meta = None
+
+    def _encode(self, batch: _Batch, entry: list) -> None:
+        """Send an entry's block to the next encoder (round robin)."""
         actor = self.actors[self._next_actor % len(self.actors)]
         self._next_actor += 1
-        enc = actor.encode.remote(item)
+        entry[1] = enc = actor.encode.remote(entry[2])
         self._inflight[enc] = batch
-        batch.entries.append([batch.meta, enc])
-        batch.meta = None
+        self._actor_of[enc] = actor
+
+    def _actor_node(self, actor) -> str:
+        """The node id of an actor that answered (its `actor_node` call ran before its encodes)."""
+        node = self._node_of[actor]
+        if not isinstance(node, str):
+            node = self._node_of[actor] = ray.get(node)
+        return node
+
+    def _encoder_lost(self, batch: _Batch, entry: list, error: BaseException) -> bool:
+        """An encoder died (its node was lost): drop it and send the block to a live one.
+        False when none is left (the run stops on `error`)."""
+        dead = self._actor_of.pop(entry[1], None)
+        if dead in self.actors:
+            self.actors.remove(dead)
+            log.warning("ingest: an encoder was lost (%s); %d left", type(error).__name__, len(self.actors))
+        if not self.actors:
+            return False
+        batch.done.discard(entry[1])
+        self._encode(batch, entry)
+        return True
 
     def _drain(self, batch: _Batch) -> None:
         """Hand the batch's encoded blocks that are ready to the assembler, in order."""
         while batch.entries:
-            meta, enc = batch.entries[0]
+            entry = batch.entries[0]
+            meta, enc, _ = entry
             if enc is not None and enc not in batch.done:
                 break
-            batch.entries.popleft()
             if enc is not None:
-                batch.done.discard(enc)
                 try:
                     feats, stamps = ray.get(enc)
+                except ray.exceptions.RayActorError as e:  # its node was lost: another encoder takes the block
+                    if self._encoder_lost(batch, entry, e):
+                        break
+                    self.assembler.frames_refused(batch.episodes, meta, e)  # no encoder left: raised
                 except Exception as e:  # the assembler decides: bad input fails the block's episodes
                     self.assembler.frames_refused(batch.episodes, meta, e)
                 else:
+                    node = self._actor_node(self._actor_of[enc])
+                    self._encoded[node] = self._encoded.get(node, 0) + len(feats)
                     self.assembler.frames(batch.episodes, meta, feats, stamps)
+                batch.done.discard(enc)
+                self._actor_of.pop(enc, None)
+            batch.entries.popleft()
             self.assembler.outcomes(batch.episodes, meta)
         if batch.decoded_all and not batch.entries:
             self.assembler.end(batch.episodes)
