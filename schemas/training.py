@@ -58,19 +58,17 @@ class LamModelConfig(_Strict):
     # Gaussian noise in standardised units, and a share of tokens zeroed (set to the feature
     # mean), drawn per pair and per frame. Noise on the IDM's frames hides details z could
     # smuggle; dropped FDM tokens make the decoder lean on z for what it cannot see.
-    # Defaults from benchmarks/bench_lam.py (README, stage-1 levers): IDM augmentation raised
-    # the human stand-in's probe R² with or without the action head.
-    idm_noise: Annotated[float, Field(ge=0)] = 0.3
+    idm_noise: Annotated[float, Field(ge=0)] = 0.05
     fdm_noise: Annotated[float, Field(ge=0)] = 0.05
-    idm_token_drop: Annotated[float, Field(ge=0, lt=1)] = 0.25
+    idm_token_drop: Annotated[float, Field(ge=0, lt=1)] = 0.0
     fdm_token_drop: Annotated[float, Field(ge=0, lt=1)] = 0.0
     # Frames the IDM sees, evenly spaced from t to t+k (2 = the pair only; LAOM's multi-step
     # IDM): the frames between tell the path, not only where it ends.
     idm_frames: Annotated[int, Field(ge=2, le=8)] = 2
     # Auxiliary head z -> the pair's action chunk (pairs.horizon steps at pairs.action_rate),
     # standardised, on robot episodes that keep their actions (human video has none); 0 = off.
-    # On by default: it is what makes z carry the action (held-out robot probe R² 0.57 -> 0.9
-    # in bench_lam); a store without actions trains without it.
+    # On by default: it is what makes z carry the action (held-out robot probe R² 0.57 -> 0.90
+    # in bench_lam, README's stage-1 levers); a store without actions trains without it.
     action_weight: Annotated[float, Field(ge=0)] = 1.0
     # Share of robot episodes whose actions that head sees, chosen by a hash of the key (the
     # same episodes as `lawam distill --action-fraction`).
