@@ -46,6 +46,7 @@ from pipeline.errors import one_line
 from pipeline.store.backend import open_repo
 from pipeline.store.reader import FeatureStore
 from pipeline.uri import is_remote, local_path
+from schemas.errors import ConfigError
 
 log = logging.getLogger(__name__)
 
@@ -54,13 +55,23 @@ _LEASE = re.compile(r"^lease\.(\d{8}T\d{6}Z)\.([a-z0-9-]+)\.([0-9a-f]{8})$")
 _STAMP = "%Y%m%dT%H%M%SZ"
 
 
+_DURATION = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([smhdw]?)\s*$")
+_UNITS = {"": 1, "s": 1, "m": 60, "h": 3600, "d": 86400, "w": 7 * 86400}
+
+
+def parse_duration(text: str) -> timedelta:
+    """'7d', '12h', '30m', '90s', '2w' or a number of seconds ('0' is now)."""
+    m = _DURATION.match(text)
+    if not m:
+        raise ConfigError(f"duration {text!r}: use a number and a unit, e.g. 7d, 12h, 30m, 90s")
+    return timedelta(seconds=float(m.group(1)) * _UNITS[m.group(2)])
+
+
 def lease_ttl() -> timedelta:
     """`LAWAM_LEASE_TTL` (a duration: 12h, 30m, 2d) or LEASE_TTL."""
     text = os.environ.get("LAWAM_LEASE_TTL")
     if not text:
         return LEASE_TTL
-    from pipeline.store.maintenance import parse_duration
-
     return parse_duration(text)
 
 

@@ -29,21 +29,10 @@ from pipeline.store.backend import StoreBusyError, StoreError, WriterLock, open_
 from pipeline.store.catalog_file import sync_catalog_file
 from pipeline.store.leases import GcLock, Lease, list_leases
 from pipeline.store.reader import FeatureStore
-from schemas.errors import ConfigError
 
 log = logging.getLogger(__name__)
 
-_DURATION = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([smhdw]?)\s*$")
-_UNITS = {"": 1, "s": 1, "m": 60, "h": 3600, "d": 86400, "w": 7 * 86400}
 _TAG = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$")
-
-
-def parse_duration(text: str) -> timedelta:
-    """'7d', '12h', '30m', '90s', '2w' or a number of seconds ('0' is now)."""
-    m = _DURATION.match(text)
-    if not m:
-        raise ConfigError(f"duration {text!r}: use a number and a unit, e.g. 7d, 12h, 30m, 90s")
-    return timedelta(seconds=float(m.group(1)) * _UNITS[m.group(2)])
 
 
 def _resolve(repo, uri: str, version: str) -> str:
