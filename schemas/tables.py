@@ -6,8 +6,10 @@ from enum import StrEnum
 
 import pyarrow as pa
 
-# Bumped whenever the on-disk layout of the feature store changes incompatibly.
-STORE_LAYOUT_VERSION = 1
+# Bumped whenever the on-disk layout of the feature store changes incompatibly. Layout 2: the
+# index, files and label-set tables are append-only (docs/store-format.md, "Tables"); a writer
+# migrates a layout-1 store in its first commit, readers read both.
+STORE_LAYOUT_VERSION = 2
 
 
 class EpisodeStatus(StrEnum):
@@ -47,12 +49,16 @@ CATALOG_SCHEMA = pa.schema(
     ]
 )
 
-# The store's own episode index (/index): the catalog's columns but `fps`, which readers derive
-# as frames / duration_s. Stored inside every store commit, so a version id pins both data and
-# index. `store_version` is empty for the rows added by the commit itself (a snapshot cannot
-# name itself); readers fill it (docs/store-format.md).
-CATALOG_DERIVED = ("fps",)
-INDEX_SCHEMA = pa.schema([f for f in CATALOG_SCHEMA if f.name not in CATALOG_DERIVED])
+# The store's own episode index (/index): the catalog's columns but the derived ones — `fps`
+# (frames / duration_s) and `store_version` (the commit that appended the row, from
+# /index/commits) — plus `key_hash`. Stored inside every store commit, so a version id pins both
+# data and index (docs/store-format.md).
+CATALOG_DERIVED = ("fps", "store_version")
+INDEX_SCHEMA = pa.schema(
+    [f for f in CATALOG_SCHEMA if f.name not in CATALOG_DERIVED]
+    # The first 8 bytes of sha256(key), big-endian: the held-out split and lookups by key use it.
+    + [pa.field("key_hash", pa.uint64(), nullable=False)]
+)
 
 # The store's memory of its source files (`/files` in the store, committed with the index): each
 # file's stat identity beside its content digest, so a refresh in a fresh process re-reads only
@@ -83,5 +89,6 @@ LABEL_INDEX_SCHEMA = pa.schema(
         pa.field("row_start", pa.int64(), nullable=False),  # first row in the shard's arrays
         pa.field("rows", pa.int64(), nullable=False),  # labels: one per pair (t, t+k_frames)
         pa.field("k_frames", pa.int64(), nullable=False),  # the gap, in this episode's frames
+        pa.field("key_hash", pa.uint64(), nullable=False),  # the index's key_hash of `key`: joins without strings
     ]
 )

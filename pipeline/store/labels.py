@@ -34,18 +34,42 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import zarr
 
+from pipeline.store import table
 from pipeline.store.backend import StoreError, WriterLock, open_repo
 from pipeline.store.format import checksummed
-from pipeline.store.index import read_index, write_index
-from pipeline.store.reader import CHUNK_ERRORS, FeatureStore, StoreCorruptError
+from pipeline.store.reader import CHUNK_ERRORS, EpisodeKeys, FeatureStore, StoreCorruptError
+from pipeline.store.table import key_hash
 from schemas import LABEL_INDEX_SCHEMA
 
 log = logging.getLogger(__name__)
 
 LABELS_GROUP = "labels"
+LEGACY_LABEL_SCHEMA = pa.schema([f for f in LABEL_INDEX_SCHEMA if f.name != "key_hash"])  # layout 1
 _SET_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
 _FLUSH_BYTES = 64 << 20  # buffered label rows are written in blocks of about this size
 _CACHE_BYTES = 128 << 20  # labels a reader keeps in memory (a trainer reads each episode many times)
+
+
+def label_index(group: zarr.Group) -> table.Table:
+    """The index table of a label set's group (either layout)."""
+    return table.Table(group.get("index"), LABEL_INDEX_SCHEMA, LEGACY_LABEL_SCHEMA, legacy_keys=lambda t: t["key"])
+
+
+def match(store: FeatureStore, labels: table.Table) -> tuple[np.ndarray, pa.Table, int]:
+    """Which live label rows are current for `store`'s episodes: (label row of each episode row,
+    -1 where none is current; the live label rows; how many are stale). A label row is current
+    while its content hash is the episode's in this version: a redone episode's labels stop
+    being served at once. Joined on key hashes, in numpy: no string per episode."""
+    live = labels.read(["key_hash", "content_hash", "shard", "row_start", "rows", "k_frames"])
+    at = store.rows_by_hash(live["key_hash"].to_numpy())
+    found = at >= 0
+    same = np.zeros(len(at), bool)
+    if found.any():
+        hashes = store.episodes(["content_hash"])["content_hash"].take(pa.array(np.where(found, at, 0)))
+        same = found & pc.equal(hashes, live["content_hash"]).to_numpy(zero_copy_only=False)
+    of_row = np.full(len(store), -1, np.int64)
+    of_row[at[same]] = np.flatnonzero(same)
+    return of_row, live, int((found & ~same).sum())
 
 
 @dataclass(frozen=True)
@@ -70,19 +94,15 @@ class LabelSet:
         self.group = group
         self.attrs = dict(group.attrs)
         self.dim = int(self.attrs.get("dim", 0))
-        table = read_index(group, LABEL_INDEX_SCHEMA)
-        hashes = dict(zip(store.keys.tolist(), store.episodes()["content_hash"].to_pylist(), strict=True))
-        keys = table["key"].to_pylist()
-        current = [hashes.get(k) == h for k, h in zip(keys, table["content_hash"].to_pylist(), strict=True)]
-        self.index = table
-        self._current = {k: i for i, (k, ok) in enumerate(zip(keys, current, strict=True)) if ok}
-        self.stale = sum(1 for k, ok in zip(keys, current, strict=True) if not ok and k in hashes)
-        self._shard = table["shard"].to_pylist()
-        self._start = table["row_start"].to_numpy()
-        self._rows = table["rows"].to_numpy()
-        self._k = table["k_frames"].to_numpy()
+        self._of_row, live, self.stale = match(store, label_index(group))
+        shards = pc.dictionary_encode(live["shard"].combine_chunks())
+        self._shard_names = shards.dictionary.to_pylist()
+        self._shard_code = shards.indices.to_numpy(zero_copy_only=False)
+        self._start = live["row_start"].to_numpy()
+        self._rows = live["rows"].to_numpy()
+        self._k = live["k_frames"].to_numpy()
         self._arrays: dict[str, zarr.Array] = {}
-        self._cache: OrderedDict[str, np.ndarray] = OrderedDict()  # episode key -> z, LRU
+        self._cache: OrderedDict[int, np.ndarray] = OrderedDict()  # label row -> z, LRU
         self._cached = 0
 
     @classmethod
@@ -94,16 +114,28 @@ class LabelSet:
                              f" (it has {have or 'none'}; run `lawam label` first)")
         return cls(store, set_id, store.root[path])
 
+    def _label_row(self, key: str) -> int:
+        rows = self.store.rows([key])
+        return int(self._of_row[rows[0]]) if rows[0] >= 0 else -1
+
     def __contains__(self, key: str) -> bool:
-        return key in self._current
+        return self._label_row(key) >= 0
 
     @property
-    def keys(self) -> list[str]:
+    def labelled(self) -> int:
         """Episodes with current labels."""
-        return list(self._current)
+        return int((self._of_row >= 0).sum())
+
+    @property
+    def keys(self) -> EpisodeKeys:
+        """Episodes with current labels."""
+        return EpisodeKeys(self.store.keys.arrow.filter(pa.array(self._of_row >= 0)))
 
     def k_frames(self, key: str) -> int:
-        return int(self._k[self._current[key]])
+        return int(self._k[self._label_row(key)])
+
+    def _shard(self, i: int) -> str:
+        return self._shard_names[self._shard_code[i]]
 
     def _array(self, shard: str, name: str) -> zarr.Array:
         path = f"{shard}/{name}"
@@ -114,40 +146,46 @@ class LabelSet:
     def episode(self, key: str) -> np.ndarray | None:
         """(N - k, Z) float32: z[t] for the pair (t, t + k_frames); None when the episode has no
         current labels of this set (never labelled, or redone since)."""
-        i = self._current.get(key)
-        if i is None:
+        rows = self.store.rows([key])
+        return self.at(int(rows[0])) if rows[0] >= 0 else None
+
+    def at(self, row: int) -> np.ndarray | None:
+        """`episode` of the store's episode row `row`."""
+        i = int(self._of_row[row])
+        if i < 0:
             return None
-        z = self._cache.get(key)
+        z = self._cache.get(i)
         if z is None:
             s, n = int(self._start[i]), int(self._rows[i])
             try:
-                z = self._cache[key] = self._array(self._shard[i], "z")[s : s + n]
+                z = self._cache[i] = self._array(self._shard(i), "z")[s : s + n]
             except CHUNK_ERRORS as e:
                 cause = next((ln.strip() for ln in str(e).splitlines() if ln.strip()), type(e).__name__)
                 raise StoreCorruptError(
-                    f"store {self.store.uri!r} version {self.store.version}: labels of episode {key} (label set "
-                    f"{self.id}, shard {self._shard[i]}) cannot be read: {cause[:200]}") from e
+                    f"store {self.store.uri!r} version {self.store.version}: labels of episode "
+                    f"{self.store.keys[row]} (label set {self.id}, shard {self._shard(i)}) cannot be read: "
+                    f"{cause[:200]}") from e
             self._cached += z.nbytes
             while self._cached > _CACHE_BYTES and len(self._cache) > 1:
                 self._cached -= self._cache.popitem(last=False)[1].nbytes
         else:
-            self._cache.move_to_end(key)
+            self._cache.move_to_end(i)
         return z
 
     def codes(self, key: str) -> np.ndarray | None:
         """(N - k, Q) int32 code indices of a vector-quantised set; None otherwise."""
-        i = self._current.get(key)
-        if i is None or "codes" not in self.group[f"shards/{self._shard[i]}"]:
+        i = self._label_row(key)
+        if i < 0 or "codes" not in self.group[f"shards/{self._shard(i)}"]:
             return None
         s, n = int(self._start[i]), int(self._rows[i])
-        return self._array(self._shard[i], "codes")[s : s + n]
+        return self._array(self._shard(i), "codes")[s : s + n]
 
     def to_table(self) -> pa.Table:
         """(episode, t, z) rows of every current label, for other trainers (`--export`)."""
         keys, ts, zs = [], [], []
-        for key in self.keys:
-            z = self.episode(key)
-            keys.append(np.full(len(z), key, dtype=object))
+        for row in np.flatnonzero(self._of_row >= 0).tolist():
+            z = self.at(row)
+            keys.append(np.full(len(z), self.store.keys[row], dtype=object))
             ts.append(np.arange(len(z), dtype=np.int64))
             zs.append(z)
         dim = self.dim
@@ -166,7 +204,7 @@ def list_label_sets(store: FeatureStore) -> list[LabelSetInfo]:
     out = []
     for name in sorted(store.root[LABELS_GROUP].group_keys()):
         ls = LabelSet(store, name, store.root[f"{LABELS_GROUP}/{name}"])
-        out.append(LabelSetInfo(name, ls.attrs, len(ls.keys), ls.stale, len(store)))
+        out.append(LabelSetInfo(name, ls.attrs, ls.labelled, ls.stale, len(store)))
     return out
 
 
@@ -191,18 +229,22 @@ class LabelWriter:
         else:
             self.group = self.root.require_group(path)
             self.group.attrs.update({**attrs, "created_at": datetime.now(UTC).isoformat(timespec="seconds")})
-        self.index = read_index(self.group, LABEL_INDEX_SCHEMA)
+        self.index = label_index(self.group)
         self.shard = datetime.now(UTC).strftime("%Y%m%dT%H%M%S") + "-" + uuid.uuid4().hex[:6]
         self._rows: dict[str, dict] = {}
         self._buf_z: list[np.ndarray] = []
         self._buf_codes: list[np.ndarray] = []
-        self._buffered = 0
+        self._buffered = 0  # rows ...
+        self._buffered_bytes = 0  # ... and bytes of z buffered
         self._written = 0  # rows already in the shard arrays
 
     @classmethod
     def open(cls, uri: str, set_id: str, attrs: dict, *, branch: str = "main") -> LabelWriter:
+        from pipeline.store.migrate import migrate_if_needed  # it imports this module's label layout
+
         lock = WriterLock(uri).__enter__()
         try:
+            migrate_if_needed(uri, open_repo(uri, create=False), branch)  # a layout-1 store: its own commit, first
             return cls(uri, set_id, attrs, branch, lock)
         except BaseException:
             lock.__exit__(None, None, None)
@@ -221,9 +263,8 @@ class LabelWriter:
     def todo(self, store: FeatureStore) -> list[str]:
         """Keys of `store`'s episodes that lack current labels of this set. `store` should be
         the version this writer starts from (`parent_version`)."""
-        have = dict(zip(self.index["key"].to_pylist(), self.index["content_hash"].to_pylist(), strict=True))
-        hashes = store.episodes()["content_hash"].to_pylist()
-        return [k for k, h in zip(store.keys.tolist(), hashes, strict=True) if have.get(k) != h]
+        of_row, _, _ = match(store, self.index)
+        return store.keys[of_row < 0].tolist()
 
     def put(self, key: str, content_hash: str, z: np.ndarray, k_frames: int, codes: np.ndarray | None = None) -> None:
         """Buffer one episode's labels: z (N - k, Z), from the features with `content_hash`."""
@@ -235,9 +276,10 @@ class LabelWriter:
         if codes is not None:
             self._buf_codes.append(np.asarray(codes, np.int32))
         self._buffered += len(z)
+        self._buffered_bytes += z.nbytes
         self._rows[key] = {"key": key, "content_hash": content_hash, "shard": self.shard, "row_start": start,
-                           "rows": len(z), "k_frames": int(k_frames)}
-        if sum(b.nbytes for b in self._buf_z) > _FLUSH_BYTES:
+                           "rows": len(z), "k_frames": int(k_frames), "key_hash": key_hash(key)}
+        if self._buffered_bytes > _FLUSH_BYTES:
             self._flush()
 
     def _flush(self) -> None:
@@ -259,7 +301,7 @@ class LabelWriter:
             arr.resize((start + len(data), data.shape[1]))
             arr[start:] = data
         self._written += self._buffered
-        self._buf_z, self._buf_codes, self._buffered = [], [], 0
+        self._buf_z, self._buf_codes, self._buffered, self._buffered_bytes = [], [], 0, 0
 
     @property
     def pending(self) -> int:
@@ -270,9 +312,11 @@ class LabelWriter:
         if not self._rows:
             return None
         self._flush()
-        old = self.index.filter(pc.invert(pc.is_in(self.index["key"], pa.array(list(self._rows), pa.string()))))
-        table = pa.concat_tables([old, pa.Table.from_pylist(list(self._rows.values()), schema=LABEL_INDEX_SCHEMA)])
-        write_index(self.group, table, LABEL_INDEX_SCHEMA)
+        new = pa.Table.from_pylist(list(self._rows.values()), schema=LABEL_INDEX_SCHEMA)
+        live = self.index.live()
+        hashes = self.index.column("key_hash").take(pa.array(live))
+        replaced = live[pc.is_in(hashes, value_set=new["key_hash"]).to_numpy(zero_copy_only=False)]
+        table.append(self.group.require_group("index"), LABEL_INDEX_SCHEMA, new, replaced)
         version = self.session.commit(message, metadata={"lawam_label_set": self.set_id, **(metadata or {})})
         log.info("committed %s: label set %s, +%d episodes", version, self.set_id, len(self._rows))
         self._rows.clear()

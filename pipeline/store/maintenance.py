@@ -16,9 +16,11 @@ import re
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 
+import zarr
+
 from pipeline.store.backend import StoreBusyError, StoreError, WriterLock, error_summary, open_repo
 from pipeline.store.catalog_file import sync_catalog_file
-from pipeline.store.reader import FeatureStore
+from pipeline.store.index import EpisodeIndex
 
 _DURATION = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([smhdw]?)\s*$")
 _UNITS = {"": 1, "s": 1, "m": 60, "h": 3600, "d": 86400, "w": 7 * 86400}
@@ -114,8 +116,12 @@ def repair_catalog_file(uri: str, *, branch: str = "main", locked: bool = False)
                 return repair_catalog_file(uri, branch=branch, locked=True)
         except StoreBusyError:
             return False
-    try:
-        store = FeatureStore.open(uri, branch=branch)
-    except StoreError:  # nothing committed yet: no catalog to describe
+    repo = open_repo(uri, create=False)
+    if branch not in repo.list_branches():
         return False
-    return sync_catalog_file(uri, store.index, store.version)
+    session = repo.readonly_session(branch=branch)
+    try:
+        root = zarr.open_group(session.store, mode="r")
+    except zarr.errors.GroupNotFoundError:  # nothing committed yet: no catalog to describe
+        return False
+    return sync_catalog_file(uri, EpisodeIndex(root, repo, session.snapshot_id))

@@ -14,17 +14,17 @@ name the damaged rows, hence the episodes.
 
 from __future__ import annotations
 
-from collections import defaultdict
 from dataclasses import dataclass, field
 
 import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
 import zarr
 
 from pipeline.progress import progress_bar
 from pipeline.store.format import has_no_state
-from pipeline.store.index import read_index
+from pipeline.store.labels import label_index
 from pipeline.store.reader import CHUNK_ERRORS, FeatureStore
-from schemas import LABEL_INDEX_SCHEMA
 
 _BATCH_BYTES = 64 << 20
 
@@ -125,19 +125,29 @@ def verify_store(uri: str, version: str | None = None, *, progress: bool = True)
         report.problems.append(Problem(None, "index", f"the episode index cannot be read ({_cause(e)})"))
         return report
     report = VerifyReport(uri, store.version)
-    eps = store.episodes()
-    cols = {c: eps[c].to_pylist() for c in ("shard", "frame_start", "frames", "action_start", "actions")}
-    by_shard: dict[str, list[int]] = defaultdict(list)
-    for i, shard in enumerate(cols["shard"]):
-        by_shard[shard].append(i)
+    eps = store.episodes(["shard", "frame_start", "frames", "action_start", "actions"])
+    cols = {c: eps[c].to_numpy() for c in ("frame_start", "frames", "action_start", "actions")}
+    shards = pc.dictionary_encode(eps["shard"]).combine_chunks() if len(store) else None
     token_shape = tuple(store.token_shape)
-    with progress_bar("verify", total=len(eps), enabled=progress, unit="episodes") as bar:
-        for shard, rows in by_shard.items():
+    with progress_bar("verify", total=len(store), enabled=progress, unit="episodes") as bar:
+        for shard, rows in _by_shard(shards):
             _verify_shard(store, shard, rows, cols, token_shape, report)
             report.episodes += len(rows)
             bar.advance(len(rows))
     _verify_labels(store, report)
     return report
+
+
+def _by_shard(shards: pa.DictionaryArray | None) -> list[tuple[str, list[int]]]:
+    """(shard, its episode rows), shards in order of first appearance."""
+    if shards is None:
+        return []
+    codes = shards.indices.to_numpy(zero_copy_only=False)
+    order = np.argsort(codes, kind="stable")
+    cuts = np.flatnonzero(np.diff(codes[order])) + 1
+    groups = {int(codes[g[0]]): g.tolist() for g in np.split(order, cuts)}
+    names = shards.dictionary.to_pylist()
+    return [(names[c], groups[c]) for c in sorted(groups, key=lambda c: groups[c][0])]
 
 
 def _verify_shard(store: FeatureStore, shard: str, rows: list[int], cols: dict, token_shape: tuple,
@@ -182,8 +192,8 @@ def _verify_shard(store: FeatureStore, shard: str, rows: list[int], cols: dict, 
             bad(i, f"{name}: {int(scans[name].nonfinite[lo : lo + n].sum())} {unit} hold NaN or inf")
 
     for i in rows:
-        s, n = cols["frame_start"][i], cols["frames"][i]
-        a, m = cols["action_start"][i], cols["actions"][i]
+        s, n = int(cols["frame_start"][i]), int(cols["frames"][i])
+        a, m = int(cols["action_start"][i]), int(cols["actions"][i])
         problems_before = len(report.problems)
         for name in ("features", "timestamps"):
             if name not in arrays:
@@ -213,13 +223,15 @@ def _verify_labels(store: FeatureStore, report: VerifyReport) -> None:
     for set_name, label_set in store.root["labels"].groups():
         if "shards" not in label_set:
             continue
-        rows = read_index(label_set, LABEL_INDEX_SCHEMA).to_pylist()
+        rows = None  # the label index, read only to name the episodes of a damaged chunk
         for shard_name, shard in label_set["shards"].groups():
             for name, arr in shard.arrays():
                 scan = _scan(arr, keep=False)
                 report.chunks += scan.chunks
                 report.bytes += scan.nbytes
                 for lo, hi, why in scan.bad:
+                    if rows is None:
+                        rows = label_index(label_set).read(["key", "shard", "row_start", "rows"]).to_pylist()
                     keys = [r["key"] for r in rows if r["shard"] == shard_name
                             and r["row_start"] < hi and lo < r["row_start"] + r["rows"]] or [None]
                     for key in keys:
