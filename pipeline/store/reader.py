@@ -137,7 +137,7 @@ class FeatureStore:
         self._arrays: dict[str, zarr.Array] = {}
         self._ts: OrderedDict[int, np.ndarray] = OrderedDict()  # the newest _SMALL_CACHE episodes' ...
         self._tracks: OrderedDict[int, ActionTrack | None] = OrderedDict()  # ... timestamps and actions
-        shards = pc.dictionary_encode(self._index.column("shard")) if self._index.rows else None
+        shards = pc.dictionary_encode(self._index.column("shard").fill_null("")) if self._index.rows else None
         self._shard_code = shards.indices.to_numpy(zero_copy_only=False)[self._pos] if shards else np.zeros(0, int)
         self._shard_names = shards.dictionary.to_pylist() if shards else []
         self._start_of = self._numbers("frame_start")
