@@ -29,6 +29,8 @@ Figures measured on a loaded machine mean something as side-by-side ratios withi
 
     nice -n 10 python -m benchmarks.bench_scale [--sizes 10000,100000,1000000] [--tag after]
     nice -n 10 python -m benchmarks.bench_scale --sizes 100000 --realistic
+    git worktree add /tmp/lawam-before <commit>   # the same figures for an older lawam, op by op
+    nice -n 10 python -m benchmarks.bench_scale --baseline /tmp/lawam-before --tag compare
 
 Writes benchmarks/results/scale-<tag>.json and prints the table.
 """
@@ -273,33 +275,77 @@ def build(uri: str, n: int, realistic: bool) -> dict:
 
 
 # -- driver ------------------------------------------------------------------------------
-def _run_child(*args: str) -> dict:
-    env = {**os.environ, "PYTHONPATH": str(REPO), "RAY_USAGE_STATS_ENABLED": "0"}
+def _run_child(code: Path, *args: str) -> dict:
+    """One child process of the bench_scale.py in the checkout `code` (this one or --baseline)."""
+    env = {**os.environ, "PYTHONPATH": str(code), "RAY_USAGE_STATS_ENABLED": "0"}
     res = subprocess.run([sys.executable, "-m", "benchmarks.bench_scale", *args], capture_output=True, text=True,
-                         env=env, cwd=REPO, timeout=6 * 3600)
+                         env=env, cwd=code, timeout=6 * 3600)
     if res.returncode != 0:
-        raise SystemExit(f"child {args} failed:\n{res.stdout[-2000:]}\n{res.stderr[-4000:]}")
+        raise SystemExit(f"child {args} of {code} failed:\n{res.stdout[-2000:]}\n{res.stderr[-4000:]}")
     return json.loads(res.stdout.strip().splitlines()[-1])
 
 
-def _layout() -> int:
-    from schemas.tables import STORE_LAYOUT_VERSION
+def _layout(code: Path) -> int:
+    res = subprocess.run([sys.executable, "-c", "from schemas.tables import STORE_LAYOUT_VERSION as v; print(v)"],
+                         capture_output=True, text=True, env={**os.environ, "PYTHONPATH": str(code)}, cwd=code,
+                         check=True)
+    return int(res.stdout.strip())
 
-    return STORE_LAYOUT_VERSION
 
-
-def cached_store(n: int, realistic: bool) -> Path:
-    path = DATA / f"L{_layout()}-{'real' if realistic else 'tiny'}-{n}"
-    if n and not (path / "done").exists():
+def cached_store(code: Path, n: int, realistic: bool) -> Path:
+    """The store of `n` episodes written by `code`'s writer, built once (per layout)."""
+    path = DATA / f"L{_layout(code)}-{'real' if realistic else 'tiny'}-{n}"
+    if not (path / "done").exists():
         shutil.rmtree(path, ignore_errors=True)
         print(f"building {path} ...", file=sys.stderr, flush=True)
-        info = _run_child("--build", str(path), "--n", str(n), *(["--realistic"] if realistic else []))
+        info = _run_child(code, "--build", str(path), "--n", str(n), *(["--realistic"] if realistic else []))
         (path / "done").write_text(json.dumps(info))
     return path
 
 
 def _du_mb(path: Path) -> float:
     return sum(f.stat().st_size for f in path.rglob("*") if f.is_file()) / 2**20
+
+
+def _say(code: str, n: int, op: str, r: dict) -> None:
+    print(f"{code:8} {n:>9,} {op:8} {r['s']:8.2f} s  peak {r['peak_mb']:7.0f} MB (+{r['delta_mb']:.0f})",
+          file=sys.stderr, flush=True)
+
+
+def measure(codes: dict[str, Path], sizes: list[int], ops: list[str], realistic: bool) -> dict:
+    """Every op of every size, the codes side by side (op by op, so they share the machine's load)."""
+    flag = ["--realistic"] if realistic else []
+    out: dict = {name: {"layout": _layout(code), "sizes": {}} for name, code in codes.items()}
+    scratch = DATA / "scratch"
+    if "add" in ops:  # the reference: the same +1,000 into an empty store
+        for name, code in codes.items():
+            shutil.rmtree(scratch, ignore_errors=True)
+            out[name]["empty_add"] = _run_child(code, "--child", "add", "--store", str(scratch), "--n", "0", *flag)
+            out[name]["empty_label"] = _run_child(code, "--child", "label", "--store", str(scratch), "--n", "0", *flag)
+            _say(name, 0, "add", out[name]["empty_add"])
+            _say(name, 0, "label", out[name]["empty_label"])
+    for n in sizes:
+        paths = {name: cached_store(code, n, realistic) for name, code in codes.items()}
+        for name, path in paths.items():
+            out[name]["sizes"][n] = {"store_mb": round(_du_mb(path), 1),
+                                     "build": json.loads((path / "done").read_text())}
+        for op in ("open", "catalog", "plan", "loader", "verify"):
+            if op in ops:
+                for name, code in codes.items():
+                    r = _run_child(code, "--child", op, "--store", str(paths[name]), "--n", str(n), *flag)
+                    out[name]["sizes"][n][op] = r
+                    _say(name, n, op, r)
+        for name, code in codes.items():
+            if any(op in ops for op in ("add", "label", "gc")):
+                shutil.rmtree(scratch, ignore_errors=True)
+                shutil.copytree(paths[name], scratch)
+                for op in ("add", "label", "gc"):
+                    if op in ops:
+                        r = _run_child(code, "--child", op, "--store", str(scratch), "--n", str(n), *flag)
+                        out[name]["sizes"][n][op] = r
+                        _say(name, n, op, r)
+                shutil.rmtree(scratch, ignore_errors=True)
+    return out
 
 
 def main() -> None:
@@ -311,6 +357,8 @@ def main() -> None:
     ap.add_argument("--sizes", default="10000,100000,1000000", help="episode counts, comma-separated")
     ap.add_argument("--ops", default="open,catalog,plan,add,label,loader,verify,gc")
     ap.add_argument("--realistic", action="store_true", help="16 x 384 float16 features per frame")
+    ap.add_argument("--baseline", type=Path, help="a checkout of an older lawam (e.g. `git worktree add` of a commit): "
+                    "every op runs with it too, op by op beside this one, on stores its own writer built")
     ap.add_argument("--tag", default="run", help="results go to benchmarks/results/scale-TAG.json")
     args = ap.parse_args()
     if args.child:
@@ -319,37 +367,11 @@ def main() -> None:
     if args.build:
         print(json.dumps(build(args.build, args.n, args.realistic)))
         return
-
-    flag = ["--realistic"] if args.realistic else []
-    ops = args.ops.split(",")
-    results: dict = {"load": os.getloadavg(), "layout": _layout(), "realistic": args.realistic, "sizes": {}}
-    sizes = [int(s) for s in args.sizes.split(",")]
-    scratch = DATA / "scratch"
-    if "add" in ops:  # the reference: the same +1,000 into an empty store
-        shutil.rmtree(scratch, ignore_errors=True)
-        results["empty_add"] = _run_child("--child", "add", "--store", str(scratch), "--n", "0", *flag)
-        results["empty_label"] = _run_child("--child", "label", "--store", str(scratch), "--n", "0", *flag)
-        print(f"empty store: +{ADD} in {results['empty_add']['s']:.2f} s, label in "
-              f"{results['empty_label']['s']:.2f} s", file=sys.stderr, flush=True)
-    for n in sizes:
-        path = cached_store(n, args.realistic)
-        row: dict = {"store_mb": round(_du_mb(path), 1), "build": json.loads((path / "done").read_text())}
-        for op in ("open", "catalog", "plan", "loader", "verify"):
-            if op in ops:
-                row[op] = _run_child("--child", op, "--store", str(path), "--n", str(n), *flag)
-                print(f"{n:>9,} {op:8} {row[op]['s']:8.2f} s  peak {row[op]['peak_mb']:7.0f} MB "
-                      f"(+{row[op]['delta_mb']:.0f})", file=sys.stderr, flush=True)
-        if any(op in ops for op in ("add", "label", "gc")):
-            shutil.rmtree(scratch, ignore_errors=True)
-            shutil.copytree(path, scratch)
-            for op in ("add", "label", "gc"):
-                if op in ops:
-                    row[op] = _run_child("--child", op, "--store", str(scratch), "--n", str(n), *flag)
-                    print(f"{n:>9,} {op:8} {row[op]['s']:8.2f} s  peak {row[op]['peak_mb']:7.0f} MB "
-                          f"(+{row[op]['delta_mb']:.0f})", file=sys.stderr, flush=True)
-            shutil.rmtree(scratch, ignore_errors=True)
-        results["sizes"][n] = row
-    results["load_after"] = os.getloadavg()
+    codes = {"before": args.baseline.resolve()} if args.baseline else {}
+    codes["after" if args.baseline else "this"] = REPO
+    load = os.getloadavg()
+    results = measure(codes, [int(s) for s in args.sizes.split(",")], args.ops.split(","), args.realistic)
+    results = {"load": load, "load_after": os.getloadavg(), "realistic": args.realistic, "codes": results}
     out = REPO / "benchmarks" / "results" / f"scale-{args.tag}.json"
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(results, indent=1))
@@ -357,31 +379,33 @@ def main() -> None:
     print(f"wrote {out}")
 
 
+OPS = ("open", "catalog", "plan", "add", "label", "loader", "verify", "gc")
+
+
 def print_table(results: dict) -> None:
-    ops = ("open", "catalog", "plan", "add", "label", "loader", "verify", "gc")
-    print(f"layout {results['layout']}, load {results['load'][0]:.1f} -> {results['load_after'][0]:.1f}")
-    if "empty_add" in results:
-        e = results["empty_add"]
-        print(f"empty store: +{ADD} episodes {e['s']:.2f} s (peak {e['peak_mb']:.0f} MB); "
-              f"labelling them {results['empty_label']['s']:.2f} s")
-    print("| episodes | " + " | ".join(ops) + " |")
-    print("|---|" + "---|" * len(ops))
-    for n, row in results["sizes"].items():
-        cells = []
-        for op in ops:
-            r = row.get(op)
-            cells.append("-" if r is None else f"{r['s']:.2f} s / {r['peak_mb']:.0f} MB")
-        print(f"| {int(n):,} | " + " | ".join(cells) + " |")
-    for n, row in results["sizes"].items():
-        extra = []
-        if "add" in row and "empty_add" in results:
-            extra.append(f"add = {row['add']['s'] / results['empty_add']['s']:.2f}x empty")
-        if "loader" in row:
-            extra.append(f"loader workers peak {row['loader'].get('worker_peak_mb')} MB")
-        if "plan" in row:
-            p = row["plan"]
-            extra.append(f"plan alone {p['plan_only_s']:.2f} s, writer open {p['writer_open_s']:.2f} s")
-        print(f"{int(n):,}: " + "; ".join(extra))
+    """Seconds / peak MB per op and size, for each code; then what the aims look at."""
+    print(f"load {results['load'][0]:.1f} -> {results['load_after'][0]:.1f} (2 cores)")
+    for name, res in results["codes"].items():
+        print(f"\n{name} (layout {res['layout']})" + (
+            f": +{ADD} into an empty store {res['empty_add']['s']:.2f} s, labelling them "
+            f"{res['empty_label']['s']:.2f} s" if "empty_add" in res else ""))
+        print("| episodes | " + " | ".join(OPS) + " |")
+        print("|---|" + "---|" * len(OPS))
+        for n, row in res["sizes"].items():
+            cells = ["-" if op not in row else f"{row[op]['s']:.2f} s, {row[op]['peak_mb']:.0f} MB" for op in OPS]
+            print(f"| {int(n):,} | " + " | ".join(cells) + " |")
+        for n, row in res["sizes"].items():
+            notes = [f"store {row['store_mb']:.0f} MB"]
+            if "add" in row and "empty_add" in res:
+                notes.append(f"add = {row['add']['s'] / res['empty_add']['s']:.2f}x into empty")
+            if "open" in row:
+                notes.append(f"open holds {row['open']['delta_mb']:.0f} MB")
+            if "loader" in row:
+                notes.append(f"loader workers peak {', '.join(f'{m:.0f}' for m in row['loader']['worker_peak_mb'])} MB")
+            if "plan" in row:
+                notes.append(f"plan alone {row['plan']['plan_only_s']:.2f} s (writer open "
+                             f"{row['plan']['writer_open_s']:.2f} s)")
+            print(f"  {int(n):,}: " + "; ".join(notes))
 
 
 if __name__ == "__main__":

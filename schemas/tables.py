@@ -18,7 +18,7 @@ class EpisodeStatus(StrEnum):
 
 
 # One row per episode the store knows of, ingested or quarantined. Written as Parquet
-# (`catalog.parquet` beside the store) so users can query it with pyarrow or DuckDB.
+# (`catalog.parquet/` beside the store, one part per ingest commit) so users can query it with pyarrow or DuckDB.
 CATALOG_SCHEMA = pa.schema(
     [
         pa.field("source", pa.string(), nullable=False),  # SourceSpec.id

@@ -125,7 +125,7 @@ def training_samples(store_uri: str, version: str | None) -> tuple[list[Layout],
     from pipeline.store import FeatureStore
 
     store = FeatureStore.open(store_uri, version)
-    eps = store.episodes()
+    eps = store.episodes(["uri", "kind"])
     uris = sorted({u for u, kind in zip(eps["uri"].to_pylist(), eps["kind"].to_pylist(), strict=True)
                    if kind == "robot"})
     roots: dict[Path, None] = {}

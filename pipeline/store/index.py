@@ -65,9 +65,15 @@ class EpisodeIndex(table.Table):
         super().__init__(root.get(INDEX_GROUP), INDEX_SCHEMA, LEGACY_INDEX_SCHEMA,
                          legacy_keys=lambda t: episode_keys(t["source"], t["episode_id"]))
         self._repo, self._version = repo, version
+        self._batches: tuple[np.ndarray, list[str]] | None = None
 
     def batches(self) -> tuple[np.ndarray, list[str]]:
         """(ends, ids): stored rows [ends[i - 1], ends[i]) were appended by commit ids[i]."""
+        if self._batches is None:
+            self._batches = self._read_batches()
+        return self._batches
+
+    def _read_batches(self) -> tuple[np.ndarray, list[str]]:
         if self.legacy is not None:  # runs of equal store_version; "" rows are the newest commit's
             sv = self.legacy["store_version"].fill_null("").to_numpy(zero_copy_only=False)
             ends = np.flatnonzero(np.append(sv[1:] != sv[:-1], True)) + 1 if len(sv) else np.zeros(0, np.int64)

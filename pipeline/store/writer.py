@@ -483,10 +483,10 @@ class StoreWriter:
             keys = list(self._new_rows)
             hashes = key_hashes(keys)
             rows = rows.set_column(rows.schema.get_field_index("key_hash"), "key_hash", pa.array(hashes, pa.uint64()))
-            known = np.array([self._replaces.get(k, -2) for k in keys], np.int64)
-            unknown = np.flatnonzero(known == -2)
-            if len(unknown):  # written without a plan (or a quarantine) that looked them up
-                known[unknown] = self._find(hashes[unknown], [keys[i] for i in unknown.tolist()])
+            known = np.array([self._replaces.get(k, -1) for k in keys], np.int64)
+            new = np.flatnonzero(known < 0)  # new keys, or written without a plan that looked them up:
+            if len(new):  # their hash must name no other live episode (lookups trust it)
+                known[new] = self._find(hashes[new], [keys[i] for i in new.tolist()])
             replaced = known[known >= 0]
             ends, ids = self.index.batches()
             catalog_current = catalog_file_version(self.uri) == (ids[-1] if ids else None)
@@ -496,8 +496,9 @@ class StoreWriter:
         version = self.session.commit(message, metadata=meta)
         log.info("committed %s: +%d index rows, %d replaced", version, len(self._new_rows), len(replaced))
         self.parent_version = version
+        for key in self._new_rows:  # their live row is the new one now; other planned keys keep theirs
+            self._replaces.pop(key, None)
         self._new_rows.clear()
-        self._replaces.clear()
         pending_spills = {k: p for k, p in self._pending.items() if p.spilled is not None}
         replaced_batches = self._batches_of(replaced)
         self._begin()
