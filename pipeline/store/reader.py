@@ -209,9 +209,14 @@ class FeatureStore:
         column and `store_version`: read whole when asked."""
         return self._index.catalog_rows()
 
-    def catalog(self) -> pa.Table:
-        """Every episode this version knows of, quarantined ones included (CATALOG_SCHEMA)."""
-        return catalog_table(self.index)
+    def catalog(self, columns: list[str] | None = None) -> pa.Table:
+        """Every episode this version knows of, quarantined ones included (CATALOG_SCHEMA), or
+        only `columns` of it (index columns and `store_version`: what is not asked is not read)."""
+        if columns is None:
+            return catalog_table(self.index)
+        live = self._index.live()
+        return pa.table({c: self._index.store_versions(live) if c == "store_version" else self._index.take(c, live)
+                         for c in columns})
 
     def episodes(self, columns: list[str] | None = None) -> pa.Table:
         """The ingested (status ok) episodes; row i is the episode `keys[i]`. `columns` (default:
