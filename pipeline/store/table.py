@@ -68,6 +68,7 @@ class Table:
         self.group, self.schema = group, schema
         self.rows = int(group.attrs.get("rows", 0)) if group is not None else 0
         self._superseded: np.ndarray | None = None
+        self._listing: dict | None = None
         # A layout-1 table is read whole, once, in its own schema (`legacy_schema`, default
         # `schema`); `legacy_keys` gives its rows' keys, to derive the `key_hash` it lacks.
         self.legacy: pa.Table | None = None
@@ -83,8 +84,8 @@ class Table:
         """Stored rows that are no longer live."""
         if self._superseded is None:
             g = self.group
-            stored = g is not None and self.legacy is None and SUPERSEDED in g
-            self._superseded = g[SUPERSEDED][:].astype(np.int64) if stored else np.zeros(0, np.int64)
+            arr = self._nodes().get(SUPERSEDED) if g is not None and self.legacy is None else None
+            self._superseded = arr[:].astype(np.int64) if arr is not None else np.zeros(0, np.int64)
         return self._superseded
 
     def live_mask(self) -> np.ndarray:
@@ -107,16 +108,22 @@ class Table:
             if name not in self.legacy.column_names:
                 return pa.nulls(hi - lo, field.type) if field.nullable else _zeros(field, hi - lo)
             return self.legacy.column(name).slice(lo, hi - lo).combine_chunks()
-        node = None
-        if self.group is not None and hi > lo and COLUMNS in self.group:
-            node = self.group[COLUMNS].get(name)
-        if node is None:  # an empty table, or a column added after these rows were written
+        nodes = self._nodes() if hi > lo else {}
+        path = f"{COLUMNS}/{name}"
+        if path not in nodes:  # an empty table, or a column added after these rows were written
             return pa.nulls(max(0, hi - lo), field.type) if field.nullable or hi <= lo else _zeros(field, hi - lo)
-        if isinstance(node, zarr.Group):
-            offsets = node["offsets"][lo : hi + 1].astype(np.int64)
-            data = node["data"][offsets[0] : offsets[-1]] if offsets[-1] > offsets[0] else np.zeros(0, np.uint8)
+        if f"{path}/offsets" in nodes:  # a string column
+            offsets = nodes[f"{path}/offsets"][lo : hi + 1].astype(np.int64)
+            a, b = int(offsets[0]), int(offsets[-1])
+            data = nodes[f"{path}/data"][a:b] if b > a else np.zeros(0, np.uint8)
             return _strings(offsets - offsets[0], data, field)
-        return _numbers(node[lo:hi], field)
+        return _numbers(nodes[path][lo:hi], field)
+
+    def _nodes(self) -> dict:
+        """Every array and group of the table by path, listed once (one call, not one per column)."""
+        if self._listing is None:
+            self._listing = dict(self.group.members(max_depth=None)) if self.group is not None else {}
+        return self._listing
 
     def take(self, name: str, rows: np.ndarray) -> pa.Array:
         """Column `name` at stored rows `rows` (reads the whole column: rows are usually many)."""
@@ -176,51 +183,65 @@ def _encode(col: pa.ChunkedArray | pa.Array, field: pa.Field) -> np.ndarray | tu
     return col.fill_null(0).to_numpy()
 
 
-def _append_array(group: zarr.Group, name: str, values: np.ndarray, chunk: int, dims: tuple[str, ...]) -> int:
-    """Append `values` to the 1-D array group[name] (created on first use); returns its old length."""
-    if name not in group:
-        group.create_array(name, shape=(0,), chunks=(chunk,), dtype=values.dtype, compressors=checksummed(),
-                           dimension_names=dims)
-    arr = group[name]
-    start = arr.shape[0]
-    if len(values):
-        arr.resize((start + len(values),))
-        arr[start:] = values
-    return start
+class _Appender:
+    """Appends to the arrays of one table, listing them once: a commit makes two Zarr calls per
+    array (resize, write), whatever the table holds."""
 
+    def __init__(self, group: zarr.Group):
+        self.group = group
+        self.nodes = dict(group.members(max_depth=None))  # "columns/source/offsets" -> array, ...
 
-def _stored(node: zarr.Array | zarr.Group | None) -> int:
-    """Rows a column holds."""
-    if node is None:
-        return 0
-    return node["offsets"].shape[0] - 1 if isinstance(node, zarr.Group) else node.shape[0]
+    def _array(self, path: str, dtype: np.dtype, chunk: int, dims: tuple[str, ...]) -> zarr.Array:
+        arr = self.nodes.get(path)
+        if arr is None:
+            parent, _, name = path.rpartition("/")
+            where = self.group.require_group(parent) if parent else self.group
+            arr = self.nodes[path] = where.create_array(name, shape=(0,), chunks=(chunk,), dtype=dtype,
+                                                        compressors=checksummed(), dimension_names=dims)
+        return arr
 
+    def rows(self, field: pa.Field) -> int:
+        """Rows column `field` holds."""
+        if pa.types.is_string(field.type):
+            offsets = self.nodes.get(f"{COLUMNS}/{field.name}/offsets")
+            return offsets.shape[0] - 1 if offsets is not None else 0
+        arr = self.nodes.get(f"{COLUMNS}/{field.name}")
+        return arr.shape[0] if arr is not None else 0
 
-def _append_column(cols: zarr.Group, field: pa.Field, values: np.ndarray | tuple[np.ndarray, np.ndarray]) -> None:
-    if isinstance(values, tuple):  # a string column: bytes, then where each row ends
-        offsets, data = values
-        node = cols.require_group(field.name)
-        base = _append_array(node, "data", data, _CHUNK_BYTES, ("byte",))
-        if "offsets" not in node:
-            _append_array(node, "offsets", np.zeros(1, np.int64), _CHUNK_ROWS, ("row_edge",))
-        _append_array(node, "offsets", offsets[1:] + base, _CHUNK_ROWS, ("row_edge",))
-    else:
-        _append_array(cols, field.name, values, _CHUNK_ROWS, ("row",))
+    def append(self, path: str, values: np.ndarray, chunk: int, dims: tuple[str, ...]) -> int:
+        """Append `values` to the 1-D array at `path` (created on first use); returns its old length."""
+        arr = self._array(path, values.dtype, chunk, dims)
+        start = arr.shape[0]
+        if len(values):
+            arr.resize((start + len(values),))
+            arr[start:] = values
+        return start
+
+    def column(self, field: pa.Field, values: np.ndarray | tuple[np.ndarray, np.ndarray]) -> None:
+        path = f"{COLUMNS}/{field.name}"
+        if isinstance(values, tuple):  # a string column: its bytes, then where each row ends
+            offsets, data = values
+            base = self.append(f"{path}/data", data, _CHUNK_BYTES, ("byte",))
+            if f"{path}/offsets" not in self.nodes:
+                self.append(f"{path}/offsets", np.zeros(1, np.int64), _CHUNK_ROWS, ("row_edge",))
+            self.append(f"{path}/offsets", offsets[1:] + base, _CHUNK_ROWS, ("row_edge",))
+        else:
+            self.append(path, values, _CHUNK_ROWS, ("row",))
 
 
 def append(group: zarr.Group, schema: pa.Schema, rows: pa.Table, superseded: np.ndarray | None = None) -> int:
     """Append `rows` (the schema's columns) to the table in `group` and mark the stored rows
     `superseded` as no longer live; returns the stored number of the first new row. Touches
     only each column's last chunk: the cost is the new rows', whatever the table holds."""
-    cols = group.require_group(COLUMNS)
+    out = _Appender(group)
     first = int(group.attrs.get("rows", 0))
     for field in schema:
-        have = _stored(cols.get(field.name))
+        have = out.rows(field)
         if have < first:  # a column added to the schema after these rows: defaults, as readers fill them
-            _append_column(cols, field, _encode(_zeros(field, first - have), field))
-        _append_column(cols, field, _encode(rows.column(field.name), field))
+            out.column(field, _encode(_zeros(field, first - have), field))
+        out.column(field, _encode(rows.column(field.name), field))
     if superseded is not None and len(superseded):
-        _append_array(group, SUPERSEDED, np.asarray(superseded, np.int64), _CHUNK_ROWS, ("entry",))
+        out.append(SUPERSEDED, np.asarray(superseded, np.int64), _CHUNK_ROWS, ("entry",))
     group.attrs.update({"rows": first + rows.num_rows, "table_layout": TABLE_LAYOUT})
     return first
 
