@@ -36,7 +36,6 @@ import logging
 import time
 import uuid
 from collections.abc import Callable, Iterable
-from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING
 
@@ -54,12 +53,12 @@ from pipeline.store.format import (
     checksummed,
     dimension_names,
     library_versions,
-    no_state,
 )
 from pipeline.store.index import EpisodeIndex, KeyLookup, key_hash, key_hashes
 from pipeline.store.migrate import migrate_if_needed
 from pipeline.store.plan import Plan, ingest_hash
 from pipeline.store.plan import plan as plan_refs
+from pipeline.store.shard_buffer import PendingEpisode, ShardBuffer
 from schemas import INDEX_SCHEMA, STORE_LAYOUT_VERSION, EpisodeStatus
 from schemas.errors import BadInputError, StoreMismatchError
 from schemas.identity import EncoderIdentity, SamplingParams
@@ -72,65 +71,6 @@ log = logging.getLogger(__name__)
 
 
 __all__ = ["Plan", "StoreWriter", "ingest_hash"]
-
-
-@dataclass
-class _Pending:
-    ref: EpisodeRef
-    ingest_hash: str
-    blocks: list[np.ndarray] = field(default_factory=list)
-    stamps: list[np.ndarray] = field(default_factory=list)
-    n: int = 0
-    spilled: zarr.Group | None = None  # own shard once longer than spill_frames
-    spilled_name: str | None = None
-
-
-@dataclass
-class _ShardBuffer:
-    """Finished episodes of one shard not written yet: rows to append, per array."""
-
-    name: str
-    group: zarr.Group | None = None
-    arrays: dict[str, zarr.Array] = field(default_factory=dict)  # handles, looked up once per session
-    rows: dict[str, int] = field(default_factory=dict)  # rows each array holds once flushed
-    parts: dict[str, list[np.ndarray]] = field(default_factory=dict)
-    frames: int = 0  # feature rows buffered
-    nbytes: int = 0
-    flushed_at: float = 0.0
-
-    def check(self, rows: dict[str, np.ndarray]) -> None:
-        """Raise BadInputError unless each array's rows fit (trailing shape, dtype) those already there."""
-        for name, data in rows.items():
-            have = self._rows_like(name)
-            if have is not None and (have.shape[1:], have.dtype) != (data.shape[1:], data.dtype):
-                raise BadInputError(f"{name} rows {data.dtype}{list(data.shape[1:])} do not fit the shard's "
-                                 f"{have.dtype}{list(have.shape[1:])}")
-
-    def _rows_like(self, name: str) -> np.ndarray | zarr.Array | None:
-        """Rows of `name` already in the shard (buffered or written), for their shape and dtype."""
-        parts = self.parts.get(name)
-        return parts[0] if parts else self.arrays.get(name)
-
-    def align_state(self, rows: dict[str, np.ndarray]) -> None:
-        """Keep `state` row for row beside `actions` (episodes index both by `action_start`)
-        when only some of a shard's episodes have state: the others' state rows are NaN,
-        which readers take for "no state". Call before adding `rows`."""
-        behind = self.rows.get("actions", 0) - self.rows.get("state", 0)
-        if "state" in rows:
-            if behind > 0:  # earlier episodes of this shard had none
-                self.add("state", no_state(behind, rows["state"].shape[1:]))
-        elif "state" in self.rows:
-            rows["state"] = no_state(len(rows["actions"]), self._rows_like("state").shape[1:])
-
-    def add(self, name: str, data: np.ndarray) -> int:
-        """Queue `data` for group[name]; returns the row it will start at."""
-        start = self.rows.get(name, 0)
-        self.rows[name] = start + len(data)
-        self.parts.setdefault(name, []).append(data)
-        self.nbytes += data.nbytes
-        if name == "features":
-            self.frames += len(data)
-        return start
 
 
 class StoreWriter:
@@ -152,10 +92,11 @@ class StoreWriter:
         self.run_id = datetime.now(UTC).strftime("%Y%m%dT%H%M%S") + "-" + uuid.uuid4().hex[:6]
         self._lock = lock
         self._seq = 0
-        self._pending: dict[str, _Pending] = {}
+        self._pending: dict[str, PendingEpisode] = {}
         self._new_rows: dict[str, dict] = {}  # key -> index row added since the last commit
         self._replaces: dict[str, int] = {}  # key -> stored index row its new row supersedes (-1: none)
-        self._shards: dict[str, _ShardBuffer] = {}
+        self._noted: set[tuple] = set()  # (source, kind, sampling) recorded in the root attrs
+        self._shards: dict[str, ShardBuffer] = {}
         self.flush_every_s, self.flush_bytes = flush_every_s, flush_bytes
         self.parent_version = repo.lookup_branch(branch)
         self._begin()
@@ -200,9 +141,13 @@ class StoreWriter:
     def _note_sampling(self, ref: EpisodeRef, params: SamplingParams) -> None:
         """Record in the root attrs `sources` how `ref`'s source is sampled (fps, resize mode,
         image size, ...): the newest run's settings per source."""
+        noted = (ref.source, ref.kind, params)
+        if noted in self._noted:  # checked once per source and sampling, not per episode
+            return
+        self._noted.add(noted)
         sources = dict(self.root.attrs.get("sources", {}))
         entry = {**sources.get(ref.source, {}), "kind": ref.kind, "sampling": params.to_dict()}
-        if sources.get(ref.source) != entry:  # written once per source and run, not per episode
+        if sources.get(ref.source) != entry:
             sources[ref.source] = entry
             self.root.attrs["sources"] = sources
 
@@ -281,7 +226,7 @@ class StoreWriter:
 
     # -- writing -----------------------------------------------------------------------
     def start_episode(self, ref: EpisodeRef, params: SamplingParams) -> None:
-        self._pending[ref.key] = _Pending(ref, ingest_hash(ref, params))
+        self._pending[ref.key] = PendingEpisode(ref, ingest_hash(ref, params))
         self._note_sampling(ref, params)
 
     def append_frames(self, ref: EpisodeRef, features: np.ndarray, timestamps: np.ndarray) -> None:
@@ -325,7 +270,7 @@ class StoreWriter:
             shard = f"{ref.source}/{self.run_id}-{self._seq:03d}"
             buf = self._shards.get(shard)
             if buf is None:
-                buf = self._shards[shard] = _ShardBuffer(shard, flushed_at=self._opened_at)
+                buf = self._shards[shard] = ShardBuffer(shard, flushed_at=self._opened_at)
             rows = {"features": p.blocks[0] if len(p.blocks) == 1 else np.concatenate(p.blocks),
                     "timestamps": p.stamps[0] if len(p.stamps) == 1 else np.concatenate(p.stamps)}
             if has_actions:
@@ -355,7 +300,7 @@ class StoreWriter:
                     buf.frames >= self.chunk_frames and now - buf.flushed_at >= self.flush_every_s):
                 self._flush(buf)
 
-    def _flush(self, buf: _ShardBuffer) -> None:
+    def _flush(self, buf: ShardBuffer) -> None:
         """Write a shard's buffered episodes: one append per array."""
         if buf.group is None:
             buf.group = self._create_shard(buf.name)
