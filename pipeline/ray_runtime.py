@@ -1,5 +1,6 @@
-"""Starting Ray the one way every job here does: local on loopback, or the cluster named by
-`RAY_ADDRESS`; and the Ray errors that mean an infrastructure fault, not bad input."""
+"""Starting Ray the one way every job here does: a new local instance on loopback, or the
+cluster named by `RAY_ADDRESS` (never a cluster found by chance on the machine); and the Ray
+errors that mean an infrastructure fault, not bad input."""
 
 from __future__ import annotations
 
@@ -31,6 +32,10 @@ def ensure_ray(verbose: bool | None = None) -> None:
         verbose = logging.getLogger().getEffectiveLevel() <= logging.INFO
     level = logging.INFO if verbose else logging.WARNING
     if os.environ.get("RAY_ADDRESS"):
-        ray.init(log_to_driver=False, logging_level=level)
+        ray.init(log_to_driver=False, logging_level=level)  # a cluster: connect, size nothing
     else:
-        ray.init(num_cpus=os.cpu_count(), include_dashboard=False, log_to_driver=False, logging_level=level)
+        # "local": always a new instance of our own. Without it Ray joins whatever cluster runs on
+        # the machine (it scans for GCS processes and reads /tmp/ray/ray_current_cluster, stale
+        # after a `ray stop`), and then refuses num_cpus: every run failed until the file went.
+        ray.init(address="local", num_cpus=os.cpu_count(), include_dashboard=False, log_to_driver=False,
+                 logging_level=level)

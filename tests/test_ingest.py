@@ -262,7 +262,8 @@ def test_encoder_crash_fails_the_run_but_keeps_finished_episodes(ray_local, vide
     import ray
 
     from pipeline.encode import encoder_identity
-    from pipeline.ingest.ray_executor import IngestRun
+    from pipeline.ingest.assembler import EpisodeAssembler
+    from pipeline.ingest.ray_executor import RayExecutor
     from pipeline.progress import Bar
 
     @ray.remote(num_cpus=0)
@@ -282,10 +283,9 @@ def test_encoder_crash_fails_the_run_but_keeps_finished_episodes(ray_local, vide
     refs = sorted(iter_episodes(human(videos)), key=lambda r: r.episode_id)
     params = SamplingParams(fps=5.0, size=32)
     with StoreWriter.open(str(tmp_path / "store"), encoder=encoder_identity(TINY)) as writer:
-        job = IngestRun(writer, [DiesOnThirdBlock.remote()], lambda r: params, block_frames=10, decoder="auto",
-                        bar=Bar(None, None), commit_every_s=1e9)
+        executor = RayExecutor([DiesOnThirdBlock.remote()], block_frames=10, decoder="auto")
         with pytest.raises(ray.exceptions.RayActorError):
-            job.run(refs)
+            executor.run(EpisodeAssembler(writer, lambda r: params, Bar(None, None), commit_every_s=1e9), refs)
     store = FeatureStore.open(str(tmp_path / "store"))
     assert len(store) == 2  # what finished before the crash is kept
     assert store.catalog().filter(pc.equal(store.catalog()["status"], "quarantined")).num_rows == 0
@@ -368,9 +368,9 @@ def test_many_short_clips_land_whole_contiguous_and_encoded(ray_local, short_cli
     bad clips among them are quarantined alone."""
     from pipeline.encode import FrozenEncoder
     from pipeline.ingest.frames import decode_episode_blocks
-    from pipeline.ingest.ray_executor import IngestRun
+    from pipeline.ingest.ray_executor import RayExecutor
 
-    monkeypatch.setattr(IngestRun, "batches_per_decoder", 1)  # few, large batches: many episodes per task
+    monkeypatch.setattr(RayExecutor, "batches_per_decoder", 1)  # few, large batches: many episodes per task
     d, lengths = short_clips
     report = run(human(d), tmp_path / "store")
     assert sorted(k for k, _ in report.quarantined) == ["vids/c08.mp4", "vids/c16.mp4"]
@@ -396,6 +396,33 @@ def test_many_short_clips_land_whole_contiguous_and_encoded(ray_local, short_cli
         np.testing.assert_allclose(ep.timestamps, np.concatenate([b["timestamps"] for b in blocks]))
         np.testing.assert_allclose(ep.features.astype(np.float32), encoder.encode(frames).astype(np.float32),
                                    atol=2e-2, rtol=2e-2)
+
+
+def test_local_executor_stores_what_ray_stores_without_starting_ray(ray_local, short_clips, tmp_path):
+    """Issue #18: a notebook ingests without Ray (`executor="local"`): the same step, the same
+    episodes kept and quarantined, the same features; Ray is never imported."""
+    d, _ = short_clips
+    on_ray = run(human(d), tmp_path / "ray")
+    script = (
+        "import sys\n"
+        "from pipeline.ingest import ingest_episodes\n"
+        "from pipeline.sources import iter_episodes\n"
+        "from schemas import EncoderConfig, SamplingConfig, SourceSpec, StoreConfig\n"
+        f"spec = SourceSpec(id='vids', kind='human', format='video_dir', uri={str(d)!r})\n"
+        f"enc = EncoderConfig.model_validate_json({TINY.model_dump_json()!r})\n"
+        "r = ingest_episodes(list(iter_episodes(spec)), encoder=enc, sampling=SamplingConfig(fps=5),\n"
+        f"                    store=StoreConfig(uri={str(tmp_path / 'local')!r}), progress=False, executor='local')\n"
+        "assert 'ray' not in sys.modules, 'the local executor imported Ray'\n"
+        "print(r.added, sorted(k for k, _ in r.quarantined))\n")
+    out = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=300)
+    assert out.returncode == 0, out.stderr[-2000:]
+    assert out.stdout.split(None, 1) == [str(on_ray.added), str(sorted(k for k, _ in on_ray.quarantined)) + "\n"]
+    a, b = FeatureStore.open(str(tmp_path / "ray")), FeatureStore.open(str(tmp_path / "local"))
+    assert sorted(a.keys) == sorted(b.keys)
+    for key in a.keys:  # torch's thread count may differ: float16 rounding apart, the same numbers
+        np.testing.assert_allclose(a.features(key).astype(np.float32), b.features(key).astype(np.float32),
+                                   atol=1e-2, rtol=1e-2)
+        np.testing.assert_array_equal(a.timestamps(key), b.timestamps(key))
 
 
 def test_writer_buffers_episodes_and_writes_them_behind_exactly(tmp_path):

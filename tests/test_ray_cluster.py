@@ -4,10 +4,12 @@ on 127.0.0.1, its own processes), not on a local instance the driver starts."""
 from __future__ import annotations
 
 import os
+import shutil
 import signal
 import socket
 import subprocess
 import sys
+import tempfile
 import time
 from pathlib import Path
 
@@ -76,3 +78,31 @@ def test_ingest_runs_on_the_cluster_named_by_ray_address(ray_cluster, tmp_path):
     assert f"Connecting to existing Ray cluster at address: {ray_cluster}" in result.stderr
     assert "Started a local Ray instance" not in result.stderr
     assert len(FeatureStore.open(str(tmp_path / "store"))) == 2
+
+
+
+def test_without_ray_address_a_stale_cluster_file_is_ignored(tmp_path):
+    """Issue #19: after a cluster was stopped, Ray's `ray_current_cluster` file still named it,
+    and every later ingest on the machine died with "When connecting to an existing cluster,
+    num_cpus and num_gpus must not be provided" (no RAY_ADDRESS set). Without RAY_ADDRESS a run
+    starts a local Ray of its own, whatever that file says."""
+    make_video(tmp_path / "v" / "c0.mp4", n_frames=20, fps=10, seed=0)
+    corpus = tmp_path / "corpus.yaml"
+    corpus.write_text(yaml.safe_dump({
+        "sources": [{"id": "vids", "kind": "human", "format": "video_dir", "uri": str(tmp_path / "v")}],
+        "encoder": {"model": "vit_tiny_patch16_224", "image_size": 32, "tokens": "mean"},
+        "sampling": {"fps": 5}, "store": {"uri": str(tmp_path / "store")},
+    }))
+    ray_tmp = Path(tempfile.mkdtemp(prefix="r", dir="/tmp"))  # short: Ray's socket paths live under it
+    try:
+        (ray_tmp / "ray").mkdir()
+        (ray_tmp / "ray" / "ray_current_cluster").write_text(f"127.0.0.1:{free_port()}")  # nobody there
+        env = {k: v for k, v in os.environ.items() if k != "RAY_ADDRESS"} | {"RAY_TMPDIR": str(ray_tmp),
+                                                                              "LAWAM_LOG": "INFO"}
+        result = subprocess.run([sys.executable, "-m", "flows.cli", "ingest", str(corpus), "--no-flow",
+                                 "--no-progress"], cwd=REPO, env=env, capture_output=True, text=True, timeout=300)
+    finally:
+        shutil.rmtree(ray_tmp, ignore_errors=True)
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert "Started a local Ray instance" in result.stderr
+    assert len(FeatureStore.open(str(tmp_path / "store"))) == 1

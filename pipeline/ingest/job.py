@@ -22,7 +22,9 @@ import logging
 import time
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
+from typing import Literal
 
+from pipeline.ingest.assembler import EpisodeAssembler
 from pipeline.progress import progress_bar
 from pipeline.sources import hashing, iter_episodes
 from pipeline.store import StoreWriter
@@ -119,13 +121,20 @@ def ingest_episodes(
     progress: bool = True,
     retry_quarantined: bool = False,
     source_roots: Iterable[str] = (),
+    executor: Literal["ray", "local"] = "ray",
 ) -> IngestReport:
     """Ingest `refs` into `store` and return what was done. Quarantined episodes do not
     raise; bad config, a store of another encoder, or an infrastructure fault do. An episode
     quarantined before is retried only when its input changed, or with `retry_quarantined`.
     The digests of the files the refs were hashed from are committed with the episodes;
     remembered digests of files under `source_roots` (folders whose every episode is in
-    `refs`) that this process did not see are dropped."""
+    `refs`) that this process did not see are dropped.
+
+    `executor="ray"` decodes and encodes on Ray (local, or the cluster of `RAY_ADDRESS`);
+    `"local"` in this process, without starting Ray (a notebook, a handful of episodes): the
+    same step, the same features."""
+    if executor not in ("ray", "local"):
+        raise ConfigError(f"executor {executor!r}: use 'ray' or 'local'")
     t0 = time.monotonic()
     refs = list(refs)
     fps_for = fps_for or (lambda ref: sampling.fps)
@@ -163,22 +172,28 @@ def ingest_episodes(
                                                  f"{len(report.quarantined)} quarantined, "
                                                  f"{remembered} file hashes remembered")
         else:
-            from pipeline.ingest.ray_executor import IngestRun, encoder_pool
-
-            ensure_ray()
-            # models load on the workers while decoding starts
-            actors = encoder_pool(encoder, num_encoders)
             with progress_bar("ingest", total=len(todo), enabled=progress, unit="episodes") as bar:
-                run = IngestRun(writer, actors, params, block_frames=encoder.batch_size, decoder=sampling.decoder,
-                                bar=bar, commit_every_s=commit_every_s)
-                run.stats.quarantined.extend(report.quarantined)
-                stats = run.run(todo)  # commits at the end
+                step = EpisodeAssembler(writer, params, bar, commit_every_s)
+                step.stats.quarantined.extend(report.quarantined)
+                stats = _executor(executor, encoder, sampling, num_encoders).run(step, todo)  # commits at the end
             report.version_after = stats.last_version
             report.added, report.frames, report.quarantined = stats.added, stats.frames, stats.quarantined
             report.hours = stats.seconds_of_video / 3600
             report.steady_frames_per_s = stats.steady_frames_per_s
     report.seconds = time.monotonic() - t0
     return report
+
+
+def _executor(kind: str, encoder: EncoderConfig, sampling: SamplingConfig, num_encoders: int | None):
+    if kind == "local":
+        from pipeline.ingest.local_executor import LocalExecutor
+
+        return LocalExecutor(encoder, block_frames=encoder.batch_size, decoder=sampling.decoder)
+    from pipeline.ingest.ray_executor import RayExecutor, encoder_pool
+
+    ensure_ray()
+    actors = encoder_pool(encoder, num_encoders)  # models load on the workers while decoding starts
+    return RayExecutor(actors, block_frames=encoder.batch_size, decoder=sampling.decoder)
 
 
 def source_fps(sampling: SamplingConfig, specs: Iterable[SourceSpec]) -> Callable[[EpisodeRef], float]:

@@ -1,4 +1,5 @@
-"""The Ray side of an ingest: decode tasks, an encoder actor pool, and the driver loop.
+"""The Ray executor of an ingest: decode tasks, an encoder actor pool, and the driver loop
+that hands each batch's blocks, in order, to the ingest step (`pipeline.ingest.assembler`).
 
 Stages, top-down:
 
@@ -10,15 +11,14 @@ Stages, top-down:
              its blocks wait, so memory stays bounded whatever the video length.
 2. encode  — `EncoderActor`s (one per GPU, or one using every core) receive block refs
              straight from the decoders: pixels never pass through the driver.
-3. write   — the driver gets float16 features back (small), hands them to the store writer
-             in episode order, and quarantines episodes whose decode failed (a failure is
-             one episode's: its batch-mates are written).
+3. write   — the driver gets float16 features back (small) and hands them to the
+             `EpisodeAssembler` in each batch's frame order; it writes, quarantines and
+             commits (see its promises: only bad input quarantines, and only its episode).
 
-Only bad input (`schemas.errors.BadInputError`: a corrupt video, unparsable actions) is the
-episode's fault and quarantines it. Anything else stops the run after committing the
-episodes already complete, and is raised: an infrastructure fault (a dead actor or worker,
-lost objects, the object store) so the caller (a Prefect retry, a person) can run it again,
-the re-run skipping what was committed; a full or read-only disk, not retried; a bug, loudly.
+Anything that is not bad input stops the run after committing the episodes already
+complete, and is raised: an infrastructure fault (a dead actor or worker, lost objects, the
+object store) so the caller (a Prefect retry, a person) can run it again, the re-run
+skipping what was committed; a full or read-only disk, not retried; a bug, loudly.
 """
 
 from __future__ import annotations
@@ -28,7 +28,6 @@ import logging
 import os
 import time
 from collections import deque
-from collections.abc import Callable
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -40,19 +39,14 @@ os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
 import ray  # noqa: E402
 
 from pipeline.encode import FrozenEncoder  # noqa: E402
-from pipeline.errors import classify  # noqa: E402
-from pipeline.ingest.frames import decode_task_items, one_line  # noqa: E402
-from pipeline.progress import Bar  # noqa: E402
-from pipeline.ray_runtime import INFRA_ERRORS, ensure_ray  # noqa: E402
-from pipeline.store import StoreWriter  # noqa: E402
-from pipeline.store.backend import error_summary  # noqa: E402
+from pipeline.ingest.assembler import Episode, EpisodeAssembler, RunStats  # noqa: E402
+from pipeline.ingest.frames import decode_task_items  # noqa: E402
 from schemas import EncoderConfig  # noqa: E402
-from schemas.identity import SamplingParams  # noqa: E402
 from schemas.records import EpisodeRef  # noqa: E402
 
 log = logging.getLogger(__name__)
 
-__all__ = ["INFRA_ERRORS", "IngestRun", "encoder_pool", "ensure_ray"]
+__all__ = ["EncoderActor", "RayExecutor", "ThreadTuner", "encoder_pool"]
 
 
 class ThreadTuner:
@@ -145,82 +139,40 @@ def encoder_pool(cfg: EncoderConfig, n: int | None = None) -> list:
 decode_task = ray.remote(num_cpus=1)(decode_task_items)
 
 
-def quarantinable(e: BaseException) -> bool:
-    """Only bad input quarantines an episode (`schemas.errors`): `classify` looks through
-    Ray's RayTaskError to the original exception. Infrastructure and resource faults and
-    bugs are raised instead, after the episodes already complete are committed."""
-    return classify(e) == "bad_input"
-
-
-def reason(e: BaseException) -> str:
-    """One line for the catalog: the innermost cause, without Ray's traceback wrapping."""
-    while getattr(e, "cause", None) is not None and e.cause is not e:
-        e = e.cause
-    return one_line(e)
-
-
-@dataclass
-class _Episode:
-    ref: EpisodeRef
-    params: SamplingParams
-    frames: int = 0
-    error: str | None = None
-    ended: bool = False
-
-
 @dataclass
 class _Batch:
     """Episodes decoded by one task, and its packed blocks in frame order."""
 
-    episodes: list[_Episode]
+    episodes: list[Episode]
     entries: deque = field(default_factory=deque)  # [metadata, encode ref or None], in order
     done: set = field(default_factory=set)  # encode refs that finished
     meta: dict | None = None  # metadata whose frames block is the generator's next item
     decoded_all: bool = False
 
 
-@dataclass
-class RunStats:
-    added: int = 0
-    frames: int = 0
-    seconds_of_video: float = 0.0
-    quarantined: list[tuple[str, str]] = field(default_factory=list)
-    last_version: str | None = None
-    first_block_at: float | None = None  # monotonic time the first features came back
-    first_block_frames: int = 0
-    last_block_at: float | None = None
-
-    @property
-    def steady_frames_per_s(self) -> float | None:
-        """Throughput once the pipeline is full (model loaded, first block through)."""
-        if self.first_block_at is None or self.last_block_at is None or self.last_block_at <= self.first_block_at:
-            return None
-        return (self.frames - self.first_block_frames) / (self.last_block_at - self.first_block_at)
-
-
-class IngestRun:
-    """Drives decode → encode → write for a list of episodes into an open StoreWriter."""
+class RayExecutor:
+    """Schedules the ingest step (`EpisodeAssembler`) on Ray: decode tasks stream packed blocks
+    straight to the encoder actors; the driver hands each batch's results to the assembler in
+    order. Scheduling only: what a block means, what fails an episode and when to commit are
+    the assembler's."""
 
     # Episodes per decode task: one task per episode when there are few (long videos keep
     # every decoder busy), up to this many when there are many short ones.
     max_batch_episodes = 32
     batches_per_decoder = 8  # at least this many batches per decoder keep the end of a run balanced
 
-    def __init__(self, writer: StoreWriter, actors: list, params_for: Callable[[EpisodeRef], SamplingParams],
-                 block_frames: int, decoder: str, bar: Bar, commit_every_s: float):
-        self.writer, self.actors, self.params_for = writer, actors, params_for
-        self.block_frames, self.decoder, self.bar = block_frames, decoder, bar
-        self.commit_every_s = commit_every_s
-        self.stats = RunStats()
+    def __init__(self, actors: list, block_frames: int, decoder: str):
+        self.actors, self.block_frames, self.decoder = actors, block_frames, decoder
         self._gens: dict = {}  # decode generator -> batch
         self._inflight: dict = {}  # encode ref -> batch
         self._next_actor = 0
-        self._last_commit = time.monotonic()
         self._decode_cpus = 1.0
+        self.assembler: EpisodeAssembler | None = None
 
-    def run(self, todo: list[EpisodeRef]) -> RunStats:
+    def run(self, assembler: EpisodeAssembler, todo: list[EpisodeRef]) -> RunStats:
         """Ingest `todo` and commit; on any failure, commit the episodes already complete, give
         the encoders' and decoders' CPUs back, and raise."""
+        self.assembler = assembler
         # Every CPU the encoders leave free decodes (a GPU encoder outruns one decoder by far);
         # at least two per encoder so the next batch is decoding when one ends.
         spare_cpus = max(0, int(ray.cluster_resources().get("CPU", 1)) - len(self.actors))
@@ -247,18 +199,11 @@ class IngestRun:
                         batch.done.add(r)
                         self._drain(batch)
             # The last commit fails like any step (a full disk): inside, so the CPUs are given back.
-            self.commit(f"ingest: +{self.stats.added} episodes, {len(self.stats.quarantined)} quarantined")
+            return assembler.complete()
         except BaseException as failure:
-            # Not an episode's fault (infrastructure, a full disk, a bug) or an interrupt: keep
-            # every episode already complete, then raise the original error.
-            try:
-                self.commit("ingest (interrupted)")
-            except Exception as e:  # noqa: BLE001 - the original error is the one to report
-                log.warning("could not commit the episodes completed before %s: %s", type(failure).__name__,
-                            error_summary(e))
+            assembler.abort(failure)
             self._release()
             raise
-        return self.stats
 
     def _release(self) -> None:
         """A failed run gives its CPUs back now: the raised error's traceback keeps this run (and
@@ -274,11 +219,7 @@ class IngestRun:
         self._inflight.clear()
 
     def _start(self, refs: list[EpisodeRef]) -> None:
-        episodes = []
-        for ref in refs:
-            p = self.params_for(ref)
-            self.writer.start_episode(ref, p)
-            episodes.append(_Episode(ref, p))
+        episodes = self.assembler.begin(refs)
         gen = decode_task.options(num_returns="streaming", _generator_backpressure_num_objects=4,
                                   num_cpus=self._decode_cpus).remote(
             [(e.ref, e.params) for e in episodes], self.block_frames, self.decoder)
@@ -312,8 +253,7 @@ class IngestRun:
         batch.meta = None
 
     def _drain(self, batch: _Batch) -> None:
-        """Hand the batch's encoded blocks that are ready to the writer, in order, and end the
-        episodes whose outcome they carry."""
+        """Hand the batch's encoded blocks that are ready to the assembler, in order."""
         while batch.entries:
             meta, enc = batch.entries[0]
             if enc is not None and enc not in batch.done:
@@ -321,65 +261,12 @@ class IngestRun:
             batch.entries.popleft()
             if enc is not None:
                 batch.done.discard(enc)
-                self._write(batch, meta, enc)
-            for i, why in meta["failed"]:
-                ep = batch.episodes[i]
-                ep.error = ep.error or why
-                self._finish(ep, None)
-            for i, actions in meta["finished"]:
-                self._finish(batch.episodes[i], actions)
+                try:
+                    feats, stamps = ray.get(enc)
+                except Exception as e:  # the assembler decides: bad input fails the block's episodes
+                    self.assembler.frames_refused(batch.episodes, meta, e)
+                else:
+                    self.assembler.frames(batch.episodes, meta, feats, stamps)
+            self.assembler.outcomes(batch.episodes, meta)
         if batch.decoded_all and not batch.entries:
-            lost = [ep for ep in batch.episodes if not ep.ended]
-            if lost:  # decode_packed reports every episode: anything else is a bug in it
-                raise RuntimeError(f"decode task ended without an outcome for {lost[0].ref.key} "
-                                   f"(+{len(lost) - 1} more)")
-
-    def _write(self, batch: _Batch, meta: dict, enc) -> None:
-        try:
-            feats, stamps = ray.get(enc)
-        except Exception as e:
-            if not quarantinable(e):  # infrastructure, resource or a bug: stop the run
-                raise
-            # the encoder refused these frames as bad input: their episodes fail
-            for i, _ in meta["segments"]:
-                batch.episodes[i].error = batch.episodes[i].error or reason(e)
-            return
-        now = time.monotonic()
-        offset = 0
-        for i, k in meta["segments"]:
-            ep = batch.episodes[i]
-            if ep.error is None:
-                self.writer.append_frames(ep.ref, feats[offset : offset + k], stamps[offset : offset + k])
-                ep.frames += k
-                self.stats.frames += k
-                if self.stats.first_block_at is None:
-                    self.stats.first_block_at, self.stats.first_block_frames = now, k
-            offset += k
-        self.stats.last_block_at = now
-        self.bar.add_frames(offset)
-
-    def _finish(self, ep: _Episode, actions) -> None:
-        ep.ended = True
-        error = ep.error
-        if error is None:
-            try:
-                self.writer.finish_episode(ep.ref, actions, ep.params.fps)
-                self.stats.added += 1
-                self.stats.seconds_of_video += ep.frames / ep.params.fps
-            except Exception as e:
-                if not quarantinable(e):  # infrastructure, resource or a bug: stop the run
-                    raise
-                error = one_line(e)  # bad actions or no frames: this episode only
-        if error is not None:
-            self.writer.quarantine(ep.ref, error, ep.params)
-            self.stats.quarantined.append((ep.ref.key, error))
-        self.bar.advance(1)
-        self.writer.flush()  # outside the episode's try: a failed write is the store's fault, not the episode's
-        if time.monotonic() - self._last_commit > self.commit_every_s:
-            self.commit(f"ingest (partial): {self.stats.added} episodes")
-
-    def commit(self, message: str) -> None:
-        version = self.writer.commit(message, {"added": self.stats.added,
-                                               "quarantined": len(self.stats.quarantined)})
-        self.stats.last_version = version or self.stats.last_version
-        self._last_commit = time.monotonic()
+            self.assembler.end(batch.episodes)
