@@ -169,6 +169,7 @@ def child(op: str, uri: str, n: int, realistic: bool) -> dict:
         import model.data  # noqa: F401
         import pipeline.label  # noqa: F401
     import pandas  # noqa: F401 - pyarrow imports it on first use (~0.5 s): a library's import, not the op
+
     import pipeline.catalog  # noqa: F401
     import pipeline.store.maintenance  # noqa: F401
     import pipeline.store.verify  # noqa: F401
