@@ -186,7 +186,8 @@ def child(op: str, uri: str, n: int, realistic: bool) -> dict:
         refs = [_ref(i) for i in range(n)]
         params = _params()
         out["refs_s"] = time.perf_counter() - t
-        t = time.perf_counter()  # the refs are the sources' work, not the plan's
+        rss = _status("VmRSS") / 1024  # the refs are the sources' work and memory, not the plan's
+        t = time.perf_counter()
         with StoreWriter.open(uri, encoder=_encoder()) as w:
             out["writer_open_s"] = time.perf_counter() - t
             t1 = time.perf_counter()

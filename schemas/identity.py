@@ -18,7 +18,7 @@ from __future__ import annotations
 import hashlib
 import json
 import re
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import asdict, dataclass, fields
 from typing import Any
 
@@ -123,13 +123,13 @@ class SamplingParams:
         payload = json.dumps({"content": content_hash, **self.to_dict()}, sort_keys=True)
         return hashlib.sha256(payload.encode()).hexdigest()[:32]
 
-    def ingest_hashes(self, content_hashes: Iterable[str]) -> list[str]:
-        """`ingest_hash` of each content hash, the same bytes hashed: the JSON around the content
-        is spelled once, so planning a million episodes is not a million `json.dumps`."""
+    def ingest_hasher(self) -> Callable[[str], str]:
+        """`ingest_hash` as a function of the content hash, hashing the same bytes with the JSON
+        around the content spelled once: planning a million episodes is not a million `json.dumps`."""
         mark = "\x00lawam\x00"
         head, tail = json.dumps({"content": mark, **self.to_dict()}, sort_keys=True).split(json.dumps(mark))
-        quote = json.encoder.encode_basestring_ascii  # what json.dumps does to a str
-        return [hashlib.sha256((head + quote(c) + tail).encode()).hexdigest()[:32] for c in content_hashes]
+        quote, sha256 = json.encoder.encode_basestring_ascii, hashlib.sha256  # what json.dumps does to a str
+        return lambda content: sha256((head + quote(content) + tail).encode()).hexdigest()[:32]
 
 
 def label_set_id(weights_sha256: str) -> str:

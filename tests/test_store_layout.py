@@ -136,7 +136,7 @@ def test_a_key_hash_collision_is_refused_not_merged(tmp_path, monkeypatch):
 def test_vectorised_hashes_and_splits_match_their_one_by_one_definitions():
     params = SamplingParams(fps=5.0, size=32, max_seconds=3.5)
     contents = ["abc", 'quo"te\\back', "é ü ☃", "\x00", "v1-1"]
-    assert params.ingest_hashes(contents) == [params.ingest_hash(c) for c in contents]
+    assert [params.ingest_hasher()(c) for c in contents] == [params.ingest_hash(c) for c in contents]
     keys = [f"s{i % 3}/ep{i}" for i in range(400)]
     splits = [("val" if i % 7 == 0 else "train") if i % 3 == 0 else (None if i % 2 else "Train") for i in range(400)]
     import pyarrow as pa

@@ -9,7 +9,7 @@ features are not.
 
 Planning a refresh of a million refs is one pass: the refs' keys are joined to the index's live
 keys in Arrow (a hash join in C++), their ingest hashes computed with the JSON spelled once
-per sampling (`SamplingParams.ingest_hashes`) and compared as arrays; no Python object per
+per sampling (`SamplingParams.ingest_hasher`) and compared as arrays; no Python object per
 committed episode is built.
 """
 
@@ -48,14 +48,15 @@ class Plan:
 
 
 def ingest_hashes(refs: list[EpisodeRef], params_for: Callable[[EpisodeRef], SamplingParams]) -> list[str]:
-    """Each ref's ingest hash, refs grouped by their sampling."""
-    groups: dict[SamplingParams, list[int]] = {}
-    for i, ref in enumerate(refs):
-        groups.setdefault(params_for(ref), []).append(i)
-    out: list[str] = [""] * len(refs)
-    for params, members in groups.items():
-        for i, h in zip(members, params.ingest_hashes(refs[i].content_hash for i in members), strict=True):
-            out[i] = h
+    """Each ref's ingest hash, one pass (`SamplingParams.ingest_hasher` made once per sampling)."""
+    hashers: dict[SamplingParams, Callable[[str], str]] = {}
+    out = []
+    for ref in refs:
+        params = params_for(ref)
+        hasher = hashers.get(params)
+        if hasher is None:
+            hasher = hashers[params] = params.ingest_hasher()
+        out.append(hasher(ref.content_hash))
     return out
 
 
@@ -67,8 +68,9 @@ def plan(index: EpisodeIndex, refs: list[EpisodeRef], params_for: Callable[[Epis
         return result
     live = index.live()
     committed = index.read(["source", "episode_id", "content_hash", "status", "instruction"], rows=live)
-    at = pc.index_in(pa.array([r.key for r in refs], pa.string()),
-                     value_set=episode_keys(committed["source"], committed["episode_id"]))
+    keys = episode_keys(pa.array([r.source for r in refs], pa.string()),
+                        pa.array([r.episode_id for r in refs], pa.string()))
+    at = pc.index_in(keys, value_set=episode_keys(committed["source"], committed["episode_id"]))
     found = at.is_valid().to_numpy(zero_copy_only=False)
     idx = at.fill_null(0)
     same = np.zeros(len(refs), bool)
