@@ -90,5 +90,8 @@ LABEL_INDEX_SCHEMA = pa.schema(
         pa.field("rows", pa.int64(), nullable=False),  # labels: one per pair (t, t+k_frames)
         pa.field("k_frames", pa.int64(), nullable=False),  # the gap, in this episode's frames
         pa.field("key_hash", pa.uint64(), nullable=False),  # the index's key_hash of `key`: joins without strings
+        # The stored /index row of the episode version the labels were computed from (-1: not known):
+        # while that row is live the labels are current, found without comparing a string.
+        pa.field("index_row", pa.int64(), nullable=False),
     ]
 )

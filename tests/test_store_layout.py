@@ -29,6 +29,7 @@ from pipeline.store.pairs import HELDOUT_SPLITS, heldout_mask, is_heldout
 from schemas import STORE_LAYOUT_VERSION
 from schemas.errors import BadInputError
 from schemas.identity import SamplingParams
+from schemas.records import EpisodeRef
 from tests.stores import ENCODER, SynthSource, write_store
 
 V1 = Path(__file__).parent / "fixtures_store_v1"
@@ -117,6 +118,14 @@ def test_a_commit_appends_and_rewrites_no_stored_index_chunk(tmp_path, monkeypat
         lw.put("arm/ep005", store.episodes(["content_hash"])["content_hash"][5].as_py(), np.ones((4, 2)), 1)
         lw.commit("relabel")
     np.testing.assert_array_equal(LabelSet.open(FeatureStore.open(uri), "lam-x").episode("arm/ep005"), np.ones((4, 2)))
+    edited = EpisodeRef(source="arm", episode_id="ep004", kind="robot", uri="/synth/arm/4", content_hash="v1-arm-4",
+                        instruction="an edited instruction")
+    with StoreWriter.open(uri, encoder=ENCODER) as w:  # its row is rewritten, its features and labels stay
+        assert w.plan([edited], lambda ref: SamplingParams(fps=5.0, size=32)).retitled == [edited]
+        w.commit("retitle")
+    store = FeatureStore.open(uri)
+    assert store.episode("arm/ep004").instruction == "an edited instruction"
+    assert "arm/ep004" in LabelSet.open(store, "lam-x") and LabelSet.open(store, "lam-x").stale == 0
 
 
 def test_a_key_hash_collision_is_refused_not_merged(tmp_path, monkeypatch):

@@ -44,32 +44,47 @@ from schemas import LABEL_INDEX_SCHEMA
 log = logging.getLogger(__name__)
 
 LABELS_GROUP = "labels"
-LEGACY_LABEL_SCHEMA = pa.schema([f for f in LABEL_INDEX_SCHEMA if f.name != "key_hash"])  # layout 1
+LEGACY_LABEL_SCHEMA = pa.schema([f for f in LABEL_INDEX_SCHEMA if f.name not in ("key_hash", "index_row")])
 _SET_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
 _FLUSH_BYTES = 64 << 20  # buffered label rows are written in blocks of about this size
 _CACHE_BYTES = 128 << 20  # labels a reader keeps in memory (a trainer reads each episode many times)
 
 
 def label_index(group: zarr.Group) -> table.Table:
-    """The index table of a label set's group (either layout)."""
-    return table.Table(group.get("index"), LABEL_INDEX_SCHEMA, LEGACY_LABEL_SCHEMA, legacy_keys=lambda t: t["key"])
+    """The index table of a label set's group (either layout; layout 1 did not record index rows)."""
+    labels = table.Table(group.get("index"), LABEL_INDEX_SCHEMA, LEGACY_LABEL_SCHEMA, legacy_keys=lambda t: t["key"])
+    if labels.legacy is not None and "index_row" not in labels.legacy.column_names:
+        labels.legacy = labels.legacy.append_column("index_row", pa.array(np.full(labels.rows, -1, np.int64)))
+    return labels
 
 
-def match(store: FeatureStore, labels: table.Table) -> tuple[np.ndarray, pa.Table, int]:
+def match(store: FeatureStore, labels: table.Table) -> tuple[np.ndarray, np.ndarray, int]:
     """Which live label rows are current for `store`'s episodes: (label row of each episode row,
-    -1 where none is current; the live label rows; how many are stale). A label row is current
-    while its content hash is the episode's in this version: a redone episode's labels stop
-    being served at once. Joined on key hashes, in numpy: no string per episode."""
-    live = labels.read(["key_hash", "content_hash", "shard", "row_start", "rows", "k_frames"])
-    at = store.rows_by_hash(live["key_hash"].to_numpy())
-    found = at >= 0
-    same = np.zeros(len(at), bool)
-    if found.any():
-        hashes = store.episodes(["content_hash"])["content_hash"].take(pa.array(np.where(found, at, 0)))
-        same = found & pc.equal(hashes, live["content_hash"]).to_numpy(zero_copy_only=False)
+    -1 where none is current; the stored label rows of the live ones; how many are stale). A
+    label row is current while the episode's features are those it was computed from: its
+    `index_row` is the episode's live index row, or (a retitled or re-indexed episode) its content
+    hash is the episode's. A redone episode's labels stop being served at once. In numpy, on
+    numbers: a string is compared only for label rows whose index row was superseded."""
+    rows = labels.live()
+    index_row = labels.take("index_row", rows).to_numpy()
+    episodes = store.index_rows  # ascending
+    i = np.minimum(np.searchsorted(episodes, index_row), max(len(episodes) - 1, 0))
+    direct = (index_row >= 0) & (episodes[i] == index_row) if len(episodes) else np.zeros(len(rows), bool)
+    at = np.where(direct, i, -1)
+    stale = 0
+    rest = np.flatnonzero(~direct)
+    if len(rest) and len(store):  # compare content hashes of the episodes with those keys now
+        found = store.rows_by_hash(labels.take("key_hash", rows[rest]).to_numpy())
+        hit = found >= 0
+        if hit.any():
+            now = store.episodes(["content_hash"])["content_hash"].take(pa.array(np.where(hit, found, 0)))
+            same = hit & pc.equal(now, labels.take("content_hash", rows[rest])).to_numpy(zero_copy_only=False)
+            at[rest[same]] = found[same]
+            stale = int((hit & ~same).sum())
     of_row = np.full(len(store), -1, np.int64)
-    of_row[at[same]] = np.flatnonzero(same)
-    return of_row, live, int((found & ~same).sum())
+    current = np.flatnonzero(at >= 0)
+    of_row[at[current]] = current
+    return of_row, rows, stale
 
 
 @dataclass(frozen=True)
@@ -94,13 +109,14 @@ class LabelSet:
         self.group = group
         self.attrs = dict(group.attrs)
         self.dim = int(self.attrs.get("dim", 0))
-        self._of_row, live, self.stale = match(store, label_index(group))
-        shards = pc.dictionary_encode(live["shard"].combine_chunks())
+        labels = label_index(group)
+        self._of_row, rows, self.stale = match(store, labels)
+        shards = pc.dictionary_encode(labels.take("shard", rows))
         self._shard_names = shards.dictionary.to_pylist()
         self._shard_code = shards.indices.to_numpy(zero_copy_only=False)
-        self._start = live["row_start"].to_numpy()
-        self._rows = live["rows"].to_numpy()
-        self._k = live["k_frames"].to_numpy()
+        self._start = labels.take("row_start", rows).to_numpy()
+        self._rows = labels.take("rows", rows).to_numpy()
+        self._k = labels.take("k_frames", rows).to_numpy()
         self._arrays: dict[str, zarr.Array] = {}
         self._cache: OrderedDict[int, np.ndarray] = OrderedDict()  # label row -> z, LRU
         self._cached = 0
@@ -237,6 +253,7 @@ class LabelWriter:
         self._buffered = 0  # rows ...
         self._buffered_bytes = 0  # ... and bytes of z buffered
         self._written = 0  # rows already in the shard arrays
+        self._store: FeatureStore | None = None  # the version labelled (`todo`), for `index_row`
 
     @classmethod
     def open(cls, uri: str, set_id: str, attrs: dict, *, branch: str = "main") -> LabelWriter:
@@ -262,9 +279,17 @@ class LabelWriter:
 
     def todo(self, store: FeatureStore) -> list[str]:
         """Keys of `store`'s episodes that lack current labels of this set. `store` should be
-        the version this writer starts from (`parent_version`)."""
+        the version this writer starts from (`parent_version`); `put` labels episodes of it."""
+        self._store = store
         of_row, _, _ = match(store, self.index)
         return store.keys[of_row < 0].tolist()
+
+    def _index_row(self, key: str) -> int:
+        """The stored index row of `key`'s version in the store the labels are computed from."""
+        if self._store is None:
+            self._store = FeatureStore.open(self.uri, self.parent_version)
+        row = int(self._store.rows([key])[0])
+        return int(self._store.index_rows[row]) if row >= 0 else -1
 
     def put(self, key: str, content_hash: str, z: np.ndarray, k_frames: int, codes: np.ndarray | None = None) -> None:
         """Buffer one episode's labels: z (N - k, Z), from the features with `content_hash`."""
@@ -278,7 +303,8 @@ class LabelWriter:
         self._buffered += len(z)
         self._buffered_bytes += z.nbytes
         self._rows[key] = {"key": key, "content_hash": content_hash, "shard": self.shard, "row_start": start,
-                           "rows": len(z), "k_frames": int(k_frames), "key_hash": key_hash(key)}
+                           "rows": len(z), "k_frames": int(k_frames), "key_hash": key_hash(key),
+                           "index_row": self._index_row(key)}
         if self._buffered_bytes > _FLUSH_BYTES:
             self._flush()
 

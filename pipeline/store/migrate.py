@@ -16,7 +16,9 @@ from __future__ import annotations
 
 import logging
 
+import numpy as np
 import pyarrow as pa
+import pyarrow.compute as pc
 import zarr
 
 from pipeline.store import index as episode_index
@@ -46,13 +48,13 @@ def migrate_root(root: zarr.Group, repo, snapshot_id: str) -> dict[str, int]:
     """Rewrite the layout-1 tables of `root` (a writable session at `snapshot_id`) in this
     layout; returns how many rows each kind of table held."""
     counts = {"episodes": 0, "files": 0, "labels": 0}
-    if INDEX_GROUP in root and table.is_legacy(root[INDEX_GROUP]):
-        old = EpisodeIndex(root, repo, snapshot_id)
-        ends, ids = old.batches()
-        group = _rewrite(root, INDEX_GROUP, INDEX_SCHEMA, old.legacy.select(INDEX_SCHEMA.names))
+    episodes = EpisodeIndex(root, repo, snapshot_id)
+    if episodes.legacy is not None:
+        ends, ids = episodes.batches()
+        group = _rewrite(root, INDEX_GROUP, INDEX_SCHEMA, episodes.legacy.select(INDEX_SCHEMA.names))
         commits = group.require_group(episode_index.COMMITS)
         episode_index.record_batches(commits, ends, ids)
-        counts["episodes"] = old.rows
+        counts["episodes"] = episodes.rows
     if FILES_GROUP in root and table.is_legacy(root[FILES_GROUP]):
         files = table.read_legacy(root[FILES_GROUP], FILES_SCHEMA)
         _rewrite(root, FILES_GROUP, FILES_SCHEMA, files)
@@ -60,11 +62,24 @@ def migrate_root(root: zarr.Group, repo, snapshot_id: str) -> dict[str, int]:
     if LABELS_GROUP in root:
         for name, group in list(root[LABELS_GROUP].groups()):
             if "index" in group and table.is_legacy(group["index"]):
-                labels = label_index(group).legacy
+                labels = _with_index_rows(label_index(group).legacy, episodes)
                 _rewrite(root, f"{LABELS_GROUP}/{name}/index", LABEL_INDEX_SCHEMA, labels)
                 counts["labels"] += labels.num_rows
     root.attrs["lawam_layout"] = STORE_LAYOUT_VERSION
     return counts
+
+
+def _with_index_rows(labels: pa.Table, episodes: EpisodeIndex) -> pa.Table:
+    """Layout-1 label rows with `index_row`: the row of their episode when its content hash is
+    still the one they were computed from (-1 otherwise: stale)."""
+    rows = np.full(labels.num_rows, -1, np.int64)
+    if episodes.rows:
+        keys = episode_index.episode_keys(episodes.column("source"), episodes.column("episode_id"))
+        at = pc.index_in(labels["key"], value_set=keys)
+        same = pc.equal(episodes.column("content_hash").take(at.fill_null(0)), labels["content_hash"])
+        same = pc.and_(pc.is_valid(at), same).to_numpy(zero_copy_only=False)
+        rows = np.where(same, at.fill_null(-1).to_numpy(zero_copy_only=False), -1)
+    return labels.set_column(labels.schema.get_field_index("index_row"), "index_row", pa.array(rows, pa.int64()))
 
 
 def migrate_if_needed(uri: str, repo, branch: str) -> str | None:

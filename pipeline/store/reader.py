@@ -249,6 +249,12 @@ class FeatureStore:
                 rows[j] = -1
         return rows
 
+    @property
+    def index_rows(self) -> np.ndarray:
+        """(episodes,) the stored /index row of each episode row, ascending: an episode version's
+        identity in every later version (docs/store-format.md, "Tables")."""
+        return self._pos
+
     def rows_by_hash(self, hashes: np.ndarray) -> np.ndarray:
         """Row of the episode whose `key_hash` is each of `hashes` (-1 where none). Live keys
         have distinct hashes (the writer refuses a collision); the first call sorts them."""
