@@ -29,6 +29,7 @@ from __future__ import annotations
 import logging
 from collections.abc import Iterator
 from dataclasses import dataclass, field
+from functools import cached_property
 
 import numpy as np
 import pyarrow as pa
@@ -105,7 +106,7 @@ class PairReader:
             raise ValueError(f"split {query.split!r}: use train, heldout or all")
         self.store, self.query = store, query
         # Columns as Arrow arrays and codes: no Python object per episode (a million of them).
-        table = store.episodes(["source", "kind", "split", "instruction", "key_hash"])
+        table = store.episodes(["source", "kind", "split", "key_hash"], keep=False)
         source = pc.dictionary_encode(table["source"]).combine_chunks()
         names = source.dictionary.to_pylist()
         codes = source.indices.to_numpy(zero_copy_only=False)
@@ -122,11 +123,8 @@ class PairReader:
             held = heldout_mask(table["key_hash"].to_numpy(), codes, table["split"], query.heldout_fraction)
             keep &= held if query.split == "heldout" else ~held
         self.rows = np.flatnonzero(keep)  # rows of the store version
-        selected = pa.array(self.rows, pa.int64())
-        self.keys = EpisodeKeys(store.keys.arrow.take(selected))
         self.sources = np.array(names + [None], dtype=object)[codes[self.rows]]  # one str per source, shared
         self.robot = pc.equal(table["kind"], "robot").to_numpy(zero_copy_only=False)[self.rows]
-        self._instructions = table["instruction"].take(selected)
         self.k = k_frames_for(store.fps[self.rows], query.k_seconds)
         frames = store.frames[self.rows]
         self.n_pairs = frames.astype(np.int64) if query.all_frames else np.clip(frames - self.k, 0, None)
@@ -229,7 +227,8 @@ class PairReader:
         out = {
             "f_t": np.empty((n, *T), np.float16), "f_tk": np.empty((n, *T), np.float16),
             "dt": np.zeros(n, np.float32), "t": t.astype(np.int64),
-            "episode": self.keys[eps], "source": self.sources[eps], "instruction": self.instructions(eps),
+            "episode": self.store.keys[self.rows[eps]], "source": self.sources[eps],
+            "instruction": self.instructions(eps),
             "robot": self.robot[eps].copy(),
             "state_t": np.zeros((n, self.state_dim), np.float32), "state_tk": np.zeros((n, self.state_dim), np.float32),
             "state_mask": np.zeros(n, bool),
@@ -281,9 +280,15 @@ class PairReader:
             out["state_t"][sel], out["state_tk"][sel] = track.state[i0], track.state[i1]
             out["state_mask"][sel] = True
 
+    @cached_property
+    def keys(self) -> EpisodeKeys:
+        """The selected episodes' keys: `keys[e]` of selected episode e (built when first asked)."""
+        return EpisodeKeys(self.store.keys.arrow.take(pa.array(self.rows, pa.int64())))
+
     def instructions(self, eps: np.ndarray) -> np.ndarray:
         """The instructions of selected episodes `eps` (str or None each)."""
-        return self._instructions.take(pa.array(eps, pa.int64())).to_numpy(zero_copy_only=False)
+        column = self.store.episodes(["instruction"])["instruction"]
+        return column.take(pa.array(self.rows[eps], pa.int64())).to_numpy(zero_copy_only=False)
 
     def index(self, key: str) -> int:
         """The selected-episode index of the episode `key` (KeyError when not selected)."""

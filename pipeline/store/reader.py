@@ -152,14 +152,17 @@ class FeatureStore:
     def _numbers(self, name: str) -> np.ndarray:
         return self._index.column(name).to_numpy()[self._pos]
 
-    def _column(self, name: str) -> pa.Array:
-        """Index column `name` over the episode rows, read on first use."""
-        if name not in self._columns:
-            if name == "store_version":
-                self._columns[name] = self._index.store_versions(self._pos)
-            else:
-                self._columns[name] = self._index.column(name).take(pa.array(self._pos, pa.int64()))
-        return self._columns[name]
+    def _column(self, name: str, keep: bool = True) -> pa.Array:
+        """Index column `name` over the episode rows, read on first use (and kept if `keep`)."""
+        if name in self._columns:
+            return self._columns[name]
+        if name == "store_version":
+            col = self._index.store_versions(self._pos)
+        else:
+            col = self._index.column(name).take(pa.array(self._pos, pa.int64()))
+        if keep:
+            self._columns[name] = col
+        return col
 
     def _shard_of(self, i: int) -> str:
         return self._shard_names[self._shard_code[i]]
@@ -218,17 +221,18 @@ class FeatureStore:
         return pa.table({c: self._index.store_versions(live) if c == "store_version" else self._index.take(c, live)
                          for c in columns})
 
-    def episodes(self, columns: list[str] | None = None) -> pa.Table:
+    def episodes(self, columns: list[str] | None = None, *, keep: bool = True) -> pa.Table:
         """The ingested (status ok) episodes; row i is the episode `keys[i]`. `columns` (default:
-        every index column and `store_version`) are read on first use and kept."""
+        every index column and `store_version`) are read on first use and kept, unless `keep` is
+        False (a column needed once: a reader holds only what it reads again)."""
         names = columns or [*INDEX_SCHEMA.names, "store_version"]
-        return pa.table({name: self._column(name) for name in names})
+        return pa.table({name: self._column(name, keep) for name in names})
 
     @property
     def keys(self) -> EpisodeKeys:
         """Row i's episode key, 'source/episode_id' (read on first use)."""
         if self._keys is None:
-            self._keys = EpisodeKeys(episode_keys(self._column("source"), self._column("episode_id")))
+            self._keys = EpisodeKeys(episode_keys(self._column("source", False), self._column("episode_id", False)))
         return self._keys
 
     def __len__(self) -> int:
