@@ -191,15 +191,6 @@ class _Appender:
         self.group = group
         self.nodes = dict(group.members(max_depth=None))  # "columns/source/offsets" -> array, ...
 
-    def _array(self, path: str, dtype: np.dtype, chunk: int, dims: tuple[str, ...]) -> zarr.Array:
-        arr = self.nodes.get(path)
-        if arr is None:
-            parent, _, name = path.rpartition("/")
-            where = self.group.require_group(parent) if parent else self.group
-            arr = self.nodes[path] = where.create_array(name, shape=(0,), chunks=(chunk,), dtype=dtype,
-                                                        compressors=checksummed(), dimension_names=dims)
-        return arr
-
     def rows(self, field: pa.Field) -> int:
         """Rows column `field` holds."""
         if pa.types.is_string(field.type):
@@ -209,8 +200,15 @@ class _Appender:
         return arr.shape[0] if arr is not None else 0
 
     def append(self, path: str, values: np.ndarray, chunk: int, dims: tuple[str, ...]) -> int:
-        """Append `values` to the 1-D array at `path` (created on first use); returns its old length."""
-        arr = self._array(path, values.dtype, chunk, dims)
+        """Append `values` to the 1-D array at `path` (created holding them on first use);
+        returns its old length."""
+        arr = self.nodes.get(path)
+        if arr is None:
+            parent, _, name = path.rpartition("/")
+            where = self.group.require_group(parent) if parent else self.group
+            self.nodes[path] = where.create_array(name, data=values, chunks=(chunk,), compressors=checksummed(),
+                                                  dimension_names=dims)
+            return 0
         start = arr.shape[0]
         if len(values):
             arr.resize((start + len(values),))
@@ -222,9 +220,8 @@ class _Appender:
         if isinstance(values, tuple):  # a string column: its bytes, then where each row ends
             offsets, data = values
             base = self.append(f"{path}/data", data, _CHUNK_BYTES, ("byte",))
-            if f"{path}/offsets" not in self.nodes:
-                self.append(f"{path}/offsets", np.zeros(1, np.int64), _CHUNK_ROWS, ("row_edge",))
-            self.append(f"{path}/offsets", offsets[1:] + base, _CHUNK_ROWS, ("row_edge",))
+            edges = offsets if f"{path}/offsets" not in self.nodes else offsets[1:]  # a new column starts at 0
+            self.append(f"{path}/offsets", edges + base, _CHUNK_ROWS, ("row_edge",))
         else:
             self.append(path, values, _CHUNK_ROWS, ("row",))
 
