@@ -5,9 +5,15 @@ PYTHON ?= python3
 VENV ?= .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
-DEB_PACKAGES := libegl1 libegl-mesa0 libgl1-mesa-dri libgles2
+DEB_PACKAGES := libegl1 libegl-mesa0 libgl1-mesa-dri libgles2 postgresql
 DEMO_DIR ?= data/demo
 DEMO_ARGS ?=
+# The suite runs in parallel worker processes (pytest-xdist), each with its own Ray and Prefect.
+# Many tests wait on a server, a Ray start or a retry back-off more than they compute, so twice
+# as many workers as cores (at most 8) pays; each worker's torch gets cores / workers threads
+# (tests/conftest.py). worksteal: each worker starts on a contiguous share of the tests (module
+# fixtures built once) and takes half of the busiest worker's queue when its own runs out.
+TEST_WORKERS ?= $(shell n=$$(( $$(nproc) * 2 )); echo $$(( n > 8 ? 8 : n )))
 
 export MUJOCO_GL ?= egl
 export PYOPENGL_PLATFORM ?= egl
@@ -22,14 +28,15 @@ demo: $(STAMP)
 
 test: $(STAMP)
 	$(VENV)/bin/ruff check .
-	$(PY) -m pytest -q --durations=25 $(PYTEST_ARGS)
+	$(PY) -m pytest -q --durations=25 -n $(TEST_WORKERS) --dist worksteal $(PYTEST_ARGS)
 
 lint: $(STAMP)
 	$(VENV)/bin/ruff check .
 
 venv: $(STAMP)
 
-# Offscreen MuJoCo rendering needs Mesa's EGL; installed only when missing.
+# Offscreen MuJoCo rendering needs Mesa's EGL, and the Prefect-on-PostgreSQL test (tests/test_serve.py)
+# Debian's PostgreSQL server binaries (it starts its own throwaway cluster); installed only when missing.
 deb:
 	@missing=$$(for p in $(DEB_PACKAGES); do dpkg -s $$p >/dev/null 2>&1 || echo $$p; done); \
 	if [ -n "$$missing" ]; then \

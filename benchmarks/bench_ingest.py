@@ -49,6 +49,7 @@ SHARED_ANCHOR = Path(__file__).resolve().parents[2] / "shared" / "bench" / "rayd
 def encoder_only(cfg: EncoderConfig, n: int, enc: FrozenEncoder | None = None) -> float:
     torch.set_num_threads(os.cpu_count() or 1)
     enc = enc or FrozenEncoder(cfg)
+    enc.set_threads(os.cpu_count() or 1)  # every core, whatever the runtime
     x = np.random.default_rng(0).integers(0, 255, (cfg.batch_size, cfg.image_size, cfg.image_size, 3), np.uint8)
     enc.encode(x)  # warm-up
     t, k = time.perf_counter(), 0
@@ -107,6 +108,8 @@ def main() -> None:
     ap.add_argument("--model", default="vit_small_patch14_dinov2")
     ap.add_argument("--size", type=int, default=224)
     ap.add_argument("--repeat", type=int, default=3, help="encoder-alone / ingest pairs, in turn")
+    ap.add_argument("--runtime", default="auto", help="encoder runtime (auto: the CPU default)")
+    ap.add_argument("--precision", default="auto")
     ap.add_argument("--no-anchor", action="store_true")
     ap.add_argument("--out", default=str(Path(__file__).parent / "results" / "ingest.json"))
     args = ap.parse_args()
@@ -114,7 +117,8 @@ def main() -> None:
     work = Path(tempfile.mkdtemp(prefix="lawam-bench-"))
     clips = work / "clips"
     make_clips(clips, args.clips, args.seconds)
-    enc_cfg = EncoderConfig(model=args.model, image_size=args.size, tokens="grid:4x4", batch_size=32)
+    enc_cfg = EncoderConfig(model=args.model, image_size=args.size, tokens="grid:4x4", batch_size=32,
+                            runtime=args.runtime, precision=args.precision)
     frames_expected = int(args.clips * args.seconds * args.fps)
     model = FrozenEncoder(enc_cfg)
     n_limit = max(frames_expected // 4, 64)
@@ -124,7 +128,7 @@ def main() -> None:
     refs = list(iter_episodes(spec))
     sampling = SamplingConfig(fps=args.fps)
     limits = [encoder_only(enc_cfg, n_limit, model)]
-    print(f"encoder-only      {limits[0]:8.1f} frames/s  ({args.model} @{args.size})")
+    print(f"encoder-only      {limits[0]:8.1f} frames/s  ({args.model} @{args.size}, {model.identity.numerics})")
     runs = []
     for r in range(args.repeat):
         store = StoreConfig(uri=str(work / f"store-{r}"))
@@ -155,7 +159,9 @@ def main() -> None:
           f"({store_pps / mem_pps:.2f}x)")
 
     result = {
-        "machine": {"cpus": os.cpu_count(), "torch_threads": torch.get_num_threads()},
+        "machine": {"cpus": os.cpu_count(), "torch_threads": torch.get_num_threads(),
+                    "load_average_end": os.getloadavg()},
+        "encoder": model.identity.to_dict(),
         "params": vars(args), "frames": first.frames, "runs": runs, "encoder_only_each": limits,
         "encoder_only_fps": limit, "ingest_fps": ingest_fps, "ingest_vs_encoder": med["ingest_vs_encoder"],
         "ingest_steady_fps": med["ingest_steady_fps"], "ingest_steady_vs_encoder": med["ingest_steady_vs_encoder"],

@@ -1,25 +1,28 @@
-"""Stage 1 end to end on a Meta-World sample corpus: LaWM quality, loader and labelling speed.
+"""Stage 1 on the learning benchmarks' corpus: which LaWM settings make z carry the action.
 
-Side by side, in one run, on the same store:
+Side by side, on the same store version and the same held-out episodes (`benchmarks.corpus`:
+9 Meta-World tasks x 30 scripted robot episodes of >= 2 s, and a human stand-in whose true
+actions are kept aside for evaluation only):
 
-  corpus         5 tasks x N scripted-expert robot episodes + the human stand-in, rendered
-                 (cached under --work) and ingested with the default encoder
-  LaWM           `train_lam` with configs/lam.yaml defaults (or --steps); held-out metrics
-                 from its card: forward error vs copying f_t, z = 0, shuffled z, the ridge
-                 probe z -> action chunk beside the PCA-32-of-f_t control, code usage (vq)
-  loader         the training DataLoader alone (same query and batch size), pairs/s, beside
-                 the trainer's pairs/s (budget: loader >= 10x)
-  labelling      `label_store` on Ray (actors, one commit) over the corpus, and over 30 copies
-                 of it (so start-up is small beside the work) beside a plain torch loop of the
-                 same IDM over the same features held in memory (budget: >= 0.8x)
+  levers     each a LaWM config change (`LEVERS`), trained with --seeds training seeds for
+             --steps steps, one torch thread each; a finished run is cached (its folder under
+             data/bench-corpus/runs/lam and its JSON under benchmarks/results/lam-runs)
+  metrics    `model.lam_eval.corpus_metrics`, one yardstick for every run: forward / copy,
+             z explains, shuffle increases, ridge probe z -> action chunk (5 steps at 10 Hz)
+             beside PCA-32 of f_t, on held-out robot episodes (per task too) and held-out
+             human-stand-in clips (probe fitted on the training human clips; `transfer` =
+             the robot-fitted probe)
+  --speed    also the training loader alone vs the trainer, and labelling on Ray vs a plain
+             torch loop of the IDM (the budgets of the README's stage-1 table)
 
-Prints a table and writes benchmarks/results/lam.json.
-Usage: python -m benchmarks.bench_lam [--episodes 20] [--steps 2000] [--bottleneck vae|vq|both]
+Prints one table (mean ± std over seeds) and writes benchmarks/results/lam.json.
+Usage: python -m benchmarks.bench_lam [--levers base,action-head] [--seeds 0,1,2] [--steps 800]
 """
 
 from __future__ import annotations
 
 import argparse
+import fcntl
 import json
 import os
 import shutil
@@ -32,37 +35,124 @@ os.environ.setdefault("MUJOCO_GL", "egl")
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
 
+from benchmarks.corpus import REPO, WORK, Corpus, bench_corpus  # noqa: E402
 from model.data import PairDataset, pair_loader  # noqa: E402
 from model.labeler import IdmLabeler  # noqa: E402
+from model.lam_eval import Yardstick, corpus_metrics, headline  # noqa: E402
 from model.train_lam import load_lawm, train_lam  # noqa: E402
-from pipeline.ingest import ensure_ray, ingest_corpus  # noqa: E402
-from pipeline.label import label_store  # noqa: E402
-from pipeline.progress import progress_bar  # noqa: E402
-from pipeline.samples import make_samples, sample_sources  # noqa: E402
 from pipeline.store import FeatureStore, StoreWriter  # noqa: E402
 from pipeline.store.pairs import PairQuery, k_frames_for  # noqa: E402
-from schemas import CorpusConfig, StoreConfig  # noqa: E402
 from schemas.identity import SamplingParams  # noqa: E402
 from schemas.records import EpisodeRef  # noqa: E402
 from schemas.training import LamConfig, load_lam_config  # noqa: E402
 
-TASKS = ("reach-v3", "push-v3", "drawer-open-v3", "button-press-topdown-v3", "door-open-v3")
-REPO = Path(__file__).resolve().parents[1]
+HELDOUT = 0.2  # ~54 robot episodes (6 per task) and ~8 human clips held out
+YARDSTICK = Yardstick(horizon=5, action_rate=10.0, heldout_fraction=HELDOUT)
 LABEL_COPIES = 30
 
+# Each lever: changes to configs/lam.yaml (model / pairs fields) and the store's token mode.
+LEVERS: dict[str, dict] = {
+    "base": {},
+    "idm-aug": {"model": {"idm_noise": 0.3, "idm_token_drop": 0.25}},
+    "fdm-aug": {"model": {"fdm_noise": 0.3, "fdm_token_drop": 0.25}},
+    "grid8x8": {"tokens": "grid:8x8"},
+    "idm-3frames": {"model": {"idm_frames": 3}},
+    "idm-5frames": {"model": {"idm_frames": 5}},
+    "k0.25": {"pairs": {"k_seconds": 0.25}},
+    "k1.0": {"pairs": {"k_seconds": 1.0}},
+    "action-head": {"model": {"action_weight": 1.0}},
+    "action-head-10%": {"model": {"action_weight": 1.0, "action_fraction": 0.1}},
+    "fdm-instruction": {"model": {"fdm_instruction": True}},
+}
 
-def corpus(work: Path, episodes: int, human_episodes: int, robot_fps: float = 10.0) -> str:
-    samples = work / "samples"
+
+def lever_config(base: LamConfig, lever: dict, seed: int, steps: int | None) -> LamConfig:
+    pairs = base.pairs.model_copy(update={"heldout_fraction": HELDOUT, **lever.get("pairs", {})})
+    model = base.model.model_copy(update=lever.get("model", {}))
+    optim = base.optim.model_copy(update={"seed": seed, "eval_every": 0, "checkpoint_every": 0,
+                                          **({"steps": steps} if steps else {})})
+    return LamConfig.model_validate({"pairs": pairs.model_dump(), "model": model.model_dump(),
+                                     "optim": optim.model_dump()})
+
+
+def run_lever(name: str, lever: dict, seed: int, base: LamConfig, steps: int | None, corpora: dict[str, Corpus],
+              results_dir: Path) -> dict | None:
+    """Train (or reuse) one lever at one seed and score it; cached as JSON."""
+    cfg = lever_config(base, lever, seed, steps)
+    run = f"{name}-s{seed}-{cfg.optim.steps}"
+    cached = results_dir / f"{run}.json"
+    if cached.exists():
+        return json.loads(cached.read_text())
+    tokens = lever.get("tokens", "grid:4x4")
+    corpus = corpora[tokens]
+    out = WORK / "runs" / "lam" / run
+    out.parent.mkdir(parents=True, exist_ok=True)
+    with open(out.parent / f".{run}.lock", "w") as lock:
+        try:  # several benchmark processes share the work: a run another one trains is skipped
+            fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            print(f"[{run}] being trained by another process: skipped")
+            return None
+        if cached.exists():
+            return json.loads(cached.read_text())
+        if not (out / "card.json").exists():
+            shutil.rmtree(out, ignore_errors=True)
+            train_lam(corpus.store, out, cfg)
+        return _score(name, seed, tokens, corpus, out, cfg, cached)
+
+
+def _score(name: str, seed: int, tokens: str, corpus: Corpus, out: Path, cfg: LamConfig, cached: Path) -> dict:
+    model, card = load_lawm(out)
     t = time.perf_counter()
-    make_samples(samples, tasks=TASKS, episodes_per_task=episodes, human_episodes_per_task=human_episodes,
-                 seed=0, image_size=128, progress=True)
-    print(f"samples           {time.perf_counter() - t:8.1f} s (cached after the first run)")
-    sources = [s.model_copy(update={"fps": robot_fps}) if s.kind == "robot" else s for s in sample_sources(samples)]
-    store = work / ("store" if robot_fps == 10.0 else f"store-{robot_fps:g}fps")
-    cfg = CorpusConfig(name="bench-lam", sources=sources, store=StoreConfig(uri=str(store)))
-    report = ingest_corpus(cfg, progress=True)
-    print(f"ingest            {report.seconds:8.1f} s, +{report.added} episodes ({report.skipped} already in)")
-    return cfg.store.uri
+    store = FeatureStore.open(corpus.store, card.store.version)
+    metrics = corpus_metrics(model, store, cfg.pairs.k_seconds, ys=YARDSTICK, truth=corpus.human_truth())
+    result = {"lever": name, "seed": seed, "steps": card.steps, "tokens": tokens, "lam_dir": str(out),
+              "train_wall_s": card.wall_time_s, "eval_wall_s": time.perf_counter() - t,
+              "params": sum(p.numel() for p in model.parameters()), "config": card.config,
+              "headline": headline(metrics), "metrics": metrics}
+    cached.parent.mkdir(parents=True, exist_ok=True)
+    cached.write_text(json.dumps(result, indent=2, default=float))
+    return result
+
+
+def summarize(runs: list[dict]) -> dict[str, dict[str, tuple[float, float, int]]]:
+    """lever -> headline metric -> (mean, std, seeds)."""
+    by: dict[str, list[dict]] = {}
+    for r in runs:
+        by.setdefault(r["lever"], []).append(r["headline"])
+    out = {}
+    for lever, heads in by.items():
+        keys = sorted(set().union(*heads))
+        out[lever] = {k: (float(np.mean(v := [h[k] for h in heads if k in h])), float(np.std(v)), len(v))
+                      for k in keys}
+    return out
+
+
+COLUMNS = (("robot_probe_r2_z", "probe z"), ("robot_probe_r2_pca", "PCA-32"), ("robot_forward_over_copy", "fwd/copy"),
+           ("robot_z_explains", "z expl."), ("robot_shuffle_batch_increase", "shuf set"),
+           ("robot_shuffle_episode_increase", "shuf ep"), ("human_probe_r2_z", "human z"),
+           ("human_probe_r2_pca", "human PCA"), ("human_transfer_r2_z", "transfer"),
+           ("human_forward_over_copy", "h fwd/copy"))
+
+
+def print_table(summary: dict) -> None:
+    print(f"{'lever':<18}{'n':>3}" + "".join(f"{label:>16}" for _, label in COLUMNS))
+    for lever, m in summary.items():
+        n = max((v[2] for v in m.values()), default=0)
+        cells = "".join(f"{m[k][0]:>9.3f} ±{m[k][1]:.3f}" if k in m else f"{'-':>16}" for k, _ in COLUMNS)
+        print(f"{lever:<18}{n:>3}{cells}")
+
+
+def print_tasks(run: dict) -> None:
+    tasks = run["metrics"].get("tasks", {})
+    print(f"per task, {run['lever']} seed {run['seed']}:")
+    print(f"{'task':<44}{'probe z':>9}{'PCA':>8}{'fwd/copy':>10}{'z expl.':>9}")
+    for task, m in tasks.items():
+        print(f"{task[:43]:<44}{m.get('probe_r2_z', float('nan')):>9.3f}{m.get('probe_r2_pca', float('nan')):>8.3f}"
+              f"{m['forward_over_copy']:>10.3f}{m['z_explains']:>9.3f}")
+
+
+# --- speed: loader vs trainer, labelling vs a plain loop ----------------------------------------
 
 
 def loader_pairs_per_s(uri: str, version: str, cfg: LamConfig, seconds: float = 5.0) -> float:
@@ -115,71 +205,90 @@ def replicated_store(uri: str, out: str, copies: int) -> str:
     return out
 
 
-def run_one(uri: str, work: Path, cfg: LamConfig, name: str) -> dict:
-    out = work / f"lam-{name}"
-    shutil.rmtree(out, ignore_errors=True)
-    torch.set_num_threads(os.cpu_count() or 1)
-    card = train_lam(uri, out, cfg, progress=progress_bar)
-    m = card.metrics
+def speed(uri: str, run: dict) -> dict:
+    from pipeline.ingest import ensure_ray
+    from pipeline.label import label_store
+
+    cfg = LamConfig.model_validate(run["config"])
+    lam_dir = Path(run["lam_dir"])
+    card = load_lawm(lam_dir)[1]
     train_pps = card.pairs_per_s
     loader_pps = loader_pairs_per_s(uri, card.store.version, cfg)
-    print(f"[{name}] trained {card.steps} steps in {card.wall_time_s:.0f} s: {train_pps:.0f} pairs/s; "
-          f"loader alone {loader_pps:.0f} pairs/s ({loader_pps / train_pps:.1f}x)")
-    print(f"[{name}] held-out forward {m['forward_mse']:.4f} vs copy {m['copy_mse']:.4f} "
-          f"({m['forward_over_copy']:.2f}x), z = 0 {m['zero_z_mse']:.4f}: z explains {100 * m['z_explains']:.0f}% "
-          f"of the gain; shuffled z +{m['shuffle_batch_increase']:.4f} (batch), "
-          f"+{m['shuffle_episode_increase']:.4f} (episode)")
-    if "probe_r2_z" in m:
-        print(f"[{name}] probe R^2 z -> action chunk {m['probe_r2_z']:.3f} vs PCA-32 of f_t {m['probe_r2_pca']:.3f} "
-              f"({int(m['probe_pairs_train'])} train / {int(m['probe_pairs_heldout'])} held-out robot pairs)")
-    if "code_usage" in m:
-        print(f"[{name}] code usage {m['code_usage']:.2f}, perplexity {m['perplexity']:.1f}")
-
+    print(f"loader alone {loader_pps:.0f} pairs/s vs the trainer {train_pps:.0f} ({loader_pps / train_pps:.1f}x)")
     ensure_ray()  # started before timing, like the ingest benchmark
-    report = label_store(uri, IdmLabeler(str(out)), progress=False)
-    big = replicated_store(uri, str(work / f"store-x{LABEL_COPIES}-{Path(uri).name}"), LABEL_COPIES)
-    big_report = label_store(big, IdmLabeler(str(out)), progress=False)
-    plain_pps, pairs = plain_idm_loop(big, out)
-    print(f"[{name}] labelling the corpus: {report.pairs} pairs in {report.seconds:.1f} s (actor start and commit "
-          f"included); {LABEL_COPIES} copies of it: {big_report.pairs_per_s:.0f} pairs/s on Ray ({big_report.pairs} "
-          f"pairs, one commit) vs a plain torch loop {plain_pps:.0f} pairs/s "
-          f"({big_report.pairs_per_s / plain_pps:.2f}x)")
-    return {"card_metrics": m, "steps": card.steps, "train_wall_s": card.wall_time_s,
-            "train_pairs_per_s": train_pps, "loader_pairs_per_s": loader_pps, "loader_vs_train": loader_pps / train_pps,
-            "label_pairs_per_s": report.pairs_per_s, "label_seconds": report.seconds, "label_pairs": report.pairs,
-            "label_big_pairs": big_report.pairs, "label_big_pairs_per_s": big_report.pairs_per_s,
-            "plain_idm_pairs_per_s": plain_pps, "label_vs_plain": big_report.pairs_per_s / plain_pps,
-            "label_set": card.label_set, "lam_dir": str(out)}
+    big = replicated_store(uri, str(WORK / f"store-x{LABEL_COPIES}"), LABEL_COPIES)
+    report = label_store(big, IdmLabeler(str(lam_dir)), progress=False)
+    plain_pps, _ = plain_idm_loop(big, lam_dir)
+    print(f"labelling {report.pairs} pairs: {report.pairs_per_s:.0f} pairs/s on Ray vs a plain torch loop "
+          f"{plain_pps:.0f} ({report.pairs_per_s / plain_pps:.2f}x)")
+    return {"train_pairs_per_s": train_pps, "loader_pairs_per_s": loader_pps, "loader_vs_train": loader_pps / train_pps,
+            "label_pairs": report.pairs, "label_pairs_per_s": report.pairs_per_s, "plain_idm_pairs_per_s": plain_pps,
+            "label_vs_plain": report.pairs_per_s / plain_pps}
 
 
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--episodes", type=int, default=20, help="robot episodes per task (5 tasks)")
-    p.add_argument("--human-episodes", type=int, default=10, help="human stand-in episodes per task (2 tasks)")
-    p.add_argument("--steps", type=int, default=None, help="training steps (default: configs/lam.yaml)")
+    p.add_argument("--levers", default="base", help=f"comma-separated, of: {', '.join(LEVERS)}")
+    p.add_argument("--combine", action="append", default=[],
+                   help="NAME=LEVER+LEVER...: a lever made of others' changes (later ones win), e.g. "
+                        "best=action-head+idm-3frames")
+    p.add_argument("--seeds", default="0", help="training seeds")
+    p.add_argument("--steps", type=int, default=None, help="training steps (default: the config's)")
     p.add_argument("--config", default=str(REPO / "configs" / "lam.yaml"))
-    p.add_argument("--bottleneck", choices=("vae", "vq", "both"), default="vae")
-    p.add_argument("--robot-fps", type=float, default=10.0, help="sampling rate of the robot source (video: 20 fps)")
-    p.add_argument("--k-seconds", type=float, default=None, help="frame gap (default: the config's)")
-    p.add_argument("--heldout-fraction", type=float, default=None, help="held-out episodes (default: the config's)")
-    p.add_argument("--work", default=str(REPO / "data" / "bench-lam"), help="samples and store (kept: cached)")
+    p.add_argument("--threads", type=int, default=1, help="torch threads (the machine is shared)")
+    p.add_argument("--speed", action="store_true", help="also loader and labelling throughput (first lever)")
+    p.add_argument("--report", action="store_true", help="train nothing: the table of the runs already cached")
+    p.add_argument("--tasks", action="store_true", help="print the per-task table of each lever's first seed")
+    p.add_argument("--results", default=str(REPO / "benchmarks" / "results" / "lam-runs"))
     p.add_argument("--out", default=str(REPO / "benchmarks" / "results" / "lam.json"))
     args = p.parse_args()
-    work = Path(args.work)
-    uri = corpus(work, args.episodes, args.human_episodes, args.robot_fps)
-    store = FeatureStore.open(uri)
+    torch.set_num_threads(args.threads)
+    levers = dict(LEVERS)
+    for spec in args.combine:
+        name, parts = spec.split("=", 1)
+        merged: dict = {}
+        for part in parts.split("+"):
+            for section, changes in LEVERS[part].items():
+                merged[section] = changes if section == "tokens" else {**merged.get(section, {}), **changes}
+        levers[name] = merged
+    names = args.levers.split(",")
+    unknown = [n for n in names if n not in levers]
+    if unknown:
+        p.error(f"unknown levers {unknown}; known: {', '.join(levers)}")
     base = load_lam_config(args.config)
-    if args.steps:
-        base = base.model_copy(update={"optim": base.optim.model_copy(update={"steps": args.steps})})
-    pairs = {k: v for k, v in (("k_seconds", args.k_seconds), ("heldout_fraction", args.heldout_fraction))
-             if v is not None}
-    base = base.model_copy(update={"pairs": base.pairs.model_copy(update=pairs)})
-    results = {"machine": {"cpus": os.cpu_count()}, "params": vars(args), "config": base.model_dump(mode="json"),
-               "store_version": store.version,
-               "episodes": len(store), "frames": int(store.frames.sum())}
-    for name in (("vae", "vq") if args.bottleneck == "both" else (args.bottleneck,)):
-        cfg = base.model_copy(update={"model": base.model.model_copy(update={"bottleneck": name})})
-        results[name] = run_one(uri, work, cfg, f"{name}-{args.robot_fps:g}fps")
+    t = time.perf_counter()
+    corpora = {} if args.report else {mode: bench_corpus(mode) for mode in {levers[n].get("tokens", "grid:4x4")
+                                                                            for n in names}}
+    print(f"corpus ready in {time.perf_counter() - t:.0f} s")
+    runs = []
+    for name in names:
+        for seed in [int(s) for s in args.seeds.split(",")]:
+            t = time.perf_counter()
+            if args.report:  # only what is cached
+                run = f"{name}-s{seed}-{lever_config(base, levers[name], seed, args.steps).optim.steps}"
+                path = Path(args.results) / f"{run}.json"
+                r = json.loads(path.read_text()) if path.exists() else None
+            else:
+                r = run_lever(name, levers[name], seed, base, args.steps, corpora, Path(args.results))
+            if r is None:
+                continue
+            h = {k: float("nan") for k, _ in COLUMNS} | r["headline"]
+            print(f"[{name} s{seed}] {time.perf_counter() - t:.0f} s: probe z {h['robot_probe_r2_z']:.3f} vs PCA "
+                  f"{h['robot_probe_r2_pca']:.3f}, fwd/copy {h['robot_forward_over_copy']:.3f}, z explains "
+                  f"{h['robot_z_explains']:.2f}; human z {h['human_probe_r2_z']:.3f}", flush=True)
+            runs.append(r)
+    summary = summarize(runs)
+    print_table(summary)
+    if args.tasks:
+        seen = set()
+        for r in runs:
+            if r["lever"] not in seen:
+                seen.add(r["lever"])
+                print_tasks(r)
+    results = {"machine": {"cpus": os.cpu_count(), "load": os.getloadavg()}, "params": vars(args),
+               "summary": summary, "runs": runs}
+    if args.speed and not args.report:
+        results["speed"] = speed(corpora["grid:4x4"].store, runs[0])
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)
     Path(args.out).write_text(json.dumps(results, indent=2, default=float))
     print("wrote", args.out)

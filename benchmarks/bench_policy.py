@@ -1,22 +1,25 @@
 """Stage 2 end to end on Meta-World: closed-loop success of LaWAM beside behaviour cloning, and latency.
 
-Side by side, in one run, on the same store, the same budget and the same held-out scenes:
+Side by side, on one store, the same budget and the same held-out scenes:
 
-  corpus      5 tasks x N scripted-expert robot episodes (20 Hz control, one row per frame)
-              + the human stand-in, rendered (cached under --work), ingested at 20 fps with
-              the default encoder (random-init vit_small DINOv2 at 112 px, 4x4 grid)
-  LaWM        `train_lam` (k = --k-seconds), then `label_store`: the label set
+  corpus      `benchmarks.corpus` (9 tasks x 30 scripted robot episodes of >= 2 s at 20 fps
+              + the human stand-in), rendered and ingested once, cached
+  LaWM        `train_lam` with configs/lam.yaml (or --lam-config), then `label_store`; with
+              --human-value also the same LaWM trained without the human clips
   policies    `distill` for each arm x action fraction: LaWAM (subgoal) and BC (--no-subgoal,
               the same network without the subgoal and the latent term), with every robot
-              episode's actions (1.0) and with half of them (0.5: the other half are
-              action-free video, as the human stand-in is)
-  eval        `evaluate` on --eval-episodes held-out layouts per task (stream "eval",
-              refused if any is a training layout), receding horizon
+              episode's actions (1.0) and with half of them (0.5: the other half are action-free
+              video, as the human stand-in is); `lawam-nohuman`: LaWAM from the LaWM trained
+              without human clips, distilled from robot episodes only
+  eval        `evaluate` on --eval-episodes held-out layouts per task for each of --seeds
+              (stream "eval", refused if any is a training layout), receding horizon; every
+              (policy, seed) is cached in its folder, so seeds can be run in several sittings
   latency     ms per action chunk at batch 1: policy alone and encoder + policy from a frame
+  goal probe  (--probe-goal) ridge from f_t to the goal position of reach/push episodes, held
+              out by episode: can the features see what the policy must reach?
 
-Prints a table and writes benchmarks/results/policy.json. Every stage is cached under --work
-(a folder that exists is reused), so a second run only redoes what is missing.
-Usage: python -m benchmarks.bench_policy [--episodes 30] [--eval-episodes 20] [--steps 2000]
+Prints a table (success over all seeds, Wilson 95% CI) and writes benchmarks/results/policy.json.
+Usage: python -m benchmarks.bench_policy [--seeds 1,2] [--eval-episodes 20] [--steps 2000]
 """
 
 from __future__ import annotations
@@ -31,134 +34,210 @@ from pathlib import Path
 os.environ.setdefault("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", "0")
 os.environ.setdefault("MUJOCO_GL", "egl")
 
+import numpy as np  # noqa: E402
+import torch  # noqa: E402
+
+from benchmarks.corpus import HUMAN_SOURCE, POLICY_TASKS, REPO, WORK, bench_corpus  # noqa: E402
 from model.checkpoint import read_card  # noqa: E402
 from model.distill import distill  # noqa: E402
 from model.labeler import IdmLabeler  # noqa: E402
 from model.policy import KIND, load_policy  # noqa: E402
 from model.train_lam import train_lam  # noqa: E402
+from model.value import source_value  # noqa: E402
 from pipeline.evaluation.evaluate import evaluate, training_samples  # noqa: E402
-from pipeline.ingest import ingest_corpus  # noqa: E402
+from pipeline.evaluation.results import wilson_interval  # noqa: E402
 from pipeline.label import label_store  # noqa: E402
 from pipeline.progress import progress_bar  # noqa: E402
-from pipeline.samples import make_samples, sample_sources  # noqa: E402
 from pipeline.store import FeatureStore  # noqa: E402
-from schemas import CorpusConfig, StoreConfig  # noqa: E402
-from schemas.cards import PolicyCard  # noqa: E402
 from schemas.training import DistillConfig, LamConfig, load_distill_config, load_lam_config  # noqa: E402
 
-TASKS = ("reach-v3", "push-v3", "drawer-open-v3", "button-press-topdown-v3", "door-open-v3")
-REPO = Path(__file__).resolve().parents[1]
+ROBOT_SOURCE = "metaworld"
 
 
-def corpus(work: Path, episodes: int, human_episodes: int, fps: float) -> str:
-    samples = work / "samples"
+def lawms(corpus, work: Path, cfg: LamConfig, human_value: bool) -> tuple[dict[str, Path], dict]:
+    """The LaWM (and, for the human-value arms, the same LaWM without the human clips: one
+    `model.value.source_value`, both scored on the same held-out episodes), labelled."""
     t = time.perf_counter()
-    make_samples(samples, tasks=TASKS, episodes_per_task=episodes, human_episodes_per_task=human_episodes,
-                 seed=0, image_size=128, progress=True)
-    print(f"samples       {time.perf_counter() - t:8.1f} s (cached after the first run)")
-    sources = [s.model_copy(update={"fps": fps}) for s in sample_sources(samples)]
-    cfg = CorpusConfig(name="bench-policy", sources=sources, store=StoreConfig(uri=str(work / "store")))
-    report = ingest_corpus(cfg, progress=True)
-    print(f"ingest        {report.seconds:8.1f} s, +{report.added} episodes ({report.skipped} already in)")
-    return cfg.store.uri
+    if human_value:
+        report = source_value(corpus.store, HUMAN_SOURCE, out_dir=work / "value", cfg=cfg, steps=None,
+                              truth=corpus.human_truth(), progress=progress_bar)
+        dirs = {"lawam": Path(report.runs["with"]), "lawam-nohuman": Path(report.runs["without"])}
+        value = report.to_json()
+    else:
+        dirs, value = {"lawam": work / "value" / "with"}, {}
+        if not (dirs["lawam"] / "card.json").exists():  # the very run source_value's "with" arm is
+            table = FeatureStore.open(corpus.store).episodes()
+            every = cfg.pairs.model_copy(update={"sources": sorted(set(table["source"].to_pylist()))})
+            train_lam(corpus.store, dirs["lawam"], cfg.model_copy(update={"pairs": every}), progress=progress_bar)
+    print(f"LaWM(s) ready in {time.perf_counter() - t:.0f} s")
+    for out in dirs.values():
+        report = label_store(corpus.store, IdmLabeler(str(out)), progress=True)
+        if report.episodes:
+            print(f"label {out.name:<14} +{report.episodes} episodes, {report.pairs_per_s:.0f} pairs/s")
+    return dirs, value
 
 
-def lawm(uri: str, work: Path, cfg: LamConfig) -> Path:
-    out = work / "lam"
-    if not (out / "card.json").exists():
-        t = time.perf_counter()
-        card = train_lam(uri, out, cfg, progress=progress_bar)
-        m = card.metrics
-        print(f"train-lam     {time.perf_counter() - t:8.1f} s: held-out forward {m['forward_over_copy']:.2f}x copy, "
-              f"z explains {100 * m['z_explains']:.0f}%, probe R^2 {m.get('probe_r2_z', float('nan')):.2f}")
-    report = label_store(uri, IdmLabeler(str(out)), progress=True)
-    print(f"label         +{report.episodes} episodes, {report.pairs_per_s:.0f} pairs/s")
-    return out
-
-
-def policy(uri: str, lam: Path, out: Path, cfg: DistillConfig) -> PolicyCard:
+def policy(uri: str, lam: Path | None, out: Path, cfg: DistillConfig) -> dict:
     if (out / "card.json").exists():
         return read_card(out, KIND)
     t = time.perf_counter()
-    card = distill(uri, out, lam if cfg.model.subgoal else None, cfg, progress=progress_bar)
-    print(f"distill {out.name:<14} {time.perf_counter() - t:6.1f} s: held-out action L1 "
+    card = distill(uri, out, lam, cfg, progress=progress_bar)
+    print(f"distill {out.name:<18} {time.perf_counter() - t:6.0f} s: held-out action L1 "
           f"{card.metrics.get('heldout_action', float('nan')):.4f}")
     return card
 
 
+def evaluated(out: Path, seed: int, args, layouts, record) -> dict:
+    """results.json of the policy in `out` at evaluation seed `seed` (cached in out/eval-s<seed>)."""
+    folder = out / f"eval-s{seed}"
+    results = folder / "results.json"
+    if results.exists() and json.loads(results.read_text())["settings"]["episodes_per_task"] == args.eval_episodes:
+        return json.loads(results.read_text())
+    t = time.perf_counter()
+    report = evaluate(partial(load_policy, str(out)), tasks=args.tasks.split(","), episodes=args.eval_episodes,
+                      seed=seed, out_dir=folder, camera=record.camera, image_size=record.image_size,
+                      training_layouts=layouts, execute_steps=args.execute_steps, workers=args.workers,
+                      progress=True, policy=str(out), latency_calls=200 if seed == args.seeds[0] else 0,
+                      video=seed == args.seeds[0])
+    print(f"eval {out.name:<18} seed {seed}: {report.summary()} ({time.perf_counter() - t:.0f} s)", flush=True)
+    return json.loads(results.read_text())
+
+
+def pooled(per_seed: list[dict]) -> dict:
+    """Success over every episode of every seed, per task and overall, with Wilson 95% CIs."""
+    tasks: dict[str, list[int]] = {}
+    for r in per_seed:
+        for task, t in r["tasks"].items():
+            k, n = tasks.get(task, [0, 0])
+            tasks[task] = [k + t["successes"], n + t["episodes"]]
+
+    def rate(k: int, n: int) -> dict:
+        return {"successes": k, "episodes": n, "success_rate": k / n if n else 0.0, "ci95": list(wilson_interval(k, n))}
+
+    out = {"tasks": {task: rate(k, n) for task, (k, n) in tasks.items()}}
+    out["overall"] = rate(sum(k for k, _ in tasks.values()), sum(n for _, n in tasks.values()))
+    return out
+
+
+def probe_goal(uri: str, samples: Path, heldout: float = 0.2) -> dict:
+    """Ridge R² from f_t (flattened) to the goal xyz of reach and push episodes, held out by episode."""
+    from model.metrics import ridge_r2
+    from pipeline.store.pairs import is_heldout
+
+    layouts = json.loads((samples / "robot" / "meta" / "lawam_samples.json").read_text())["episodes"]
+    store = FeatureStore.open(uri)
+    table = store.episodes()
+    out = {}
+    for task in ("reach-v3", "push-v3"):
+        x = {True: [], False: []}
+        y = {True: [], False: []}
+        for row, key in enumerate(store.keys):
+            if table["source"][row].as_py() != ROBOT_SOURCE:
+                continue
+            ep = layouts[int(key.split("@")[0].rsplit("_", 1)[-1])]  # metaworld/episode_000123[@camera]
+            if ep["task"] != task:
+                continue
+            f = store.features(row).astype(np.float32)
+            held = is_heldout(key, None, heldout)
+            x[held].append(f.reshape(len(f), -1))
+            y[held].append(np.repeat(np.asarray(ep["rand_vec"][3:6], np.float32)[None], len(f), 0))
+        if x[True] and x[False]:
+            out[task] = ridge_r2(np.concatenate(x[False]), np.concatenate(y[False]), np.concatenate(x[True]),
+                                 np.concatenate(y[True]), alpha=10.0)
+    return out
+
+
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--episodes", type=int, default=30, help="robot training episodes per task (5 tasks)")
-    p.add_argument("--human-episodes", type=int, default=10, help="human stand-in episodes per task (2 tasks)")
-    p.add_argument("--fps", type=float, default=20.0, help="sampling rate of the corpus (the video is 20 fps)")
-    p.add_argument("--k-seconds", type=float, default=0.25, help="LaWM frame gap (the clips last 0.5-1.5 s)")
-    p.add_argument("--lam-steps", type=int, default=1500)
+    p.add_argument("--tokens", default="grid:4x4", help="token mode of the store (benchmarks.corpus)")
+    p.add_argument("--lam-steps", type=int, default=None, help="LaWM steps (default: the config's)")
     p.add_argument("--steps", type=int, default=2000, help="distillation steps, the same for every arm")
-    p.add_argument("--arms", default="lawam,bc", help="lawam (subgoal) and/or bc (--no-subgoal)")
+    p.add_argument("--arms", default="lawam,bc", help="lawam (subgoal), bc (--no-subgoal), lawam-nohuman")
     p.add_argument("--fractions", default="1.0,0.5", help="action fractions to train each arm at")
-    p.add_argument("--eval-episodes", type=int, default=20, help="held-out episodes per task")
+    p.add_argument("--tasks", default=",".join(POLICY_TASKS), help="tasks evaluated")
+    p.add_argument("--eval-episodes", type=int, default=20, help="held-out episodes per task and seed")
+    p.add_argument("--seeds", default="1,2", help="evaluation seeds (each cached)")
     p.add_argument("--execute-steps", type=int, default=None, help="actions executed per chunk (default H/2)")
-    p.add_argument("--seed", type=int, default=1, help="evaluation seed")
     p.add_argument("--workers", type=int, default=2, help="evaluation Ray workers")
+    p.add_argument("--threads", type=int, default=1, help="torch threads for training")
+    p.add_argument("--probe-goal", action="store_true", help="probe the goal position from the features")
     p.add_argument("--lam-config", default=str(REPO / "configs" / "lam.yaml"))
     p.add_argument("--config", default=str(REPO / "configs" / "distill.yaml"))
-    p.add_argument("--work", default=str(REPO / "data" / "bench-policy"), help="samples, store, runs (cached)")
+    p.add_argument("--name", default="default", help="folder of this configuration's runs under the work dir")
     p.add_argument("--out", default=str(REPO / "benchmarks" / "results" / "policy.json"))
     args = p.parse_args()
-    work = Path(args.work)
-    uri = corpus(work, args.episodes, args.human_episodes, args.fps)
+    args.seeds = [int(s) for s in args.seeds.split(",")]
+    torch.set_num_threads(args.threads)
+    corpus = bench_corpus(args.tokens)
+    uri = corpus.store
     store = FeatureStore.open(uri)
+    work = WORK / "runs" / "policy" / f"{args.name}-{args.tokens.replace(':', '')}"
     lam_cfg = load_lam_config(args.lam_config)
-    lam_cfg = lam_cfg.model_copy(update={
-        "pairs": lam_cfg.pairs.model_copy(update={"k_seconds": args.k_seconds}),
-        "optim": lam_cfg.optim.model_copy(update={"steps": args.lam_steps})})
-    lam = lawm(uri, work, lam_cfg)
+    if args.lam_steps:
+        lam_cfg = lam_cfg.model_copy(update={"optim": lam_cfg.optim.model_copy(update={"steps": args.lam_steps})})
+    arms = args.arms.split(",")
+    lams, value = lawms(corpus, work, lam_cfg, "lawam-nohuman" in arms)
     base = load_distill_config(args.config)
     base = base.model_copy(update={"optim": base.optim.model_copy(update={"steps": args.steps})})
     layouts, record = training_samples(uri, None)
-    results: dict = {"machine": {"cpus": os.cpu_count()}, "params": vars(args), "store_version": store.version,
-                     "episodes": len(store), "frames": int(store.frames.sum()), "lam": str(lam),
-                     "lam_metrics": read_card(lam, "lawm").metrics, "runs": {}}
+    results: dict = {"machine": {"cpus": os.cpu_count(), "load": os.getloadavg()}, "params": vars(args),
+                     "store_version": store.version, "episodes": len(store), "frames": int(store.frames.sum()),
+                     "lam_metrics": {name: read_card(d, "lawm").metrics for name, d in lams.items()},
+                     "human_value_lawm": value, "runs": {}}
+    if args.probe_goal:
+        results["goal_probe_r2"] = probe_goal(uri, corpus.samples)
+        print(f"goal position probe R^2 from f_t ({args.tokens}): {results['goal_probe_r2']}")
     for fraction in [float(f) for f in args.fractions.split(",")]:
-        for arm in args.arms.split(","):
+        for arm in arms:
             name = f"{arm}-{fraction:g}"
-            cfg = base.model_copy(update={"action_fraction": fraction,
-                                          "model": base.model.model_copy(update={"subgoal": arm == "lawam"})})
-            out = work / "runs" / name
-            card = policy(uri, lam, out, cfg)
-            t = time.perf_counter()
-            report = evaluate(partial(load_policy, str(out)), tasks=TASKS, episodes=args.eval_episodes,
-                              seed=args.seed, out_dir=out / "eval", camera=record.camera,
-                              image_size=record.image_size, training_layouts=layouts,
-                              execute_steps=args.execute_steps, workers=args.workers, progress=True,
-                              policy=str(out), latency_calls=200)
-            result = json.loads((out / "eval" / "results.json").read_text())
+            pairs = base.pairs.model_copy(update={"sources": [ROBOT_SOURCE]}) if arm == "lawam-nohuman" else base.pairs
+            cfg = base.model_copy(update={"action_fraction": fraction, "pairs": pairs,
+                                          "model": base.model.model_copy(update={"subgoal": arm != "bc"})})
+            out = work / name
+            card = policy(uri, lams.get(arm) if arm != "bc" else None, out, cfg)
+            per_seed = [evaluated(out, seed, args, layouts, record) for seed in args.seeds]
             results["runs"][name] = {"arm": arm, "action_fraction": fraction, "train_metrics": card.metrics,
-                                     "train_wall_s": card.wall_time_s, "eval_wall_s": time.perf_counter() - t,
-                                     "success": result["overall"], "tasks": result["tasks"],
-                                     "latency": result.get("latency")}
-            print(f"eval {name:<10} {report.summary()}")
+                                     "train_wall_s": card.wall_time_s, **pooled(per_seed),
+                                     "per_seed": {s: r["overall"] for s, r in zip(args.seeds, per_seed, strict=True)},
+                                     "latency": per_seed[0].get("latency")}
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)
     Path(args.out).write_text(json.dumps(results, indent=2, default=float))
     print_table(results)
+    if value:
+        print_human_value(results)
     print("wrote", args.out)
 
 
 def print_table(results: dict) -> None:
     runs = results["runs"]
     tasks = list(next(iter(runs.values()))["tasks"]) if runs else []
-    head = f"{'run':<12}{'mean':>8}" + "".join(f"{t.removesuffix('-v3')[:12]:>14}" for t in tasks)
-    print(head)
+    print(f"{'run':<20}{'mean (95% CI)':>18}" + "".join(f"{t.removesuffix('-v3')[:12]:>14}" for t in tasks))
     for name, r in runs.items():
-        row = f"{name:<12}{100 * r['success']['success_rate']:>7.0f}%"
+        o = r["overall"]
+        row = f"{name:<20}{100 * o['success_rate']:>6.0f}% ({100 * o['ci95'][0]:.0f}-{100 * o['ci95'][1]:.0f})"
         row += "".join(f"{100 * r['tasks'][t]['success_rate']:>13.0f}%" for t in tasks)
         print(row)
     for name, r in runs.items():
         lat = (r.get("latency") or {}).get("cpu")
         if lat:
-            print(f"latency {name:<10} policy {lat['policy_ms']['median']:.2f} ms (p95 {lat['policy_ms']['p95']:.2f}), "
+            print(f"latency {name:<18} policy {lat['policy_ms']['median']:.2f} ms (p95 {lat['policy_ms']['p95']:.2f}), "
                   f"encoder+policy {lat['encoder_policy_ms']['median']:.1f} ms "
                   f"(p95 {lat['encoder_policy_ms']['p95']:.1f})")
+
+
+def print_human_value(results: dict) -> None:
+    """LaWM and LaWAM with vs without the human clips, side by side."""
+    print("human clips' value (same budget, same held-out episodes):")
+    for r in results["human_value_lawm"]["rows"]:
+        if r["key"] in ("forward_mse", "forward_over_copy", "probe_r2_z"):
+            print(f"  LaWM {r['kind']:<6} {r['figure']:<26} with {r['with']:.4f}  without {r['without']:.4f}  "
+                  f"gain {r['gain']:+.4f}")
+    runs = results["runs"]
+    for fraction in sorted({r["action_fraction"] for r in runs.values()}, reverse=True):
+        a, b = runs.get(f"lawam-{fraction:g}"), runs.get(f"lawam-nohuman-{fraction:g}")
+        if a and b:
+            print(f"  LaWAM SR at action fraction {fraction:g}: with {100 * a['overall']['success_rate']:.0f}%, "
+                  f"without {100 * b['overall']['success_rate']:.0f}%")
 
 
 if __name__ == "__main__":

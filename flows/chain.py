@@ -17,7 +17,7 @@ from prefect import flow
 
 from flows.common import as_corpus, publish
 from flows.ingest import ingest_row
-from flows.refresh import refresh_corpus
+from flows.refresh import curate_row, refresh_corpus
 from flows.stages import (
     distill_policy,
     eval_row,
@@ -75,7 +75,7 @@ def lawam_chain(cfg: CorpusConfig | str, runs_dir: str, *, lam: LamConfig | None
     runs = Path(runs_dir)
     store = cfg.store.uri
     refreshed = refresh_corpus(cfg, label=False, progress=progress)
-    stages = [ingest_row(refreshed.ingest)]
+    stages = [ingest_row(refreshed.ingest)] + ([curate_row(refreshed.curation)] if refreshed.curation else [])
 
     lam = lam or LamConfig()
     version = resolve_version(store, None)
@@ -101,7 +101,8 @@ def lawam_chain(cfg: CorpusConfig | str, runs_dir: str, *, lam: LamConfig | None
         from pipeline.catalog import summarize
         from pipeline.evaluation.report import write_report
 
-        result.report = str(write_report(report, summarize(store), stages, lam_dir=lam_dir, eval_dir=ev.out_dir,
+        result.report = str(write_report(report, summarize(store), stages, lam_dir=lam_dir,
+                                          lam_metrics=getattr(card, "metrics", None), eval_dir=ev.out_dir,
                                           title=f"lawam: {cfg.name}"))
     md = "## lawam chain\n\n| stage | items | seconds | throughput |\n|---|---|---|---|\n" + "".join(
         f"| {r['stage']} | {r['items']} {r['unit']} | {r['seconds'] or 0:.1f} | {r['throughput'] or ''} |\n"

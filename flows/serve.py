@@ -15,11 +15,15 @@ from pathlib import Path
 
 from prefect.deployments.runner import EntrypointType, RunnerDeployment
 
+from pipeline.errors import one_line
 from schemas import ConfigError, load_corpus
+from schemas.errors import InfrastructureError
 
 
-class ServerError(ConnectionError):
-    """No Prefect server to register schedules with."""
+class ServerError(InfrastructureError, ConnectionError):
+    """No Prefect server to register schedules with (exit 1: once one runs, the same command works)."""
+
+    advice = ""  # the message says how to start one; "a re-run skips what was committed" means nothing here
 
 
 def check_server(timeout_s: float = 5.0) -> str:
@@ -35,8 +39,8 @@ def check_server(timeout_s: float = 5.0) -> str:
         r = httpx.get(url.rstrip("/") + "/health", timeout=timeout_s)
         r.raise_for_status()
     except httpx.HTTPError as e:
-        raise ServerError(f"the Prefect server at {url} is not reachable ({type(e).__name__}: "
-                          f"{str(e).splitlines()[0] if str(e) else 'no answer'}); {hint}, or point "
+        raise ServerError(f"the Prefect server at {url} is not reachable ("
+                          f"{one_line(e)}); {hint}, or point "
                           "PREFECT_API_URL at a running one") from None
     return url
 
@@ -55,12 +59,13 @@ def corpus_deployments(corpus: str | Path, *, cron: str = "0 3 * * *",
 
         CronSchedule(cron=cron)
     except ValueError as e:
-        raise ConfigError(f"--cron {cron!r}: not a cron expression ({str(e).splitlines()[0]})") from None
+        raise ConfigError(f"--cron {cron!r}: not a cron expression ({one_line(e)})") from None
     runs = str(Path(runs_dir).resolve()) if runs_dir else str(Path(cfg.store.uri).parent / "runs")
     tags = ["lawam", f"corpus:{cfg.name}"]
     return [
         refresh_corpus.to_deployment(name=f"refresh-{cfg.name}", cron=cron, parameters={"cfg": str(path)}, tags=tags,
-                                     description=f"ingest every source of {path} (then label, with labels.lam)",
+                                     description=f"ingest every source of {path} (then curate, with curation:, "
+                                                 "and label, with labels.lam)",
                                      entrypoint_type=EntrypointType.MODULE_PATH),
         lawam_chain.to_deployment(name=f"chain-{cfg.name}", parameters={"cfg": str(path), "runs_dir": runs},
                                   tags=tags, description=f"refresh → train_lam → label → distill → evaluate: {path}",

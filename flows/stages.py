@@ -3,7 +3,7 @@
     train_lam        model.train_lam.train_lam          stage 1: the latent world model
     label_corpus     pipeline.label.label_store         the LaWM's latent actions, as a label set
     distill_policy   model.distill.distill              stage 2: the LaWAM policy
-    evaluate_policy  pipeline.evaluation.evaluate.evaluate         closed-loop success in Meta-World
+    evaluate_policy  model.evaluate.evaluate_policy_dir  closed-loop success in Meta-World
 
 Each publishes a markdown artifact and a table artifact (counts, throughput, store versions
 before → after, metrics) and retries only on infrastructure faults (`flows.common`).
@@ -13,7 +13,7 @@ redoing it when that run read the same data with the same settings (see `finishe
 
 from __future__ import annotations
 
-import json
+import logging
 from functools import partial
 from pathlib import Path
 from typing import Any
@@ -26,6 +26,7 @@ from pipeline.label import LabelReport
 from schemas.cards import Card, LawmCard, PolicyCard, StoppedRun
 from schemas.training import DistillConfig, LamConfig, with_steps
 
+log = logging.getLogger(__name__)
 _task = partial(task, retries=RETRIES, retry_delay_seconds=RETRY_DELAY_S, retry_condition_fn=retry_on_infrastructure)
 
 
@@ -185,34 +186,31 @@ def distill_policy(store_uri: str, out_dir: str, lam_dir: str | None, cfg: Disti
 
 @_task(name="evaluate")
 def _evaluate_task(policy_dir, tasks, episodes, seed, out_dir, max_steps, workers, video, latency_calls, progress):
-    from model.checkpoint import read_card
-    from model.policy import KIND, load_policy
-    from pipeline.evaluation.evaluate import EvalError, evaluate, training_view
-    from pipeline.ray_runtime import ensure_ray
-    from pipeline.samples.tasks import check_tasks
+    from model.evaluate import evaluate_policy_dir
 
-    card = read_card(policy_dir, KIND)
-    view = training_view(card.store.uri, card.store.version)
-    names = check_tasks(list(tasks), "tasks") if tasks else tuple(dict.fromkeys(lay.task for lay in view.layouts))
-    if not names:
-        raise EvalError("name the tasks: the store does not record which tasks the policy was trained on")
-    ensure_ray()
-    return evaluate(partial(load_policy, policy_dir), tasks=names, episodes=episodes, seed=seed,
-                    out_dir=Path(out_dir), camera=view.camera, image_size=view.image_size,
-                    training_layouts=view.layouts, max_steps=max_steps, workers=workers, video=video,
-                    progress=progress, latency_calls=latency_calls, policy=policy_dir)
+    return evaluate_policy_dir(policy_dir, tasks=tasks, episodes=episodes, seed=seed, out_dir=out_dir,
+                               max_steps=max_steps, workers=workers, video=video, progress=progress,
+                               latency_calls=latency_calls)
 
 
 def _finished_eval(policy_dir: str, out_dir: Path, tasks, episodes: int, seed: int,
                    max_steps: int | None) -> EvalReport | None:
-    """The results in `out_dir` when they are of these weights and settings."""
+    """The results in `out_dir` when they are of these weights and settings; None when there
+    are none, or they are damaged (the evaluation runs again and rewrites them)."""
     path = out_dir / "results.json"
     if not path.is_file():
         return None
     from model.checkpoint import read_card
     from model.policy import KIND
+    from pipeline.errors import one_line
+    from pipeline.evaluation.results import read_results
+    from schemas.errors import ConfigError
 
-    results = json.loads(path.read_text())
+    try:
+        results = read_results(path)
+    except ConfigError as e:
+        log.warning("%s; evaluating again", one_line(e))
+        return None
     card = read_card(policy_dir, KIND)
     s = results.get("settings", {})
     same = (results.get("policy", {}).get("weights_sha256") == card.weights_sha256
@@ -227,7 +225,8 @@ def evaluate_policy(policy_dir: str, *, out_dir: str | None = None, tasks: list[
                     video: bool = True, latency_calls: int = 200, reuse: bool = False,
                     progress: bool = False) -> EvalReport:
     """Closed-loop success of a policy on held-out layouts (`pipeline.evaluation.evaluate.evaluate`, as
-    `lawam eval` runs it); results.json and success.png in `out_dir` (default POLICY/eval)."""
+    `lawam eval` runs it: `model.evaluate.evaluate_policy_dir`); results.json and success.png in
+    `out_dir` (default POLICY/eval)."""
     policy_dir = str(Path(policy_dir).resolve())
     out = Path(out_dir) if out_dir else Path(policy_dir) / "eval"
     report = _finished_eval(policy_dir, out, tasks, episodes, seed, max_steps) if reuse else None

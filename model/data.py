@@ -16,8 +16,9 @@ them, and the stream continues exactly where the interrupted run stopped (for th
 
 from __future__ import annotations
 
+import hashlib
 import logging
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 
 import numpy as np
 import torch
@@ -86,6 +87,17 @@ class PairDataset(IterableDataset):
             batch = reader.read(eps, t)
             batch["epoch"] = np.full(len(t), epoch, np.int64)
             yield to_torch(batch)
+
+
+def keeps_actions(keys: Sequence[str], fraction: float) -> np.ndarray:
+    """Which episodes keep their actions under an action fraction (`lawam distill
+    --action-fraction`, the LaWM's `action_fraction`): by a hash of the key, so the same
+    episodes keep them in every run, every trainer and every store version."""
+    if fraction >= 1:
+        return np.ones(len(keys), bool)
+    h = np.array([int.from_bytes(hashlib.sha256(("actions:" + k).encode()).digest()[:8], "big") for k in keys],
+                 dtype=np.float64)
+    return h / 2**64 < fraction
 
 
 def pair_loader(ds: PairDataset, workers: int = 0, prefetch: int = 2) -> DataLoader:

@@ -17,7 +17,6 @@ policy's `model.safetensors`, so a policy folder is all `lawam eval` needs.
 
 from __future__ import annotations
 
-import hashlib
 import logging
 from dataclasses import dataclass, replace
 from pathlib import Path
@@ -27,15 +26,18 @@ import numpy as np
 import torch
 
 from model.checkpoint import CheckpointError, lawm_lineage, read_card
-from model.data import collect
+from model.data import collect, keeps_actions
 from model.loop import ProgressFactory, run
-from model.policy import KIND, LaWAMPolicy, build_vocab
+from model.policy import KIND, LaWAMPolicy
+from model.text import build_vocab
 from model.train_lam import KIND as LAWM_KIND
 from model.train_lam import load_lawm
 from pipeline.store import FeatureStore
 from pipeline.store.labels import LabelSet
 from pipeline.store.pairs import PairQuery, PairReader
+from pipeline.store.verify import label_problems
 from schemas.cards import PolicyCard, StoppedRun
+from schemas.errors import ConfigError
 from schemas.training import DistillConfig, with_steps
 
 log = logging.getLogger(__name__)
@@ -43,18 +45,8 @@ log = logging.getLogger(__name__)
 EVAL_PAIRS = 4096
 
 
-class SelectionError(ValueError):
+class SelectionError(ConfigError):
     """The store version (or the selection of it) lacks what a policy trains on."""
-
-
-def keeps_actions(keys, fraction: float) -> np.ndarray:
-    """Which episodes keep their actions under `action_fraction`: by a hash of the key, so the
-    same episodes keep them in every run and store version."""
-    if fraction >= 1:
-        return np.ones(len(keys), bool)
-    h = np.array([int.from_bytes(hashlib.sha256(("actions:" + k).encode()).digest()[:8], "big") for k in keys],
-                 dtype=np.float64)
-    return h / 2**64 < fraction
 
 
 @dataclass(frozen=True)
@@ -143,7 +135,7 @@ class DistillRecipe:
                                     batch["state_mask"].to(device))
             z = core.latent(pooled) * core.z_std + core.z_mean
             target = core.lawm.standardize(f_tk.float())
-            pred = core.lawm.decode(f_t.float(), z)
+            pred = core.lawm.decode(f_t.float(), z, batch["instruction"])
             copy = core.lawm.standardize(f_t.float())
             m = batch["label_mask"].to(device)
             if m.any():
@@ -178,13 +170,14 @@ def _control_rates(store: FeatureStore, reader: PairReader) -> list[float]:
 
 
 def distill(store_uri: str, out_dir: str | Path, lam_dir: str | Path | None, cfg: DistillConfig | None = None, *,
-            version: str | None = None, steps: int | None = None, resume: bool = False, workers: int = 1,
-            progress: ProgressFactory | bool | None = None, device: str = "auto",
-            stop_at: int | None = None) -> PolicyCard | StoppedRun:
+            version: str | None = None, steps: int | None = None, resume: bool = False, force: bool = False,
+            keep_version: bool = True, workers: int = 1, progress: ProgressFactory | bool | None = None,
+            device: str = "auto", stop_at: int | None = None) -> PolicyCard | StoppedRun:
     """Train a LaWAM policy (or, with `cfg.model.subgoal=False`, the BC ablation) and return its card.
 
     `lam_dir` is the LaWM whose label set the policy distils (its labels must be in the store:
-    `lawam label`); it is not needed for the ablation."""
+    `lawam label`, every one readable and finite, else a ConfigError says to relabel them with
+    `--damaged`); it is not needed for the ablation."""
     cfg = cfg or DistillConfig()
     cfg = with_steps(cfg, steps)
     label_set = lam = None
@@ -192,18 +185,26 @@ def distill(store_uri: str, out_dir: str | Path, lam_dir: str | Path | None, cfg
         if lam_dir is None:
             raise CheckpointError("a LaWAM policy needs --labels (a train-lam output folder); "
                                   "--no-subgoal trains the ablation without one")
-        lineage = lawm_lineage(lam_dir)  # the card only: the weights load in the recipe's build
+        load_lawm(lam_dir)  # the weights too: a damaged file fails here, named, before anything is written
+        lineage = lawm_lineage(lam_dir)
         lam, label_set = lineage.dir, lineage.label_set
         store = FeatureStore.open(store_uri, version)
         LabelSet.open(store, label_set)  # fails with "run lawam label" when the set is not there
+        problems = label_problems(store, [label_set])[0]
+        if problems:
+            bad = sorted({p.episode for p in problems if p.episode})
+            raise ConfigError(f"label set {label_set} of store {store_uri!r} at {store.version} is not clean: the "
+                              f"labels of {len(bad)} episode(s) are unreadable or hold NaN/inf ({problems[0]}); "
+                              f"relabel them: `lawam label --store {store_uri} --lam {lam} --damaged`")
         if store.encoder is not None:
             store.encoder.require_same(read_card(lam, LAWM_KIND).encoder, ours=f"store {store_uri!r}",
                                        theirs=f"the LaWM in {lam}", fix="distil from a store of the LaWM's encoder")
         pairs = cfg.pairs.model_copy(update={"k_seconds": float(lineage.k_seconds)})
         cfg = cfg.model_copy(update={"pairs": pairs})
     recipe = DistillRecipe(cfg, lam, label_set)
-    return run(recipe, store_uri, out_dir, version=version, resume=resume, workers=workers, progress=progress,
-               device=device, stop_at=stop_at, name="distill", saved_config=DistillConfig.model_validate, steps=steps)
+    return run(recipe, store_uri, out_dir, version=version, resume=resume, force=force, keep_version=keep_version,
+               workers=workers, progress=progress, device=device, stop_at=stop_at, name="distill",
+               saved_config=DistillConfig.model_validate, steps=steps)
 
 
 __all__ = ["DistillRecipe", "SelectionError", "distill", "keeps_actions"]

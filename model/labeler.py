@@ -1,9 +1,11 @@
 """A trained LaWM as a labeler for `pipeline.label.label_store`.
 
-Built on the driver from the checkpoint's card and lineage alone (cheap: a JSON read and a
-hash); the weights load when a worker calls it. The label set is keyed by the sha256 of
-`model.safetensors`, so two checkpoints never share a set, and retraining gives a new set
-beside the old one.
+Built on the driver from the checkpoint's card and lineage, with the weights loaded once
+there too (a few MB): a damaged card or weights file fails on the driver in one line naming
+the file, before any actor starts (an actor's failing constructor reaches the driver as
+Ray's ActorDiedError, its cause lost). Every worker loads the weights again when it calls
+it. The label set is keyed by the sha256 of `model.safetensors`, so two checkpoints never
+share a set, and retraining gives a new set beside the old one.
 """
 
 from __future__ import annotations
@@ -15,6 +17,7 @@ import numpy as np
 import torch
 
 from model.checkpoint import lawm_lineage, read_card
+from model.train_lam import load_lawm
 from schemas.identity import EncoderIdentity
 
 
@@ -28,6 +31,7 @@ class IdmLabeler:
     encoder: EncoderIdentity = field(init=False)
 
     def __post_init__(self) -> None:
+        load_lawm(self.lam_dir)  # damaged or foreign weights: CheckpointError here, not in an actor
         lineage = lawm_lineage(self.lam_dir)  # the weights as they are now, not as the card says
         card = read_card(lineage.dir, "lawm")
         object.__setattr__(self, "lam_dir", lineage.dir)
@@ -41,8 +45,6 @@ class IdmLabeler:
         })
 
     def __call__(self):
-        from model.train_lam import load_lawm
-
         model, _ = load_lawm(self.lam_dir)
         device = torch.device("cuda" if self.device == "auto" and torch.cuda.is_available() else
                               ("cpu" if self.device == "auto" else self.device))

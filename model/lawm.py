@@ -24,12 +24,21 @@ Strategy, and why:
   (z -> scale/shift of every norm, zero-initialised), predicting a *residual* on
   standardised f_t with a zero-initialised output layer: at step 0 the model is exactly
   "copy f_t", the baseline it must beat, and only the change has to be learned.
-- **Leakage guards.** Separate Gaussian noise on the IDM's and the FDM's inputs (training
-  only), and separate input projections for IDM and FDM: the decoder never shares an
-  input pathway through which the latent could carry the future's fine details, and it
-  can be reused alone (stage 2 decodes ẑ with the frozen FDM).
-- **Auxiliary head.** With robot state, z -> (state_{t+k} - state_t) / state_delta_std,
-  masked per row (human video has no state); it keeps z anchored to control.
+- **Leakage guards.** Separate token-space augmentation of the IDM's and the FDM's inputs
+  (training only: Gaussian noise, and a share of tokens zeroed), and separate input
+  projections for IDM and FDM: the decoder never shares an input pathway through which
+  the latent could carry the future's fine details, and it can be reused alone (stage 2
+  decodes ẑ with the frozen FDM).
+- **Multi-frame IDM** (`idm_frames` > 2): the IDM also sees the frames between t and t+k
+  (`f_mid`), each tagged by its own frame embedding, so z can say how the change happened.
+- **Auxiliary heads.** With robot state, z -> (state_{t+k} - state_t) / state_delta_std,
+  masked per row (human video has no state); with `action_weight`, a linear head z -> the
+  standardised action chunk, masked per step and per row (only robot episodes that keep
+  their actions). Both keep z anchored to control; the action head is what makes z carry
+  the action rather than the largest change between the frames (LAOM, "What do latent
+  action models actually learn?").
+- **Instruction-conditioned FDM** (`fdm_instruction`): a bag of learned word embeddings
+  joins z in the AdaLN condition, so z needs not spend capacity on the task.
 
 Trade-off accepted: under DDP every rank sums code usage across ranks (one all-reduce of
 `vq_codes` numbers per training forward) so that restarts are decided identically
@@ -47,6 +56,7 @@ import torch.distributed as dist
 import torch.nn.functional as F
 from torch import nn
 
+from model.text import Tokenizer
 from schemas.training import LamModelConfig
 
 FEATURE_STD_FLOOR = 1e-3  # near-constant feature dims: standardise without blowing up
@@ -105,19 +115,29 @@ class _AdaLNBlock(nn.Module):
 class LaWM(nn.Module):
     """IDM -> bottleneck -> FDM over frozen-encoder features of shape (tokens, feature_dim)."""
 
-    def __init__(self, cfg: LamModelConfig, tokens: int, feature_dim: int, state_dim: int = 0) -> None:
+    def __init__(self, cfg: LamModelConfig, tokens: int, feature_dim: int, state_dim: int = 0, *,
+                 action_dim: int = 0, horizon: int = 0, vocab: list[str] | None = None) -> None:
         super().__init__()
         self.cfg, self.tokens, self.feature_dim, self.state_dim = cfg, tokens, feature_dim, state_dim
+        self.action_dim = action_dim if cfg.action_weight > 0 else 0
+        self.horizon = horizon if self.action_dim else 0
+        if cfg.action_weight > 0 and not (action_dim and horizon):
+            raise ValueError("action_weight > 0 needs the action chunk's shape: pass action_dim and horizon")
+        if cfg.fdm_instruction and not vocab:
+            raise ValueError("fdm_instruction needs the store's vocabulary: pass vocab (model.text.build_vocab)")
         W, Q, C = cfg.width, cfg.queries, cfg.code_dim
         self.register_buffer("feat_mean", torch.zeros(feature_dim))
         self.register_buffer("feat_std", torch.ones(feature_dim))
         if state_dim > 0:
             self.register_buffer("state_delta_std", torch.ones(state_dim))
+        if self.action_dim:
+            self.register_buffer("action_mean", torch.zeros(self.action_dim))
+            self.register_buffer("action_std", torch.ones(self.action_dim))
 
-        # IDM: queries + both frames, each frame projected separately.
+        # IDM: queries + the frames from t to t+k, each frame projected separately.
         self.idm_proj = nn.Linear(feature_dim, W)
         self.idm_pos = nn.Parameter(torch.randn(tokens, W) * 0.02)
-        self.frame_emb = nn.Parameter(torch.randn(2, W) * 0.02)
+        self.frame_emb = nn.Parameter(torch.randn(cfg.idm_frames, W) * 0.02)
         self.queries = nn.Parameter(torch.randn(Q, W) * 0.02)
         self.idm_layers = nn.ModuleList(
             nn.TransformerEncoderLayer(W, cfg.heads, 4 * W, cfg.dropout, activation="gelu",
@@ -134,19 +154,24 @@ class LaWM(nn.Module):
             self.register_buffer("code_usage", torch.zeros(cfg.vq_codes))  # uses since the last restart
             self.register_buffer("vq_step", torch.zeros((), dtype=torch.long))  # training forwards so far
 
-        # FDM: f_t's tokens, conditioned on z; predicts a residual on standardised f_t.
+        # FDM: f_t's tokens, conditioned on z (and the instruction); predicts a residual on
+        # standardised f_t.
+        self.tokenizer = Tokenizer(vocab) if cfg.fdm_instruction else None
+        self.fdm_lang = nn.EmbeddingBag(len(vocab), W, mode="mean") if vocab and cfg.fdm_instruction else None
+        cond = self.latent_dim + (W if self.fdm_lang is not None else 0)
         self.fdm_proj = nn.Linear(feature_dim, W)
         self.fdm_pos = nn.Parameter(torch.randn(tokens, W) * 0.02)
-        self.fdm_blocks = nn.ModuleList(_AdaLNBlock(W, cfg.heads, self.latent_dim, cfg.dropout)
+        self.fdm_blocks = nn.ModuleList(_AdaLNBlock(W, cfg.heads, cond, cfg.dropout)
                                         for _ in range(cfg.fdm_layers))
         self.fdm_norm = nn.LayerNorm(W, elementwise_affine=False)
-        self.fdm_final_mod = nn.Linear(self.latent_dim, 2 * W)
+        self.fdm_final_mod = nn.Linear(cond, 2 * W)
         self.fdm_out = nn.Linear(W, feature_dim)
         for layer in (self.fdm_final_mod, self.fdm_out):  # start as the identity / "copy f_t"
             nn.init.zeros_(layer.weight)
             nn.init.zeros_(layer.bias)
 
         self.aux_head = nn.Linear(self.latent_dim, state_dim) if state_dim > 0 else None
+        self.action_head = nn.Linear(self.latent_dim, self.horizon * self.action_dim) if self.action_dim else None
 
     @property
     def latent_dim(self) -> int:
@@ -174,29 +199,51 @@ class LaWM(nn.Module):
         # NaN (stats from zero robot rows) means "unknown scale": use 1.
         self.state_delta_std.copy_(torch.nan_to_num(t.float(), nan=1.0).clamp_min(STATE_STD_FLOOR))
 
+    def set_action_stats(self, mean: np.ndarray, std: np.ndarray) -> None:
+        """Per-dimension mean/std (A,) of the robot actions: the action head's target scale."""
+        if not self.action_dim:
+            raise ValueError("set_action_stats on a LaWM without an action head (model.action_weight is 0)")
+        for name, v in (("mean", mean), ("std", std)):
+            if np.shape(v) != (self.action_dim,):
+                raise ValueError(f"action {name} has shape {np.shape(v)!r}, expected ({self.action_dim},)")
+        self.action_mean.copy_(torch.as_tensor(np.nan_to_num(np.asarray(mean, np.float32))))
+        self.action_std.copy_(torch.as_tensor(np.nan_to_num(np.asarray(std, np.float32), nan=1.0)).clamp_min(1e-3))
+
     def standardize(self, f: torch.Tensor) -> torch.Tensor:
         """Raw features (..., T, D) of any float dtype -> float32 (f - mean) / std."""
         if f.shape[-2:] != (self.tokens, self.feature_dim):
             raise ValueError(f"features of shape {tuple(f.shape)!r}, expected (..., {self.tokens}, {self.feature_dim})")
         return (f.float() - self.feat_mean) / self.feat_std
 
-    def _noisy(self, x: torch.Tensor, sigma: float) -> torch.Tensor:
-        return x + sigma * torch.randn_like(x) if self.training and sigma > 0 else x
+    def _augment(self, x: torch.Tensor, sigma: float, drop: float) -> torch.Tensor:
+        """Training-time token-space augmentation of standardised features (..., T, D)."""
+        if not self.training:
+            return x
+        if sigma > 0:
+            x = x + sigma * torch.randn_like(x)
+        if drop > 0:
+            x = x * (torch.rand(x.shape[:-1], device=x.device) >= drop).unsqueeze(-1).to(x.dtype)
+        return x
 
     # ---- IDM + bottleneck ----------------------------------------------------------------
 
-    def encode(self, f_t: torch.Tensor, f_tk: torch.Tensor) -> LatentOut:
-        """Raw features (B, T, D) of both frames -> latent action (IDM + bottleneck)."""
-        return self._encode(self.standardize(f_t), self.standardize(f_tk))
+    def encode(self, f_t: torch.Tensor, f_tk: torch.Tensor, f_mid: torch.Tensor | None = None) -> LatentOut:
+        """Raw features (B, T, D) of both frames (and (B, idm_frames - 2, T, D) of the frames
+        between, for a multi-frame IDM) -> latent action (IDM + bottleneck)."""
+        return self._encode(self.standardize(f_t), self.standardize(f_tk),
+                            None if f_mid is None else self.standardize(f_mid))
 
-    def _encode(self, x_t: torch.Tensor, x_tk: torch.Tensor) -> LatentOut:
+    def _encode(self, x_t: torch.Tensor, x_tk: torch.Tensor, x_mid: torch.Tensor | None = None) -> LatentOut:
         B, Q, C = x_t.shape[0], self.cfg.queries, self.cfg.code_dim
-        x_t, x_tk = self._noisy(x_t, self.cfg.idm_noise), self._noisy(x_tk, self.cfg.idm_noise)
-        h = torch.cat([
-            self.queries.expand(B, -1, -1),  # (B, Q, W)
-            self.idm_proj(x_t) + self.idm_pos + self.frame_emb[0],  # (B, T, W)
-            self.idm_proj(x_tk) + self.idm_pos + self.frame_emb[1],  # (B, T, W)
-        ], dim=1)
+        between = self.cfg.idm_frames - 2
+        if between and (x_mid is None or x_mid.shape[1] != between):
+            raise ValueError(f"this IDM sees {self.cfg.idm_frames} frames: pass f_mid of shape (B, {between}, T, D)"
+                             f", got {None if x_mid is None else tuple(x_mid.shape)!r}")
+        frames = [x_t, *(x_mid.unbind(1) if between else ()), x_tk]
+        aug = (self.cfg.idm_noise, self.cfg.idm_token_drop)
+        h = torch.cat([self.queries.expand(B, -1, -1)]  # (B, Q, W), then (B, T, W) per frame
+                      + [self.idm_proj(self._augment(x, *aug)) + self.idm_pos + self.frame_emb[i]
+                         for i, x in enumerate(frames)], dim=1)
         for layer in self.idm_layers:
             h = layer(h)
         e = self.idm_head(self.idm_norm(h[:, :Q])).float()  # (B, Q, 2C | C)
@@ -247,28 +294,43 @@ class LaWM(nn.Module):
 
     # ---- FDM -----------------------------------------------------------------------------
 
-    def decode(self, f_t: torch.Tensor, z: torch.Tensor) -> torch.Tensor:
-        """Raw f_t (B, T, D) and z (B, Z) -> predicted standardised f_{t+k} (B, T, D), float32."""
-        return self._decode(self.standardize(f_t), z)
+    def decode(self, f_t: torch.Tensor, z: torch.Tensor, instruction: list[str | None] | None = None) -> torch.Tensor:
+        """Raw f_t (B, T, D), z (B, Z) (and the instructions, for an instruction-conditioned
+        FDM) -> predicted standardised f_{t+k} (B, T, D), float32."""
+        return self._decode(self.standardize(f_t), z, instruction)
 
-    def _decode(self, x_t: torch.Tensor, z: torch.Tensor) -> torch.Tensor:
+    def _condition(self, z: torch.Tensor, instruction: list[str | None] | None) -> torch.Tensor:
+        if self.fdm_lang is None:
+            return z
+        assert self.tokenizer is not None
+        if instruction is None or len(instruction) != z.shape[0]:
+            raise ValueError("this FDM is conditioned on the instruction (fdm_instruction): pass one per pair")
+        ids, offsets = self.tokenizer(list(instruction))
+        return torch.cat([z, self.fdm_lang(ids.to(z.device), offsets.to(z.device)).to(z.dtype)], dim=1)
+
+    def _decode(self, x_t: torch.Tensor, z: torch.Tensor, instruction: list[str | None] | None = None) -> torch.Tensor:
         if z.shape != (x_t.shape[0], self.latent_dim):
             raise ValueError(f"z of shape {tuple(z.shape)!r}, expected ({x_t.shape[0]}, {self.latent_dim})")
-        h = self.fdm_proj(self._noisy(x_t, self.cfg.fdm_noise)) + self.fdm_pos  # (B, T, W)
+        c = self._condition(z, instruction)
+        h = self.fdm_proj(self._augment(x_t, self.cfg.fdm_noise, self.cfg.fdm_token_drop)) + self.fdm_pos  # (B, T, W)
         for block in self.fdm_blocks:
-            h = block(h, z)
-        shift, scale = self.fdm_final_mod(z).unsqueeze(1).chunk(2, dim=-1)  # (B, 1, W) each
+            h = block(h, c)
+        shift, scale = self.fdm_final_mod(c).unsqueeze(1).chunk(2, dim=-1)  # (B, 1, W) each
         delta = self.fdm_out(self.fdm_norm(h) * (1 + scale) + shift)  # (B, T, D)
         return x_t + delta.float()  # residual on the clean f_t: the noise only hides input details
 
     # ---- training / labelling ------------------------------------------------------------
 
     def forward(self, f_t: torch.Tensor, f_tk: torch.Tensor, state_delta: torch.Tensor | None = None,
-                state_mask: torch.Tensor | None = None) -> LaWMOutput:
-        """Raw features (B, T, D) of both frames (+ optional state change (B, S), mask (B,)) -> loss."""
+                state_mask: torch.Tensor | None = None, *, f_mid: torch.Tensor | None = None,
+                actions: torch.Tensor | None = None, action_mask: torch.Tensor | None = None,
+                instruction: list[str | None] | None = None) -> LaWMOutput:
+        """Raw features (B, T, D) of both frames (+ optional state change (B, S) and its row mask
+        (B,); the frames between (B, idm_frames - 2, T, D); the action chunk (B, H, A) and its
+        step mask (B, H), False for rows without actions; the instructions) -> loss."""
         x_t, x_tk = self.standardize(f_t), self.standardize(f_tk)
-        lat = self._encode(x_t, x_tk)
-        pred = self._decode(x_t, lat.z)
+        lat = self._encode(x_t, x_tk, None if f_mid is None else self.standardize(f_mid))
+        pred = self._decode(x_t, lat.z, instruction)
         forward_loss = F.mse_loss(pred, x_tk)
         reg_name, reg_weight = ("kl", self.cfg.kl_beta) if self.cfg.bottleneck == "vae" else ("vq", 1.0)
         loss = forward_loss + reg_weight * lat.reg
@@ -279,6 +341,11 @@ class LaWM(nn.Module):
             loss = loss + self.cfg.aux_weight * aux
             if state_delta is not None:
                 parts["aux"] = aux
+        if self.action_head is not None:
+            act = self._action_loss(lat.z, actions, action_mask)
+            loss = loss + self.cfg.action_weight * act
+            if actions is not None:
+                parts["action"] = act
         if lat.codes is not None:
             hist = torch.bincount(lat.codes.flatten(), minlength=self.cfg.vq_codes).float()
             p = hist / hist.sum()
@@ -302,12 +369,24 @@ class LaWM(nn.Module):
         per_row = (pred - target).square().mean(dim=1)  # (B,)
         return (per_row * mask).sum() / mask.sum().clamp_min(1)
 
+    def _action_loss(self, z: torch.Tensor, actions: torch.Tensor | None,
+                     action_mask: torch.Tensor | None) -> torch.Tensor:
+        """Masked mean over valid chunk steps of the MSE of z -> standardised action chunk."""
+        assert self.action_head is not None
+        pred = self.action_head(z).float().view(-1, self.horizon, self.action_dim)  # (B, H, A)
+        if actions is None or action_mask is None or actions.shape[1:] != pred.shape[1:]:
+            return pred.sum() * 0.0  # no actions in this batch (human video only): keep the graph whole
+        mask = action_mask.to(device=z.device, dtype=torch.float32)  # (B, H)
+        target = (actions.float() - self.action_mean) / self.action_std
+        per_step = (pred - torch.where(mask[..., None] > 0, target, 0.0)).square().mean(-1)  # (B, H)
+        return (per_step * mask).sum() / mask.sum().clamp_min(1)
+
     @torch.inference_mode()
-    def latent(self, f_t: torch.Tensor, f_tk: torch.Tensor) -> torch.Tensor:
+    def latent(self, f_t: torch.Tensor, f_tk: torch.Tensor, f_mid: torch.Tensor | None = None) -> torch.Tensor:
         """Deterministic latent action (B, Z) float32 in eval mode: what labelling stores."""
         was_training = self.training
         self.eval()
         try:
-            return self.encode(f_t, f_tk).mu.float()
+            return self.encode(f_t, f_tk, f_mid).mu.float()
         finally:
             self.train(was_training)

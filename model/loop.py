@@ -4,7 +4,12 @@
 
 Promises (shared by `lawam train-lam` and `lawam distill`):
 - **Pinned data.** The run resolves the store's newest commit once, at the start, and every
-  worker reopens exactly that `(uri, version)`; the card records it.
+  worker reopens exactly that `(uri, version)`; the card records it. The run holds that
+  version against `lawam gc` while it runs (a lease, `pipeline.store.leases`), and a finished
+  run tags it (`<kind>-<weights sha256[:12]>`, in the card's `store.tag`) unless
+  `keep_version=False`: the card's version always reopens.
+- **Always re-runnable.** A run that fails with no checkpoint to resume from leaves nothing
+  behind in its folder; one with a checkpoint is continued (`resume`) or replaced (`force`).
 - **One loop.** `workers > 1` runs the very same `_loop` under Ray Train's `TorchTrainer`
   (DDP: gloo on CPU, NCCL on GPU); there is no hand-made distributed code. Each rank reads
   its own shard of every epoch (`model.data`).
@@ -24,6 +29,7 @@ import json
 import logging
 import math
 import os
+import shutil
 import signal
 import threading
 import time
@@ -36,7 +42,9 @@ from typing import Any, Protocol
 import torch
 
 from model.checkpoint import (
+    CARD,
     RESUME,
+    WEIGHTS,
     CheckpointError,
     load_resume_state,
     load_weights,
@@ -46,7 +54,9 @@ from model.checkpoint import (
 )
 from model.data import PairDataset, pair_loader, rank_and_world
 from pipeline.store import FeatureStore
-from pipeline.store.pairs import PairQuery
+from pipeline.store.leases import hold_version
+from pipeline.store.maintenance import keep_version
+from pipeline.store.pairs import PairQuery, PairReader
 from schemas.cards import CARD_TYPES, Card, StoppedRun, StoreRef
 from schemas.training import OptimConfig
 
@@ -120,7 +130,8 @@ class RunSpec:
     device: str = "auto"
     stop_at: int | None = None  # stop (resumably) after this step, as an interrupted run would
     workers: int = 1
-    name: str = "train"  # progress-bar label
+    name: str = "train"  # progress-bar label; the lease's purpose
+    keep_version: bool = True  # tag the version a finished run read, so gc never expires it
 
 
 def lr_lambda(o: OptimConfig):
@@ -273,7 +284,7 @@ def log_row(out: Path, tb, row: dict[str, float]) -> None:
     if tb is not None:
         for k, v in row.items():
             if k != "step":
-                tb.add_scalar(f"train/{k}", v, row["step"])
+                tb.add_scalar(k if "/" in k else f"train/{k}", v, row["step"])  # eval/* rows keep theirs
 
 
 def _evaluate(recipe: Recipe, core: torch.nn.Module, data: Any, out: Path, tb, step: int) -> dict[str, float]:
@@ -303,9 +314,10 @@ def _finish(core: torch.nn.Module, spec: RunSpec, store: FeatureStore, out: Path
 
     core = core.cpu()
     sha = save_weights(core, out)
+    tag = keep_version(store.uri, store.version, f"{spec.recipe.kind}-{sha[:12]}") if spec.keep_version else None
     card = CARD_TYPES[spec.recipe.kind](
         lawam_version=lawam_version(), created_at=datetime.now(UTC).isoformat(timespec="seconds"),
-        store=StoreRef(uri=store.uri, version=store.version), encoder=store.encoder,
+        store=StoreRef(uri=store.uri, version=store.version, tag=tag), encoder=store.encoder,
         token_shape=store.token_shape, config=spec.recipe.cfg.model_dump(mode="json"),
         steps=step, wall_time_s=round(wall, 2), pairs_per_s=round(pairs_per_s, 1), workers=spec.workers,
         device=str(device_for(spec.device)), metrics=metrics, weights_sha256=sha,
@@ -330,20 +342,62 @@ def resolve_version(store_uri: str, version: str | None) -> str:
     return FeatureStore.open(store_uri, version).version
 
 
+# What a run writes into its folder; `_clear` removes these and nothing else.
+RUN_FILES = (RESUME, WEIGHTS, CARD, "metrics.jsonl", "tb", "metrics.png", "curves.png", "ray")
+
+
+def _has_checkpoint(out: Path) -> bool:
+    """Whether `out` holds a checkpoint `--resume` can continue from."""
+    return (out / RESUME / "trainer.json").is_file() and (out / RESUME / "rank0.pt").is_file()
+
+
+def _clear(out: Path, remove_dir: bool = False) -> None:
+    """Remove a run's files from `out` (the folder itself too when `remove_dir` and it is left empty)."""
+    for name in RUN_FILES:
+        path = out / name
+        if path.is_dir() and not path.is_symlink():
+            shutil.rmtree(path)
+        elif path.exists() or path.is_symlink():
+            path.unlink()
+    if remove_dir and out.is_dir() and not any(out.iterdir()):
+        out.rmdir()
+
+
 def run(recipe: Recipe, store_uri: str, out_dir: str | Path, *, version: str | None = None,
-        resume: bool = False, workers: int = 1, progress: ProgressFactory | bool | None = None,
-        device: str = "auto", stop_at: int | None = None, name: str = "train",
-        saved_config: Callable[[dict], Any] | None = None, steps: int | None = None) -> Card | StoppedRun:
+        resume: bool = False, force: bool = False, keep_version: bool = True, workers: int = 1,
+        progress: ProgressFactory | bool | None = None, device: str = "auto", stop_at: int | None = None,
+        name: str = "train", saved_config: Callable[[dict], Any] | None = None,
+        steps: int | None = None) -> Card | StoppedRun:
     """Train `recipe` on the store at `version` (default: its newest commit) and return its card.
 
+    The run holds that version against `lawam gc` while it runs (a lease), and a finished run
+    tags it for good (`keep_version`), so its card's version always reopens.
+
     On `resume`, the run's saved config (rebuilt by `saved_config`, with `steps` overriding
-    its step count when given) replaces the recipe's: the same run continues."""
+    its step count when given) replaces the recipe's: the same run continues. A folder with
+    nothing to resume starts a fresh run (with a warning); `force` replaces the run the folder
+    holds. A run that fails with no checkpoint to resume from leaves nothing behind, so the
+    same command can always be run again."""
     out = Path(out_dir)
+    finished, resumable = (out / CARD).exists(), _has_checkpoint(out)
+    if force and (finished or resumable):
+        log.warning("%s: replacing the training run it holds (--force)", out)
+        _clear(out)
+    elif resume and not resumable and finished:  # a finished model is never wiped without --force
+        raise CheckpointError(f"{out}: holds a finished run (card.json) with no checkpoint in {RESUME}/ to continue "
+                              "from; --force replaces it, or use another --out")
+    elif resume and not resumable:
+        log.warning("%s: nothing to resume (no checkpoint in %s/): starting a fresh run", out, RESUME)
+        resume = False
+        _clear(out)
+    elif not resume and (finished or resumable):
+        what = "a finished run (card.json)" if finished else f"a stopped run (a checkpoint in {RESUME}/)"
+        raise CheckpointError(f"{out}: holds {what}; --resume continues it, --force replaces it, or use another --out")
+    elif not resume and any((out / f).exists() for f in RUN_FILES):
+        log.info("%s: removing what a run that died before its first checkpoint left", out)
+        _clear(out)
     if resume:
-        trainer_json = out / RESUME / "trainer.json"
-        if not trainer_json.is_file():
-            raise CheckpointError(f"{out}: nothing to resume (no {RESUME}/trainer.json); run without --resume")
-        saved = json.loads(trainer_json.read_text())
+        saved = json.loads((out / RESUME / "trainer.json").read_text())
         if saved.get("kind", recipe.kind) != recipe.kind:
             raise CheckpointError(f"{out}: holds a {saved['kind']!r} run, not a {recipe.kind!r} one")
         version = version or saved["version"]
@@ -356,18 +410,23 @@ def run(recipe: Recipe, store_uri: str, out_dir: str | Path, *, version: str | N
             if steps is not None:
                 config = {**config, "optim": {**config["optim"], "steps": steps}}
             recipe = recipe.with_config(saved_config(config))
-    elif (out / "card.json").exists() or (out / RESUME).exists():
-        raise CheckpointError(f"{out}: holds a training run already; use --resume or another --out")
-    spec = RunSpec(recipe, store_uri, resolve_version(store_uri, version), str(out), resume,
-                   progress if callable(progress) else None, device, stop_at, workers, name)
-    out.mkdir(parents=True, exist_ok=True)
-    (out / RESUME).mkdir(exist_ok=True)
-    (out / RESUME / "trainer.json").write_text(json.dumps(
-        {"kind": recipe.kind, "version": spec.version, "store": store_uri,
-         "config": recipe.cfg.model_dump(mode="json"), "workers": workers}))
-    if workers <= 1:
-        return _loop(spec)
-    return _train_on_ray(spec)
+    created = not out.exists()
+    with hold_version(store_uri, version, name) as lease:
+        # an impossible k (longer than every episode) fails before anything is written
+        PairReader(FeatureStore.open(store_uri, lease.version), recipe.query("train")).require_pairs()
+        spec = RunSpec(recipe, store_uri, lease.version, str(out), resume,
+                       progress if callable(progress) else None, device, stop_at, workers, name, keep_version)
+        out.mkdir(parents=True, exist_ok=True)
+        (out / RESUME).mkdir(exist_ok=True)
+        (out / RESUME / "trainer.json").write_text(json.dumps(
+            {"kind": recipe.kind, "version": spec.version, "store": store_uri,
+             "config": recipe.cfg.model_dump(mode="json"), "workers": workers}))
+        try:
+            return _loop(spec) if workers <= 1 else _train_on_ray(spec)
+        except BaseException:
+            if not _has_checkpoint(out):  # nothing to resume: leave nothing behind
+                _clear(out, remove_dir=created)
+            raise
 
 
 def _train_on_ray(spec: RunSpec) -> Card | StoppedRun:

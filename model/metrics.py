@@ -52,6 +52,8 @@ import numpy as np
 import torch
 from torch import nn
 
+from schemas.errors import ConfigError
+
 logger = logging.getLogger(__name__)
 
 PairArrays = dict[str, np.ndarray]
@@ -59,8 +61,9 @@ PAIR_KEYS = ("f_t", "f_tk", "episode", "actions", "action_mask", "robot")
 _EPS = 1e-12
 
 
-class MetricsInputError(ValueError):
-    """Pairs handed to `lawm_metrics` are not a valid PairArrays dict."""
+class MetricsInputError(ConfigError):
+    """Pairs handed to `lawm_metrics` are not a valid PairArrays dict (an empty held-out split:
+    raise `pairs.heldout_fraction` or ingest more episodes)."""
 
 
 def lawm_metrics(
@@ -72,6 +75,7 @@ def lawm_metrics(
     seed: int = 0,
     pca_dim: int = 32,
     ridge_alpha: float = 1.0,
+    group_by: str | None = None,
 ) -> dict[str, float]:
     """Held-out metrics of a LaWM; the model's train/eval mode is restored afterwards.
 
@@ -103,6 +107,10 @@ def lawm_metrics(
       train statistics, intercept fitted) fitted on train robot pairs, from z, and — the
       control — from the top-`pca_dim` principal components (fitted on those train pairs)
       of the flattened standardised f_t. See `ridge_r2` for the R² definition.
+    - with `group_by` (a key of `heldout`, e.g. "instruction"), also `probe_r2_z[G]` and
+      `probe_r2_pca[G]` for each group G: the same fitted probes scored on that group's
+      held-out pairs alone (R² around the group's own mean: what the probe tells apart
+      *within* a task, not which task it is).
     - `heldout_pairs`, `heldout_episodes`.
     """
     n = _check_pairs(heldout, "heldout")
@@ -131,7 +139,8 @@ def lawm_metrics(
             if codes is not None:
                 out |= code_stats(codes, int(model.cfg.vq_codes))
             if train is not None:
-                out |= _probes(model, heldout, mu, train, batch_size, device, seed, pca_dim, ridge_alpha)
+                out |= _probes(model, heldout, mu, train, batch_size, device, seed, pca_dim, ridge_alpha,
+                               None if group_by is None else np.asarray(heldout[group_by]))
     finally:
         model.train(was_training)
     out["heldout_pairs"] = float(n)
@@ -183,17 +192,27 @@ def ridge_r2(
     high-variance outputs count more. 0 = no better than the test mean, negative = worse;
     NaN when the test targets are constant.
     """
+    return r2_score(y_test, ridge_predict(x_train, y_train, x_test, alpha))
+
+
+def ridge_predict(x_train: np.ndarray, y_train: np.ndarray, x_test: np.ndarray, alpha: float = 1.0) -> np.ndarray:
+    """Predictions for the test rows of the ridge regression `ridge_r2` describes."""
     x_train, y_train = np.asarray(x_train, np.float64), np.asarray(y_train, np.float64)
-    x_test, y_test = np.asarray(x_test, np.float64), np.asarray(y_test, np.float64)
+    x_test = np.asarray(x_test, np.float64)
     mean, std = x_train.mean(0), x_train.std(0)
     std[std < 1e-8] = 1.0
     xs = (x_train - mean) / std
     y_mean = y_train.mean(0)
     gram = xs.T @ xs + alpha * np.eye(xs.shape[1])
     w = np.linalg.lstsq(gram, xs.T @ (y_train - y_mean), rcond=None)[0]  # lstsq: alpha=0 may be singular
-    pred = ((x_test - mean) / std) @ w + y_mean
-    sst = float(((y_test - y_test.mean(0)) ** 2).sum())
-    return 1.0 - float(((y_test - pred) ** 2).sum()) / sst if sst > 0 else float("nan")
+    return ((x_test - mean) / std) @ w + y_mean
+
+
+def r2_score(y: np.ndarray, pred: np.ndarray) -> float:
+    """1 - SSE / SST over all rows and columns, SST around the mean of `y`; NaN when `y` is constant."""
+    y, pred = np.asarray(y, np.float64), np.asarray(pred, np.float64)
+    sst = float(((y - y.mean(0)) ** 2).sum())
+    return 1.0 - float(((y - pred) ** 2).sum()) / sst if sst > 0 else float("nan")
 
 
 def streaming_pca(
@@ -260,13 +279,27 @@ def _row_batches(rows: np.ndarray, batch_size: int) -> Iterator[np.ndarray]:
         yield rows[start : start + batch_size]
 
 
+def encode_pairs(model: nn.Module, pairs: PairArrays, rows: np.ndarray | None = None,
+                 batch_size: int = 512) -> np.ndarray:
+    """Deterministic z (len(rows), Z) float32 of the pairs at `rows` (default all), in eval mode."""
+    rows = np.arange(len(pairs["f_t"])) if rows is None else rows
+    was_training = model.training
+    model.eval()
+    try:
+        with torch.inference_mode():
+            return _encode(model, pairs, rows, batch_size, _device(model))[0]
+    finally:
+        model.train(was_training)
+
+
 def _encode(
     model: nn.Module, pairs: PairArrays, rows: np.ndarray, batch_size: int, device: torch.device
 ) -> tuple[np.ndarray, np.ndarray | None]:
     """z = mu (len(rows), Z) float32 and codes (len(rows), Q) or None."""
     mus, codes = [], []
     for b in _row_batches(rows, batch_size):
-        out = model.encode(_tensor(pairs["f_t"], b, device), _tensor(pairs["f_tk"], b, device))
+        f_mid = _tensor(pairs["f_mid"], b, device) if "f_mid" in pairs else None
+        out = model.encode(_tensor(pairs["f_t"], b, device), _tensor(pairs["f_tk"], b, device), f_mid)
         mus.append(out.mu.float().cpu().numpy())
         if out.codes is not None:
             codes.append(out.codes.cpu().numpy())
@@ -284,15 +317,21 @@ def _decode_errors(
     """Mean squared error per element of each prediction against standardize(f_tk)."""
     sse = dict.fromkeys(["forward", "copy", "zero_z", *perms], 0.0)
     count = 0
+    conditioned = getattr(model, "fdm_lang", None) is not None  # an FDM that reads the instruction
     for b in _row_batches(np.arange(len(mu)), batch_size):
         f_t = _tensor(pairs["f_t"], b, device)
         target = model.standardize(_tensor(pairs["f_tk"], b, device)).float()  # (B, T, D)
         z = torch.from_numpy(mu[b]).to(device)  # (B, Z)
-        sse["forward"] += _sse(model.decode(f_t, z), target)
+        instr = [str(x) for x in pairs["instruction"][b]] if conditioned else None
+
+        def decode(z: torch.Tensor, f_t=f_t, instr=instr) -> torch.Tensor:
+            return model.decode(f_t, z, instr) if instr is not None else model.decode(f_t, z)
+
+        sse["forward"] += _sse(decode(z), target)
         sse["copy"] += _sse(model.standardize(f_t), target)
-        sse["zero_z"] += _sse(model.decode(f_t, torch.zeros_like(z)), target)
+        sse["zero_z"] += _sse(decode(torch.zeros_like(z)), target)
         for name, perm in perms.items():
-            sse[name] += _sse(model.decode(f_t, torch.from_numpy(mu[perm[b]]).to(device)), target)
+            sse[name] += _sse(decode(torch.from_numpy(mu[perm[b]]).to(device)), target)
         count += target.numel()
     return {k: v / count for k, v in sse.items()}
 
@@ -301,7 +340,7 @@ def _sse(pred: torch.Tensor, target: torch.Tensor) -> float:
     return float(((pred.float() - target) ** 2).sum(dtype=torch.float64))
 
 
-def _probe_rows(pairs: PairArrays) -> np.ndarray:
+def probe_rows(pairs: PairArrays) -> np.ndarray:
     """Robot pairs whose whole action chunk is valid (padding past an episode's end is no target)."""
     valid = np.asarray(pairs["action_mask"], bool).reshape(len(pairs["robot"]), -1).all(axis=1)
     return np.flatnonzero(np.asarray(pairs["robot"], bool) & valid)
@@ -317,9 +356,10 @@ def _probes(
     seed: int,
     pca_dim: int,
     ridge_alpha: float,
+    groups: np.ndarray | None = None,
 ) -> dict[str, float]:
     """Ridge probes z -> action chunk and PCA(f_t) -> action chunk; {} when a side has no robot pairs."""
-    rows_tr, rows_ho = _probe_rows(train), _probe_rows(heldout)
+    rows_tr, rows_ho = probe_rows(train), probe_rows(heldout)
     if len(rows_tr) < 2 or len(rows_ho) < 2:
         logger.info("no probes: %d train / %d held-out robot pairs with a full chunk", len(rows_tr), len(rows_ho))
         return {}
@@ -337,17 +377,25 @@ def _probes(
     mean, axes = streaming_pca(flat_f_t(train, rows_tr), pca_dim, seed=seed)
     pc_tr = np.concatenate([(c - mean) @ axes.T for c in flat_f_t(train, rows_tr)()])
     pc_ho = np.concatenate([(c - mean) @ axes.T for c in flat_f_t(heldout, rows_ho)()])
-    r2_z = ridge_r2(z_tr, y_tr, heldout_mu[rows_ho], y_ho, ridge_alpha)
-    r2_pca = ridge_r2(pc_tr, y_tr, pc_ho, y_ho, ridge_alpha)
+    pred_z = ridge_predict(z_tr, y_tr, heldout_mu[rows_ho], ridge_alpha)
+    pred_pca = ridge_predict(pc_tr, y_tr, pc_ho, ridge_alpha)
+    r2_z, r2_pca = r2_score(y_ho, pred_z), r2_score(y_ho, pred_pca)
     if not (math.isfinite(r2_z) and math.isfinite(r2_pca)):
         logger.warning("no probes: held-out actions are constant, R² is undefined")
         return {}
-    return {
+    out = {
         "probe_r2_z": r2_z,
         "probe_r2_pca": r2_pca,
         "probe_pairs_train": float(len(rows_tr)),
         "probe_pairs_heldout": float(len(rows_ho)),
     }
+    if groups is not None:
+        g_ho = groups[rows_ho]
+        for g in np.unique(g_ho).tolist():
+            m = g_ho == g
+            out[f"probe_r2_z[{g}]"] = r2_score(y_ho[m], pred_z[m])
+            out[f"probe_r2_pca[{g}]"] = r2_score(y_ho[m], pred_pca[m])
+    return out
 
 
 # --- plots ----------------------------------------------------------------------------------
@@ -398,15 +446,14 @@ def plot_metrics(metrics: dict[str, float], path: str | Path, title: str = "LaWM
     return path
 
 
-def curves_png(metrics_jsonl: str | Path, path: str | Path) -> Path:
-    """PNG of training curves: one small panel per numeric key of a metrics.jsonl, against `step`.
+def read_curves(metrics_jsonl: str | Path) -> dict[str, tuple[list[float], list[float]]]:
+    """key -> (steps, values) of a metrics.jsonl, for every numeric key logged at two steps
+    or more: a key logged once (a held-out metric measured only at the end) is a number, not
+    a curve, and is reported as one (the card, the report's table).
 
     Each line is a JSON object with a numeric `step`; every other numeric (non-bool) value is
     a point of its key's curve, so lines logging different keys (train vs eval) mix freely.
-    Lines without `step`, and a line cut short by a writer still appending, are skipped.
-    Positive curves spanning over two decades (loss, lr) get a log y axis.
-    """
-    path = Path(path)
+    Lines without `step`, and a line cut short by a writer still appending, are skipped."""
     series: dict[str, tuple[list[float], list[float]]] = {}
     for i, line in enumerate(Path(metrics_jsonl).read_text().splitlines()):
         if not line.strip():
@@ -423,6 +470,13 @@ def curves_png(metrics_jsonl: str | Path, path: str | Path) -> Path:
                 xs, ys = series.setdefault(key, ([], []))
                 xs.append(float(record["step"]))
                 ys.append(float(value))
+    return {k: v for k, v in series.items() if len(v[0]) > 1}
+
+
+def curves_figure(series: dict[str, tuple[list[float], list[float]]], empty: str = "no curves") -> Any:
+    """One small panel per curve against `step`. Positive curves spanning over two decades
+    (loss, lr) get a log y axis; the y axis never shows an offset ("1e-8 + 1.6931e-3"), and a
+    curve flat to 1 part in 10^4 is drawn flat around its value, not as noise magnified."""
     ncols = max(1, min(4, len(series)))
     nrows = max(1, math.ceil(len(series) / ncols))
     fig = _figure(ncols, nrows, (3.2, 2.4))
@@ -435,10 +489,24 @@ def curves_png(metrics_jsonl: str | Path, path: str | Path) -> Path:
         finite = [y for y in ys if math.isfinite(y)]
         if finite and min(finite) > 0 and max(finite) / min(finite) > 100:
             ax.set_yscale("log")
+        else:
+            ax.ticklabel_format(axis="y", useOffset=False)
+            lo, hi = (min(finite), max(finite)) if finite else (0.0, 0.0)
+            scale = max(abs(lo), abs(hi))
+            if hi - lo <= 1e-4 * scale or scale == 0:  # flat: a band of +-5% (+-1 around 0)
+                pad = 0.05 * scale or 1.0
+                ax.set_ylim(lo - pad, hi + pad)
     for ax in axes[len(series) :]:
         ax.set_axis_off()
     if not series:
-        axes[0].text(0.5, 0.5, f"no numeric metrics in\n{Path(metrics_jsonl).name}", ha="center", va="center")
+        axes[0].text(0.5, 0.5, empty, ha="center", va="center")
+    return fig
+
+
+def curves_png(metrics_jsonl: str | Path, path: str | Path) -> Path:
+    """PNG of the training curves of a metrics.jsonl (`read_curves`, `curves_figure`)."""
+    path = Path(path)
+    fig = curves_figure(read_curves(metrics_jsonl), f"no curves in\n{Path(metrics_jsonl).name}")
     path.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(path, dpi=100)
     return path

@@ -17,7 +17,6 @@ At inference (`PolicyRunner.act`) one trunk pass, one decoder pass and one actio
 
 from __future__ import annotations
 
-import re
 from pathlib import Path
 
 import numpy as np
@@ -26,35 +25,11 @@ from torch import nn
 
 from model.checkpoint import load_weights, read_card
 from model.lawm import LaWM
+from model.text import Tokenizer, build_vocab
 from schemas.cards import POLICY, PolicyCard
 from schemas.training import DistillConfig, LamConfig, PolicyModelConfig
 
 KIND = POLICY  # the kind of card a policy folder holds
-UNK = "<unk>"
-_WORD = re.compile(r"[a-z0-9]+")
-
-
-def words(text: str | None) -> list[str]:
-    return _WORD.findall((text or "").lower())
-
-
-def build_vocab(instructions: list[str | None]) -> list[str]:
-    """Sorted distinct words of the instructions, after the unknown-word token (id 0)."""
-    return [UNK, *sorted({w for text in instructions for w in words(text)})]
-
-
-class Tokenizer:
-    def __init__(self, vocab: list[str]) -> None:
-        self.vocab = list(vocab)
-        self._ids = {w: i for i, w in enumerate(self.vocab)}
-
-    def __call__(self, texts: list[str | None]) -> tuple[torch.Tensor, torch.Tensor]:
-        """(flat ids, offsets) for `nn.EmbeddingBag`; an empty instruction is the unknown word."""
-        ids, offsets = [], []
-        for text in texts:
-            offsets.append(len(ids))
-            ids.extend([self._ids.get(w, 0) for w in words(text)] or [0])
-        return torch.tensor(ids, dtype=torch.long), torch.tensor(offsets, dtype=torch.long)
 
 
 class LaWAMPolicy(nn.Module):
@@ -147,11 +122,11 @@ class LaWAMPolicy(nn.Module):
         """Standardised ẑ (B, Z)."""
         return self.latent_head(pooled).float()
 
-    def subgoal(self, f_t: torch.Tensor, z_std: torch.Tensor) -> torch.Tensor:
+    def subgoal(self, f_t: torch.Tensor, z_std: torch.Tensor, instruction: list[str | None]) -> torch.Tensor:
         """ŝ − standardised f_t, projected: (B, T * subgoal_dim)."""
         assert self.lawm is not None
         z = z_std * self.z_std + self.z_mean
-        s_hat = self.lawm.decode(f_t.float(), z)  # standardised f̂_{t+k}
+        s_hat = self.lawm.decode(f_t.float(), z, instruction)  # standardised f̂_{t+k}
         change = s_hat - self.lawm.standardize(f_t.float())
         return self.sub_proj(change).flatten(1)
 
@@ -162,7 +137,7 @@ class LaWAMPolicy(nn.Module):
         if self.lawm is not None:
             z_hat = self.latent(pooled)
         if self.cfg.subgoal:
-            parts.append(self.subgoal(f_t, z_hat))
+            parts.append(self.subgoal(f_t, z_hat, instruction))
         return torch.cat(parts, dim=1), z_hat
 
     def chunk(self, cond: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
@@ -213,7 +188,8 @@ def policy_from_card(card: PolicyCard) -> LaWAMPolicy:
     lawm = None
     if card.lawm is not None:
         lam_cfg = LamConfig.model_validate(card.lawm.config)
-        lawm = LaWM(lam_cfg.model, tokens=tokens, feature_dim=dim, state_dim=card.lawm.state_dim)
+        lawm = LaWM(lam_cfg.model, tokens=tokens, feature_dim=dim, state_dim=card.lawm.state_dim,
+                    action_dim=card.lawm.action_dim, horizon=card.lawm.horizon, vocab=card.lawm.vocab)
     return LaWAMPolicy(cfg.model, tokens=tokens, feature_dim=dim, state_dim=card.state_dim,
                        action_dim=card.action_dim, horizon=card.horizon, vocab=card.vocab, lawm=lawm)
 

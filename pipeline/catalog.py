@@ -1,13 +1,18 @@
-"""What a store holds, per source: the catalog summary behind `lawam catalog`."""
+"""What a store holds, per source: the catalog summary behind `lawam catalog`, curation sets
+included (hours kept and dropped per source, and why: `pipeline.curation.decisions`)."""
 
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass, field
+from pathlib import Path
 
 import pyarrow.compute as pc
+import pyarrow.parquet as pq
 
+from pipeline.curation.decisions import decisions_table, examples, source_hours
 from pipeline.store import FeatureStore, list_label_sets
-from schemas import EpisodeStatus
+from pipeline.store.curation import CurationSet, list_curation_sets
+from schemas import ConfigError, EpisodeStatus
 from schemas.identity import EncoderIdentity
 
 
@@ -30,6 +35,9 @@ class CatalogSummary:
     # source, episode_id, uri, reason, failed_since (first failure, UTC), failures (attempts that failed)
     quarantined: list[dict] = field(default_factory=list)
     label_sets: list[dict] = field(default_factory=list)  # id, labelled, stale, episodes, coverage, lam_dir, ...
+    # id, curated, stale, episodes, sources (per source: hours, kept_h, duplicate_h, static_h, idle_h,
+    # uncurated_h, dropped_episodes), examples (reason, episode, what)
+    curation_sets: list[dict] = field(default_factory=list)
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -56,4 +64,25 @@ def summarize(uri: str, version: str | None = None) -> CatalogSummary:
          "dim": ls.attrs.get("dim")}
         for ls in list_label_sets(store)
     ]
+    for cs in list_curation_sets(store):
+        decisions = decisions_table(store, cs)
+        summary.curation_sets.append({"id": cs.id, "curated": len(cs.keys), "stale": cs.stale, "episodes": len(store),
+                                      "sources": source_hours(decisions), "examples": examples(decisions)})
     return summary
+
+
+def export_decisions(uri: str, version: str, path: str | Path, set_id: str | None = None) -> int:
+    """Write the per-episode decisions of curation set `set_id` (default: the store's only one)
+    at `version` to Parquet (CURATION_DECISIONS_SCHEMA); returns the number of rows."""
+    store = FeatureStore.open(uri, version)
+    sets = list_curation_sets(store)
+    if set_id is None:
+        if len(sets) != 1:
+            have = [s.id for s in sets] or "none; run `lawam curate` first"
+            raise ConfigError(f"store {uri!r} has {len(sets)} curation sets ({have}): name one with --curation")
+        cset = sets[0]
+    else:
+        cset = CurationSet.open(store, set_id)
+    table = decisions_table(store, cset)
+    pq.write_table(table, path)
+    return table.num_rows

@@ -8,12 +8,19 @@ picklable object with `set_id`, `attrs`, `k_seconds`, `encoder` and, called on a
 returning a function `(f_t, f_tk) -> z` or `-> (z, codes)` over numpy batches.
 
 1. plan    — under the store's writer lock, the episodes of the newest commit that lack
-             current labels of this set (never labelled, or redone since). Nothing to do:
-             no Ray, no model, no commit.
+             current labels of this set (never labelled, or redone since), and those asked
+             for again (`redo`, `damaged`: labels unreadable or not finite). Nothing to do:
+             no Ray, no model, no commit. The version read is leased against `lawam gc`.
+   probe   — the model runs on the pairs of the first episodes in this process; NaN or inf
+             refuses it before any actor starts (and `LabelWriter.put` refuses any later z
+             that is not finite: the run stops, nothing is committed).
 2. infer   — `LabelActor`s (one per GPU, else one using every core) reopen the store by
              `(uri, version)`, read whole episodes and run the model on batches of pairs
              (t, t + k) with k = k_seconds at the episode's rate. At most two tasks per actor
-             are in flight (backpressure); features never pass through the driver.
+             are in flight (backpressure); features never pass through the driver. When Ray
+             would add no hardware (one machine, at most one GPU, one actor) the same step
+             runs in this process instead: an actor's start (a process importing torch and
+             loading the model) was most of what labelling cost beyond a plain torch loop.
 3. write   — the driver buffers the labels and publishes them in one commit at the end: a
              run killed mid-way leaves no label of that run visible.
 """
@@ -24,6 +31,7 @@ import logging
 import os
 import time
 from collections import deque
+from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import Any, Protocol
 
@@ -32,8 +40,10 @@ import numpy as np
 from pipeline.progress import progress_bar
 from pipeline.ray_runtime import ensure_ray
 from pipeline.store import FeatureStore
-from pipeline.store.labels import LabelWriter
+from pipeline.store.labels import LabelWriter, NonFiniteLabelsError
+from pipeline.store.leases import hold_version
 from pipeline.store.pairs import PairQuery, PairReader
+from pipeline.store.verify import damaged_labels
 from schemas.identity import EncoderIdentity
 
 log = logging.getLogger(__name__)
@@ -57,6 +67,7 @@ class LabelReport:
     episodes: int = 0  # labelled in this run
     pairs: int = 0
     skipped: int = 0  # already had current labels
+    redone: int = 0  # asked to be labelled again (`redo`, `damaged`), among `episodes`
     seconds: float = 0.0
 
     @property
@@ -65,7 +76,8 @@ class LabelReport:
 
     def to_markdown(self) -> str:
         rows = [("label set", f"`{self.set_id}`"), ("episodes labelled", self.episodes),
-                ("episodes skipped (labels current)", self.skipped), ("pairs", self.pairs),
+                ("episodes skipped (labels current)", self.skipped),
+                ("episodes relabelled on request", self.redone), ("pairs", self.pairs),
                 ("throughput", f"{self.pairs_per_s:.0f} pairs/s"),
                 ("store version", f"{self.version_before} → {self.version_after or '(unchanged)'}")]
         return f"## Labels in `{self.store}`\n\n| | |\n|---|---|\n" + "".join(f"| {a} | {b} |\n" for a, b in rows)
@@ -138,29 +150,52 @@ def _tasks(store: FeatureStore, keys: list[str], pairs_per_task: int) -> list[li
     return out
 
 
-def label_store(uri: str, labeler: Labeler, *, version: str | None = None, num_actors: int | None = None,
-                batch_pairs: int = 1024, pairs_per_task: int = 8192, use_ray: bool = True,
-                progress: bool = True) -> LabelReport:
+PROBE_EPISODES = 2  # episodes whose pairs make the probe batch
+
+
+def _probe(store: FeatureStore, labeler: Labeler, keys: list[str], batch_pairs: int, made_by: str):
+    """(reader, fn) of the labeler, once its output on the pairs of the first episodes to label
+    (a probe batch) is finite: a broken model is refused before any actor starts."""
+    reader, fn = pair_reader(store, labeler.k_seconds), labeler()
+    for key, _, _, z, _ in _label_episodes(reader, fn, keys[:PROBE_EPISODES], batch_pairs):
+        bad = int(z.size - np.isfinite(z).sum())
+        if bad:
+            raise NonFiniteLabelsError(
+                f"{made_by} gives NaN or inf on a probe batch ({bad} of {z.size} latent values of episode {key}): "
+                f"the model is broken (restore its weights or train it again); nothing was labelled")
+    return reader, fn
+
+
+def label_store(uri: str, labeler: Labeler, *, version: str | None = None, redo: Iterable[str] = (),
+                damaged: bool = False, num_actors: int | None = None, batch_pairs: int = 1024,
+                pairs_per_task: int = 8192, use_ray: bool | None = None, progress: bool = True) -> LabelReport:
     """Label every episode of the store (at `version`, default the newest) that lacks current
-    labels of `labeler.set_id`; one new commit. `use_ray=False` runs in this process."""
+    labels of `labeler.set_id`, plus the episodes of `redo` and, with `damaged`, those whose
+    labels are unreadable or not finite (relabelled into the same set); one new commit.
+    `use_ray=False` runs in this process; None (the default) uses Ray only where it adds
+    hardware (`ray_adds_hardware`)."""
     t0 = time.monotonic()
-    with LabelWriter.open(uri, labeler.set_id, labeler.attrs) as writer:
-        store = FeatureStore.open(uri, version or writer.parent_version)
+    with LabelWriter.open(uri, labeler.set_id, labeler.attrs) as writer, \
+            hold_version(uri, version or writer.parent_version, "label") as lease:
+        store = FeatureStore.open(uri, lease.version)
         if store.encoder is not None:
             store.encoder.require_same(labeler.encoder, ours=f"store {uri!r}",
                                        theirs=f"the LaWM of label set {labeler.set_id}",
                                        fix="labels would be meaningless; label a store of the LaWM's encoder")
-        todo = writer.todo(store)
+        again = set(redo) | (set(damaged_labels(store, labeler.set_id)) if damaged else set())
+        todo = writer.todo(store, again)
         report = LabelReport(uri, labeler.set_id, writer.parent_version, None, skipped=len(store) - len(todo))
+        report.redone = len(again)
         if not todo:
             report.seconds = time.monotonic() - t0
             return report
+        reader, fn = _probe(store, labeler, todo, batch_pairs, writer.made_by)
         tasks = _tasks(store, todo, pairs_per_task)
         with progress_bar("label", total=len(todo), enabled=progress, unit="episodes") as bar:
-            if use_ray:
+            if ray_adds_hardware(num_actors) if use_ray is None else use_ray:
+                del reader, fn  # the actors load their own
                 results = _run_ray(store, labeler, tasks, num_actors, batch_pairs)
             else:
-                reader, fn = pair_reader(store, labeler.k_seconds), labeler()
                 results = (_label_episodes(reader, fn, keys, batch_pairs) for keys in tasks)
             for batch in results:
                 for key, h, k, z, codes in batch:
@@ -172,6 +207,17 @@ def label_store(uri: str, labeler: Labeler, *, version: str | None = None, num_a
                                              {"label_set": labeler.set_id, "read_version": store.version})
     report.seconds = time.monotonic() - t0
     return report
+
+
+def ray_adds_hardware(num_actors: int | None) -> bool:
+    """Whether actors would run on more than this process has: several actors asked for, a
+    Ray cluster named (`RAY_ADDRESS`), or several GPUs here. Otherwise one actor on this
+    machine only adds its start-up (measured: benchmarks/bench_label.py)."""
+    if (num_actors or 1) > 1 or os.environ.get("RAY_ADDRESS"):
+        return True
+    import torch
+
+    return torch.cuda.device_count() > 1
 
 
 def _run_ray(store: FeatureStore, labeler: Labeler, tasks: list[list[str]], num_actors: int | None,

@@ -15,10 +15,12 @@ a `StoppedRun`, resumable with `--resume`.
 
 from __future__ import annotations
 
+from collections.abc import Mapping
+from contextlib import suppress
 from dataclasses import dataclass
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict
+from pydantic import BaseModel, ConfigDict, model_validator
 
 from schemas.identity import EncoderIdentity, label_set_id
 
@@ -36,6 +38,24 @@ class StoreRef(_Record):
 
     uri: str
     version: str
+    tag: str | None = None  # the tag that keeps this version through `lawam gc`; None: not tagged
+
+
+def label_shaping(card: Mapping[str, Any]) -> dict[str, Any]:
+    """The fields of a LaWM card (as a mapping, typed or JSON) that change the labels it writes,
+    in one canonical JSON form: what `label_set_id` hashes beside the weights. Training settings
+    (optim, the pair selection) shaped the weights, which are hashed themselves."""
+    config = card.get("config") or {}
+    return {
+        "k_seconds": float(card["k_seconds"]),
+        "feature_mean": [float(x) for x in card["feature_mean"]],
+        "feature_std": [float(x) for x in card["feature_std"]],
+        "encoder": EncoderIdentity.from_dict(card["encoder"]).to_dict(),
+        "token_shape": [int(x) for x in card["token_shape"]],
+        "state_dim": int(card.get("state_dim") or 0),
+        "latent_dim": int(card["latent_dim"]),
+        "model": config.get("model") if isinstance(config, Mapping) else None,
+    }
 
 
 class LawmLineage(_Record):
@@ -46,12 +66,19 @@ class LawmLineage(_Record):
     store: StoreRef  # the store version the LaWM was trained on
     config: dict[str, Any] | None = None  # its LamConfig (shapes the frozen LaWM inside a policy)
     state_dim: int = 0
+    action_dim: int = 0  # its auxiliary action head's chunk shape (0: no head) ...
+    horizon: int = 0
+    vocab: list[str] | None = None  # ... and the words its instruction-conditioned FDM knows (None: not conditioned)
     k_seconds: float | None = None  # its frame gap: the gap of its labels
+    label_set: str  # the label set its labels go into (`LawmCard.contents_label_set`)
 
-    @property
-    def label_set(self) -> str:
-        """The label set its labels go into."""
-        return label_set_id(self.weights_sha256)
+    @model_validator(mode="before")
+    @classmethod
+    def _legacy_label_set(cls, data: Any) -> Any:
+        # A lineage written before label sets hashed the whole card named its set by the weights.
+        if isinstance(data, Mapping) and not data.get("label_set") and data.get("weights_sha256"):
+            data = {**data, "label_set": label_set_id(str(data["weights_sha256"]))}
+        return data
 
 
 class _Card(_Record):
@@ -80,11 +107,28 @@ class LawmCard(_Card):
 
     kind: Literal["lawm"] = LAWM
     state_dim: int = 0
+    action_dim: int = 0  # chunk shape of the auxiliary action head (0: none; model.action_weight)
+    horizon: int = 0
+    vocab: list[str] | None = None  # words of the instruction-conditioned FDM (None: model.fdm_instruction off)
     latent_dim: int
     k_seconds: float  # the frame gap it was trained at: labels are written at this gap
     feature_mean: list[float]  # (D,) the standardisation its IDM and FDM work in
     feature_std: list[float]
-    label_set: str  # the label set its labels go into
+    label_set: str  # the label set its labels go into, as computed when it was trained
+
+    @model_validator(mode="before")
+    @classmethod
+    def _derive_label_set(cls, data: Any) -> Any:
+        # A card being made (the trainer leaves it out) gets the set of its contents.
+        if isinstance(data, Mapping) and not data.get("label_set") and data.get("weights_sha256"):
+            with suppress(KeyError, TypeError, ValueError):  # a broken card: field validation names the fault
+                data = {**data, "label_set": label_set_id(str(data["weights_sha256"]), label_shaping(data))}
+        return data
+
+    def contents_label_set(self, weights_sha256: str | None = None) -> str:
+        """The label set of this card as it reads now with these weights (default: the card's
+        `weights_sha256`): differs from `label_set` when the card was edited since training."""
+        return label_set_id(weights_sha256 or self.weights_sha256, label_shaping(self.model_dump(mode="json")))
 
 
 class PolicyCard(_Card):
@@ -117,4 +161,4 @@ class StoppedRun:
 
 
 __all__ = ["CARD_TYPES", "LAWM", "POLICY", "Card", "LawmCard", "LawmLineage", "PolicyCard", "StoppedRun",
-           "StoreRef"]
+           "StoreRef", "label_shaping"]

@@ -48,14 +48,21 @@ class EpisodeRef:
     source: str  # SourceSpec.id
     episode_id: str  # unique within the source and stable across runs
     kind: str  # "robot" | "human"
-    uri: str  # the episode's media: a video file, or the HDF5 file holding its images
+    uri: str  # the episode's media: a video file, or the file holding its images (HDF5, a TFRecord shard, a tar)
     content_hash: str  # changes whenever the bytes the episode is read from change
     camera: str | None = None  # camera key the frames come from
     start_s: float = 0.0  # span within the video file (LeRobot v3.0 packs episodes per file)
     end_s: float | None = None  # None = to the end of the file
     fps: float | None = None  # nominal frame rate of the media, when the source says
     instruction: str | None = None
-    image_key: str | None = None  # HDF5 dataset of uint8 (N, H, W, 3) images; None = uri is a video
+    # Where the images are when they are not a video: the HDF5 dataset of uint8 (N, H, W, 3) arrays, or
+    # the RLDS feature holding one encoded image per step; None = the media is a video
+    image_key: str | None = None
+    # (offset, length) in bytes of the episode within `uri` when it is one part of a bigger file: a
+    # webdataset sample's video member inside its tar shard, an RLDS episode's record inside its
+    # TFRecord shard. Read in place: never extracted to disk. None = the whole file.
+    byte_range: tuple[int, int] | None = None
+    format: str | None = None  # SourceSpec.format of the adapter that made it (None: video, or HDF5 arrays)
     actions_uri: str | None = None  # where `load_actions` reads actions from (parquet / HDF5)
     actions_selector: str | None = None  # adapter-specific: episode index, HDF5 group, ...
     action_rate: float | None = None  # Hz, when actions carry no timestamps of their own

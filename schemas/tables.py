@@ -75,12 +75,17 @@ FILES_SCHEMA = pa.schema(
         pa.field("digest", pa.string(), nullable=False),  # what pipeline.sources.hashing.file_digest returns
         # when it was stat'ed for hashing (ns since the epoch); 0 when the object store's checksum was used
         pa.field("hashed_at_ns", pa.int64(), nullable=False),
+        # Files that hold many episodes (RLDS TFRecord shards, webdataset tars): where each episode is
+        # inside the file (byte offsets, ids, step counts), as JSON, valid for exactly this `digest`;
+        # null for other files. A refresh over an unchanged shard reads this instead of the shard.
+        pa.field("records", pa.string()),
     ]
 )
 
 # One row per labelled episode of a label set (`/labels/<set>/index` in the store). A row is
-# current while its content_hash equals the episode's in the store index; a redone episode
-# gets a new hash, so its old labels stop being served and the next `lawam label` redoes them.
+# current while the features it came from are the episode's (its index_row is live, or its
+# content_hash is the episode's); a redone episode gets a new row and hash, so its old labels
+# stop being served and the next `lawam label` redoes them.
 LABEL_INDEX_SCHEMA = pa.schema(
     [
         pa.field("key", pa.string(), nullable=False),  # episode key 'source/episode_id'
@@ -93,5 +98,58 @@ LABEL_INDEX_SCHEMA = pa.schema(
         # The stored /index row of the episode version the labels were computed from (-1: not known):
         # while that row is live the labels are current, found without comparing a string.
         pa.field("index_row", pa.int64(), nullable=False),
+    ]
+)
+
+# One row per curated episode of a curation set (`/curation/<set>/index`). Current like a label
+# set's rows (pipeline.store.derived).
+CURATION_INDEX_SCHEMA = pa.schema(
+    [
+        pa.field("key", pa.string(), nullable=False),  # episode key 'source/episode_id'
+        pa.field("content_hash", pa.string(), nullable=False),  # of the features it was scored from
+        pa.field("shard", pa.string(), nullable=False),  # group under /curation/<set>/shards
+        pa.field("row_start", pa.int64(), nullable=False),  # first row of the episode's motion in the shard
+        pa.field("rows", pa.int64(), nullable=False),  # frames scored (one motion value each)
+        pa.field("emb_row", pa.int64(), nullable=False),  # its row of the shard's embedding array
+        # Order in which episodes were curated: a duplicate group keeps its earliest member, so a
+        # later copy never displaces what training already saw.
+        pa.field("seq", pa.int64(), nullable=False),
+        pa.field("group", pa.string()),  # key of the kept episode of its duplicate group; null: in none
+        pa.field("similarity", pa.float32()),  # cosine to its nearest group member; null: in no group
+        pa.field("static_frames", pa.int64(), nullable=False),  # frames in dropped spans, by reason
+        pa.field("idle_frames", pa.int64(), nullable=False),
+        pa.field("key_hash", pa.uint64(), nullable=False),  # as a label set's rows
+        pa.field("index_row", pa.int64(), nullable=False),
+    ]
+)
+
+# The still spans of a curation set (`/curation/<set>/spans`): frames [start, end) of an episode,
+# dropped from training with the reason. Belong to the index row of the same key.
+CURATION_SPANS_SCHEMA = pa.schema(
+    [
+        pa.field("key", pa.string(), nullable=False),
+        pa.field("start", pa.int64(), nullable=False),  # first frame of the span
+        pa.field("end", pa.int64(), nullable=False),  # frame after its last
+        pa.field("reason", pa.string(), nullable=False),  # static (a picture held) | idle (nothing moves)
+    ]
+)
+
+# `lawam catalog --export`: what a curation set decides for each episode, for pyarrow / DuckDB.
+CURATION_DECISIONS_SCHEMA = pa.schema(
+    [
+        pa.field("episode", pa.string(), nullable=False),  # key
+        pa.field("source", pa.string(), nullable=False),
+        pa.field("kind", pa.string(), nullable=False),
+        pa.field("duration_s", pa.float64(), nullable=False),
+        pa.field("decision", pa.string(), nullable=False),  # keep | trim (spans dropped) | drop | uncurated
+        pa.field("reason", pa.string()),  # duplicate | static | idle | static+idle; null when kept whole
+        pa.field("kept_s", pa.float64(), nullable=False),  # seconds training sees
+        pa.field("static_s", pa.float64(), nullable=False),  # seconds dropped, by reason
+        pa.field("idle_s", pa.float64(), nullable=False),
+        pa.field("duplicate_s", pa.float64(), nullable=False),
+        pa.field("duplicate_of", pa.string()),  # the kept episode of its group, when it is not
+        pa.field("similarity", pa.float32()),
+        pa.field("spans", pa.list_(pa.struct([("start_s", pa.float64()), ("end_s", pa.float64()),
+                                              ("reason", pa.string())]))),
     ]
 )

@@ -31,6 +31,12 @@ class PairsConfig(_Strict):
     # Per-source mixing weights (share of each epoch); empty = in proportion to their pairs.
     weights: dict[str, Annotated[float, Field(ge=0)]] = Field(default_factory=dict)
     seed: int = 0  # shuffles pairs; with the same seed the order of pairs is the same
+    # A curation set of the store (`lawam curate` prints its id, 'cur-...'; `lawam catalog` lists
+    # them). With one: pairs touching its still spans are skipped (drop_idle) and, of each group of
+    # duplicate episodes, only the one it keeps is read (dedup). None: every frame of every episode.
+    curation: str | None = None
+    drop_idle: bool = True
+    dedup: bool = True
 
 
 class LamModelConfig(_Strict):
@@ -48,10 +54,26 @@ class LamModelConfig(_Strict):
     vq_beta: Annotated[float, Field(ge=0)] = 0.25  # vq: commitment weight
     vq_restart_every: Annotated[int, Field(ge=0)] = 100  # vq: steps between dead-code restarts; 0 = never
     aux_weight: Annotated[float, Field(ge=0)] = 0.1  # auxiliary head z -> state change, when state exists
-    # Separate Gaussian noise (in standardised units) on the IDM's and the FDM's inputs, so the
-    # decoder cannot read the future from the latent through shared input details.
+    # Token-space augmentation, separately for the IDM's and the FDM's inputs (training only):
+    # Gaussian noise in standardised units, and a share of tokens zeroed (set to the feature
+    # mean), drawn per pair and per frame. Noise on the IDM's frames hides details z could
+    # smuggle; dropped FDM tokens make the decoder lean on z for what it cannot see.
     idm_noise: Annotated[float, Field(ge=0)] = 0.05
     fdm_noise: Annotated[float, Field(ge=0)] = 0.05
+    idm_token_drop: Annotated[float, Field(ge=0, lt=1)] = 0.0
+    fdm_token_drop: Annotated[float, Field(ge=0, lt=1)] = 0.0
+    # Frames the IDM sees, evenly spaced from t to t+k (2 = the pair only; LAOM's multi-step
+    # IDM): the frames between tell the path, not only where it ends.
+    idm_frames: Annotated[int, Field(ge=2, le=8)] = 2
+    # Auxiliary head z -> the pair's action chunk (pairs.horizon steps at pairs.action_rate),
+    # standardised, on robot episodes that keep their actions (human video has none); 0 = off.
+    action_weight: Annotated[float, Field(ge=0)] = 0.0
+    # Share of robot episodes whose actions that head sees, chosen by a hash of the key (the
+    # same episodes as `lawam distill --action-fraction`).
+    action_fraction: Annotated[float, Field(gt=0, le=1)] = 1.0
+    # Condition the FDM on the instruction (learned word embeddings over the store's
+    # instructions), so z needs not carry the task (UniVLA feeds language to its decoder).
+    fdm_instruction: bool = False
     dropout: Annotated[float, Field(ge=0, lt=1)] = 0.0
 
     @model_validator(mode="after")

@@ -1,4 +1,5 @@
-"""Factories that write tiny real datasets for the tests: videos, LeRobot v2.1 / v3.0, HDF5.
+"""Factories that write tiny real datasets for the tests: videos, LeRobot v2.1 / v3.0, HDF5,
+webdataset shards, and damaged RLDS records / hostile tars.
 
 The LeRobot factories reproduce the files `lerobot` writes (checked against a dataset made
 by lerobot 0.4.4, see tests/fixtures_lerobot/make_real_lerobot.py): same paths, same
@@ -278,3 +279,78 @@ def make_hdf5(
             g.create_dataset("actions", data=acts)
             g.attrs["num_samples"] = n
     return path
+
+
+def make_webdataset(folder: str | Path, shards: Sequence[int] = (3, 2), *, n_frames: int = 10, fps: int = 10,
+                    ext: str = "mp4", codec: str = "libx264", start: int = 0) -> Path:
+    """Shards `{i:05d}.tar` as video2dataset writes them, with the `webdataset` library's own
+    `TarWriter`: per sample `{key}.mp4` (or `ext`), `{key}.json` (video2dataset's fields plus a
+    `caption`) and `{key}.txt`; beside each shard its `.parquet` and `_stats.json`. Keys are
+    `{shard:05d}{sample:04d}`; sample k's frames are grey levels of `seed=k` (`frames_pattern`)."""
+    import webdataset as wds
+
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    clip = folder / f"_clip.{ext}"
+    for s, n in enumerate(shards, start):
+        keys = []
+        with wds.TarWriter(str(folder / f"{s:05d}.tar")) as sink:
+            for k in range(n):
+                key = f"{s:05d}{k:04d}"
+                write_frames(clip, frames_pattern(n_frames, (32, 24), seed=s * 10 + k), fps, codec)
+                meta = {"url": f"https://example.com/{key}.{ext}", "key": key, "status": "success",
+                        "caption": f"caption {key}", "clips": [{"caption": f"clip {key}"}]}
+                sink.write({"__key__": key, ext: clip.read_bytes(), "json": json.dumps(meta).encode(),
+                            "txt": f"text {key}".encode()})
+                keys.append(key)
+        pq.write_table(pa.table({"key": keys, "status": ["success"] * n}), folder / f"{s:05d}.parquet")
+        (folder / f"{s:05d}_stats.json").write_text(json.dumps({"count": n, "successes": n, "failed_to_download": 0}))
+    clip.unlink()
+    return folder
+
+
+def make_hostile_tar(path: Path, video: bytes) -> Path:
+    """A tar whose members `ok.mp4`, `../evil.mp4`, `/abs/evil.mp4` and `sub/../../up.mp4` all
+    hold `video`: a reader that extracted members would write outside its folder."""
+    import io
+    import tarfile
+
+    with tarfile.open(path, "w") as tar:
+        for name in ("ok.mp4", "../evil.mp4", "/abs/evil.mp4", "sub/../../up.mp4"):
+            info = tarfile.TarInfo(name)
+            info.size = len(video)
+            tar.addfile(info, io.BytesIO(video))
+    return path
+
+
+def tfrecord_records(path: Path) -> list:
+    """The records of a TFRecord file (`pipeline.sources.tfrecord.Record`: index, offset, length, data)."""
+    from pipeline.sources.tfrecord import iter_records
+
+    with open(path, "rb") as f:
+        return list(iter_records(f))
+
+
+def rewrite_rlds_record(shard: Path, index: int, change) -> None:
+    """Rewrite record `index` of an RLDS shard through `change(example)` with the `tfrecord`
+    package's writer (valid framing and CRCs: only the content is bad)."""
+    from tfrecord.writer import TFRecordWriter
+
+    from pipeline.sources.tfrecord import Example
+
+    records = tfrecord_records(shard)
+    tmp = shard.with_suffix(".tmp")
+    writer = TFRecordWriter(str(tmp))
+    for rec in records:
+        ex = Example()
+        ex.ParseFromString(rec.data)
+        if rec.index == index:
+            change(ex)
+        datum = {}
+        for key, feat in ex.features.feature.items():
+            kind = feat.WhichOneof("kind")
+            datum[key] = (list(getattr(feat, kind).value), {"bytes_list": "byte", "float_list": "float",
+                                                            "int64_list": "int"}[kind])
+        writer.write(datum)
+    writer.close()
+    tmp.replace(shard)

@@ -7,6 +7,7 @@ import os
 import shutil
 import subprocess
 import sys
+from contextlib import contextmanager
 from pathlib import Path
 
 import pytest
@@ -16,7 +17,7 @@ from flows.cli import app
 from model.checkpoint import read_card
 
 runner = CliRunner()
-COMMANDS = ["samples", "ingest", "catalog", "versions", "demo", "version", "train-lam", "label", "serve"]
+COMMANDS = ["samples", "ingest", "catalog", "curate", "versions", "demo", "version", "train-lam", "label", "serve"]
 
 
 def test_help_lists_every_command():
@@ -78,8 +79,38 @@ def test_ingest_of_a_source_needs_a_store(tmp_path):
     assert "--store" in one_line_error(runner.invoke(app, ["ingest", str(src)]))
 
 
-def test_catalog_of_a_missing_store(tmp_path):
-    assert "no feature store" in one_line_error(runner.invoke(app, ["catalog", str(tmp_path / "none")]))
+@pytest.mark.parametrize("args", [["catalog", "{s}"], ["verify", "{s}"], ["versions", "{s}"], ["gc", "{s}"],
+                                  ["tag", "{s}", "v", "t"], ["train-lam", "--store", "{s}", "--out", "{o}"],
+                                  ["distill", "--store", "{s}", "--out", "{o}", "--no-subgoal"]])
+def test_a_missing_store_is_one_line_exit_2_and_nothing_is_created(tmp_path, args):
+    """Incident: `train-lam`, `catalog` and `verify` on a missing store created STORE/repo/;
+    `verify` then said "damaged ... 1 problems" and exited 4."""
+    store, out = tmp_path / "none", tmp_path / "run"
+    line = one_line_error(runner.invoke(app, [a.format(s=store, o=out) for a in args]))
+    assert "no feature store" in line and str(store) in line
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_verify_of_an_unknown_version_is_one_line_exit_2(tmp_path):
+    """Incident: `lawam verify S --version NOPE` said "damaged ... 1 problems", exit 4."""
+    from tests.stores import SynthSource, write_store
+
+    store = str(tmp_path / "store")
+    write_store(store, [SynthSource("bot", episodes=1, seconds=1.0)])
+    line = one_line_error(runner.invoke(app, ["verify", store, "--version", "NOPE"]))
+    assert "has no version 'NOPE'" in line and f"lawam versions {store}" in line
+
+
+def test_a_version_expired_by_gc_is_one_line_exit_2(tmp_path):
+    from tests.stores import SynthSource, write_store
+
+    store = str(tmp_path / "store")
+    old = write_store(store, [SynthSource("bot", episodes=1, seconds=1.0)])
+    write_store(store, [SynthSource("bot", episodes=2, seconds=1.0)])
+    assert runner.invoke(app, ["gc", store, "--older-than", "0"]).exit_code == 0
+    for cmd in ("verify", "catalog"):
+        line = one_line_error(runner.invoke(app, [cmd, store, "--version", old]))
+        assert f"has no version {old!r}" in line and "expired by `lawam gc`" in line
 
 
 def test_samples_with_an_unknown_task(tmp_path):
@@ -96,18 +127,20 @@ def test_ingest_of_broken_yaml_names_file_and_line(tmp_path):
     assert "src.yaml: not valid YAML at line" in ingest_error(tmp_path, "id: a\nkind: [robot\n")
 
 
-def test_demo_runs_the_chain_writes_the_report_and_again_redoes_nothing(tmp_path):
+def test_demo_runs_the_chain_writes_the_report_and_again_redoes_nothing(prefect_server, ray_local, tmp_path):
     """The README's `make demo` at its smallest, in a fresh process as a user runs it: render →
     ingest → train-lam → label → distill → eval as the Prefect flow `lawam_chain`, then the
-    catalog and report.html. The second run renders, ingests, labels and trains nothing.
-    The policy it made then runs at batch 1 (`lawam latency`)."""
+    catalog and report.html. The second run renders, ingests, labels and trains nothing: what
+    it reuses is on disk, so it runs in this process (its Ray, the Prefect harness), as do
+    `lawam latency` on the policy the first run made (batch 1)."""
     out = tmp_path / "demo"
-    cmd = [sys.executable, "-m", "flows.cli", "demo", str(out), "--episodes-per-task", "1", "--lam-steps", "20",
-           "--policy-steps", "20", "--eval-tasks", "reach-v3", "--eval-episodes", "1", "--eval-max-steps", "6",
-           "--latency-calls", "0", "--no-progress"]
+    args = ["demo", str(out), "--episodes-per-task", "1", "--lam-steps", "20", "--policy-steps", "20",
+            "--eval-tasks", "reach-v3", "--eval-episodes", "1", "--eval-max-steps", "6", "--latency-calls", "0",
+            "--no-progress"]
     env = {**os.environ, "NO_COLOR": "1", "COLUMNS": "200", "OMP_NUM_THREADS": "1"}
     repo = Path(__file__).resolve().parents[1]
-    first = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=900, cwd=repo)
+    first = subprocess.run([sys.executable, "-m", "flows.cli", *args], capture_output=True, text=True, env=env,
+                           timeout=900, cwd=repo)
     assert first.returncode == 0, first.stdout[-3000:] + first.stderr[-3000:]
     # 5 tasks x 1 robot episode + 2 x 2 human clips, every one labelled
     assert "+9 episodes" in first.stdout and "0 quarantined" in first.stdout, first.stdout[-3000:]
@@ -117,7 +150,8 @@ def test_demo_runs_the_chain_writes_the_report_and_again_redoes_nothing(tmp_path
     html = (out / "report.html").read_text()
     for stage in ("ingest", "train_lam", "label", "distill", "evaluate", "Hours per source", "metaworld"):
         assert stage in html, stage
-    assert html.count("data:image/png;base64,") == 3  # stage-1 curves and metrics, success rates
+    assert html.count("data:image/png;base64,") == 2  # stage-1 curves, success rates (metrics: a table)
+    assert html.index("Closed-loop success:") < html.index("Hours per source") and str(out) not in html
 
     [lam] = list((out / "runs").glob("lam-*"))
     [policy] = list((out / "runs").glob("policy-*"))
@@ -134,16 +168,29 @@ def test_demo_runs_the_chain_writes_the_report_and_again_redoes_nothing(tmp_path
     assert episode["steps"] <= 6 and episode["act_calls"] >= 2  # receding horizon: 4 of 8 actions per chunk
     assert (policy / "eval" / "rollout-reach-v3.mp4").stat().st_size > 0
 
-    again = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=900, cwd=repo)
-    assert again.returncode == 0, again.stdout[-3000:] + again.stderr[-3000:]
+    with _prefect_loggers_kept():  # `demo` quiets Prefect's loggers for the rest of its process
+        again = runner.invoke(app, args)
+    assert again.exit_code == 0, again.output[-3000:]
     assert "(cached)" in again.stdout and "+0 episodes" in again.stdout and again.stdout.count("(reused)") == 3
     assert FeatureStore.open(str(out / "store")).version == store.version
     assert sorted(p.name for p in (out / "runs").iterdir()) == sorted([lam.name, policy.name])  # no new runs
 
-    lat = subprocess.run([sys.executable, "-m", "flows.cli", "latency", "--policy", str(policy), "--calls", "50",
-                          "--threads", "1"], capture_output=True, text=True, env=env, timeout=600, cwd=repo)
-    assert lat.returncode == 0, lat.stdout[-2000:] + lat.stderr[-3000:]
+    lat = runner.invoke(app, ["latency", "--policy", str(policy), "--calls", "50", "--threads", "1"])
+    assert lat.exit_code == 0, lat.output[-3000:]
     assert "policy alone" in lat.stdout and "encoder + policy" in lat.stdout and "(cpu" in lat.stdout
+
+
+@contextmanager
+def _prefect_loggers_kept():
+    import logging
+
+    loggers = [logging.getLogger(name) for name in ("prefect", "prefect.flow_runs", "prefect.task_runs")]
+    levels = [lg.level for lg in loggers]
+    try:
+        yield
+    finally:
+        for lg, level in zip(loggers, levels, strict=True):
+            lg.setLevel(level)
 
 
 # --- a CLI that behaves (issue #9 item 7) ----------------------------------------------------
@@ -162,6 +209,42 @@ def test_dash_h_is_help_on_the_app_and_every_command():
         result = runner.invoke(app, args)
         assert result.exit_code == 0, (args, result.output)
         assert "Usage" in result.output and "--help" in result.output, args
+
+
+def _premature_wraps(text: str, width: int) -> list[str]:
+    """Lines of rendered help that end although the next line's first word would have fit:
+    a sentence cut by a line break of the docstring, not by the terminal. Looks where
+    docstrings go: the description paragraphs and the Commands panel's rows."""
+    def indent(s: str) -> int:
+        return len(s) - len(s.lstrip())
+
+    bad, panel = [], None
+    lines = text.splitlines()
+    for a, b in zip(lines, lines[1:], strict=False):
+        if a.startswith("╭"):
+            panel = a.strip("╭─╮ ").split(" ")[0]
+        elif a.startswith("╰"):
+            panel = None
+        boxed = a.startswith("│") and b.startswith("│")
+        body_a, body_b = (a[1:-1], b[1:-1]) if boxed else (a, b)
+        if not body_a.strip() or not body_b.strip() or a.startswith(("╭", "╰", " Usage")):
+            continue
+        if boxed and (panel != "Commands" or indent(body_b) <= 1):  # options' rows; a command's first line
+            continue
+        if not boxed and (panel is not None or indent(a) != indent(b)):
+            continue
+        room = (len(body_a) if boxed else width) - len(body_a.rstrip()) - 1
+        if len(body_b.split()[0]) < room - 1:
+            bad.append(f"{a!r} / {b!r}")
+    return bad
+
+
+def test_help_is_wrapped_by_the_terminal_not_by_the_docstring():
+    """Incident: at 80 columns help text broke mid-sentence where the docstring did."""
+    for args in [["--help"]] + [[cmd, "--help"] for cmd in _all_commands()]:
+        result = runner.invoke(app, args, env={"COLUMNS": "80", "NO_COLOR": "1", "TERM": "dumb"})
+        assert result.exit_code == 0, result.output
+        assert not _premature_wraps(result.output, 80), (args, _premature_wraps(result.output, 80))
 
 
 def test_version_option_prints_the_installed_version():
@@ -197,26 +280,35 @@ def test_an_object_store_fault_is_one_line_and_exit_1(tmp_path, monkeypatch):
     assert isinstance(result.exception, SystemExit)  # typer.Exit, not a traceback
 
 
-def test_a_multi_line_bad_input_message_is_cut_to_its_first_line(capsys):
-    import typer
+def test_a_multi_line_bad_input_message_is_cut_to_its_first_line():
+    from pipeline.errors import exit_code, explain
+    from schemas.errors import ConfigError
 
-    from flows.cli.app import _fail
-
-    with pytest.raises(typer.Exit) as stop:
-        _fail("\n  store 's' cannot be read: a report\n  | context: ...\n")
-    assert stop.value.exit_code == 2
-    assert capsys.readouterr().err == "error: store 's' cannot be read: a report\n"
+    e = ConfigError("\n  store 's' cannot be read: a report\n  | context: ...\n")
+    assert explain(e) == "store 's' cannot be read: a report" and exit_code(e) == 2
 
 
-def test_only_infrastructure_faults_are_cut_to_one_line():
+def test_only_faults_that_are_not_bugs_are_cut_to_one_line():
     import ray.exceptions as rex
 
-    from flows.cli.app import infrastructure_line
+    from pipeline.errors import exit_code, explain
 
-    line = infrastructure_line(rex.WorkerCrashedError())
+    line = explain(rex.WorkerCrashedError())
     assert line is not None and line.startswith("ray: WorkerCrashedError: The worker died") and "\n" not in line
-    assert infrastructure_line(ValueError("a bug")) is None  # bugs keep their traceback
-    assert infrastructure_line(rex.RayTaskError("f", "Traceback ...", KeyError("k"))) is None  # a bug in a task
+    assert "retry" in line and exit_code(rex.WorkerCrashedError()) == 1
+    assert explain(ValueError("a bug")) is None and exit_code(ValueError("a bug")) is None  # bugs keep their traceback
+    assert explain(rex.RayTaskError("f", "Traceback ...", KeyError("k"))) is None  # a bug in a task
+
+
+def test_eval_out_takes_a_folder_or_any_results_file_name(tmp_path):
+    from flows.cli.evaluate import results_place
+
+    policy = tmp_path / "policy"
+    assert results_place(policy, None) == (policy / "eval", "results.json")
+    assert results_place(policy, tmp_path / "runs" / "other.json") == (tmp_path / "runs", "other.json")
+    assert results_place(policy, tmp_path / "evals") == (tmp_path / "evals", "results.json")
+    (tmp_path / "eval.v2").mkdir()  # an existing folder, whatever its name
+    assert results_place(policy, tmp_path / "eval.v2") == (tmp_path / "eval.v2", "results.json")
 
 
 def _engines_start_stderr(verbose: bool, prefect: bool) -> str:

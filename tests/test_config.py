@@ -25,6 +25,20 @@ def test_example_configs_load():
     assert cfg.encoder.tokens == "grid:4x4"
 
 
+def test_every_example_source_config_loads():
+    formats = {load_source(p).format for p in (CONFIGS / "sources").glob("*.yaml")}
+    assert formats == {"video_dir", "lerobot", "rlds", "webdataset"}
+    brace = load_source(CONFIGS / "sources" / "video2dataset.yaml").uri
+    assert brace.endswith("data/video2dataset/{00000..00099}.tar") and Path(brace).is_absolute()
+
+
+def test_a_list_of_shards_resolves_each_against_the_yaml_file_and_only_webdataset_takes_one(tmp_path):
+    spec = load_source(write(tmp_path, "id: a\nkind: human\nformat: webdataset\nuri: [s/0.tar, s3://b/1.tar]\n"))
+    assert spec.uri == [str((tmp_path / "s/0.tar").resolve()), "s3://b/1.tar"]
+    with pytest.raises(ConfigError, match="a list of files is for format webdataset"):
+        load_source(write(tmp_path, "id: a\nkind: human\nformat: video_dir\nuri: [a, b]\n"))
+
+
 def test_relative_uri_resolves_against_the_yaml_file(tmp_path):
     spec = load_source(write(tmp_path, "id: a\nkind: human\nformat: video_dir\nuri: vids\n"))
     assert spec.uri == str((tmp_path / "vids").resolve())

@@ -4,14 +4,15 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-import timm
 import torch
 from safetensors.torch import save_file
 
 from pipeline.encode import EncoderError, FrozenEncoder
 from schemas import EncoderConfig
 
-TINY = dict(model="vit_tiny_patch16_224", image_size=64)  # 4x4 patches of 192-d
+# 4x4 patches of 192-d. The reference runtime: token modes and checkpoints are the runtime-free
+# part (tests/test_encoder_runtimes.py holds every runtime to torch fp32), and no conversion is paid.
+TINY = dict(model="vit_tiny_patch16_224", image_size=64, runtime="torch", precision="fp32")
 
 
 @pytest.fixture(scope="module")
@@ -45,6 +46,8 @@ def test_same_identity_same_features_and_layer_changes_them(frames):
 
 @pytest.mark.parametrize("suffix", [".safetensors", ".pth"])
 def test_local_checkpoint_is_loaded_and_hashed(tmp_path, frames, suffix):
+    import timm  # here, not at collection: every parallel worker collects this module
+
     torch.manual_seed(123)
     model = timm.create_model("vit_tiny_patch16_224", pretrained=False, img_size=64, num_classes=0)
     path = tmp_path / f"w{suffix}"

@@ -54,6 +54,50 @@ def test_our_errors_and_foreign_faults_sort_into_one_hierarchy(error: BaseExcept
         assert isinstance(error, ValueError)  # callers that catch ValueError still do
 
 
+def test_every_domain_error_is_in_the_hierarchy_and_exits_by_its_kind() -> None:
+    """Incident: CheckpointError, SelectionError, EvalError, SampleError and MetricsInputError
+    were plain ValueErrors, which `classify` calls bugs: the CLI caught them by hand, 13 times."""
+    from flows.serve import ServerError
+    from model.checkpoint import CheckpointError
+    from model.distill import SelectionError
+    from model.metrics import MetricsInputError
+    from pipeline.errors import exit_code
+    from pipeline.evaluation.evaluate import EvalError, LayoutOverlapError
+    from pipeline.samples import SampleError
+    from pipeline.samples.lerobot_v3 import LeRobotWriteError
+    from pipeline.store import StoreCorruptError
+
+    for cls in (CheckpointError, SelectionError, MetricsInputError, EvalError, LayoutOverlapError, SampleError,
+                LeRobotWriteError):
+        assert classify(cls("x")) == "config" and exit_code(cls("x")) == 2, cls
+    assert classify(StoreCorruptError("x")) == "resource" and exit_code(StoreCorruptError("x")) == 4
+    assert classify(ServerError("x")) == "infrastructure" and exit_code(ServerError("x")) == 1
+
+
+def test_a_checksum_mismatch_advises_verify_restore_or_reingest_not_free_space() -> None:
+    """Incident: a damaged chunk's exit-4 line said "free space or make the store writable"."""
+    from pipeline.errors import explain
+    from pipeline.store import StoreCorruptError
+
+    line = explain(StoreCorruptError("store 's' version V: episode a/1 (shard x, features) cannot be read: crc"))
+    assert line.startswith("store 's' version V: episode a/1") and "lawam verify" in line
+    assert "restore" in line and "re-ingest" in line and "free space" not in line
+    assert "free space" in explain(OSError(errno.ENOSPC, "No space left on device"))
+
+
+def test_one_line_follows_a_wrapped_cause_to_the_error_worth_showing() -> None:
+    from pipeline.errors import one_line
+
+    try:
+        try:
+            raise CorruptVideoError("v.mp4: cannot decode frame 3\n  ffmpeg says ...")
+        except CorruptVideoError as inner:
+            raise RuntimeError("decode task failed") from inner
+    except RuntimeError as outer:
+        assert one_line(outer) == "v.mp4: cannot decode frame 3"
+    assert one_line(KeyError("frames")) == "KeyError: 'frames'"
+
+
 def test_a_bad_or_missing_video_is_bad_input(tmp_path: Path) -> None:
     (tmp_path / "notes.mp4").write_text("not a video\n")
     with pytest.raises(CorruptVideoError) as bad:
@@ -100,7 +144,8 @@ def test_a_store_held_by_another_writer_is_one_line_exit_1_retry(tmp_path: Path)
     make_video(tmp_path / "videos" / "v0.mp4", n_frames=20, fps=10)
     store = str(tmp_path / "store")
     corpus = write_corpus(tmp_path / "corpus.yaml", str(tmp_path / "videos"), store)
-    with WriterLock(store):  # another writer (a lock is per open file, so this process counts as one)
+    # another writer, making the store (a lock is per open file, so this process counts as one)
+    with WriterLock(store, create=True):
         result = runner.invoke(app, ["ingest", str(corpus), "--no-flow", "--no-progress"])
     lines = [ln for ln in result.output.splitlines() if ln.strip()]
     assert result.exit_code == 1 and len(lines) == 1, result.output

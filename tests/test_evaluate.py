@@ -109,6 +109,22 @@ def test_results_do_not_depend_on_the_number_of_workers(eval_run: Path, tmp_path
     assert len({e["final_reward"] for e in again.results["episodes"]}) == 2  # two scenes, two outcomes
 
 
+def test_results_under_another_name_keep_their_plot_and_videos_apart(ray_local, tmp_path: Path):
+    """Incident: `lawam eval --out other.json` was refused (only results.json was allowed)."""
+    from pipeline.evaluation.results import read_results
+
+    kw = dict(tasks=["reach-v3"], episodes=1, seed=7, out_dir=tmp_path, camera="corner", image_size=64,
+              training_layouts=[], max_steps=3, workers=1, progress=False, latency_calls=0)
+    evaluate(CountingRunner, **kw)
+    report = evaluate(CountingRunner, **kw, results_name="seed7.json")
+    assert report.path == tmp_path / "seed7.json"
+    doc = read_results(tmp_path / "seed7.json")
+    assert doc["plot"] == "seed7-success.png" and doc["tasks"]["reach-v3"]["video"] == "seed7-rollout-reach-v3.mp4"
+    assert read_results(tmp_path / "results.json")["plot"] == "success.png"
+    assert {p.name for p in tmp_path.iterdir()} == {"results.json", "success.png", "rollout-reach-v3.mp4",
+                                                    "seed7.json", "seed7-success.png", "seed7-rollout-reach-v3.mp4"}
+
+
 def test_eval_refuses_the_training_layouts_and_writes_nothing(sample_corpora: Path, tmp_path: Path):
     from pipeline.samples.metaworld_robot import read_sample_layouts
 

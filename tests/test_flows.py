@@ -1,4 +1,5 @@
-"""Prefect flows, run for real under Prefect's test harness (a temporary local server)."""
+"""Prefect flows, run for real under Prefect's test harness (a temporary local server:
+`prefect_server` in tests/conftest.py)."""
 
 from __future__ import annotations
 
@@ -8,7 +9,6 @@ import errno
 import pyarrow.compute as pc
 import pytest
 from prefect.artifacts import Artifact
-from prefect.testing.utilities import prefect_test_harness
 
 from flows.common import retry_on_infrastructure
 from flows.ingest import ingest_source
@@ -27,12 +27,6 @@ TINY_LAM = LamConfig.model_validate({
     "optim": {"steps": 4, "batch_size": 16, "warmup_steps": 1, "eval_every": 0, "checkpoint_every": 0},
     "pairs": {"k_seconds": 0.4, "heldout_fraction": 0.0},
 })
-
-
-@pytest.fixture(scope="module")
-def prefect_server():
-    with prefect_test_harness(server_startup_timeout=120):
-        yield
 
 
 def corpus(root, **kw) -> CorpusConfig:
@@ -108,6 +102,35 @@ def test_refresh_ingests_then_labels_new_episodes(prefect_server, ray_local, one
     md, table = Artifact.get("refresh-report"), Artifact.get("refresh-report-table")
     assert "Labels in" in md.data and "episodes labelled | 0" in md.data  # the latest run's
     assert '"stage": "label"' in table.data and '"stage": "ingest"' in table.data
+
+
+def test_refresh_curates_new_episodes_when_the_corpus_names_a_curation_config(prefect_server, ray_local, tmp_path):
+    import shutil
+
+    import numpy as np
+
+    from schemas.curation import CurationConfig
+    from tests.datasets import write_frames
+
+    rng = np.random.default_rng(0)
+    (tmp_path / "v").mkdir()
+    for i in range(3):  # a texture sliding at its own speed
+        texture = rng.integers(0, 255, (24, 96, 3)).astype(np.uint8)
+        frames = np.stack([np.roll(texture, (i + 1) * t, axis=1)[:, :32] for t in range(20)])
+        write_frames(tmp_path / "v" / f"clip{i}.mp4", frames, 10)
+    shutil.copyfile(tmp_path / "v" / "clip0.mp4", tmp_path / "v" / "copy.mp4")
+    write_frames(tmp_path / "v" / "frozen.mp4", np.repeat(frames[:1], 20, axis=0), 10)
+    cfg = corpus(tmp_path, curation=CurationConfig())
+    first = refresh_corpus(cfg)
+    assert first.ingest.added == 5 and first.curation.episodes == 5 and first.curation.duplicates == 1
+    assert first.curation.version_before == first.ingest.version_after and first.curation.spans == 1
+    md, table = Artifact.get("refresh-report"), Artifact.get("refresh-report-table")
+    for text in ("Curation of", first.curation.set_id, "| cam |", "duplicate: `cam/copy.mp4`",
+                 "static: `cam/frozen.mp4`"):
+        assert text in md.data, text
+    assert '"stage": "curate"' in table.data
+    again = refresh_corpus(cfg)  # nothing new: nothing curated, no commit
+    assert again.curation.episodes == 0 and again.curation.version_after is None
 
 
 def _failures(uri: str, key: str) -> int:

@@ -55,7 +55,7 @@ def store_uri(tmp_path) -> str:
 def test_labels_cover_every_pair_and_are_the_idms_latents(ray_local, lam_dir, store_uri):
     labeler = IdmLabeler(str(lam_dir))
     before = FeatureStore.open(store_uri).version
-    report = label_store(store_uri, labeler, progress=False)
+    report = label_store(store_uri, labeler, use_ray=True, progress=False)
     assert report.episodes == 8 and report.version_before == before and report.version_after
     store = FeatureStore.open(store_uri)
     labels = LabelSet.open(store, labeler.set_id)

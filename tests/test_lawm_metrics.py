@@ -117,6 +117,27 @@ def test_plots_are_readable_pngs(tmp_path: Path) -> None:
         assert image.ndim == 3 and image.shape[0] > 100 and image.shape[1] > 100
 
 
+def test_curves_are_curves_and_a_flat_one_is_drawn_flat(tmp_path: Path) -> None:
+    """Incident: 14 of the demo's 24 curve panels were single dots (held-out metrics measured
+    once, which the report tables), and a constant was drawn at 1e-8 scale ("1e-8+1.6931e-3")."""
+    import io
+
+    from model.metrics import curves_figure, read_curves
+
+    log = tmp_path / "metrics.jsonl"
+    rows = [{"step": s, "loss": 1.0 / s, "copy": 1.6931e-3 + 1e-9 * (s % 3)} for s in range(1, 11)]
+    rows.append({"step": 10, "eval/forward_mse": 0.24})
+    log.write_text("\n".join(json.dumps(r) for r in rows))
+    series = read_curves(log)
+    assert set(series) == {"loss", "copy"}
+    fig = curves_figure(series)
+    fig.savefig(io.BytesIO())  # lays the axes out
+    copy = next(ax for ax in fig.axes if ax.get_title() == "copy")
+    assert copy.yaxis.get_offset_text().get_text() == ""
+    lo, hi = copy.get_ylim()
+    assert lo < 1.62e-3 and hi > 1.77e-3  # +-5% around the value, not +-1e-8
+
+
 @pytest.mark.parametrize("bottleneck", ["vae", "vq"])
 def test_metrics_of_a_real_lawm_are_complete_and_finite(bottleneck: str) -> None:
     model = tiny_lawm(bottleneck)

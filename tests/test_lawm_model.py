@@ -232,3 +232,90 @@ def test_state_dict_round_trips_through_safetensors(tmp_path, bottleneck):
     for name, buf in model.named_buffers():
         assert torch.equal(buf, dict(fresh.named_buffers())[name]), name
     assert torch.equal(model.latent(f_t, f_tk), fresh.latent(f_t, f_tk))
+
+
+# --- levers that make z carry the action (issue 15) ------------------------------------------------
+
+A, H = 2, 3  # action dim, chunk length
+VOCAB = ["<unk>", "open", "push", "the"]
+
+
+def every_option(**kw: object) -> LamModelConfig:
+    return tiny(idm_frames=3, action_weight=1.0, fdm_instruction=True, idm_token_drop=0.25, fdm_token_drop=0.25,
+                **kw)
+
+
+def build_full(cfg: LamModelConfig, seed: int = 0) -> LaWM:
+    torch.manual_seed(seed)
+    return LaWM(cfg, tokens=T, feature_dim=D, state_dim=S, action_dim=A, horizon=H, vocab=VOCAB)
+
+
+def full_batch(b: int = 4) -> dict:
+    f_t, f_tk = features(b)
+    mask = torch.ones(b, H, dtype=torch.bool)
+    return dict(f_t=f_t, f_tk=f_tk, state_delta=torch.randn(b, S), state_mask=torch.ones(b, dtype=torch.bool),
+                f_mid=f_t[:, None].clone(), actions=torch.randn(b, H, A), action_mask=mask,
+                instruction=["open the door", "push", None, "fold the towel"][:b])
+
+
+@pytest.mark.parametrize("bottleneck", ["vae", "vq"])
+def test_every_option_on_still_reaches_every_parameter(bottleneck):
+    """Multi-frame IDM, action head, instruction-conditioned FDM, token drop: one backward
+    reaches every parameter (DDP needs no find_unused_parameters) and the parts are logged."""
+    model = build_full(every_option(bottleneck=bottleneck)).train()
+    batch = full_batch()
+    f_t, f_tk = batch.pop("f_t"), batch.pop("f_tk")
+    out = model(f_t, f_tk, **batch)
+    assert {"action", "aux", "forward"} <= set(out.parts)
+    out.loss.backward()
+    assert not [n for n, p in model.named_parameters() if p.grad is None]
+
+
+def test_action_head_learns_only_from_rows_that_keep_actions():
+    """Human video and robot episodes without actions (mask False) give the action head no gradient."""
+    model = build_full(every_option()).train()
+    batch = full_batch()
+    f_t, f_tk = batch.pop("f_t"), batch.pop("f_tk")
+    batch["actions"] = torch.full((4, H, A), float("nan"))  # what a masked-out row may hold
+    batch["action_mask"] = torch.zeros(4, H, dtype=torch.bool)
+    out = model(f_t, f_tk, **batch)
+    assert out.parts["action"] == 0 and torch.isfinite(out.loss)
+    out.loss.backward()
+    assert torch.count_nonzero(model.action_head.weight.grad) == 0
+
+
+def test_multi_frame_idm_reads_the_frames_between():
+    """An IDM of 3 frames refuses a pair without the middle frame, and the middle frame changes z."""
+    model = build_full(every_option()).eval()
+    f_t, f_tk = features(4)
+    with pytest.raises(ValueError, match="f_mid"):
+        model.encode(f_t, f_tk)
+    z1 = model.latent(f_t, f_tk, f_t[:, None])
+    z2 = model.latent(f_t, f_tk, f_tk[:, None])
+    assert not torch.allclose(z1, z2)
+
+
+def test_instruction_conditioned_fdm_needs_and_uses_the_instruction():
+    """The conditioned FDM refuses a batch without instructions, and (once its zero-initialised
+    AdaLN and output layers have moved) predicts differently for another instruction."""
+    model = build_full(every_option())
+    f_t, _ = features(2)
+    z = torch.randn(2, model.latent_dim)
+    with pytest.raises(ValueError, match="instruction"):
+        model.decode(f_t, z)
+    with torch.no_grad():
+        for layer in [*(block.mod for block in model.fdm_blocks), model.fdm_final_mod, model.fdm_out]:
+            layer.weight.normal_()
+    model.eval()
+    a = model.decode(f_t, z, ["open the door", "open the door"])
+    b = model.decode(f_t, z, ["push", "push"])
+    assert not torch.allclose(a, b)
+
+
+def test_token_drop_zeroes_whole_tokens_in_training_only():
+    model = build_full(tiny(idm_noise=0.0, idm_token_drop=0.5)).train()
+    x = torch.ones(8, T, D)
+    dropped = model._augment(x, 0.0, 0.5)
+    per_token = dropped.sum(-1)  # (8, T): 0 or D
+    assert set(per_token.unique().tolist()) == {0.0, float(D)}
+    assert torch.equal(model.eval()._augment(x, 0.3, 0.5), x)

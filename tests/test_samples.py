@@ -17,7 +17,14 @@ import pyarrow.parquet as pq
 import pytest
 
 import pipeline.samples as samples_module
-from pipeline.samples import SampleError, human, make_samples, metaworld_robot, summarize_samples
+from pipeline.samples import (
+    SampleError,
+    human,
+    make_samples,
+    metaworld_robot,
+    read_human_truth,
+    summarize_samples,
+)
 from pipeline.samples.lerobot_stats import QUANTILE_KEYS, STAT_KEYS
 from pipeline.samples.lerobot_v3 import LeRobotEpisode, LeRobotWriteError, write_lerobot_v3
 from pipeline.samples.metaworld_robot import (
@@ -263,6 +270,32 @@ def test_human_corpus_is_action_free_video(sample_corpora: Path, sample_args: di
         assert codec == "h264" and fps == 20
         assert frames[0].shape == (64, 86, 3) and len(frames) > 5
         assert row.instruction == "push the drawer closed"
+
+
+def test_human_truth_is_kept_beside_the_source_frame_for_frame(sample_corpora: Path) -> None:
+    """What the hand did is kept for evaluation only: beside human/ (a source pointed at it
+    never sees it), one action row per decoded frame, keyed by the manifest's file names."""
+    truth = read_human_truth(sample_corpora)
+    manifest = pd.read_csv(sample_corpora / "human" / "manifest.csv")
+    assert set(truth) == set(manifest["file"])
+    assert not list((sample_corpora / "human").rglob("*.parquet"))
+    for row in manifest.itertuples():
+        frames, times, _, _ = _decode(sample_corpora / "human" / row.file)
+        t = truth[row.file]
+        assert t.actions.shape == (len(frames), 4) and t.state.shape == (len(frames), 4)
+        np.testing.assert_allclose(t.timestamps, times, atol=1e-3)
+        assert t.speed == 1.0 and np.abs(t.actions[:, :3]).max() > 0.1
+
+
+def test_min_seconds_slows_the_expert_until_the_clip_lasts(tmp_path: Path) -> None:
+    """reach-v3 succeeds in ~0.5 s at full speed; with min_seconds=2 the expert's moves are
+    scaled down (the recorded speed) until the episode lasts 2 s, and it still succeeds."""
+    out = tmp_path / "slow"
+    make_samples(out, **{**_tiny(), "human_tasks": ()}, min_seconds=2.0)
+    episode = json.loads((out / "robot" / "meta/lawam_samples.json").read_text())["episodes"][0]
+    assert episode["success"] and episode["length"] >= 40 and episode["speed"] < 1.0
+    actions = np.stack(pq.read_table(out / "robot" / DATA).column("action").to_numpy(zero_copy_only=False))
+    assert np.abs(actions[:, :3]).max() <= episode["speed"] + 1e-6
 
 
 def test_summary_reads_what_is_on_disk(sample_corpora: Path) -> None:

@@ -1,6 +1,8 @@
 """Schedules on a real Prefect server: `lawam serve` registers a corpus's deployments and
 runs them; a triggered refresh completes and advances the store; two refreshes of one store
-triggered at once run one after the other and leave it consistent."""
+triggered at once run one after the other and leave it consistent. The production setup too:
+the server on a real PostgreSQL, configured with the very variables
+`infra/prefect/docker-compose.yml` gives it."""
 
 from __future__ import annotations
 
@@ -10,13 +12,17 @@ import socket
 import subprocess
 import sys
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import httpx
 import pytest
+import yaml
 
 from pipeline.store import FeatureStore
 from tests.datasets import make_video
+from tests.postgres import Postgres
 
 REPO = Path(__file__).resolve().parents[1]
 CORPUS = """name: cams
@@ -44,14 +50,14 @@ def _stop(proc: subprocess.Popen) -> None:
             proc.wait(10)
 
 
-@pytest.fixture(scope="module")
-def prefect_api(tmp_path_factory):
-    """A real `prefect server start` on loopback, SQLite in a temporary PREFECT_HOME."""
-    home = tmp_path_factory.mktemp("prefect")
+@contextmanager
+def prefect_server(home: Path, **settings: str) -> Iterator[dict]:
+    """A real `prefect server start` on a free loopback port, PREFECT_HOME `home` (SQLite there
+    unless `settings` names another database); yields its API URL and the client environment."""
     port = _free_port()
     url = f"http://127.0.0.1:{port}/api"
     env = {**os.environ, "PREFECT_HOME": str(home), "PREFECT_SERVER_ANALYTICS_ENABLED": "false",
-           "PREFECT_UI_ENABLED": "false"}
+           "PREFECT_UI_ENABLED": "false", **settings}
     env.pop("PREFECT_API_URL", None)
     log = open(home / "server.log", "w")  # noqa: SIM115 - closed below
     server = subprocess.Popen([str(Path(sys.executable).parent / "prefect"), "server", "start", "--host", "127.0.0.1",
@@ -72,6 +78,34 @@ def prefect_api(tmp_path_factory):
     finally:
         _stop(server)
         log.close()
+
+
+@pytest.fixture(scope="module")
+def prefect_api(tmp_path_factory):
+    """A real `prefect server start` on loopback, SQLite in a temporary PREFECT_HOME."""
+    with prefect_server(tmp_path_factory.mktemp("prefect")) as api:
+        yield api
+
+
+@pytest.fixture(scope="module")
+def prefect_on_postgres(tmp_path_factory):
+    """The compose file's server on a real PostgreSQL started here (tests/postgres.py): its
+    `postgres` service's user, password and database, and its `server` service's environment
+    with the database host pointed at this loopback port instead of the compose network."""
+    compose = yaml.safe_load((REPO / "infra/prefect/docker-compose.yml").read_text())
+    db, settings = compose["services"]["postgres"]["environment"], dict(compose["services"]["server"]["environment"])
+    pg = Postgres(db["POSTGRES_USER"], db["POSTGRES_PASSWORD"], db["POSTGRES_DB"])
+    t0 = time.monotonic()
+    pg.start()
+    try:
+        compose_url = settings["PREFECT_API_DATABASE_CONNECTION_URL"]
+        here = compose_url.replace("@postgres:5432/", f"@127.0.0.1:{pg.port}/")
+        assert here == pg.url("postgresql+asyncpg"), compose_url
+        settings["PREFECT_API_DATABASE_CONNECTION_URL"] = here
+        with prefect_server(tmp_path_factory.mktemp("prefect-pg"), **settings) as api:
+            yield {**api, "pg": pg, "healthy_after_s": time.monotonic() - t0}
+    finally:
+        pg.stop()
 
 
 def _serve(tmp_path: Path, env: dict, *args: str) -> subprocess.CompletedProcess:
@@ -119,36 +153,43 @@ def _ingest_span(client, flow_run_id):
     return run.start_time, run.end_time
 
 
-def test_a_served_refresh_runs_on_trigger_one_per_store_at_a_time(prefect_api, ray_local, tmp_path):
+@contextmanager
+def served(tmp_path: Path, api: dict, ray_local, clips: int) -> Iterator[object]:
+    """`lawam serve` of a one-source corpus (`clips` short videos) in the background, against the
+    server `api`, its runs on the session's Ray; yields a client of that server."""
     from prefect.client.orchestration import SyncPrefectClient
 
     (tmp_path / "corpus.yaml").write_text(CORPUS)
-    for i in range(2):
+    for i in range(clips):
         make_video(tmp_path / "v" / f"clip{i}.mp4", n_frames=20, fps=10, seed=i)
-    env = {**prefect_api["env"], "RAY_ADDRESS": ray_local.get_runtime_context().gcs_address,
+    env = {**api["env"], "RAY_ADDRESS": ray_local.get_runtime_context().gcs_address,
            "OMP_NUM_THREADS": "1", "PREFECT_LOGGING_LEVEL": "INFO"}
-    uri = str(tmp_path / "store")
     with open(tmp_path / "serve.log", "w") as log:
         serve = subprocess.Popen([sys.executable, "-m", "flows.cli", "serve", str(tmp_path / "corpus.yaml"),
                                   "--cron", "0 3 * * *"], env=env, cwd=REPO, stdout=log, stderr=subprocess.STDOUT,
                                  start_new_session=True)
         try:
-            with SyncPrefectClient(prefect_api["url"]) as client:
-                deployment = _wait_for_deployment(client, "refresh_corpus/refresh-cams")
-                [schedule] = deployment.schedules
-                assert schedule.schedule.cron == "0 3 * * *" and schedule.active
-                _wait_for_deployment(client, "lawam_chain/chain-cams")
-
-                # two triggers of the refresh at once, on one store
-                runs = [client.create_flow_run_from_deployment(deployment.id) for _ in range(2)]
-                a, b = _wait_final(client, [r.id for r in runs])
-                assert a.state.is_completed() and b.state.is_completed(), (tmp_path / "serve.log").read_text()[-4000:]
-                # one after the other: the ingest of one began after the other's had ended
-                (s1, e1), (s2, e2) = sorted(_ingest_span(client, r.id) for r in (a, b))
-                assert e1 <= s2, ((s1, e1), (s2, e2))
+            with SyncPrefectClient(api["url"]) as client:
+                yield client
         finally:
             _stop(serve)
-    store = FeatureStore.open(uri)
+
+
+def test_a_served_refresh_runs_on_trigger_one_per_store_at_a_time(prefect_api, ray_local, tmp_path):
+    with served(tmp_path, prefect_api, ray_local, clips=2) as client:
+        deployment = _wait_for_deployment(client, "refresh_corpus/refresh-cams")
+        [schedule] = deployment.schedules
+        assert schedule.schedule.cron == "0 3 * * *" and schedule.active
+        _wait_for_deployment(client, "lawam_chain/chain-cams")
+
+        # two triggers of the refresh at once, on one store
+        runs = [client.create_flow_run_from_deployment(deployment.id) for _ in range(2)]
+        a, b = _wait_final(client, [r.id for r in runs])
+        assert a.state.is_completed() and b.state.is_completed(), (tmp_path / "serve.log").read_text()[-4000:]
+        # one after the other: the ingest of one began after the other's had ended
+        (s1, e1), (s2, e2) = sorted(_ingest_span(client, r.id) for r in (a, b))
+        assert e1 <= s2, ((s1, e1), (s2, e2))
+    store = FeatureStore.open(str(tmp_path / "store"))
     keys = [f"{s}/{e}" for s, e in zip(store.episodes()["source"].to_pylist(),
                                        store.episodes()["episode_id"].to_pylist(), strict=True)]
     assert sorted(keys) == ["cam/clip0.mp4", "cam/clip1.mp4"]  # no duplicates, none lost
@@ -156,3 +197,18 @@ def test_a_served_refresh_runs_on_trigger_one_per_store_at_a_time(prefect_api, r
     assert len(ingests) == 1 and store.version == ingests[0].id  # the first added both; the second found them
     log = (tmp_path / "serve.log").read_text()
     assert log.count("holding the refresh slot") == 2 and "+2 episodes" in log and "+0 episodes" in log, log[-4000:]
+
+
+def test_the_compose_setup_on_postgresql_runs_a_served_refresh_to_completed(prefect_on_postgres, ray_local, tmp_path):
+    assert prefect_on_postgres["healthy_after_s"] < 60  # initdb + pg_ctl + createdb + prefect server start
+    with served(tmp_path, prefect_on_postgres, ray_local, clips=1) as client:
+        deployment = _wait_for_deployment(client, "refresh_corpus/refresh-cams")
+        run = client.create_flow_run_from_deployment(deployment.id)
+        [done] = _wait_final(client, [run.id])
+        assert done.state.is_completed(), (tmp_path / "serve.log").read_text()[-4000:]
+    store = FeatureStore.open(str(tmp_path / "store"))
+    assert store.episodes()["episode_id"].to_pylist() == ["clip0.mp4"]
+    # the run lives in PostgreSQL: Prefect's own tables there hold it, completed
+    pg = prefect_on_postgres["pg"]
+    assert pg.psql(f"select state_type from flow_run where id = '{run.id}'").strip() == "COMPLETED"
+    assert pg.psql("select name from deployment order by name").split() == ["chain-cams", "refresh-cams"]

@@ -122,6 +122,9 @@ def test_a_label_commit_does_not_claim_the_ingested_rows(tmp_path):
     tip = FeatureStore.open(uri)
     assert tip.version == v_label
     assert set(tip.catalog()["store_version"].to_pylist()) == {v1}
+    table = pq.read_table(tmp_path / "s" / "catalog.parquet")  # names the newest commit, as documented
+    assert catalog_file_version(uri) == v_label
+    assert set(table["store_version"].to_pylist()) == {v1}
 
 
 def test_a_stale_catalog_parquet_is_repaired_by_a_no_op_run(tmp_path):

@@ -67,7 +67,7 @@ def test_a_layout_1_store_reads_as_written_and_its_first_writer_migrates_it_in_o
     np.testing.assert_array_equal(labels.episode("arm/ep001"), np.full((9, 2), len("arm/ep001"), np.float32))
     assert committed_files(uri)["uri"].to_pylist() == ["/synth/cam/broken.mp4"]
     assert _catalog(FeatureStore.open(uri, v["v5"])) == expected["catalog"]  # the old version is still there
-    assert catalog_file_version(uri) == v["v4"]  # the single-file catalog became the folder of parts
+    assert catalog_file_version(uri) == store.version  # the single-file catalog became the folder of parts
     assert pq.read_table(Path(uri) / "catalog.parquet").num_rows == len(expected["catalog"])
 
     v6 = write_store(uri, [SynthSource("arm", fps=5.0, episodes=3, seconds=2.0)], content="v3", only={"arm/ep000"})

@@ -42,13 +42,19 @@ def test_card_names_its_lineage_and_the_checkpoint_round_trips(store_uri, tmp_pa
     assert card.encoder == store.encoder and card.token_shape == store.token_shape
     assert card.steps == 16 and card.state_dim == 3 and card.latent_dim == 8
     assert card.weights_sha256 == file_sha256(tmp_path / "lam" / "model.safetensors")
-    assert card.label_set == "lam-" + card.weights_sha256[:12]
+    assert card.label_set == card.contents_label_set() and card.label_set.startswith("lam-")
     for key in ("forward_mse", "copy_mse", "zero_z_mse", "shuffle_episode_increase", "probe_r2_z", "probe_r2_pca"):
         assert np.isfinite(card.metrics[key]), key
     assert json.loads((tmp_path / "lam" / "card.json").read_text()) == card.to_json()
     for name in ("metrics.jsonl", "metrics.png", "curves.png"):
         assert (tmp_path / "lam" / name).stat().st_size > 0, name
-    assert list((tmp_path / "lam" / "tb").iterdir()), "TensorBoard events"
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    events = EventAccumulator(str(tmp_path / "lam" / "tb"))
+    events.Reload()
+    tags = events.Tags()["scalars"]  # held-out metrics under eval/, training curves under train/
+    assert "eval/forward_mse" in tags and "train/loss" in tags, tags
+    assert not [t for t in tags if t.startswith("train/eval")], tags
 
     model, loaded = load_lawm(tmp_path / "lam")
     assert loaded == card
@@ -77,12 +83,21 @@ def test_resume_continues_exactly_like_an_uninterrupted_run(store_uri, tmp_path)
 
 def test_an_out_dir_holding_a_run_is_refused_without_resume(store_uri, tmp_path):
     train_lam(store_uri, tmp_path / "lam", TINY, steps=2, progress=False)
-    with pytest.raises(CheckpointError, match="--resume or another --out"):
+    with pytest.raises(CheckpointError, match="--resume continues it, --force replaces it, or use another --out"):
         train_lam(store_uri, tmp_path / "lam", TINY, progress=False)
-    with pytest.raises(CheckpointError, match="nothing to resume"):
-        train_lam(store_uri, tmp_path / "empty", TINY, resume=True, progress=False)
     with pytest.raises(CheckpointError, match="--workers 1; resume it with the same"):
         train_lam(store_uri, tmp_path / "lam", resume=True, workers=2, progress=False)
+
+
+def test_a_gap_longer_than_every_episode_is_one_config_line_and_writes_nothing(store_uri, tmp_path):
+    """Incident: `pairs.k_seconds: 100` ended in a 59-line traceback (exit 1) after the run
+    folder was made."""
+    from schemas.errors import ConfigError
+
+    cfg = TINY.model_copy(update={"pairs": TINY.pairs.model_copy(update={"k_seconds": 100.0})})
+    with pytest.raises(ConfigError, match=r"pairs.k_seconds 100: no pair .* longest episode lasts 4\.\d+ s"):
+        train_lam(store_uri, tmp_path / "lam", cfg, progress=False)
+    assert not (tmp_path / "lam").exists()
 
 
 def test_the_run_reads_the_version_it_was_given(store_uri, tmp_path):

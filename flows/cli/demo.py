@@ -9,7 +9,7 @@ from pathlib import Path
 import typer
 from rich.table import Table
 
-from flows.cli.app import EXIT_INFRASTRUCTURE, VERBOSE, _domain_errors, _fail, app, err, out
+from flows.cli.app import VERBOSE, app, out
 from flows.cli.store import catalog, samples
 
 
@@ -33,23 +33,19 @@ def demo(
     A second run redoes nothing that is done: the samples are cached, the ingest and the
     labels skip what the store holds, and finished runs on the same data and settings are kept.
     """
-    from pipeline.samples import SampleError
     from pipeline.samples.tasks import check_tasks
 
-    try:  # a typo fails now, not after training
-        tasks = list(check_tasks([t.strip() for t in eval_tasks.split(",") if t.strip()], "--eval-tasks")) \
-            if eval_tasks else None
-    except SampleError as e:
-        _fail(str(e))
+    # a typo fails now, not after training
+    tasks = list(check_tasks([t.strip() for t in eval_tasks.split(",") if t.strip()], "--eval-tasks")) \
+        if eval_tasks else None
     # No server configured: the flows run on Prefect's ephemeral one, which may start slowly on a busy machine.
     os.environ.setdefault("PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS", "120")
     samples(out_dir / "samples", tasks=None, episodes_per_task=episodes_per_task, human_tasks=None,
             human_episodes_per_task=2, seed=0, image_size=128, cameras="corner", progress=progress)
     from flows.chain import lawam_chain
-    from model.distill import SelectionError
-    from pipeline.evaluation.evaluate import EvalError
     from pipeline.samples import sample_sources
     from schemas import CorpusConfig, StoreConfig
+    from schemas.curation import CurationConfig
     from schemas.training import DistillConfig, LamConfig
 
     if not ctx.meta.get(VERBOSE):
@@ -57,19 +53,16 @@ def demo(
         for name in ("prefect", "prefect.flow_runs", "prefect.task_runs"):
             logging.getLogger(name).setLevel(logging.CRITICAL)
     cfg = CorpusConfig(name="demo", sources=sample_sources(out_dir / "samples"),
-                       store=StoreConfig(uri=str((out_dir / "store").resolve())))
+                       store=StoreConfig(uri=str((out_dir / "store").resolve())), curation=CurationConfig())
     lam = LamConfig()
     lam = lam.model_copy(update={"optim": lam.optim.model_copy(update={"steps": lam_steps, "eval_every": 0,
                                                                        "checkpoint_every": 0})})
     policy = DistillConfig()
     policy = policy.model_copy(update={"optim": policy.optim.model_copy(
         update={"steps": policy_steps, "eval_every": 0, "checkpoint_every": 0})})
-    try:
-        result = lawam_chain(cfg, str((out_dir / "runs").resolve()), lam=lam, policy=policy, eval_tasks=tasks,
-                             eval_episodes=eval_episodes, eval_max_steps=eval_max_steps, latency_calls=latency_calls,
-                             report=str(out_dir / "report.html"), progress=progress)
-    except (*_domain_errors(), SampleError, EvalError, SelectionError) as e:
-        _fail(str(e).splitlines()[0] if str(e) else type(e).__name__)
+    result = lawam_chain(cfg, str((out_dir / "runs").resolve()), lam=lam, policy=policy, eval_tasks=tasks,
+                         eval_episodes=eval_episodes, eval_max_steps=eval_max_steps, latency_calls=latency_calls,
+                         report=str(out_dir / "report.html"), progress=progress)
     table = Table(title="lawam chain")
     for col in ("stage", "done", "seconds", "throughput", "store version"):
         table.add_column(col)
@@ -83,7 +76,7 @@ def demo(
         table.add_row(r["stage"], done, f"{r['seconds'] or 0:.1f}", r["throughput"] or "",
                       f"{r['version_before'] or ''} -> {r['version_after'] or ''}" if r["version_before"] else "")
     out.print(table)
-    catalog(cfg.store.uri, version_id=None, as_json=False)
+    catalog(cfg.store.uri, version_id=None, as_json=False, export=None, curation=None)
     out.print(f"LaWM {result.lam_dir}\npolicy {result.policy_dir}\nevaluation {result.eval_dir}", highlight=False)
     out.print(f"wrote {result.report}", highlight=False)
 
@@ -103,13 +96,7 @@ def serve(
     chain when triggered (`prefect deployment run lawam_chain/chain-<corpus>`). One refresh
     per store at a time: a second trigger waits for the first. Ctrl-C stops serving.
     """
-    from flows.serve import ServerError, serve_corpus
+    from flows.serve import serve_corpus
 
-    try:
-        serve_corpus(corpus, cron=cron, runs_dir=runs_dir, limit=limit)
-    except ServerError as e:
-        err.print(f"[red]error:[/red] {e}", highlight=False, soft_wrap=True)
-        raise typer.Exit(EXIT_INFRASTRUCTURE) from None
-    except _domain_errors() as e:
-        _fail(str(e).splitlines()[0] if str(e) else type(e).__name__)
+    serve_corpus(corpus, cron=cron, runs_dir=runs_dir, limit=limit)
 

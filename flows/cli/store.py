@@ -8,9 +8,12 @@ import os
 from pathlib import Path
 
 import typer
+from rich.markup import escape
 from rich.table import Table
 
-from flows.cli.app import EXIT_QUARANTINED, _domain_errors, _fail, app, err, out
+from flows.cli.app import app, err, out
+from pipeline.errors import EXIT_QUARANTINED, EXIT_RESOURCE
+from schemas.errors import ConfigError
 
 
 @app.command()
@@ -31,20 +34,16 @@ def samples(
 
     Cached: a second call with the same arguments renders nothing.
     """
-    from pipeline.samples import SampleError, make_samples
+    from pipeline.samples import make_samples
 
     kwargs: dict = {}
     if tasks:
         kwargs["tasks"] = [t.strip() for t in tasks.split(",") if t.strip()]
     if human_tasks:
         kwargs["human_tasks"] = [t.strip() for t in human_tasks.split(",") if t.strip()]
-    try:
-        summary = make_samples(out_dir, episodes_per_task=episodes_per_task,
-                               human_episodes_per_task=human_episodes_per_task, seed=seed, image_size=image_size,
-                               cameras=[c.strip() for c in cameras.split(",") if c.strip()], progress=progress,
-                               **kwargs)
-    except SampleError as e:
-        _fail(str(e))
+    summary = make_samples(out_dir, episodes_per_task=episodes_per_task,
+                           human_episodes_per_task=human_episodes_per_task, seed=seed, image_size=image_size,
+                           cameras=[c.strip() for c in cameras.split(",") if c.strip()], progress=progress, **kwargs)
     out.print(summary.to_table())
 
 
@@ -53,7 +52,7 @@ def _print_report(report) -> None:
     out.print(f"  added {report.added}, skipped {report.skipped}, quarantined {len(report.quarantined)}; "
               f"{report.frames} frames in {report.seconds:.1f}s = {report.frames_per_s:.1f} frames/s", highlight=False)
     for key, reason in report.quarantined:
-        out.print(f"  [yellow]quarantined[/yellow] {key}: {reason}", highlight=False, soft_wrap=True)
+        out.print(f"  [yellow]quarantined[/yellow] {escape(key)}: {escape(reason)}", highlight=False, soft_wrap=True)
     if getattr(report, "held", 0):
         out.print(f"  {report.held} still quarantined, input unchanged: not retried (--retry-quarantined "
                   "retries them; `lawam catalog` lists them)", highlight=False)
@@ -110,40 +109,37 @@ def ingest(
 
     from schemas import CorpusConfig, load_corpus, load_source
 
+    if not config.is_file():
+        raise ConfigError(f"{config}: no such file")
     try:
-        if not config.is_file():
-            _fail(f"{config}: no such file")
-        try:
-            raw = yaml.safe_load(config.read_text())
-        except (yaml.YAMLError, UnicodeDecodeError):
-            raw = None  # load_source reports it, with the file and the line
-        if isinstance(raw, dict) and "sources" in raw:
-            cfg = load_corpus(config)
-        else:
-            spec = load_source(config)
-            base = load_corpus(corpus) if corpus else CorpusConfig(sources=[spec])
-            cfg = base.model_copy(update={"sources": [spec]})
-            if not corpus and not store:
-                _fail("a source file needs --store (or --corpus naming one)")
-        if flow is None:
-            flow = _prefect_api_configured()
-        if flow:
-            from flows.ingest import ingest_source
-            from pipeline.sources import check_source
+        raw = yaml.safe_load(config.read_text())
+    except (yaml.YAMLError, UnicodeDecodeError):
+        raw = None  # load_source reports it, with the file and the line
+    if isinstance(raw, dict) and "sources" in raw:
+        cfg = load_corpus(config)
+    else:
+        spec = load_source(config)
+        base = load_corpus(corpus) if corpus else CorpusConfig(sources=[spec])
+        cfg = base.model_copy(update={"sources": [spec]})
+        if not corpus and not store:
+            raise ConfigError("a source file needs --store (or --corpus naming one)")
+    if flow is None:
+        flow = _prefect_api_configured()
+    if flow:
+        from flows.ingest import ingest_source
+        from pipeline.sources import check_source
 
-            for spec in cfg.sources:  # bad sources fail here in one line, not in a flow traceback
-                if not source or spec.id in source:
-                    check_source(spec)
+        for spec in cfg.sources:  # bad sources fail here in one line, not in a flow traceback
+            if not source or spec.id in source:
+                check_source(spec)
 
-            report = ingest_source(cfg, sources=source or None, store_uri=store, progress=progress,
-                                   retry_quarantined=retry_quarantined)
-        else:
-            from pipeline.ingest import ingest_corpus
+        report = ingest_source(cfg, sources=source or None, store_uri=store, progress=progress,
+                               retry_quarantined=retry_quarantined)
+    else:
+        from pipeline.ingest import ingest_corpus
 
-            report = ingest_corpus(cfg, sources=source or None, store_uri=store, progress=progress,
-                                   retry_quarantined=retry_quarantined)
-    except _domain_errors() as e:
-        _fail(str(e).splitlines()[0] if str(e) else type(e).__name__)
+        report = ingest_corpus(cfg, sources=source or None, store_uri=store, progress=progress,
+                               retry_quarantined=retry_quarantined)
     _print_report(report)
     if report.quarantined:
         raise typer.Exit(EXIT_QUARANTINED)
@@ -154,15 +150,17 @@ def catalog(
     store: str = typer.Argument(..., help="Store location: local path or s3://..."),
     version_id: str = typer.Option(None, "--version", help="A store version (commit id); default: newest."),
     as_json: bool = typer.Option(False, "--json", help="Print the summary as JSON."),
+    export: Path = typer.Option(None, help="Write a curation set's decision for every episode (keep / trim / "
+                                "drop, why, seconds kept and dropped, spans) to this Parquet file."),
+    curation: str = typer.Option(None, help="The curation set to --export (default: the store's only one)."),
 ) -> None:
-    """Summarise a store: hours / episodes / frames per source, and the quarantined list (each
-    with its reason, since when it fails and how many attempts failed)."""
-    from pipeline.catalog import summarize
+    """Summarise a store: hours / episodes / frames per source, the quarantined list (each
+    with its reason, since when it fails and how many attempts failed), label sets, and per
+    curation set the hours kept and dropped per source, and why."""
+    from pipeline.catalog import export_decisions, summarize
 
-    try:
-        summary = summarize(store, version_id)
-    except _domain_errors() as e:
-        _fail(str(e))
+    summary = summarize(store, version_id)
+    exported = export_decisions(store, summary.version, export, curation) if export else None
     if as_json:
         out.print_json(json.dumps(summary.to_dict(), default=str))
         return
@@ -176,13 +174,30 @@ def catalog(
     for row in summary.quarantined:
         since = row.get("failed_since")
         when = f" (failed {row.get('failures') or 1}x since {since:%Y-%m-%d %H:%M} UTC)" if since else ""
-        out.print(f"[yellow]quarantined[/yellow] {row['source']}/{row['episode_id']}: {row['reason']}{when}",
+        out.print(f"[yellow]quarantined[/yellow] {escape(row['source'])}/{escape(row['episode_id'])}: "
+                  f"{escape(row['reason'] or '')}{when}",
                   highlight=False, soft_wrap=True)
     for ls in summary.label_sets:
         stale = f", {ls['stale']} stale (episodes redone since)" if ls["stale"] else ""
         out.print(f"label set {ls['id']}: {ls['labelled']}/{ls['episodes']} episodes ({100 * ls['coverage']:.0f}%)"
                   f"{stale}; LaWM {ls['lam_dir']}, k = {ls['k_seconds']} s, z dim {ls['dim']}", highlight=False,
                   soft_wrap=True)
+    for cs in summary.curation_sets:
+        out.print(curation_table(cs))
+    if exported:
+        out.print(f"exported {exported} episode decisions to {export}", highlight=False)
+
+
+def curation_table(cs: dict) -> Table:
+    """Hours kept and dropped per source, and why, of one curation set (catalog summary form)."""
+    stale = f", {cs['stale']} stale" if cs["stale"] else ""
+    table = Table(title=f"curation set {cs['id']}: {cs['curated']}/{cs['episodes']} episodes curated{stale}")
+    for col in ("source", "hours", "kept", "duplicate", "static", "idle", "uncurated", "dropped episodes"):
+        table.add_column(col)
+    for s in cs["sources"]:
+        table.add_row(s["source"], *(f"{s[c]:.4f}" for c in ("hours", "kept_h", "duplicate_h", "static_h", "idle_h",
+                                                              "uncurated_h")), str(s["dropped_episodes"]))
+    return table
 
 
 @app.command()
@@ -190,12 +205,9 @@ def versions(store: str = typer.Argument(..., help="Store location: local path o
     """List a store's versions (commits), newest first: pin one with `--version` or
     `FeatureStore.open(uri, version=...)` to re-read exactly what a training run read."""
     from pipeline.store import FeatureStore
-
-    try:
-        history = FeatureStore.open(store).versions()
-    except _domain_errors() as e:
-        _fail(str(e))
     from pipeline.store.maintenance import tags
+
+    history = FeatureStore.open(store).versions()
 
     tagged = tags(store)
     table = Table(title=f"versions of {store}")
@@ -208,9 +220,6 @@ def versions(store: str = typer.Argument(..., help="Store location: local path o
     out.print(table)
 
 
-EXIT_DAMAGED = 4
-
-
 @app.command()
 def verify(
     store: str = typer.Argument(..., help="Store location: local path or s3://..."),
@@ -220,14 +229,9 @@ def verify(
     """Read every chunk of a store version and check every episode (shapes, dtypes, finite
     values, frame counts against the index, checksums). Names each bad episode and exits 4
     if any; 0 when all is well."""
-    from rich.markup import escape
-
     from pipeline.store.verify import verify_store
 
-    try:
-        report = verify_store(store, version_id, progress=not no_progress)
-    except _domain_errors() as e:
-        _fail(str(e))
+    report = verify_store(store, version_id, progress=not no_progress)
     for p in report.problems:
         err.print(f"[red]bad[/red] {escape(str(p))}", highlight=False, soft_wrap=True)
     line = (f"{store} @ {report.version}: {report.episodes} episodes, {report.chunks} chunks, "
@@ -237,7 +241,7 @@ def verify(
         return
     out.print(f"damaged: {line}; {len(report.bad_episodes)} bad episodes, {len(report.problems)} problems",
               highlight=False, soft_wrap=True)
-    raise typer.Exit(EXIT_DAMAGED)
+    raise typer.Exit(EXIT_RESOURCE)  # damaged stored bytes: a resource fault, as a failed read of them is
 
 
 @app.command()
@@ -249,19 +253,28 @@ def gc(
                                  "version references now."),
 ) -> None:
     """Expire old versions and delete the files no kept version references (Icechunk's
-    expire_snapshots + garbage_collect). Tagged versions (`lawam tag`) and branch tips stay."""
+    expire_snapshots + garbage_collect). Tagged versions (`lawam tag`, and the versions finished
+    training runs read), versions a running train-lam / label / distill / eval holds (a lease)
+    and branch tips stay; each kept version is listed with why. Leases of runs that died
+    expire 12 h after their last renewal and are deleted here."""
     from pipeline.store.maintenance import gc_store, parse_duration
 
-    try:
-        report = gc_store(store, parse_duration(older_than), dry_run=dry_run)
-    except ValueError as e:
-        _fail(str(e))
-    except _domain_errors() as e:
-        _fail(str(e))
+    report = gc_store(store, parse_duration(older_than), dry_run=dry_run)
     verb = "would delete" if dry_run else "deleted"
     out.print(f"{store}: {report.expired} versions expired; {verb} {report.chunks_deleted} chunks, "
               f"{report.manifests_deleted} manifests, {report.snapshots_deleted} snapshots "
               f"({report.bytes_deleted / 1e6:.1f} MB); {len(report.kept)} versions kept", highlight=False)
+    young = 0
+    for version_id, reasons in report.kept.items():
+        if reasons == ["younger than the threshold"]:
+            young += 1
+        else:
+            out.print(f"  kept {version_id}: {'; '.join(reasons)}", highlight=False, soft_wrap=True)
+    if young:
+        out.print(f"  kept {young} more, younger than {older_than}", highlight=False)
+    for lease in report.leases_expired:
+        out.print(f"  {'would delete' if dry_run else 'deleted'} the expired {lease.describe()} on {lease.version} "
+                  "(its run ended without removing it)", highlight=False, soft_wrap=True)
 
 
 @app.command()
@@ -273,9 +286,6 @@ def tag(
     """Tag a version so `lawam gc` keeps it; open it later by id or by tag name."""
     from pipeline.store.maintenance import tag_version
 
-    try:
-        snapshot = tag_version(store, version_id, name)
-    except _domain_errors() as e:
-        _fail(str(e))
+    snapshot = tag_version(store, version_id, name)
     out.print(f"tagged {snapshot} as {name!r}", highlight=False)
 

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import typer
 
-from flows.cli.app import _domain_errors, _fail, app, out
+from flows.cli.app import app, out
 from schemas.cards import StoppedRun
 
 
@@ -18,7 +18,11 @@ def train_lam_cmd(
     config: Path = typer.Option(None, help="lam.yaml: pairs / model / optim settings (see configs/lam.yaml)."),
     steps: int = typer.Option(None, min=1, help="Training steps (overrides optim.steps)."),
     workers: int = typer.Option(1, min=1, help="Data-parallel workers: >1 runs the same loop under Ray Train (DDP)."),
-    resume: bool = typer.Option(False, help="Continue the run in --out exactly where its last checkpoint stopped."),
+    resume: bool = typer.Option(False, help="Continue the run in --out exactly where its last checkpoint stopped "
+                                "(a folder with nothing to resume starts a fresh run)."),
+    force: bool = typer.Option(False, "--force", help="Replace the run --out holds (finished or stopped)."),
+    keep_version: bool = typer.Option(True, help="Tag the store version the finished run read, so `lawam gc` "
+                                      "never expires what its card names (--no-keep-version: leave it untagged)."),
     device: str = typer.Option("auto", help="auto (CUDA with bf16 when present), cpu or cuda."),
     progress: bool = typer.Option(True, help="Show a progress bar with loss and pairs/s."),
 ) -> None:
@@ -26,28 +30,29 @@ def train_lam_cmd(
 
     Writes OUT/model.safetensors and OUT/card.json (store version, encoder, config, metrics on
     held-out episodes), metrics.jsonl, TensorBoard events (OUT/tb), metrics.png and curves.png.
-    Ctrl-C checkpoints; --resume continues.
+    Ctrl-C checkpoints; --resume continues. The store version is held against `lawam gc`
+    while the run reads it, and tagged when it finishes. A run that fails before its first
+    checkpoint leaves nothing in --out.
     """
     from model.train_lam import train_lam
     from pipeline.progress import progress_bar
     from schemas.training import load_lam_config
 
-    try:
-        cfg = load_lam_config(config)
-        if workers > 1:
-            from pipeline.ray_runtime import ensure_ray
+    cfg = load_lam_config(config)
+    if workers > 1:
+        from pipeline.ray_runtime import ensure_ray
 
-            ensure_ray()
-        card = train_lam(store, out_dir, cfg, version=version_id, steps=steps, resume=resume, workers=workers,
-                         progress=progress_bar if progress else None, device=device)
-    except _domain_errors() as e:
-        _fail(str(e).splitlines()[0] if str(e) else type(e).__name__)
+        ensure_ray()
+    card = train_lam(store, out_dir, cfg, version=version_id, steps=steps, resume=resume, force=force,
+                     keep_version=keep_version, workers=workers, progress=progress_bar if progress else None,
+                     device=device)
     if isinstance(card, StoppedRun):
         out.print(f"stopped at step {card.steps}: continue with `lawam train-lam ... --out {out_dir} --resume`")
         raise typer.Exit(130)
     m = card.metrics
+    tagged = f" (tagged {card.store.tag})" if card.store.tag else ""
     out.print(f"LaWM {out_dir}: {card.steps} steps in {card.wall_time_s:.0f}s on store "
-              f"{card.store.version}; label set {card.label_set}", highlight=False)
+              f"{card.store.version}{tagged}; label set {card.label_set}", highlight=False)
     line = (f"  held-out forward error {m['forward_mse']:.4f} = {m['forward_over_copy']:.2f}x copying f_t; "
             f"z explains {100 * m['z_explains']:.0f}% of the gain")
     if "probe_r2_z" in m:
@@ -61,13 +66,21 @@ def label(
     lam: Path = typer.Option(..., help="A `lawam train-lam` output folder (model.safetensors + card.json)."),
     version_id: str = typer.Option(None, "--version", help="Store version to read; default: newest."),
     export: Path = typer.Option(None, help="Also write (episode, t, z) of the whole label set to this Parquet file."),
-    actors: int = typer.Option(None, min=1, help="Labelling actors (default: one per GPU, else one on every core)."),
+    actors: int = typer.Option(None, min=1, help="Labelling actors on Ray (default: one per GPU on a cluster "
+                                                 "or a multi-GPU machine, else none: this process labels)."),
+    redo: list[str] = typer.Option(None, help="Label these episodes again (source/episode_id; comma-separated or "
+                                   "repeated), replacing their labels in the set."),
+    damaged: bool = typer.Option(False, "--damaged", help="Label again the episodes whose labels are unreadable or "
+                                 "hold NaN/inf (what `lawam verify` reports)."),
     progress: bool = typer.Option(True, help="Show a progress bar."),
 ) -> None:
     """Label every pair of every episode with the LaWM's latent action, as a label set in the store.
 
     Only episodes without current labels of this LaWM's set (new, or redone since) are
-    labelled; the labels land in one new commit. Several label sets coexist.
+    labelled, plus those named by --redo or found by --damaged; the labels land in one new
+    commit. Several label sets coexist; a set is named by the LaWM's weights and every card
+    field that changes its labels. A LaWM whose weights are not its card's, or that gives
+    NaN, is refused before anything is written.
     """
     import pyarrow.parquet as pq
 
@@ -75,19 +88,18 @@ def label(
     from pipeline.label import label_store
     from pipeline.store import FeatureStore, LabelSet
 
-    try:
-        labeler = IdmLabeler(str(lam))
-        report = label_store(store, labeler, version=version_id, num_actors=actors,
-                             progress=progress)
-        if export:
-            pinned = FeatureStore.open(store, report.version_after or version_id)
-            table = LabelSet.open(pinned, labeler.set_id).to_table()
-            pq.write_table(table, export)
-    except _domain_errors() as e:
-        _fail(str(e).splitlines()[0] if str(e) else type(e).__name__)
+    labeler = IdmLabeler(str(lam))
+    keys = [k.strip() for item in redo or () for k in item.split(",") if k.strip()]
+    report = label_store(store, labeler, version=version_id, redo=keys, damaged=damaged, num_actors=actors,
+                         progress=progress)
+    if export:
+        pinned = FeatureStore.open(store, report.version_after or version_id)
+        table = LabelSet.open(pinned, labeler.set_id).to_table()
+        pq.write_table(table, export)
+    again = f"; {report.redone} relabelled on request" if report.redone else ""
     out.print(f"label set {report.set_id} in {store}: +{report.episodes} episodes ({report.pairs} pairs, "
-              f"{report.pairs_per_s:.0f} pairs/s), {report.skipped} already labelled; "
-              f"{report.version_before} -> {report.version_after or '(unchanged)'}", highlight=False)
+              f"{report.pairs_per_s:.0f} pairs/s{again}), {report.skipped} already labelled; "
+              f"{report.version_before} -> {report.version_after or '(unchanged)'}", highlight=False, soft_wrap=True)
     if export:
         out.print(f"exported {table.num_rows} labels to {export}", highlight=False)
 
@@ -107,7 +119,11 @@ def distill(
                                           "their actions; the rest train as action-free video."),
     action_head: str = typer.Option(None, help="l1 (regression, default) or flow (flow matching)."),
     workers: int = typer.Option(1, min=1, help="Data-parallel workers: >1 runs the same loop under Ray Train (DDP)."),
-    resume: bool = typer.Option(False, help="Continue the run in --out exactly where its last checkpoint stopped."),
+    resume: bool = typer.Option(False, help="Continue the run in --out exactly where its last checkpoint stopped "
+                                "(a folder with nothing to resume starts a fresh run)."),
+    force: bool = typer.Option(False, "--force", help="Replace the run --out holds (finished or stopped)."),
+    keep_version: bool = typer.Option(True, help="Tag the store version the finished run read, so `lawam gc` "
+                                      "never expires what its card names (--no-keep-version: leave it untagged)."),
     device: str = typer.Option("auto", help="auto (CUDA with bf16 when present), cpu or cuda."),
     progress: bool = typer.Option(True, help="Show a progress bar with the losses and pairs/s."),
 ) -> None:
@@ -116,36 +132,34 @@ def distill(
 
     Writes OUT/model.safetensors (the frozen LaWM inside) and OUT/card.json (store version,
     label set, LaWM, encoder, config, held-out metrics), metrics.jsonl, TensorBoard events
-    (OUT/tb) and curves.png. Ctrl-C checkpoints; --resume continues.
+    (OUT/tb) and curves.png. Ctrl-C checkpoints; --resume continues. A label set holding
+    NaN/inf or unreadable labels is refused. The store version is held against `lawam gc`
+    while the run reads it, and tagged when it finishes.
     """
-    from model.distill import SelectionError
     from model.distill import distill as run_distill
     from pipeline.progress import progress_bar
     from schemas.training import load_distill_config
 
-    try:
-        cfg = load_distill_config(config)
-        model_updates: dict = {"subgoal": subgoal} if not subgoal else {}
-        if action_head is not None:
-            if action_head not in ("l1", "flow"):
-                raise typer.BadParameter("use l1 or flow", param_hint="--action-head")
-            model_updates["action_head"] = action_head
-        updates: dict = {"model": cfg.model.model_copy(update=model_updates)}
-        if action_fraction is not None:
-            if action_fraction <= 0:
-                raise typer.BadParameter("must be > 0: some robot episodes must keep their actions",
-                                         param_hint="--action-fraction")
-            updates["action_fraction"] = action_fraction
-        cfg = cfg.model_copy(update=updates)
-        if workers > 1:
-            from pipeline.ray_runtime import ensure_ray
+    cfg = load_distill_config(config)
+    model_updates: dict = {"subgoal": subgoal} if not subgoal else {}
+    if action_head is not None:
+        if action_head not in ("l1", "flow"):
+            raise typer.BadParameter("use l1 or flow", param_hint="--action-head")
+        model_updates["action_head"] = action_head
+    updates: dict = {"model": cfg.model.model_copy(update=model_updates)}
+    if action_fraction is not None:
+        if action_fraction <= 0:
+            raise typer.BadParameter("must be > 0: some robot episodes must keep their actions",
+                                     param_hint="--action-fraction")
+        updates["action_fraction"] = action_fraction
+    cfg = cfg.model_copy(update=updates)
+    if workers > 1:
+        from pipeline.ray_runtime import ensure_ray
 
-            ensure_ray()
-        card = run_distill(store, out_dir, labels if subgoal else None, cfg, version=version_id, steps=steps,
-                           resume=resume, workers=workers, device=device,
-                           progress=progress_bar if progress else None)
-    except (*_domain_errors(), SelectionError) as e:
-        _fail(str(e).splitlines()[0] if str(e) else type(e).__name__)
+        ensure_ray()
+    card = run_distill(store, out_dir, labels if subgoal else None, cfg, version=version_id, steps=steps,
+                       resume=resume, force=force, keep_version=keep_version, workers=workers, device=device,
+                       progress=progress_bar if progress else None)
     if isinstance(card, StoppedRun):
         out.print(f"stopped at step {card.steps}: continue with `lawam distill ... --out {out_dir} --resume`")
         raise typer.Exit(130)

@@ -77,19 +77,21 @@ __all__ = [
 ]
 
 
-def probe_video(uri: str) -> VideoInfo:
-    """Read the container header (and one frame, for the rotation side data) of `uri`.
+def probe_video(uri: str, byte_range: tuple[int, int] | None = None) -> VideoInfo:
+    """Read the container header (and one frame, for the rotation side data) of `uri` (of its
+    bytes `byte_range` = (offset, length) when the video is a member of a bigger file).
 
     Raises `CorruptVideoError` when the file is not a readable video and `MissingVideoError` (a
     FileNotFoundError too) when it does not exist.
     """
-    return _pyav.probe_pyav(uri)
+    return _pyav.probe_pyav(uri, byte_range)
 
 
-def choose_backend(backend: str, uri: str) -> str:
+def choose_backend(backend: str, uri: str, byte_range: tuple[int, int] | None = None) -> str:
     """The backend a call starts with: "auto" means PyAV (see the module docstring for the
-    measurements behind it); decord only ever reads local files (it loads file objects whole)."""
-    if backend == "decord" and not is_remote(uri):
+    measurements behind it); decord only ever reads whole local files (it loads file objects
+    whole), so a remote video or a tar member always decodes with PyAV."""
+    if backend == "decord" and not is_remote(uri) and byte_range is None:
         return "decord"
     return "pyav"
 
@@ -105,12 +107,14 @@ def decode_frames(
     max_seconds: float | None = None,
     block_frames: int = 32,
     backend: str = "auto",
+    byte_range: tuple[int, int] | None = None,
 ) -> Iterator[FrameBlock]:
     """Yield the frames of `uri` in [start_s, end_s) picked at `fps`, as blocks of at most
     `block_frames` upright RGB frames of `size` x `size` (see the module docstring for the rules).
 
     `uri` is a local path or an fsspec URL (remote files always decode with PyAV through a file
-    object, never downloaded whole). `backend` is "auto" (= PyAV, see `choose_backend`), "pyav",
+    object, never downloaded whole); `byte_range` = (offset, length) decodes only those bytes of
+    it, in place: a video member of a webdataset tar shard. `backend` is "auto" (= PyAV, see `choose_backend`), "pyav",
     or "decord" (falls back to PyAV on any decord failure).
 
     Raises CorruptVideoError (bad input) for unreadable, truncated or empty videos (possibly after
@@ -131,14 +135,15 @@ def decode_frames(
     end = math.inf if end_s is None else float(end_s)
     if max_seconds is not None:
         end = min(end, start_s + max_seconds)
-    request = DecodeRequest(uri, float(fps), int(size), float(start_s), end, resize, int(block_frames))
+    request = DecodeRequest(uri, float(fps), int(size), float(start_s), end, resize, int(block_frames),
+                            None if byte_range is None else (int(byte_range[0]), int(byte_range[1])))
     if end <= start_s:
         return iter(())
     return _decode(request, backend)  # a generator: arguments are checked now, the file when iterated
 
 
 def _decode(request: DecodeRequest, backend: str) -> Iterator[FrameBlock]:
-    if choose_backend(backend, request.uri) == "pyav":
+    if choose_backend(backend, request.uri, request.byte_range) == "pyav":
         yield from _pyav.decode_pyav(request)
         return
 

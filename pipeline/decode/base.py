@@ -76,6 +76,15 @@ class DecodeRequest:
     end_s: float  # min(end_s, start_s + max_seconds); math.inf when open-ended
     resize: str
     block_frames: int
+    byte_range: tuple[int, int] | None = None  # (offset, length) of the video inside `uri`: a tar member
+
+    @property
+    def where(self) -> str:
+        """The video as error messages name it: the file, and the member's bytes when it is one."""
+        if self.byte_range is None:
+            return self.uri
+        offset, length = self.byte_range
+        return f"{self.uri} (bytes {offset}-{offset + length})"
 
 
 def timestamp_tolerance(time_base: Fraction | None, fps: float | None) -> float:
@@ -214,7 +223,7 @@ def check_complete(
     slack = max(0.5, 3.0 / nominal) if nominal else 0.5
     if min(request.end_s, declared_end) - decoded_end > slack:
         raise CorruptVideoError(
-            f"{request.uri}: video stops at {decoded_end:.2f}s but the container declares {declared_end:.2f}s "
+            f"{request.where}: video stops at {decoded_end:.2f}s but the container declares {declared_end:.2f}s "
             "(truncated or damaged); re-download or re-encode the file"
         )
 
@@ -222,6 +231,6 @@ def check_complete(
 def empty_span_error(request: DecodeRequest, stream_start: float, last_pts: float) -> CorruptVideoError:
     """No frame at all in the requested span: an empty episode is useless and hides a bad start/end."""
     return CorruptVideoError(
-        f"{request.uri}: no frame in the span [{request.start_s:.3f}s, {request.end_s:.3f}s) of a video whose "
+        f"{request.where}: no frame in the span [{request.start_s:.3f}s, {request.end_s:.3f}s) of a video whose "
         f"frames run from {stream_start:.3f}s to {last_pts:.3f}s; check the episode's start/end times"
     )

@@ -30,6 +30,7 @@ from pipeline.decode.base import (
     resize_geometry,
     timestamp_tolerance,
 )
+from pipeline.errors import one_line
 from pipeline.uri import local_path
 
 log = logging.getLogger(__name__)
@@ -56,7 +57,7 @@ def decode_decord(request: DecodeRequest, info: VideoInfo) -> Iterator[FrameBloc
         n_frames = len(reader)
         times = reader.get_frame_timestamp(np.arange(n_frames)) if n_frames else np.zeros((0, 2))
     except Exception as exc:  # decord raises its own DECORDError, RuntimeError, IndexError...
-        raise DecordFailure(f"cannot open: {str(exc).splitlines()[0] if str(exc) else type(exc).__name__}") from exc
+        raise DecordFailure(f"cannot open: {one_line(exc)}") from exc
     if n_frames == 0:
         raise DecordFailure("no frames indexed")
     starts = np.asarray(times[:, 0], dtype=np.float64)  # (n,) pts seconds

@@ -25,7 +25,7 @@ import itertools
 import logging
 import math
 import re
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from fractions import Fraction
 
@@ -47,7 +47,7 @@ from pipeline.decode.base import (
     timestamp_tolerance,
 )
 from pipeline.errors import classify
-from pipeline.uri import is_remote, local_path
+from pipeline.uri import is_remote, local_path, open_range
 from schemas.errors import InfrastructureError
 
 log = logging.getLogger(__name__)
@@ -58,18 +58,23 @@ _FIX = "re-download or re-encode the file"
 
 
 @contextmanager
-def open_container(uri: str) -> Iterator[av.container.InputContainer]:
+def open_container(uri: str, byte_range: tuple[int, int] | None = None) -> Iterator[av.container.InputContainer]:
     """Open `uri` (local path or fsspec URL) for reading; close it (and the remote file) after.
+    With `byte_range` (offset, length), only those bytes of the file are the video: a tar
+    member, read in place through `pipeline.uri.open_range`.
 
     A missing file raises `MissingVideoError` (a CorruptVideoError and a FileNotFoundError);
     bytes FFmpeg cannot read raise CorruptVideoError; a fault of the network or the storage
     underneath (a connection reset, a timeout, EIO) is raised as it is, or as an
     `InfrastructureError`: see `_read_failure`.
     """
-    name = uri
+    name = uri if byte_range is None else f"{uri} (bytes {byte_range[0]}-{sum(byte_range)})"
     remote = None
     try:
-        if is_remote(uri):
+        if byte_range is not None:
+            remote = open_range(uri, *byte_range)
+            container = av.open(remote, mode="r")
+        elif is_remote(uri):
             import fsspec
 
             remote = fsspec.open(uri, "rb").open()
@@ -172,9 +177,9 @@ def _info(container: av.container.InputContainer, stream: av.video.stream.VideoS
     )
 
 
-def probe_pyav(uri: str) -> VideoInfo:
+def probe_pyav(uri: str, byte_range: tuple[int, int] | None = None) -> VideoInfo:
     """Container header plus the first decoded frame (FFmpeg exposes rotation only on frames)."""
-    with open_container(uri) as container:
+    with open_container(uri, byte_range) as container:
         stream = _video_stream(container, uri)
         try:
             first = next(container.decode(stream), None)
@@ -290,8 +295,9 @@ class _Converter:
         out[...] = rgb[y0 : y0 + self.size, x0 : x0 + self.size]
 
 
-def resize_like_decode(frames: np.ndarray, size: int, resize: str = "center_crop") -> np.ndarray:
-    """Upright RGB frames (n, H, W, 3) uint8 -> (n, size, size, 3), through the pixel path a
+def resize_like_decode(frames: np.ndarray | Sequence[np.ndarray], size: int, resize: str = "center_crop") -> np.ndarray:
+    """Upright RGB frames (n, H, W, 3) uint8 -- or a sequence of (H, W, 3) uint8 frames whose sizes
+    may differ, as images decoded one by one come -- -> (n, size, size, 3), through the pixel path a
     frame of an ingested video took: rgb24 -> yuv420p (as the video encoder stored it) -> the
     same swscale call and crop as `decode_pyav`. Closed-loop evaluation feeds the encoder with
     this, so a policy sees live frames preprocessed exactly like its training features (codec
@@ -302,13 +308,15 @@ def resize_like_decode(frames: np.ndarray, size: int, resize: str = "center_crop
     ("left"), which FFmpeg 8's swscale honours and PyAV cannot set on a frame it builds: there
     this path differs by ~0.7 grey levels on average.
     """
-    if frames.ndim != 4 or frames.shape[-1] != 3 or frames.dtype != np.uint8:
+    if isinstance(frames, np.ndarray) and (frames.ndim != 4 or frames.shape[-1] != 3 or frames.dtype != np.uint8):
         raise ValueError(f"expected uint8 frames (n, H, W, 3), got {frames.dtype} {frames.shape}")
     if resize not in RESIZE_MODES:
         raise ValueError(f"resize must be one of {RESIZE_MODES}, got {resize!r}")
     out = np.empty((len(frames), size, size, 3), np.uint8)
     convert = _Converter(size, resize)
     for i, rgb in enumerate(frames):
+        if rgb.ndim != 3 or rgb.shape[-1] != 3 or rgb.dtype != np.uint8:
+            raise ValueError(f"expected uint8 frames (H, W, 3), got {rgb.dtype} {rgb.shape}")
         yuv = av.VideoFrame.from_ndarray(np.ascontiguousarray(rgb), format="rgb24").reformat(format="yuv420p")
         convert.into(yuv, 0, out[i])
     return out
@@ -322,8 +330,8 @@ def decode_pyav(
     `after_s` (relative to start_s) drops picks already delivered by another backend that failed
     part way, so a fallback continues the sequence instead of repeating it.
     """
-    uri, size, bsz = request.uri, request.size, request.block_frames
-    with open_container(uri) as container:
+    uri, size, bsz = request.where, request.size, request.block_frames  # uri: as messages name it
+    with open_container(request.uri, request.byte_range) as container:
         stream = _video_stream(container, uri)
         tb = stream.time_base or Fraction(1, 1000)
         nominal = _nominal_fps(stream)

@@ -50,10 +50,11 @@ import numpy as np
 from pipeline.decode import resize_like_decode
 from pipeline.encode import FrozenEncoder, encoder_config_from_identity
 from pipeline.evaluation.latency import Runner, latency_report, measure_latency
-from pipeline.evaluation.results import EpisodeResult, EvalReport, write_report
+from pipeline.evaluation.results import RESULTS, EpisodeResult, EvalReport, write_report
 from pipeline.progress import progress_bar
 from schemas import EncoderConfig
 from schemas.cards import PolicyCard
+from schemas.errors import ConfigError
 
 if TYPE_CHECKING:
     from pipeline.samples.metaworld_env import Layout, TaskEnv
@@ -65,7 +66,7 @@ __all__ = ["EvalError", "EvalReport", "LayoutOverlapError", "Runner", "SamplesRe
            "training_view"]
 
 
-class EvalError(ValueError):
+class EvalError(ConfigError):
     """The evaluation cannot run as asked (policy and environment disagree, bad argument)."""
 
 
@@ -123,9 +124,10 @@ def training_samples(store_uri: str, version: str | None) -> tuple[list[Layout],
 
     from pipeline.samples.metaworld_robot import LAYOUTS_FILE, read_sample_layouts
     from pipeline.store import FeatureStore
+    from pipeline.store.leases import hold_version
 
-    store = FeatureStore.open(store_uri, version)
-    eps = store.episodes(["uri", "kind"])
+    with hold_version(store_uri, version, "eval") as lease:  # gc keeps the version while it is read
+        eps = FeatureStore.open(store_uri, lease.version).episodes(["uri", "kind"])
     uris = sorted({u for u, kind in zip(eps["uri"].to_pylist(), eps["kind"].to_pylist(), strict=True)
                    if kind == "robot"})
     roots: dict[Path, None] = {}
@@ -417,6 +419,7 @@ def evaluate(
     encoder_checkpoint: Path | None = None,
     latency_calls: int = 200,
     policy: str | None = None,
+    results_name: str = RESULTS,
 ) -> EvalReport:
     """Roll the policy out on `episodes` held-out layouts of each task and write results.json,
     success.png and (`video`) one rollout MP4 per task into `out_dir`.
@@ -425,7 +428,8 @@ def evaluate(
     the scenes the policy was trained on ([] when unknown: then nothing is checked). Raises
     `LayoutOverlapError` / `EvalError` before any rollout and before `out_dir` is touched.
     `latency_calls` > 0 also measures chunk latency (`latency_report`) on the driver; `policy`
-    names the policy (its folder) in results.json.
+    names the policy (its folder) in results.json; `results_name` is that file's name in
+    `out_dir` (`pipeline.evaluation.results`: another name prefixes the plot and videos).
     """
     t0 = time.monotonic()
     runner = load_runner()  # on the driver: its card and shapes, and later its latency
@@ -455,6 +459,6 @@ def evaluate(
     }
     report = write_report(out_dir, results, settings=settings, card=plan.card, policy=policy, latency=latency,
                           video_fps=int(round(runner.control_hz)), seconds=time.monotonic() - t0,
-                          rollout_seconds=rollout_s)
+                          rollout_seconds=rollout_s, name=results_name)
     log.info("eval: %s", report.summary())
     return report

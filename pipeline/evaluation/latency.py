@@ -9,6 +9,9 @@ chunk out (`runner.act`); (b) a uint8 frame in, chunk out: the ingest's preproce
 `calls` calls after `warmup` untimed ones, on whatever device the runner and encoder live on;
 the chunk comes back as a numpy array, so CUDA work is complete when the clock stops. The
 torch thread count is recorded: on a shared CPU a second thread often waits for a busy core.
+The encoder runs on the runtime and precision its identity names (the policy's store's), and
+they are recorded; OpenVINO and ONNX Runtime run on the CPU only, so the CUDA figures are
+taken only for a torch encoder.
 """
 
 from __future__ import annotations
@@ -72,6 +75,7 @@ def measure_latency(runner: Runner, encoder: FrozenEncoder, frame: np.ndarray, *
     device = getattr(runner, "device", None)
     return {
         "encoder_device": encoder.device.type, "policy_device": str(device) if device is not None else "cpu",
+        "encoder_runtime": encoder.identity.runtime, "encoder_precision": encoder.identity.precision,
         "torch_threads": torch.get_num_threads(), "calls": calls, "warmup": warmup,
         "frame": list(frame.shape[:2]), "encoder_input": size, "tokens": list(features.shape),
         "policy_ms": _ms_stats(timings["policy_ms"]), "encoder_policy_ms": _ms_stats(timings["encoder_policy_ms"]),
@@ -101,7 +105,7 @@ def _latency_on_devices(load_runner: Callable[..., Runner], encoder_cfg: Encoder
 
     out = {"cpu": measure_latency(load_runner(), FrozenEncoder(encoder_cfg.model_copy(update={"device": "cpu"})),
                                   frame, calls=calls, warmup=warmup, instruction=instruction, resize=resize)}
-    if torch.cuda.is_available():
+    if torch.cuda.is_available() and encoder_cfg.runtime == "torch":  # OpenVINO / ONNX Runtime run on the CPU
         out["cuda"] = measure_latency(load_runner(device="cuda"),
                                       FrozenEncoder(encoder_cfg.model_copy(update={"device": "cuda"})),
                                       frame, calls=calls, warmup=warmup, instruction=instruction, resize=resize)

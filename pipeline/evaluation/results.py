@@ -6,6 +6,9 @@
     rollout-<task>.mp4   the task's first episode, every control step's frame, h264
 
 results.json is written last and atomically: a folder without it holds no finished evaluation.
+Another name for it (`lawam eval --out other.json`) prefixes its plot and videos with the name's
+stem (other-success.png, other-rollout-<task>.mp4), so evaluations sharing a folder keep theirs;
+results.json names its plot and videos either way.
 The Wilson interval (not the normal approximation) because evaluations are small and rates
 near 0 or 1 are common, where the normal interval collapses to a point.
 """
@@ -74,10 +77,23 @@ def _rate(rows: list[EpisodeResult]) -> dict[str, Any]:
             "mean_steps": float(np.mean([r.steps for r in rows])) if rows else 0.0}
 
 
+RESULTS = "results.json"
+
+
+def side_file(results_name: str, name: str) -> str:
+    """The name of a file written beside the results file `results_name` (see the module doc)."""
+    return name if results_name == RESULTS else f"{Path(results_name).stem}-{name}"
+
+
 @dataclass
 class EvalReport:
     out_dir: Path
     results: dict[str, Any]  # what results.json holds
+    name: str = RESULTS  # the results file's name in out_dir
+
+    @property
+    def path(self) -> Path:
+        return self.out_dir / self.name
 
     @property
     def success_rate(self) -> float:
@@ -116,7 +132,14 @@ def lineage(card: PolicyCard) -> dict[str, Any]:
 
 
 def plot_success(tasks: dict[str, dict[str, Any]], overall: dict[str, Any], path: Path, title: str) -> Path:
-    """Bar per task (success rate, Wilson 95% interval as error bars) and the overall rate as a line."""
+    """`success_figure` as a PNG at `path`."""
+    success_figure(tasks, overall, title).savefig(path, dpi=100)
+    return path
+
+
+def success_figure(tasks: dict[str, dict[str, Any]], overall: dict[str, Any], title: str) -> Any:
+    """Bar per task (success rate, Wilson 95% interval as error bars), each labelled with its
+    rate (a 0% bar has no height to see), and the overall rate as a line."""
     from matplotlib.figure import Figure
 
     names = list(tasks)
@@ -125,7 +148,8 @@ def plot_success(tasks: dict[str, dict[str, Any]], overall: dict[str, Any], path
     hi = np.array([tasks[t]["ci95"][1] for t in names])
     fig = Figure(figsize=(max(4.0, 1.2 * len(names) + 2), 3.6), layout="constrained")
     ax = fig.subplots()
-    ax.bar(names, rates, yerr=[rates - lo, hi - rates], capsize=4, color="tab:blue")
+    bars = ax.bar(names, rates, yerr=[rates - lo, hi - rates], capsize=4, color="tab:blue")
+    ax.bar_label(bars, labels=[f"{r:.0%}" for r in rates], fontsize=8, padding=2)
     ax.axhline(overall["success_rate"], color="tab:red", linestyle="--", linewidth=1,
                label=f"all tasks {overall['success_rate']:.0%} (n={overall['episodes']})")
     ax.set_ylim(0, 1.05)
@@ -133,8 +157,7 @@ def plot_success(tasks: dict[str, dict[str, Any]], overall: dict[str, Any], path
     ax.tick_params(axis="x", labelsize=8, rotation=20)
     ax.legend(fontsize=8, loc="upper right")
     ax.set_title(title, fontsize=10)
-    fig.savefig(path, dpi=100)
-    return path
+    return fig
 
 
 def write_video(path: Path, frames: np.ndarray, fps: int) -> Path:
@@ -147,8 +170,8 @@ def write_video(path: Path, frames: np.ndarray, fps: int) -> Path:
 
 def write_report(out_dir: Path, results: list[EpisodeResult], *, settings: dict[str, Any], card: PolicyCard,
                  policy: str | None, latency: dict[str, Any] | None, video_fps: int, seconds: float,
-                 rollout_seconds: float) -> EvalReport:
-    """Write the videos, the plot and (last, atomically) results.json into `out_dir`."""
+                 rollout_seconds: float, name: str = RESULTS) -> EvalReport:
+    """Write the videos, the plot and (last, atomically) the results file `name` into `out_dir`."""
     by_task: dict[str, list[EpisodeResult]] = {}
     for r in results:
         by_task.setdefault(r.task, []).append(r)
@@ -158,20 +181,37 @@ def write_report(out_dir: Path, results: list[EpisodeResult], *, settings: dict[
     for task, rows in by_task.items():
         first = next((r for r in rows if r.frames is not None), None)
         if first is not None and settings.get("video", True):
-            name = f"rollout-{task}.mp4"
-            write_video(out_dir / name, first.frames, video_fps)
-            videos[task] = name
-            tasks[task]["video"] = name
-    plot_success(tasks, overall, out_dir / "success.png",
+            video = side_file(name, f"rollout-{task}.mp4")
+            write_video(out_dir / video, first.frames, video_fps)
+            videos[task] = video
+            tasks[task]["video"] = video
+    plot = side_file(name, "success.png")
+    plot_success(tasks, overall, out_dir / plot,
                  f"{Path(policy).name if policy else 'policy'}: {overall['episodes']} held-out episodes")
     doc = {
-        "format": RESULTS_FORMAT, "policy": {"path": policy, **lineage(card)}, "settings": settings,
+        "format": RESULTS_FORMAT, "policy": {"path": policy, **lineage(card)}, "settings": settings, "plot": plot,
         "overall": overall, "tasks": tasks, "episodes": [r.to_json() for r in results],
         "latency": latency, "seconds": round(seconds, 2),
         "seconds_per_episode": round(sum(r.seconds for r in results) / max(1, len(results)), 3),
         "rollout_seconds": round(rollout_seconds, 2),
     }
-    tmp = out_dir / f".results.json.{os.getpid()}"
+    tmp = out_dir / f".{name}.{os.getpid()}"
     tmp.write_text(json.dumps(doc, indent=2, default=str))
-    os.replace(tmp, out_dir / "results.json")
-    return EvalReport(out_dir, doc)
+    os.replace(tmp, out_dir / name)
+    return EvalReport(out_dir, doc, name)
+
+
+def read_results(path: Path) -> dict[str, Any]:
+    """A results file as written by `write_report`; ConfigError naming the file when it is not
+    one (damaged, truncated, or another file)."""
+    from schemas.errors import ConfigError
+
+    try:
+        doc = json.loads(Path(path).read_text())
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
+        raise ConfigError(f"{path}: not a readable results file ({type(e).__name__}); evaluate again to "
+                          "rewrite it") from None
+    if not isinstance(doc, dict) or not isinstance(doc.get("overall"), dict) or not isinstance(doc.get("tasks"), dict):
+        raise ConfigError(f"{path}: not a results file of `lawam eval` (no overall/tasks); evaluate again to "
+                          "rewrite it")
+    return doc

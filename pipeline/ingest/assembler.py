@@ -25,11 +25,9 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from pipeline.errors import classify
-from pipeline.ingest.frames import one_line
+from pipeline.errors import classify, one_line
 from pipeline.progress import Bar
 from pipeline.store import StoreWriter
-from pipeline.store.backend import error_summary
 from schemas.identity import SamplingParams
 from schemas.records import EpisodeRef
 
@@ -40,13 +38,6 @@ def quarantinable(e: BaseException) -> bool:
     """Only bad input quarantines an episode (`schemas.errors`): `classify` looks through
     Ray's RayTaskError to the original exception."""
     return classify(e) == "bad_input"
-
-
-def reason(e: BaseException) -> str:
-    """One line for the catalog: the innermost cause, without Ray's traceback wrapping."""
-    while getattr(e, "cause", None) is not None and e.cause is not e:
-        e = e.cause
-    return one_line(e)
 
 
 @dataclass
@@ -125,7 +116,7 @@ class EpisodeAssembler:
         if not quarantinable(e):
             raise e
         for i, _ in meta["segments"]:
-            episodes[i].error = episodes[i].error or reason(e)
+            episodes[i].error = episodes[i].error or one_line(e)
 
     def outcomes(self, episodes: list[Episode], meta: dict) -> None:
         """End the episodes whose outcome the block carries (their frames all came before)."""
@@ -181,4 +172,4 @@ class EpisodeAssembler:
             self.commit("ingest (interrupted)")
         except Exception as e:  # noqa: BLE001 - the original error is the one to report
             log.warning("could not commit the episodes completed before %s: %s", type(failure).__name__,
-                        error_summary(e))
+                        one_line(e))

@@ -1,12 +1,14 @@
 """One episode's frames at the corpus rate, in blocks, whatever the episode is made of.
 
-Videos go through `pipeline.decode` (PyAV, or decord with PyAV as fallback); HDF5 episodes
-(robomimic / LIBERO) already hold uint8 image arrays at the control rate, so they are
-picked by timestamp here and resized by `pipeline.decode.arrays` (the swscale path a video's
-frames take). `decode_episode_blocks` decodes one episode;
-`decode_packed` (the body of the Ray decode task) decodes a list of episodes one after
-another and packs their frames into shared blocks, so that many short episodes cost few
-encoder calls, with the boundaries and the outcome of each episode alongside.
+Videos go through `pipeline.decode` (PyAV, or decord with PyAV as fallback; a webdataset
+sample's video is decoded in place from its tar, `ref.byte_range`); HDF5 episodes (robomimic /
+LIBERO) already hold uint8 image arrays at the control rate, and RLDS episodes one JPEG/PNG
+per step: both are picked by timestamp here (only the kept steps are read or decoded) and
+resized by `pipeline.decode.arrays` (the swscale path a video's frames take).
+`decode_episode_blocks` decodes one episode; `decode_packed` (the body of the Ray decode
+task) decodes a list of episodes one after another and packs their frames into shared
+blocks, so that many short episodes cost few encoder calls, with the boundaries and the
+outcome of each episode alongside.
 """
 
 from __future__ import annotations
@@ -19,8 +21,8 @@ import numpy as np
 
 from pipeline.decode import decode_frames, pick_frame_indices
 from pipeline.decode.arrays import resize_frames
-from pipeline.errors import classify
-from pipeline.sources import load_actions, read_image_frames, read_image_timestamps
+from pipeline.errors import classify, one_line
+from pipeline.sources import iter_image_frames, load_actions, read_image_timestamps
 from pipeline.sources.base import EpisodeError
 from schemas.identity import SamplingParams
 from schemas.records import EpisodeRef
@@ -36,7 +38,7 @@ def decode_episode_blocks(ref: EpisodeRef, params: SamplingParams, *, block_fram
     if ref.image_key is None:
         for block in decode_frames(ref.uri, fps=fps, size=size, start_s=ref.start_s, end_s=ref.end_s,
                                    resize=resize, max_seconds=max_seconds, block_frames=block_frames,
-                                   backend=decoder):
+                                   backend=decoder, byte_range=ref.byte_range):
             yield {"frames": block.frames, "timestamps": block.timestamps}
         return
     stamps = read_image_timestamps(ref)  # shape only: frames are read block by block below
@@ -44,15 +46,8 @@ def decode_episode_blocks(ref: EpisodeRef, params: SamplingParams, *, block_fram
         return
     end = math.inf if max_seconds is None else float(stamps[0]) + max_seconds
     keep = pick_frame_indices(stamps, fps=fps, start_s=float(stamps[0]), end_s=end)  # same rule as for videos
-    for i in range(0, len(keep), block_frames):
-        frames, ts = read_image_frames(ref, keep[i : i + block_frames])
+    for frames, ts in iter_image_frames(ref, keep, block_frames):
         yield {"frames": resize_frames(frames, size, resize), "timestamps": ts.astype(np.float64)}
-
-
-def one_line(e: BaseException) -> str:
-    """An exception as one catalog line: its type and the last line of its message."""
-    text = str(e).strip().splitlines()
-    return f"{type(e).__name__}: {text[-1] if text else ''}".strip(": ")
 
 
 @dataclass

@@ -53,18 +53,35 @@ def _stored_encoder(store: StoreConfig) -> EncoderIdentity | None:
     return EncoderIdentity.from_dict(stored, where=f"store {store.uri!r}") if stored else None
 
 
-def _encoder_identity(encoder: EncoderConfig, stored: EncoderIdentity | None) -> tuple[EncoderIdentity, bool]:
-    """(identity to open the store with, whether it is the full one). When the store already
+def _encoder_identity(encoder: EncoderConfig, stored: EncoderIdentity | None,
+                      uri: str) -> tuple[EncoderConfig, EncoderIdentity, bool]:
+    """(the config with its runtime and precision resolved against the store, the identity to
+    open the store with, whether it is the full one). `runtime: auto` follows the store's own
+    numerics, so a store keeps growing with what it was written with. When the store already
     names this encoder's settings, its identity is used as is and timm (torch) is not
     imported; `encoder_identity` is then checked against it before any frame is encoded."""
-    from pipeline.encode.identity import config_weights
+    from pipeline.encode.identity import config_weights, resolve_numerics
 
+    encoder = resolve_numerics(encoder, stored=stored)
     if stored and stored.same_settings(model=encoder.model, weights=config_weights(encoder),
-                                       image_size=encoder.image_size, tokens=encoder.tokens, layer=encoder.layer):
-        return stored, False
+                                       image_size=encoder.image_size, tokens=encoder.tokens, layer=encoder.layer,
+                                       runtime=encoder.runtime, precision=encoder.precision):
+        return encoder, stored, False
     from pipeline.encode import encoder_identity
 
-    return encoder_identity(encoder), True
+    identity = encoder_identity(encoder)
+    if stored:
+        stored.require_same(identity, ours=f"store {uri!r}", theirs="this run", fix=_mismatch_fix(stored, identity))
+    return encoder, identity, True
+
+
+def _mismatch_fix(stored: EncoderIdentity, ours: EncoderIdentity) -> str:
+    """What to do when this run's encoder is not the store's: the YAML lines that name the
+    store's numerics when only those differ."""
+    if set(stored.differences(ours)) <= {"runtime", "precision"}:
+        return (f"set `encoder: {{runtime: {stored.runtime}, precision: {stored.precision}}}` (or `auto`, which "
+                "follows the store) in the corpus YAML, or choose another --store for the new numerics")
+    return "choose another --store"
 
 
 def remember_hashes(store: StoreConfig) -> int:
@@ -143,7 +160,7 @@ def ingest_episodes(
         return SamplingParams(fps=fps_for(ref), size=encoder.image_size, resize=sampling.resize,
                               max_seconds=sampling.max_seconds)
 
-    identity, full = _encoder_identity(encoder, _stored_encoder(store))
+    encoder, identity, full = _encoder_identity(encoder, _stored_encoder(store), store.uri)
     with StoreWriter.open(store.uri, encoder=identity, chunk_frames=store.chunk_frames,
                           branch=store.branch) as writer:
         report = IngestReport(store.uri, writer.parent_version, None)
@@ -155,8 +172,9 @@ def ingest_episodes(
         if not full and any(ref.refused is None for ref in plan.todo):
             from pipeline.encode import encoder_identity
 
-            identity.require_same(encoder_identity(encoder), ours=f"store {store.uri!r}", theirs="this run",
-                                  fix="choose another --store")
+            built = encoder_identity(encoder)
+            identity.require_same(built, ours=f"store {store.uri!r}", theirs="this run",
+                                  fix=_mismatch_fix(identity, built))
         # Refused at enumeration (a path outside the source, a missing file, a demo without
         # actions): quarantined as they are, their media never opened.
         todo = [ref for ref in plan.todo if ref.refused is None]
@@ -221,6 +239,8 @@ def ingest_corpus(cfg: CorpusConfig, *, sources: list[str] | None = None, store_
 
 
 def source_roots(specs: Iterable[SourceSpec]) -> list[str]:
-    """The folders whose files the sources enumerate, spelled as the `files` table spells
-    file URIs (local: absolute paths; object stores: the URL)."""
-    return [hashing.record_uri(spec.uri).rstrip("/") for spec in specs]
+    """The folders whose files the sources enumerate whole, spelled as the `files` table spells
+    file URIs (local: absolute paths; object stores: the URL). A list of shards or a brace
+    pattern names files, not a folder: its folder may hold other sources' files, so none."""
+    return [hashing.record_uri(spec.uri).rstrip("/") for spec in specs
+            if isinstance(spec.uri, str) and not ("{" in spec.uri and "}" in spec.uri)]

@@ -50,7 +50,8 @@ __all__ = ["EncoderActor", "RayExecutor", "ThreadTuner", "encoder_pool"]
 
 
 class ThreadTuner:
-    """Picks torch's thread count for an encoder on CPU by measuring, not by guessing.
+    """Picks the thread count of an encoder on CPU by measuring, not by guessing (torch's
+    threads, or which of the models OpenVINO / ONNX Runtime compiled per count runs).
 
     All cores win when the encoder is the bottleneck and the decoders mostly wait; one
     thread wins when decoders keep the cores busy (many short clips, a light model): each
@@ -105,18 +106,16 @@ class EncoderActor:
     """Holds one frozen encoder; built here, on the worker, never pickled."""
 
     def __init__(self, cfg: EncoderConfig, threads: int):
-        self.encoder = FrozenEncoder(cfg)
-        # On a GPU the threads only feed it; on CPU the count that measures faster is kept.
-        self.tuner = ThreadTuner(threads, tune=self.encoder.device.type == "cpu")
-        self._threads = 0
-
-    def encode(self, block: dict) -> tuple[np.ndarray, np.ndarray]:
         import torch
 
+        torch.set_num_threads(threads)  # Ray sets OMP threads to the actor's num_cpus: choose ourselves
+        self.encoder = FrozenEncoder(cfg)  # OpenVINO / ONNX Runtime compile for `threads` first
+        # On a GPU the threads only feed it; on CPU the count that measures faster is kept.
+        self.tuner = ThreadTuner(threads, tune=self.encoder.device.type == "cpu")
+
+    def encode(self, block: dict) -> tuple[np.ndarray, np.ndarray]:
         threads = self.tuner.threads()
-        if threads != self._threads:
-            torch.set_num_threads(threads)  # Ray sets OMP threads to the actor's num_cpus: choose ourselves
-            self._threads = threads
+        self.encoder.set_threads(threads)  # torch's, or the compiled model's for that count (made once)
         t = time.perf_counter()
         out = self.encoder.encode(block["frames"])
         self.tuner.record(threads, len(out), time.perf_counter() - t)
@@ -124,9 +123,10 @@ class EncoderActor:
 
 
 def encoder_pool(cfg: EncoderConfig, n: int | None = None) -> list:
-    """One actor per GPU (bf16 on CUDA), else one actor whose torch threads use every core, or
-    one thread when that measures faster (`ThreadTuner`)."""
-    gpus = int(ray.cluster_resources().get("GPU", 0)) if cfg.device != "cpu" else 0
+    """One actor per GPU (torch on CUDA), else one actor whose runtime's threads use every
+    core, or one thread when that measures faster (`ThreadTuner`). `cfg` has its runtime and
+    precision resolved (`resolve_numerics`): every actor computes the store's numerics."""
+    gpus = int(ray.cluster_resources().get("GPU", 0)) if cfg.device != "cpu" and cfg.runtime == "torch" else 0
     if gpus:
         return [EncoderActor.options(num_gpus=1, num_cpus=1).remote(cfg, 4) for _ in range(n or gpus)]
     n = n or 1

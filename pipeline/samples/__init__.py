@@ -6,6 +6,8 @@
                      (one row per video frame at 20 Hz; see `metaworld_robot`), with
                      meta/lawam_samples.json recording each episode's goal layout
     out_dir/human/   an action-free video folder with manifest.csv (see `human`)
+    out_dir/human_truth.parquet  what the hand did in each human clip, kept beside the
+                     source for evaluation only (`read_human_truth`)
     out_dir/.samples.json  the arguments and format version the corpora were made with
 
 A second call with the same arguments renders nothing and returns the summary of what
@@ -38,6 +40,7 @@ from rich.table import Table
 
 from pipeline.progress import progress_bar
 from pipeline.samples import human
+from pipeline.samples.human import HumanTruth, read_human_truth
 from pipeline.samples.lerobot_v3 import DATA_PATH, EPISODES_PATH, INFO_PATH, TASKS_PATH, VIDEO_PATH
 from pipeline.samples.tasks import (
     DEFAULT_HUMAN_TASKS,
@@ -53,7 +56,7 @@ from schemas import SourceSpec
 
 logger = logging.getLogger(__name__)
 
-FORMAT_VERSION = 2  # bump when the on-disk layout or the rendering changes: caches regenerate
+FORMAT_VERSION = 3  # bump when the on-disk layout or the rendering changes: caches regenerate
 CACHE_FILE = ".samples.json"
 # Inside the robot dataset: generator arguments and each episode's layout (see metaworld_robot).
 LAYOUTS_FILE = "meta/lawam_samples.json"
@@ -62,11 +65,13 @@ __all__ = [
     "sample_sources",
     "DEFAULT_HUMAN_TASKS",
     "DEFAULT_TASKS",
+    "HumanTruth",
     "TASK_INSTRUCTIONS",
     "SampleError",
     "SamplesSummary",
     "SourceSummary",
     "make_samples",
+    "read_human_truth",
     "summarize_samples",
 ]
 
@@ -130,10 +135,15 @@ def make_samples(
     seed: int = 0,
     image_size: int = 128,
     cameras: Sequence[str] = ("corner",),
+    min_seconds: float = 0.0,
     progress: bool = True,
     isolated: bool = True,
 ) -> SamplesSummary:
     """Render (or reuse) the robot and human sample corpora under `out_dir`.
+
+    `min_seconds` > 0 slows each episode's expert (`metaworld_robot.SPEEDS`) until its clip
+    lasts that long, where a slower expert still succeeds: at full speed the default tasks
+    take 0.5-1.5 s, too short for pairs a second apart.
 
     `isolated` renders in a child process. MuJoCo's EGL pulls Mesa's LLVM into the process,
     and loading triton (torch's compiler, imported by timm) after it segfaults: a caller
@@ -145,7 +155,7 @@ def make_samples(
     """
     out_dir = Path(out_dir)
     args = _checked_args(tasks, episodes_per_task, human_tasks, human_episodes_per_task, seed, image_size,
-                         cameras)
+                         cameras, min_seconds)
     with _locked(out_dir):
         if _cache_matches(out_dir, args):
             logger.info("sample corpora in %s are up to date; nothing rendered", out_dir)
@@ -175,10 +185,13 @@ def summarize_samples(out_dir: Path) -> SamplesSummary:
 
 def _checked_args(tasks: Sequence[str], episodes_per_task: int, human_tasks: Sequence[str],
                   human_episodes_per_task: int, seed: int, image_size: int,
-                  cameras: Sequence[str]) -> dict[str, Any]:
+                  cameras: Sequence[str], min_seconds: float) -> dict[str, Any]:
     """The validated arguments as the JSON document stored in `.samples.json`."""
     if isinstance(seed, bool) or not isinstance(seed, int) or seed < 0:
         raise SampleError(f"seed must be an integer >= 0, got {seed!r}")
+    if isinstance(min_seconds, bool) or not isinstance(min_seconds, int | float) or not 0 <= min_seconds <= 6:
+        raise SampleError(f"min_seconds must be a number of seconds in 0..6 (Meta-World truncates at 6.25 s), "
+                          f"got {min_seconds!r}")
     args = {
         "format_version": FORMAT_VERSION,
         "tasks": list(check_tasks(tasks, "tasks")),
@@ -188,6 +201,7 @@ def _checked_args(tasks: Sequence[str], episodes_per_task: int, human_tasks: Seq
         "seed": seed,
         "image_size": check_image_size(image_size),
         "cameras": list(check_cameras(cameras, "cameras")),
+        "min_seconds": float(min_seconds),
         # Another MuJoCo or Meta-World may render or simulate differently: regenerate then.
         "versions": {name: metadata.version(name) for name in ("metaworld", "mujoco", "av")},
     }
@@ -225,7 +239,7 @@ def _expected_files(out_dir: Path, args: dict[str, Any]) -> list[Path]:
                   for camera in args["cameras"]]
     if args["human_tasks"]:
         manifest = out_dir / "human" / human.MANIFEST
-        files.append(manifest)
+        files += [manifest, out_dir / human.TRUTH_FILE]
         if manifest.exists():
             files += [out_dir / "human" / name for name in pd.read_csv(manifest)["file"]]
     return files
@@ -249,6 +263,7 @@ def _render_corpora(root: Path, args: dict[str, Any], show_progress: bool) -> No
             metaworld_robot.make_robot_corpus(
                 root / "robot", tasks=args["tasks"], episodes_per_task=args["episodes_per_task"],
                 seed=args["seed"], image_size=args["image_size"], cameras=args["cameras"],
+                min_seconds=args["min_seconds"],
                 record={"format_version": args["format_version"], "versions": args["versions"]},
                 on_episode=lambda _: bar.advance())
     if args["human_tasks"]:
@@ -256,7 +271,8 @@ def _render_corpora(root: Path, args: dict[str, Any], show_progress: bool) -> No
                           enabled=show_progress) as bar:
             human.make_human_corpus(
                 root / "human", tasks=args["human_tasks"], episodes_per_task=args["human_episodes_per_task"],
-                seed=args["seed"], image_size=args["image_size"], on_episode=lambda _: bar.advance())
+                seed=args["seed"], image_size=args["image_size"], min_seconds=args["min_seconds"],
+                on_episode=lambda _: bar.advance())
 
 
 def _swap_into_place(partial: Path, out_dir: Path) -> None:

@@ -42,6 +42,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from pipeline.samples.lerobot_stats import Stats, aggregate_stats, feature_stats, image_stats, to_lists
+from schemas.errors import ConfigError
 
 logger = logging.getLogger(__name__)
 
@@ -59,7 +60,7 @@ STATS_PATH = "meta/stats.json"
 DEFAULT_FEATURE_KEYS = ("timestamp", "frame_index", "episode_index", "index", "task_index")
 
 
-class LeRobotWriteError(ValueError):
+class LeRobotWriteError(ConfigError):
     """The episodes handed to `write_lerobot_v3` cannot form one dataset (the message says which)."""
 
 

@@ -11,8 +11,12 @@ Meta-World steps reported it); frame t shows the state of row t, before its acti
 Episodes. The expert runs until the task succeeds, then `SUCCESS_TAIL_STEPS` more
 control steps (the settled outcome is part of the clip), or until `MAX_STEPS`; the
 per-row `next.success` column and the per-episode `success` column record the
-outcome. Episode e of a task is reset to `layouts(task, ...)[e]` (MT1 seeded from the
-corpus seed, the stream and the task), so a seed gives the same rows and frames.
+outcome. At full speed the default experts finish in 0.5-1.5 s; `min_seconds` slows an
+episode's expert (its xyz moves scaled by the fastest of `SPEEDS` whose unrendered
+rehearsal still succeeds and lasts that long, the gripper untouched) so that clips last
+long enough for pairs a second apart. The stored action is the one executed (scaled).
+Episode e of a task is reset to `layouts(task, ...)[e]` (MT1 seeded from the corpus seed,
+the stream and the task), so a seed gives the same rows and frames.
 
 What made the data is recorded in the dataset itself: `meta/lawam_samples.json` holds
 the generator's arguments (seed, stream, cameras, image_size, control_hz,
@@ -88,7 +92,11 @@ __all__ = [
 logger = logging.getLogger(__name__)
 
 SUCCESS_TAIL_STEPS = 4  # control steps kept after the first success (0.2 s of the settled outcome)
-MAX_STEPS = 60  # cap (3 s); the default experts first succeed after 8-37 control steps
+MAX_STEPS = 60  # cap (3 s) at full speed, / speed when slowed; the default experts first succeed after 8-37 steps
+# Expert speeds tried, fastest first, when clips must last `min_seconds`: a scripted expert is a
+# closed-loop controller, so scaling its xyz moves slows it down without changing where it goes
+# (below ~0.3 push-v3 and door-open-v3 stop succeeding; the ladder then keeps a faster speed).
+SPEEDS = (1.0, 0.8, 0.65, 0.5, 0.4, 0.33, 0.25)
 ROBOT_TYPE = "sawyer"
 
 STATE_NAMES = ["hand_x", "hand_y", "hand_z", "gripper_opening"]
@@ -107,6 +115,7 @@ class Rollout:
     layout: Layout
     episode: int  # index of the episode within its task
     success: bool  # the task was solved at some step
+    speed: float  # scale of the expert's xyz moves (1.0 = as shipped)
     actions: np.ndarray  # (N, 4) float32
     observations: np.ndarray  # (N, 39) float32, observation before each action
     rewards: np.ndarray  # (N,) float32, reward after each action
@@ -142,35 +151,37 @@ class ScriptedTask:
     def close(self) -> None:
         self.env.close()
 
-    def rollout(self, episode: int, layout: Layout | None = None) -> Rollout:
-        """Run the expert from `layout` (default: this corpus's layout of `episode`), one frame per step."""
+    def plan_speed(self, layout: Layout, min_steps: int) -> float:
+        """The fastest of `SPEEDS` whose rollout from `layout` succeeds and lasts >= `min_steps`
+        control steps, rehearsed without rendering (~200 control steps/s); failing that the
+        slowest that succeeds, and 1.0 when none does."""
+        if min_steps <= 0:
+            return 1.0
+        succeeded = []
+        for speed in SPEEDS:
+            steps, success = self._run(layout, speed, render=False)[:2]
+            if success:
+                if steps >= min_steps:
+                    return speed
+                succeeded.append(speed)
+        return succeeded[-1] if succeeded else 1.0
+
+    def rollout(self, episode: int, layout: Layout | None = None, *, min_steps: int = 0) -> Rollout:
+        """Run the expert from `layout` (default: this corpus's layout of `episode`), one frame per
+        step, slowed (`plan_speed`) so that the episode lasts at least `min_steps` when it can."""
         if layout is None:
             layout = layouts(self.task, seed=self.seed, stream=self.stream, count=episode + 1)[episode]
-        obs = self.env.reset(layout)
-        observations, actions, rewards, successes = [], [], [], []
-        frames: dict[str, list[np.ndarray]] = {camera: [] for camera in self.cameras}
-        stop_at = min(MAX_STEPS, self.env.max_steps)
-        while len(actions) < stop_at:
-            for camera in self.cameras:  # the state this row's action is taken from
-                frames[camera].append(self.env.render(camera))
-            with warnings.catch_warnings():  # experts warn when their gain saturates the action
-                warnings.simplefilter("ignore", UserWarning)
-                # Experts may ask for more than the action space; store what the env executes.
-                action = np.clip(self.policy.get_action(obs), -1.0, 1.0).astype(np.float32)
-            observations.append(obs.astype(np.float32))
-            obs, success = self.env.step(action)
-            actions.append(action)
-            rewards.append(self.env.last_reward)
-            successes.append(success)
-            if success and not any(successes[:-1]):  # first success: record the tail, then stop
-                stop_at = min(stop_at, len(actions) + SUCCESS_TAIL_STEPS)
-        if not any(successes):
+        speed = self.plan_speed(layout, min_steps)
+        _, success, rows, frames = self._run(layout, speed, render=True)
+        observations, actions, rewards, successes = rows
+        if not success:
             logger.warning("%s episode %d: the scripted expert did not succeed in %d control steps",
-                           self.task, episode, stop_at)
+                           self.task, episode, len(actions))
         return Rollout(
             layout=layout,
             episode=episode,
-            success=any(successes),
+            success=success,
+            speed=speed,
             actions=np.stack(actions),
             observations=np.stack(observations),
             rewards=np.asarray(rewards, dtype=np.float32),
@@ -178,17 +189,43 @@ class ScriptedTask:
             frames={camera: np.stack(images) for camera, images in frames.items()},
         )
 
+    def _run(self, layout: Layout, speed: float, *, render: bool) -> tuple[int, bool, tuple, dict]:
+        """One expert episode: (control steps, success, (observations, actions, rewards, successes), frames)."""
+        obs = self.env.reset(layout)
+        observations, actions, rewards, successes = [], [], [], []
+        frames: dict[str, list[np.ndarray]] = {camera: [] for camera in self.cameras}
+        stop_at = min(int(np.ceil(MAX_STEPS / speed)), self.env.max_steps)
+        while len(actions) < stop_at:
+            if render:
+                for camera in self.cameras:  # the state this row's action is taken from
+                    frames[camera].append(self.env.render(camera))
+            with warnings.catch_warnings():  # experts warn when their gain saturates the action
+                warnings.simplefilter("ignore", UserWarning)
+                # Experts may ask for more than the action space; store what the env executes.
+                action = np.clip(self.policy.get_action(obs), -1.0, 1.0).astype(np.float32)
+            action[:3] *= speed  # slower moves; the gripper's effort is left as it is
+            observations.append(obs.astype(np.float32))
+            obs, success = self.env.step(action)
+            actions.append(action)
+            rewards.append(self.env.last_reward)
+            successes.append(success)
+            if success and not any(successes[:-1]):  # first success: record the tail, then stop
+                stop_at = min(stop_at, len(actions) + SUCCESS_TAIL_STEPS)
+        return len(actions), any(successes), (observations, actions, rewards, successes), frames
+
 
 def render_rollouts(tasks: Sequence[str], episodes_per_task: int, *, seed: int, stream: str,
-                    cameras: Sequence[str], height: int, width: int,
+                    cameras: Sequence[str], height: int, width: int, min_seconds: float = 0.0,
                     on_episode: Callable[[Rollout], None] | None = None) -> list[Rollout]:
-    """Episodes 0..episodes_per_task-1 of every task, in task order."""
+    """Episodes 0..episodes_per_task-1 of every task, in task order, each lasting at least
+    `min_seconds` where a slowed expert still succeeds (see `ScriptedTask.plan_speed`)."""
     rollouts = []
+    min_steps = int(np.ceil(min_seconds * CONTROL_HZ))
     for task in tasks:
         task_layouts = layouts(task, seed=seed, stream=stream, count=episodes_per_task)
         with ScriptedTask(task, seed=seed, stream=stream, cameras=cameras, height=height, width=width) as runner:
             for episode, layout in enumerate(task_layouts):
-                rollouts.append(runner.rollout(episode, layout))
+                rollouts.append(runner.rollout(episode, layout, min_steps=min_steps))
                 if on_episode is not None:
                     on_episode(rollouts[-1])
     return rollouts
@@ -215,7 +252,8 @@ def to_lerobot_episode(rollout: Rollout) -> LeRobotEpisode:
 
 
 def make_robot_corpus(root: Path, *, tasks: Sequence[str], episodes_per_task: int, seed: int,
-                      image_size: int, cameras: Sequence[str], record: Mapping[str, Any] | None = None,
+                      image_size: int, cameras: Sequence[str], min_seconds: float = 0.0,
+                      record: Mapping[str, Any] | None = None,
                       on_episode: Callable[[Rollout], None] | None = None) -> Path:
     """Render the robot corpus and write it as a LeRobot v3.0 dataset at `root` (a new folder).
 
@@ -223,13 +261,14 @@ def make_robot_corpus(root: Path, *, tasks: Sequence[str], episodes_per_task: in
     to `meta/lawam_samples.json`.
     """
     rollouts = render_rollouts(tasks, episodes_per_task, seed=seed, stream="robot", cameras=cameras,
-                               height=image_size, width=image_size, on_episode=on_episode)
+                               height=image_size, width=image_size, min_seconds=min_seconds, on_episode=on_episode)
     write_lerobot_v3(root, [to_lerobot_episode(r) for r in rollouts], fps=CONTROL_HZ, video_fps=VIDEO_FPS,
                      robot_type=ROBOT_TYPE, names=FEATURE_NAMES)
     generator = {**(record or {}), "seed": seed, "stream": "robot", "cameras": list(cameras),
                  "image_size": image_size, "control_hz": CONTROL_HZ, "action_repeat": ACTION_REPEAT,
-                 "tasks": list(tasks), "episodes_per_task": episodes_per_task}
-    episodes = [{"episode_index": i, **asdict(r.layout), "length": len(r.actions), "success": r.success}
+                 "tasks": list(tasks), "episodes_per_task": episodes_per_task, "min_seconds": min_seconds}
+    episodes = [{"episode_index": i, **asdict(r.layout), "length": len(r.actions), "success": r.success,
+                 "speed": r.speed}
                 for i, r in enumerate(rollouts)]
     (root / LAYOUTS_FILE).write_text(json.dumps({"generator": generator, "episodes": episodes}, indent=2))
     return root

@@ -12,6 +12,8 @@ from __future__ import annotations
 import difflib
 from collections.abc import Sequence
 
+from schemas.errors import ConfigError
+
 # The instruction a person would give for each task; short and imperative, like the
 # captions of egocentric collections.
 TASK_INSTRUCTIONS: dict[str, str] = {
@@ -87,7 +89,7 @@ KNOWN_CAMERAS: tuple[str, ...] = (
 )
 
 
-class SampleError(ValueError):
+class SampleError(ConfigError):
     """An argument of the sample generator is wrong; the message names it and the fix."""
 
 

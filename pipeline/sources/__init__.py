@@ -5,10 +5,16 @@ The public surface is four functions, dispatching on the format:
 - `iter_episodes(spec)`: enumerate a source's episodes without decoding any video
   (reads listings, LeRobot `meta/`, HDF5 keys, and content hashes of the files).
 - `load_actions(ref)`: the episode's robot actions on the frames' clock; None for
-  human episodes and for sources without actions (video_dir).
-- `read_image_frames(ref, indices=None)` / `read_image_timestamps(ref)`: pixels and
-  timestamps of episodes whose images are stored as arrays (`ref.image_key` set: HDF5),
-  for the decoder to use instead of a video container.
+  human episodes and for sources without actions (video_dir, webdataset).
+- `read_image_timestamps(ref)` / `iter_image_frames(ref, indices, block_frames)`: timestamps
+  and pixels of episodes whose images are not a video (`ref.image_key` set: HDF5 arrays, RLDS
+  per-step JPEG/PNG), for the decoder to use instead of a video container; only the frames
+  asked for are read (HDF5) or decoded (RLDS). `read_image_frames(ref, indices)` reads HDF5
+  arrays in one go.
+
+Formats: `video_dir`, `lerobot`, `hdf5`, `rlds` (TFDS-built TFRecord shards, read without
+TensorFlow), `webdataset` (tar shards, videos decoded from the tar). The shard formats
+remember where each episode lies in its shard (`pipeline.sources.shards`).
 
 Whole-source problems raise `SourceError` (a `ConfigError`) with the path and the fix;
 per-episode problems surface when the episode is decoded or its actions are loaded, as
@@ -28,7 +34,9 @@ from pipeline.sources.hdf5 import iter_hdf5, load_hdf5_actions
 from pipeline.sources.hdf5 import read_image_frames as _hdf5_frames
 from pipeline.sources.hdf5 import read_image_timestamps as _hdf5_timestamps
 from pipeline.sources.lerobot import iter_lerobot, load_lerobot_actions
+from pipeline.sources.rlds import iter_rlds, iter_rlds_frames, load_rlds_actions, read_rlds_timestamps
 from pipeline.sources.video_dir import iter_video_dir
+from pipeline.sources.webdataset import iter_webdataset
 from schemas.config import SourceSpec
 
 __all__ = [
@@ -38,13 +46,15 @@ __all__ = [
     "SourceError",
     "check_source",
     "iter_episodes",
+    "iter_image_frames",
     "load_actions",
     "read_image_frames",
     "read_image_timestamps",
 ]
 
-_ENUMERATORS = {"video_dir": iter_video_dir, "lerobot": iter_lerobot, "hdf5": iter_hdf5}
-_ACTION_LOADERS = {"lerobot": load_lerobot_actions, "hdf5": load_hdf5_actions}
+_ENUMERATORS = {"video_dir": iter_video_dir, "lerobot": iter_lerobot, "hdf5": iter_hdf5, "rlds": iter_rlds,
+                "webdataset": iter_webdataset}
+_ACTION_LOADERS = {"lerobot": load_lerobot_actions, "hdf5": load_hdf5_actions, "rlds": load_rlds_actions}
 
 
 def iter_episodes(spec: SourceSpec) -> Iterator[EpisodeRef]:
@@ -56,7 +66,7 @@ def iter_episodes(spec: SourceSpec) -> Iterator[EpisodeRef]:
         enumerate_ = _ENUMERATORS[spec.format]
     except KeyError:
         raise SourceError(f"source {spec.id!r}: unknown format {spec.format!r}; use {sorted(_ENUMERATORS)}") from None
-    if len(spec.cameras) <= 1 or spec.format == "video_dir":
+    if len(spec.cameras) <= 1 or spec.format in ("video_dir", "webdataset"):
         return enumerate_(spec)
     return (replace(ref, episode_id=f"{ref.episode_id}@{cam}")
             for cam in spec.cameras for ref in enumerate_(spec.model_copy(update={"cameras": [cam]})))
@@ -80,17 +90,38 @@ def load_actions(ref: EpisodeRef) -> ActionTrack | None:
     return loader(ref)
 
 
+def _images_of(ref: EpisodeRef) -> str:
+    if ref.image_key is None:
+        raise EpisodeError(f"{ref.key}: {ref.uri} is a video file; decode it with pipeline.decode")
+    return "rlds" if ref.format == "rlds" else "hdf5"
+
+
 def read_image_frames(ref: EpisodeRef, indices: np.ndarray | list[int] | None = None) -> tuple[np.ndarray, np.ndarray]:
     """(frames uint8 (K, H, W, 3), timestamps float64 (K,)) of an array-stored episode;
     all frames, or only `indices` (read sparsely)."""
-    if ref.image_key is None:
-        raise EpisodeError(f"{ref.key}: {ref.uri} is a video file; decode it with pipeline.decode")
+    if _images_of(ref) == "rlds":
+        stamps = read_rlds_timestamps(ref)
+        idx = np.arange(len(stamps)) if indices is None else np.asarray(indices, dtype=np.int64)
+        frames = [f for block, _ in iter_rlds_frames(ref, idx, max(1, len(idx))) for f in block]
+        return (np.stack(frames) if frames else np.empty((0, 0, 0, 3), np.uint8)), stamps[idx]
     return _hdf5_frames(ref, indices)
 
 
 def read_image_timestamps(ref: EpisodeRef) -> np.ndarray:
     """(N,) float64 seconds of every stored image of an array-stored episode; no pixels read,
     so a decoder can pick frames by timestamp and then read only those."""
-    if ref.image_key is None:
-        raise EpisodeError(f"{ref.key}: {ref.uri} is a video file; decode it with pipeline.decode")
+    if _images_of(ref) == "rlds":
+        return read_rlds_timestamps(ref)
     return _hdf5_timestamps(ref)
+
+
+def iter_image_frames(ref: EpisodeRef, indices: np.ndarray, block_frames: int
+                      ) -> Iterator[tuple[np.ndarray | list[np.ndarray], np.ndarray]]:
+    """The images `indices` of an array-stored episode, `block_frames` at a time, with their
+    timestamps: (n, H, W, 3) uint8 arrays (HDF5), or lists of (H, W, 3) uint8 arrays whose
+    sizes may differ (RLDS images, decoded one by one; the episode's record read once)."""
+    if _images_of(ref) == "rlds":
+        yield from iter_rlds_frames(ref, indices, block_frames)
+        return
+    for i in range(0, len(indices), block_frames):
+        yield _hdf5_frames(ref, indices[i : i + block_frames])

@@ -32,6 +32,15 @@ Strategy, and why:
 Every digest this process computed or confirmed is kept as a `FileRecord` (`observed()`)
 for the ingest to commit; `hash_stats()` counts the files and bytes actually read.
 
+**Files that hold many episodes** (RLDS TFRecord shards, webdataset tars) need more than a
+digest to be enumerated: where each episode lies inside the file. An adapter reads that once
+(`remember_records(uri, digest, text)`) and it rides in the same `files` row as the digest
+(`FileRecord.records`), keyed by that digest: `remembered_records(uri, digest)` gives it back
+in this process or a later one for as long as the file's digest is unchanged, so a refresh
+over unchanged shards reads none of them. It lives in the row, not in a table of its own,
+because it is valid for exactly the bytes the row identifies: it is written, replaced and
+dropped (file gone, `forget_files`) with the digest, and can never outlive or disagree with it.
+
 Trade-off accepted: a `touch` without a content change costs one re-hash, never a re-ingest.
 """
 
@@ -70,6 +79,7 @@ class FileRecord(NamedTuple):
     etag: str | None
     digest: str
     hashed_at_ns: int  # wall clock (ns since the epoch) when the file was stat'ed for hashing; 0: not read
+    records: str | None = None  # where the episodes are inside the file (shards only), for this digest
 
     def trusted(self) -> bool:
         """False for a racy entry: modified within RACY_WINDOW_S of when it was hashed."""
@@ -86,7 +96,8 @@ class FileRecord(NamedTuple):
 
 _memo: dict[tuple[Any, ...], FileRecord] = {}  # trusted versions: key -> record
 _observed: dict[str, FileRecord] = {}  # uri -> the version this process last saw
-_stats = {"files": 0, "bytes": 0}
+_stats = {"files": 0, "bytes": 0, "scans": 0}
+_records: dict[tuple[str, str], str] = {}  # (uri as the files table spells it, digest) -> records text
 _memo_lock = threading.Lock()
 
 
@@ -191,21 +202,40 @@ def seed(rows: Iterable[Mapping[str, Any] | FileRecord]) -> int:
     with _memo_lock:
         for row in rows:
             rec = row if isinstance(row, FileRecord) else FileRecord(**{k: row.get(k) for k in FileRecord._fields})
+            if rec.digest and rec.records:  # keyed by the digest: valid whatever the stat identity
+                _records[(rec.uri, rec.digest)] = rec.records
             if rec.digest and rec.hashed_at_ns and rec.trusted():
                 _memo[rec.key()] = rec
                 n += 1
     return n
 
 
+def remembered_records(uri: str, digest: str) -> str | None:
+    """What `remember_records` was given for this file at this digest, in this process or (through
+    the store's `files` table and `seed`) an earlier one; None when the file is new or changed."""
+    with _memo_lock:
+        return _records.get((record_uri(uri), digest))
+
+
+def remember_records(uri: str, digest: str, records: str) -> None:
+    """Keep `records` (an adapter's index of the episodes inside the file, as text) for the file
+    at `digest`: committed with the file's digest, handed back by `remembered_records`."""
+    with _memo_lock:
+        _records[(record_uri(uri), digest)] = records
+        _stats["scans"] += 1
+
+
 def observed() -> list[FileRecord]:
     """The file versions this process hashed or confirmed since the last `clear_cache()`, one per
-    file (the newest): what the ingest commits to the store's `files` table."""
+    file (the newest), with their remembered records: what the ingest commits to the store's
+    `files` table."""
     with _memo_lock:
-        return list(_observed.values())
+        return [rec._replace(records=_records.get((rec.uri, rec.digest))) for rec in _observed.values()]
 
 
 def hash_stats() -> dict[str, int]:
-    """Files and bytes actually read for hashing since the last `clear_cache()`."""
+    """Files and bytes actually read for hashing since the last `clear_cache()`, and how many
+    shards were read for their records (`scans`: `remember_records` calls)."""
     with _memo_lock:
         return dict(_stats)
 
@@ -237,4 +267,5 @@ def clear_cache() -> None:
     with _memo_lock:
         _memo.clear()
         _observed.clear()
-        _stats.update(files=0, bytes=0)
+        _records.clear()
+        _stats.update(files=0, bytes=0, scans=0)

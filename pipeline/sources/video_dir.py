@@ -4,11 +4,18 @@ This is how human / egocentric collections arrive. Enumeration lists the folder 
 the manifest) and hashes files; it never opens a container, so a zero-byte or non-video
 file is still yielded and the decoder quarantines it with its own reason.
 
-Manifest rules (CSV or JSONL):
+Manifest rules (CSV, JSONL, or a JSON array of objects):
 
 - `file` (required): path relative to the folder. `instruction` (or the column named by
   `spec.instruction_field`), `split`, and a segment `start_s`/`end_s` (or `start`/`end`),
-  in seconds, are optional.
+  in seconds or `[HH:]MM:SS[.ff]`, are optional.
+- **Manifests as collections publish them** are read untouched through `spec.columns`, which
+  maps our fields (`file`, `start`, `end`, `split`, `id`) onto the collection's columns; `file`
+  and `id` may be `{column}` templates. EPIC-KITCHENS-100's CSV:
+  `{file: "{participant_id}/videos/{video_id}.MP4", start: start_timestamp, end: stop_timestamp,
+  id: narration_id}` with `instruction_field: narration`; Something-Something v2's JSON:
+  `{file: "{id}.webm", id: id}` with `instruction_field: label`. A column a mapping names that
+  the manifest lacks is a SourceError listing the columns it has.
 - With a manifest, **only the files it lists are episodes** — a manifest is how a user
   curates a folder (drops bad clips, cuts segments), so unlisted files are ignored.
 - A row must stay inside the folder: `../x.mp4`, an absolute path or URL, or a symlink
@@ -24,7 +31,8 @@ Manifest rules (CSV or JSONL):
 - episode_id = the relative path (normalised: `a/./b/../c.mp4` is `a/c.mp4`), plus
   `@<start>-<end>` for a segment: stable across runs and unique as long as the manifest
   does not list the same segment twice (that is a SourceError, since it is ambiguous
-  which row's instruction to use).
+  which row's instruction to use). With `columns.id`, the collection's own id (EPIC's
+  `narration_id`, SSv2's `id`) instead, when it is a safe relative name.
 """
 
 from __future__ import annotations
@@ -96,6 +104,15 @@ def _read_manifest(uri: str) -> list[dict[str, Any]]:
     except UnicodeDecodeError as e:
         raise SourceError(f"{uri}: not UTF-8 text ({e.reason} at byte {e.start}); save it as UTF-8") from None
     ext = os.path.splitext(uri)[1].lower()
+    if ext == ".json" and text.lstrip().startswith("["):  # one JSON array of objects (SSv2's labels)
+        try:
+            rows = json.loads(text)
+        except json.JSONDecodeError as e:
+            raise SourceError(f"{uri}: not valid JSON ({e.msg} at line {e.lineno}); a JSON array of objects") from None
+        bad = next((i for i, r in enumerate(rows, 1) if not isinstance(r, dict)), None)
+        if bad is not None:
+            raise SourceError(f"{uri}: item {bad} is not a JSON object; a JSON array of objects")
+        return rows
     if ext in (".jsonl", ".ndjson", ".json"):
         rows = []
         for n, line in enumerate(text.splitlines(), 1):
@@ -114,11 +131,22 @@ def _read_manifest(uri: str) -> list[dict[str, Any]]:
             return list(csv.DictReader(io.StringIO(text), delimiter="\t" if ext == ".tsv" else ","))
         except csv.Error as e:
             raise SourceError(f"{uri}: not a readable CSV ({e}); one row per file, a `file` column") from None
-    raise SourceError(f"{uri}: unknown manifest type {ext!r}; use .csv or .jsonl")
+    raise SourceError(f"{uri}: unknown manifest type {ext!r}; use .csv, .tsv, .json or .jsonl")
 
 
 def _blank(v: Any) -> bool:
     return v is None or (isinstance(v, str) and not v.strip()) or (isinstance(v, float) and math.isnan(v))
+
+
+_CLOCK = re.compile(r"^(?:(\d+):)?(\d{1,2}):(\d{1,2}(?:\.\d*)?)$")  # [HH:]MM:SS[.ff], EPIC's timestamps
+
+
+def _to_seconds(v: Any) -> float:
+    """A number of seconds, or a clock time `[HH:]MM:SS[.ff]` (EPIC-KITCHENS' `00:01:05.43`)."""
+    if isinstance(v, str) and (m := _CLOCK.match(v.strip())):
+        h, mnt, sec = m.groups()
+        return int(h or 0) * 3600 + int(mnt) * 60 + float(sec)
+    return float(v)
 
 
 def _seconds(row: dict[str, Any], keys: tuple[str, ...], where: str) -> float | None:
@@ -126,13 +154,39 @@ def _seconds(row: dict[str, Any], keys: tuple[str, ...], where: str) -> float | 
         v = row.get(k)
         if not _blank(v):
             try:
-                out = float(v)
+                out = _to_seconds(v)
             except (TypeError, ValueError):
-                raise SourceError(f"{where}: {k}={v!r} is not a number of seconds") from None
+                raise SourceError(f"{where}: {k}={v!r} is not seconds nor HH:MM:SS.ff") from None
             if not math.isfinite(out) or out < 0:
                 raise SourceError(f"{where}: {k}={v!r} must be a finite number of seconds >= 0")
             return out
     return None
+
+
+_TEMPLATE_FIELD = re.compile(r"{([^{}]*)}")
+
+
+def _mapped(row: dict[str, Any], spec_value: str, where: str) -> str | None:
+    """A row's value for a mapped field: the column `spec_value`, or the `{column}` template
+    filled from the row; None when blank."""
+    if "{" not in spec_value:
+        v = row.get(spec_value)
+        return None if _blank(v) else str(v).strip()
+    try:
+        return spec_value.format_map({k: ("" if _blank(v) else str(v).strip()) for k, v in row.items()})
+    except (KeyError, IndexError, ValueError) as e:
+        raise SourceError(f"{where}: template {spec_value!r} cannot be filled ({type(e).__name__}: {e})") from None
+
+
+def _check_columns(manifest: str, first: dict[str, Any], columns: dict[str, str]) -> None:
+    """Every column `columns` names (directly or in a template) is in the manifest's first row."""
+    have = sorted(first, key=str)
+    for field, value in columns.items():
+        names = _TEMPLATE_FIELD.findall(value) if "{" in value else [value]
+        missing = [n for n in names if n not in first]
+        if missing:
+            raise SourceError(f"{manifest}: columns.{field} names {missing!r}, not columns of the manifest; "
+                              f"it has {have!r}")
 
 
 def _segment_id(rel: str, start: float | None, end: float | None) -> str:
@@ -222,9 +276,14 @@ def _iter_manifest(spec: SourceSpec) -> Iterator[EpisodeRef]:
     )
     rows = _read_manifest(manifest)
     field = spec.instruction_field or "instruction"
-    if rows and "file" not in rows[0]:
+    columns = {"file": "file", **spec.columns}
+    if rows and "file" not in spec.columns and "file" not in rows[0]:
         raise SourceError(f"{manifest}: no `file` column (got {sorted(rows[0], key=str)!r}); "
-                          "add one with relative paths")
+                          "add one with relative paths, or map one with `columns: {file: ...}`")
+    if rows:
+        _check_columns(manifest, rows[0], spec.columns)
+    start_keys = (columns["start"],) if "start" in columns else _START_KEYS
+    end_keys = (columns["end"],) if "end" in columns else _END_KEYS
     if spec.instruction_field and rows and not any(spec.instruction_field in r for r in rows):
         raise SourceError(f"{manifest}: instruction_field {spec.instruction_field!r} is not a column; "
                           f"got {sorted(rows[0], key=str)!r}")
@@ -234,11 +293,11 @@ def _iter_manifest(spec: SourceSpec) -> Iterator[EpisodeRef]:
     seen: set[str] = set()
     for n, row in enumerate(rows, 1):
         where = f"{manifest}: row {n}"
-        raw = row.get("file")
+        raw = _mapped(row, columns["file"], where)
         if _blank(raw):
             raise SourceError(f"{where}: empty `file`; every row needs the video's relative path")
         raw = str(raw)
-        start, end = _seconds(row, _START_KEYS, where), _seconds(row, _END_KEYS, where)
+        start, end = _seconds(row, start_keys, where), _seconds(row, end_keys, where)
         if start is not None and end is not None and end <= start:
             raise SourceError(f"{where}: end {end} <= start {start}; a segment needs end > start")
         rel, why = _relative(raw)
@@ -247,6 +306,9 @@ def _iter_manifest(spec: SourceSpec) -> Iterator[EpisodeRef]:
         else:
             episode_id, uri = _segment_id(rel, start, end), join_uri(root, rel)
             digest, why = _refusal(root, real_root, rel, infos.get(rel))
+            own = _mapped(row, columns["id"], where) if "id" in columns else None
+            if own is not None and _relative(own) == (own, None):  # a safe relative name: the collection's id
+                episode_id = own
         if episode_id in seen:
             raise SourceError(f"{where}: {episode_id!r} is listed twice; keep one row per file/segment")
         seen.add(episode_id)
@@ -254,7 +316,7 @@ def _iter_manifest(spec: SourceSpec) -> Iterator[EpisodeRef]:
         if refused:
             log.warning("%s: path %r %s; yielded so the ingest quarantines it", where, raw.strip(), why)
         instruction = row.get(field)
-        split = row.get("split")
+        split = _mapped(row, columns["split"], where) if "split" in columns else row.get("split")
         yield EpisodeRef(
             source=spec.id,
             episode_id=episode_id,

@@ -51,20 +51,6 @@ def unknown_version(e: BaseException) -> bool:
     return isinstance(e, ValueError | TypeError) or bool(_UNKNOWN_VERSION.search(str(e)))
 
 
-def error_summary(e: BaseException) -> str:
-    """One line of an Icechunk error, whose text is a multi-line report (the message, a
-    context trace, the chain of causes): the message, plus the innermost cause when it says
-    something more ("... dispatch failure: A region must be set when sending requests to S3.")."""
-    lines = [ln.strip() for ln in str(e).splitlines() if ln.strip()]
-    if not lines:
-        return type(e).__name__
-    head = lines[0].removeprefix("x ").removeprefix("× ").strip()
-    causes = [ln.lstrip("|`").strip()[2:].strip() for ln in lines[1:] if ln.lstrip("|`").strip().startswith("->")]
-    if causes and causes[-1] and causes[-1] not in head:
-        return f"{head}: {causes[-1]}"
-    return head
-
-
 def storage_for(uri: str) -> ic.Storage:
     """Icechunk storage for the repo under URI. Object stores read credentials from the
     environment (AWS_*, GOOGLE_APPLICATION_CREDENTIALS, ...) as their SDKs do."""
@@ -92,12 +78,26 @@ def storage_for(uri: str) -> ic.Storage:
     raise StoreError(f"store URL {uri!r}: unsupported scheme {u.scheme!r}; use a local path, s3://, gs:// or az://")
 
 
+def _no_store(uri: str) -> StoreError:
+    return StoreError(f"no feature store at {uri!r} (run `lawam ingest ... --store {uri}` first)")
+
+
+def _missing_locally(uri: str) -> bool:
+    """A local store without its repository folder (looked for without creating anything)."""
+    return not is_remote(uri) and not Path(local_path(join_uri(uri, "repo"))).is_dir()
+
+
 def open_repo(uri: str, *, create: bool) -> ic.Repository:
+    """The Icechunk repository of the store at `uri`, created when `create`. Without `create`
+    a missing store is a StoreError and nothing is made: a local store's folder is looked for
+    before Icechunk is asked (its `exists` creates the folder it looks in)."""
+    if not create and _missing_locally(uri):
+        raise _no_store(uri)
     storage = storage_for(uri)
     if ic.Repository.exists(storage):
         return ic.Repository.open(storage)
     if not create:
-        raise StoreError(f"no feature store at {uri!r} (run `lawam ingest ... --store {uri}` first)")
+        raise _no_store(uri)
     if not is_remote(uri):
         Path(local_path(uri)).mkdir(parents=True, exist_ok=True)
     return ic.Repository.create(storage)
@@ -105,14 +105,19 @@ def open_repo(uri: str, *, create: bool) -> ic.Repository:
 
 class WriterLock:
     """Exclusive per-store writer lock (local stores). Object stores rely on Icechunk's
-    conditional writes: a commit on a branch that moved fails instead of overwriting."""
+    conditional writes: a commit on a branch that moved fails instead of overwriting.
+    Only a writer that may create the store (`create`) makes its folder; any other meets a
+    missing store as a StoreError and leaves nothing behind."""
 
-    def __init__(self, uri: str):
+    def __init__(self, uri: str, *, create: bool = False):
         self.uri = uri
+        self.create = create
         self._fd: int | None = None
 
     def __enter__(self) -> WriterLock:
         if not is_remote(self.uri):
+            if not self.create and _missing_locally(self.uri):
+                raise _no_store(self.uri)
             path = Path(local_path(self.uri))
             path.mkdir(parents=True, exist_ok=True)
             fd = os.open(path / ".lock", os.O_RDWR | os.O_CREAT, 0o644)

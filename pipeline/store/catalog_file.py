@@ -8,9 +8,11 @@ index rows, `store_version` and `fps` filled in), and keeping it so costs what t
 changed. It holds one part per index batch (`part-000012.parquet`: the live rows the twelfth
 index-writing commit appended), so a commit writes its own part and rewrites only the parts
 holding rows it superseded (a redone or retried episode's old row). `_lawam.json` names the
-commit described and is written last. Any writer (a no-op `lawam ingest` included) that finds
-it naming another commit than the branch tip — a run killed between its commit and this copy,
-or a layout-1 store's single-file catalog — rewrites every part.
+commit described (`version`, the newest: a label or curation commit renames it without
+rewriting a part, since its rows are unchanged) and the newest index-writing commit the parts
+hold (`index_version`); it is written last. Any writer (a no-op `lawam ingest` included) that
+finds the parts behind the index — a run killed between its commit and this copy, or a
+layout-1 store's single-file catalog — rewrites every part.
 
 It is a convenience copy: a reader listing the folder while a commit rewrites parts may see a
 redone episode twice or not at all. The index inside each commit is the source of truth
@@ -72,9 +74,10 @@ def _part(batch: int) -> str:
     return f"part-{batch:06d}.parquet"
 
 
-def write_catalog(uri: str, index: EpisodeIndex, batches: list[int] | None = None) -> str:
+def write_catalog(uri: str, index: EpisodeIndex, batches: list[int] | None = None, version: str | None = None) -> str:
     """Write the catalog parts of index `batches` (None: every part, removing any other file),
-    then the stamp naming the commit that appended the index's newest batch."""
+    then the stamp naming commit `version` (default: the one that appended the index's newest
+    batch) and that batch's commit."""
     fs, root = _fs(uri)
     ends, ids = index.batches()
     if batches is None:
@@ -93,27 +96,51 @@ def write_catalog(uri: str, index: EpisodeIndex, batches: list[int] | None = Non
         lo, hi = (int(ends[b - 1]) if b else 0), int(ends[b])
         part = catalog_table(index.batch_rows(lo, hi, live[lo:hi], ids[b]))
         _write(uri, fs, f"{root}/{_part(b)}", lambda f, t=part: pq.write_table(t, f))
-    stamp = json.dumps({"version": ids[-1] if ids else None, "parts": len(ends)}).encode()
-    _write(uri, fs, f"{root}/{STAMP}", lambda f: f.write(stamp))
+    _stamp(uri, fs, root, version or (ids[-1] if ids else None), ids[-1] if ids else None, len(ends))
     return join_uri(uri, CATALOG_DIR)
 
 
-def catalog_file_version(uri: str) -> str | None:
-    """The commit URI/catalog.parquet describes (the newest that wrote the index: label commits
-    leave it as it is); None when it is missing, unreadable, or a layout-1 single file."""
+def _stamp(uri: str, fs, root: str, version: str | None, index_version: str | None, parts: int) -> None:
+    stamp = json.dumps({"version": version, "index_version": index_version, "parts": parts}).encode()
+    _write(uri, fs, f"{root}/{STAMP}", lambda f: f.write(stamp))
+
+
+def _read_stamp(uri: str) -> dict:
+    """The stamp; one without `index_version` was written by a commit that wrote the index."""
     fs, root = _fs(uri)
     try:
         with fs.open(f"{root}/{STAMP}", "rb") as f:
-            return json.loads(f.read()).get("version")
+            stamp = json.loads(f.read())
     except (OSError, ValueError):
-        return None
+        return {}
+    return stamp if isinstance(stamp, dict) else {}
 
 
-def sync_catalog_file(uri: str, index: EpisodeIndex) -> bool:
-    """Rewrite URI/catalog.parquet from `index` (of the branch tip) unless it already describes
-    it; True if it was rewritten. Call with the writer lock held."""
+def catalog_file_version(uri: str) -> str | None:
+    """The commit URI/catalog.parquet describes (the newest commit, label and curation commits
+    included); None when it is missing, unreadable, or a layout-1 single file."""
+    return _read_stamp(uri).get("version")
+
+
+def catalog_index_version(uri: str) -> str | None:
+    """The newest index-writing commit whose rows URI/catalog.parquet's parts hold."""
+    stamp = _read_stamp(uri)
+    return stamp.get("index_version", stamp.get("version"))
+
+
+def sync_catalog_file(uri: str, index: EpisodeIndex, version: str | None = None) -> bool:
+    """Make URI/catalog.parquet describe `index` of commit `version` (the branch tip; default:
+    the commit that appended the index's newest batch): every part is rewritten when the parts
+    are behind the index, only the stamp when the commit wrote no index row. True if a part was
+    rewritten. Call with the writer lock held."""
     _, ids = index.batches()
-    if not ids or catalog_file_version(uri) == ids[-1]:
+    if not ids:
         return False
-    write_catalog(uri, index)
-    return True
+    stamp = _read_stamp(uri)
+    if catalog_index_version(uri) != ids[-1] or "parts" not in stamp:
+        write_catalog(uri, index, version=version)
+        return True
+    if version and stamp.get("version") != version:
+        fs, root = _fs(uri)
+        _stamp(uri, fs, root, version, ids[-1], int(stamp["parts"]))
+    return False

@@ -7,20 +7,33 @@ Garbage collection is Icechunk's own: `expire_snapshots` drops commits older tha
 threshold from the history (every tag's commit and every branch tip are kept), then
 `garbage_collect` deletes the files that no kept commit references and that are older than
 the threshold: chunks of killed runs, chunks rewritten by later appends, old indexes. A
-commit that is gone cannot be opened any more: tag the versions training runs read.
+commit that is gone cannot be opened any more. What keeps one:
+
+- a tag (`lawam tag`; a finished training run tags the version its card names, `keep_version`);
+- a lease (`pipeline.store.leases`): a run holds the version it reads while it runs; gc first
+  deletes the leases whose expiry has passed (runs that died), then honours the rest;
+- being a branch tip, or younger than the threshold.
+
+`GcReport.kept` says, for every version still openable, why.
 """
 
 from __future__ import annotations
 
+import logging
 import re
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 
 import zarr
 
-from pipeline.store.backend import StoreBusyError, StoreError, WriterLock, error_summary, open_repo
+from pipeline.errors import one_line
+from pipeline.store.backend import StoreBusyError, StoreError, WriterLock, open_repo
 from pipeline.store.catalog_file import sync_catalog_file
 from pipeline.store.index import EpisodeIndex
+from pipeline.store.leases import GcLock, Lease, list_leases
+from schemas.errors import ConfigError
+
+log = logging.getLogger(__name__)
 
 _DURATION = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([smhdw]?)\s*$")
 _UNITS = {"": 1, "s": 1, "m": 60, "h": 3600, "d": 86400, "w": 7 * 86400}
@@ -31,7 +44,7 @@ def parse_duration(text: str) -> timedelta:
     """'7d', '12h', '30m', '90s', '2w' or a number of seconds ('0' is now)."""
     m = _DURATION.match(text)
     if not m:
-        raise ValueError(f"duration {text!r}: use a number and a unit, e.g. 7d, 12h, 30m, 90s")
+        raise ConfigError(f"duration {text!r}: use a number and a unit, e.g. 7d, 12h, 30m, 90s")
     return timedelta(seconds=float(m.group(1)) * _UNITS[m.group(2)])
 
 
@@ -59,17 +72,42 @@ def tag_version(uri: str, version: str, name: str) -> str:
     try:
         repo.create_tag(name, snapshot_id=snapshot)
     except Exception as e:  # noqa: BLE001 - a concurrent tag of the same name
-        raise StoreError(f"store {uri!r}: cannot tag {snapshot} as {name!r}: {error_summary(e)}") from None
+        raise StoreError(f"store {uri!r}: cannot tag {snapshot} as {name!r}: {one_line(e)}") from None
     return snapshot
 
 
 def tags(uri: str) -> dict[str, list[str]]:
-    """Commit id -> its tag names (sorted)."""
+    """Commit id -> its tag names (sorted), leases included."""
     repo = open_repo(uri, create=False)
     out: dict[str, list[str]] = {}
     for name in sorted(repo.list_tags()):
         out.setdefault(repo.lookup_tag(name), []).append(name)
     return out
+
+
+def keep_version(uri: str, version: str, name: str) -> str | None:
+    """Tag commit `version` as `name` for good (a finished run keeps the version its card
+    names); a tag of that name already on it is kept as it is. Returns the tag, or None with a
+    warning when the store cannot be written now (read-only, forbidden, unreachable) or holds
+    `name` on another commit: the version is then only as safe as gc's threshold."""
+    from pipeline.errors import classify
+
+    repo = open_repo(uri, create=False)
+    if name in repo.list_tags():
+        if repo.lookup_tag(name) == version:
+            return name
+        log.warning("store %s has a tag %r on another version: version %s is not tagged", uri, name, version)
+        return None
+    try:
+        repo.create_tag(name, snapshot_id=version)
+    except Exception as e:  # noqa: BLE001 - sorted by classify: a bug still fails loudly
+        if classify(e) not in ("resource", "infrastructure"):
+            raise
+        # The run it keeps is done: a tag that cannot be written is said, never worth the run.
+        log.warning("cannot tag version %s of %s (%s): `lawam gc` may expire it; tag it yourself: "
+                    "`lawam tag %s %s %s`", version, uri, one_line(e), uri, version, name)
+        return None
+    return name
 
 
 @dataclass
@@ -79,31 +117,54 @@ class GcReport:
     manifests_deleted: int
     snapshots_deleted: int
     bytes_deleted: int
-    kept: list[str]  # commits still openable: branch tips, tags and history newer than the cut
+    kept: dict[str, list[str]]  # commit id -> why it is still openable (tip, tag, lease, younger than the cut)
     dry_run: bool = False
+    leases_expired: list[Lease] = field(default_factory=list)  # leases of runs that died, deleted first
 
 
 def gc_store(uri: str, older_than: timedelta, *, dry_run: bool = False, branch: str = "main") -> GcReport:
-    """Expire commits older than `older_than` (keeping every tag's commit and every branch
-    tip) and delete the files no kept commit references that are older than `older_than`.
-    Holds the writer lock (local stores), so no ingest or label run commits meanwhile; files
-    younger than the threshold are kept, so on object stores a writer that started less than
-    `older_than` ago keeps its uncommitted chunks. `dry_run` expires nothing and deletes
+    """Delete expired leases, expire commits older than `older_than` (keeping every tag's and
+    every live lease's commit and every branch tip) and delete the files no kept commit
+    references that are older than `older_than`. Holds the writer lock (local stores), so no
+    ingest or label run commits meanwhile, and the gc lock, so no run takes a lease meanwhile;
+    files younger than the threshold are kept, so on object stores a writer that started less
+    than `older_than` ago keeps its uncommitted chunks. `dry_run` expires nothing and deletes
     nothing: it counts the files no commit references now."""
     cut = datetime.now(UTC) - older_than
-    with WriterLock(uri):
+    with WriterLock(uri), GcLock(uri):
         repo = open_repo(uri, create=False)
+        now = datetime.now(UTC)
+        dead = [lease for lease in list_leases(repo) if lease.expires <= now]
         expired: set[str] = set()
         if not dry_run:
+            for lease in dead:
+                repo.delete_tag(lease.name)
             expired = repo.expire_snapshots(older_than=cut)
         summary = repo.garbage_collect(cut, dry_run=dry_run)
         repair_catalog_file(uri, branch=branch, locked=True)
-        kept = [s.id for s in repo.ancestry(branch=branch)]
-        for tagged in tags(uri):
-            if tagged not in kept:
-                kept.append(tagged)
+        kept = _kept(repo, cut, {lease.name for lease in dead} if dry_run else set(), branch)
     return GcReport(len(expired), summary.chunks_deleted, summary.manifests_deleted, summary.snapshots_deleted,
-                    summary.bytes_deleted, kept, dry_run)
+                    summary.bytes_deleted, kept, dry_run, dead)
+
+
+def _kept(repo, cut: datetime, skip: set[str], branch: str) -> dict[str, list[str]]:
+    """Every commit still openable and why: branch tips, tags, leases, history younger than `cut`."""
+    kept: dict[str, list[str]] = {}
+    for name in sorted(repo.list_branches()):
+        kept.setdefault(repo.lookup_branch(name), []).append(f"tip of branch {name}")
+    for name in sorted(repo.list_tags()):
+        if name in skip:
+            continue
+        snapshot = repo.lookup_tag(name)
+        lease = Lease.parse(name, snapshot)
+        kept.setdefault(snapshot, []).append(lease.describe() if lease else f"tag {name}")
+    history = list(repo.ancestry(branch=branch))
+    for i, snap in enumerate(history):
+        if snap.id not in kept:
+            kept[snap.id] = ["younger than the threshold" if snap.written_at >= cut else
+                             "the repository's first commit" if i == len(history) - 1 else
+                             "older than the threshold (a dry run expires nothing)"]
+    return kept
 
 
 def repair_catalog_file(uri: str, *, branch: str = "main", locked: bool = False) -> bool:
@@ -124,4 +185,4 @@ def repair_catalog_file(uri: str, *, branch: str = "main", locked: bool = False)
         root = zarr.open_group(session.store, mode="r")
     except zarr.errors.GroupNotFoundError:  # nothing committed yet: no catalog to describe
         return False
-    return sync_catalog_file(uri, EpisodeIndex(root, repo, session.snapshot_id))
+    return sync_catalog_file(uri, EpisodeIndex(root, repo, session.snapshot_id), session.snapshot_id)

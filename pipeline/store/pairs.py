@@ -19,6 +19,12 @@ Promises (DESIGN.md, "Training"):
   window's pairs are shuffled in memory: random order without random I/O.
 - The plan is computed from the index alone, so a resumed run skips the batches it already
   consumed without reading them.
+- **Curation** (a curation set named, `lawam curate`): an episode that duplicates a kept one
+  is not selected (`dedup`), and a pair is served only when every frame from t to t + k is
+  kept (`drop_idle`): pairs that start, end or straddle a still span are dropped, so f_{t+k}
+  is never more than k seconds of kept video from f_t and no latent action has to explain a
+  cut. With `all_frames`, a t is served when t .. min(t + k, last) are kept. Episodes the set
+  has not curated yet (new or redone since) are served whole, with a warning.
 
 The FeatureStore inside pickles as `(uri, version)`: a copy sent to another process reopens
 exactly the version this reader was built on.
@@ -35,9 +41,11 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
+from pipeline.store.curation import CurationSet
 from pipeline.store.labels import LabelSet
 from pipeline.store.reader import EpisodeKeys, FeatureStore
 from pipeline.store.table import key_hash
+from schemas.errors import ConfigError
 
 log = logging.getLogger(__name__)
 
@@ -61,13 +69,20 @@ class PairQuery:
     # Every frame is a t, the last k seconds included (f_{t+k} is then the episode's last
     # frame and no label is served): a policy acts at every frame, not only where a pair fits.
     all_frames: bool = False
+    curation: str | None = None  # a curation set of the store ('cur-...'): drop_idle and dedup apply
+    drop_idle: bool = True  # skip pairs touching the set's still (static / idle) spans
+    dedup: bool = True  # of each duplicate group, read only the episode the set keeps
+    # Frames between f_t and f_{t+k} served too (`f_mid`, evenly spaced, rounded to frames):
+    # what a multi-frame inverse-dynamics model sees.
+    between: int = 0
 
     @classmethod
     def from_config(cls, cfg, **overrides) -> PairQuery:
         """From a `schemas.training.PairsConfig` (or anything with the same fields)."""
         kw = {"k_seconds": cfg.k_seconds, "horizon": cfg.horizon, "action_rate": cfg.action_rate,
               "sources": tuple(cfg.sources), "kinds": tuple(cfg.kinds), "heldout_fraction": cfg.heldout_fraction,
-              "weights": dict(cfg.weights), "seed": cfg.seed}
+              "weights": dict(cfg.weights), "seed": cfg.seed, "curation": cfg.curation,
+              "drop_idle": cfg.drop_idle, "dedup": cfg.dedup}
         return cls(**{**kw, **overrides})
 
 
@@ -98,12 +113,30 @@ def k_frames_for(fps: np.ndarray | float, k_seconds: float) -> np.ndarray:
     return np.maximum(1, np.rint(np.asarray(fps, np.float64) * k_seconds)).astype(np.int64)
 
 
+def _slack(track, action_rate: float | None) -> float:
+    # Frame pts and float32 action stamps differ in the last bits.
+    return 0.25 / (track.rate or action_rate or 1.0)
+
+
+def action_chunks(track, t0: np.ndarray, horizon: int, action_rate: float | None) -> tuple[np.ndarray, np.ndarray]:
+    """The action chunk starting at each frame time `t0` (n,) of an `ActionTrack`: (n, H, A)
+    actions at `action_rate` (None = the track's own rate) and the (n, H) mask of steps the
+    track covers (steps past its end are zero and masked, never made up)."""
+    rate = action_rate or track.rate or 1.0
+    ats, slack = track.timestamps, _slack(track, action_rate)
+    tau = np.asarray(t0)[:, None] + np.arange(horizon)[None, :] / rate  # (n, H) chunk step times
+    idx = np.searchsorted(ats, tau - slack, side="left")
+    valid = (idx < len(ats)) & (tau <= ats[-1] + slack)
+    idx = np.minimum(idx, len(ats) - 1)
+    return np.where(valid[..., None], track.actions[idx], 0.0).astype(np.float32), valid
+
+
 class PairReader:
     """Selects episodes of a store version, plans epochs of pairs, reads them as numpy batches."""
 
     def __init__(self, store: FeatureStore, query: PairQuery):
         if query.split not in ("train", "heldout", "all"):
-            raise ValueError(f"split {query.split!r}: use train, heldout or all")
+            raise ConfigError(f"split {query.split!r}: use train, heldout or all")
         self.store, self.query = store, query
         # Columns as Arrow arrays and codes: no Python object per episode (a million of them).
         table = store.episodes(["source", "kind", "split", "key_hash"], keep=False)
@@ -114,11 +147,15 @@ class PairReader:
         if query.sources:
             unknown = set(query.sources) - set(names)
             if unknown:
-                raise ValueError(f"no source {sorted(unknown)!r} in store version {store.version}; "
-                                 f"it has {sorted(set(names))!r}")
+                raise ConfigError(f"no source {sorted(unknown)!r} in store version {store.version}; "
+                                  f"it has {sorted(set(names))!r}")
             keep &= np.isin(codes, [names.index(s) for s in query.sources])
         if query.kinds:
             keep &= pc.is_in(table["kind"], value_set=pa.array(list(query.kinds))).to_numpy(zero_copy_only=False)
+        self.curation = CurationSet.open(store, query.curation) if query.curation else None
+        if self.curation is not None and query.dedup:
+            dropped = store.rows(self.curation.dropped_duplicates().tolist())
+            keep[dropped[dropped >= 0]] = False
         if query.split != "all":
             held = heldout_mask(table["key_hash"].to_numpy(), codes, table["split"], query.heldout_fraction)
             keep &= held if query.split == "heldout" else ~held
@@ -128,12 +165,79 @@ class PairReader:
         self.k = k_frames_for(store.fps[self.rows], query.k_seconds)
         frames = store.frames[self.rows]
         self.n_pairs = frames.astype(np.int64) if query.all_frames else np.clip(frames - self.k, 0, None)
+        self._ranges: tuple[np.ndarray, np.ndarray, np.ndarray] | None = None
+        self.uncurated = 0  # selected episodes the curation set has no current rows for
+        if self.curation is not None:
+            self.uncurated = int((~self.curation.has_rows(self.rows)).sum())
+            if self.uncurated:
+                log.warning("%d of %d selected episodes have no current rows in curation set %s (new or redone "
+                            "since it ran): served whole; run `lawam curate`", self.uncurated, len(self.keys),
+                            query.curation)
+            if query.drop_idle:
+                self._ranges = self._kept_ranges(frames)
         self._labels = LabelSet.open(store, query.label_set) if query.label_set else None
         self.action_dim, self.state_dim = self._dims()
 
     def __len__(self) -> int:
         """Pairs per epoch (without mixing weights)."""
         return int(self.n_pairs.sum())
+
+    def require_pairs(self) -> None:
+        """ConfigError unless the selection holds a pair: a gap `k_seconds` longer than every
+        selected episode, or a selection of no episode, is a setting to change, said before a
+        trainer writes anything."""
+        if len(self):
+            return
+        where = f"store version {self.store.version}"
+        if not len(self.rows):
+            raise ConfigError(f"no episode of {where} in the {self.query.split} selection "
+                              f"(pairs.sources {self.query.sources or 'all'}, kinds {self.query.kinds or 'all'}): "
+                              "widen the selection or ingest more episodes")
+        frames, fps = self.store.frames[self.rows], self.store.fps[self.rows]
+        longest = float(np.max(np.divide(frames, fps, out=np.zeros(len(fps)), where=fps > 0)))
+        kept = f" once curation set {self.curation.id} drops its spans" if self.curation is not None else ""
+        raise ConfigError(f"pairs.k_seconds {self.query.k_seconds:g}: no pair in the {self.query.split} selection"
+                          f"{kept}, whose longest episode lasts {longest:.2f} s ({len(self.rows)} episodes of "
+                          f"{where}); use a k_seconds shorter than the episodes")
+    def _kept_ranges(self, frames: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """The t of each selected episode whose frames t .. t + k avoid the curation set's still
+        spans, as runs: (first run of each episode (E+1,), run starts t0 (R,), pairs before
+        each run (R+1,)); `n_pairs` becomes the number of such t. Index-sized, no features read."""
+        spans = self.curation.spans_table
+        by_key: dict[str, list[tuple[int, int]]] = {}
+        for key, s, e in zip(spans["key"].to_pylist(), spans["start"].to_pylist(), spans["end"].to_pylist(),
+                             strict=True):
+            by_key.setdefault(key, []).append((s, e))
+        first, t0, length = [0], [], []
+        for e, key in enumerate(self.keys.tolist()):
+            n, k = int(frames[e]), int(self.k[e])
+            cuts = sorted(by_key.get(key, ()))
+            if not cuts:
+                t0.append(0)
+                length.append(int(self.n_pairs[e]))
+            else:
+                a = 0
+                for s, end in [*cuts, (n, n)]:  # kept frames [a, s), then a span [s, end)
+                    b = s
+                    last = b if (self.query.all_frames and b == n) else b - k  # t < last keeps t + k < b
+                    if last > a:
+                        t0.append(a)
+                        length.append(last - a)
+                    a = max(a, end)
+            first.append(len(t0))
+        cum = np.concatenate([[0], np.cumsum(length, dtype=np.int64)])
+        first_arr = np.asarray(first, np.int64)
+        self.n_pairs = cum[first_arr[1:]] - cum[first_arr[:-1]]
+        return first_arr, np.asarray(t0, np.int64), cum
+
+    def pair_t(self, e: np.ndarray | int, j: np.ndarray) -> np.ndarray:
+        """The frame t of selected episode `e`'s j-th pair (j < n_pairs[e])."""
+        if self._ranges is None:
+            return j
+        first, t0, cum = self._ranges
+        g = cum[first[e]] + j
+        r = np.searchsorted(cum, g, side="right") - 1
+        return t0[r] + (g - cum[r])
 
     @property
     def label_dim(self) -> int:
@@ -159,7 +263,7 @@ class PairReader:
         w = self.query.weights
         missing = set(self.sources[eps].tolist()) - set(w)
         if missing:
-            raise ValueError(f"weights name no weight for sources {sorted(missing)!r}; give every source one")
+            raise ConfigError(f"weights name no weight for sources {sorted(missing)!r}; give every source one")
         total_w = sum(w[s] for s in set(self.sources[eps].tolist()))
         total = self.n_pairs[eps].sum()
         out = []
@@ -190,6 +294,7 @@ class PairReader:
                 eps.append(np.full(b - a, order[j], np.int64))
                 ts.append(np.arange(a, b, dtype=np.int64))
             e, t = np.concatenate(eps), np.concatenate(ts)
+            t = self.pair_t(e, t)
             perm = np.random.default_rng([self.query.seed, epoch, w]).permutation(len(e))
             yield e[perm], t[perm]
 
@@ -197,9 +302,7 @@ class PairReader:
                       num_shards: int = 1, window_pairs: int = 8192) -> Iterator[tuple[int, np.ndarray, np.ndarray]]:
         """(epoch, episode index, t) batches of this shard, epochs after epochs (None = forever).
         The last batch of an epoch may be short; batches never span two epochs."""
-        if len(self) == 0:
-            raise ValueError(f"no pairs at k={self.query.k_seconds}s in the selection "
-                             f"({len(self.rows)} episodes of store version {self.store.version})")
+        self.require_pairs()
         e = epoch
         while epochs is None or e < epoch + epochs:
             buf_e: list[np.ndarray] = []
@@ -235,6 +338,8 @@ class PairReader:
             "actions": np.zeros((n, q.horizon, self.action_dim), np.float32),
             "action_mask": np.zeros((n, q.horizon), bool),
         }
+        if q.between:
+            out["f_mid"] = np.empty((n, q.between, *T), np.float16)
         if self._labels is not None:
             out["label"] = np.zeros((n, self._labels.dim), np.float32)
             out["label_mask"] = np.zeros(n, bool)
@@ -248,6 +353,9 @@ class PairReader:
         feats, ts = self.store.features(row), self.store.timestamps(row)
         tk = np.minimum(t + k, len(feats) - 1)  # only all_frames reaches past the end
         out["f_t"][sel], out["f_tk"][sel] = feats[t], feats[tk]
+        for i in range(self.query.between):
+            step = int(np.rint(k * (i + 1) / (self.query.between + 1)))
+            out["f_mid"][sel, i] = feats[np.minimum(t + step, len(feats) - 1)]
         out["dt"][sel] = ts[tk] - ts[t]
         track = self.store.actions(row) if self.robot[e] else None
         if track is not None and len(track.timestamps):
@@ -262,19 +370,13 @@ class PairReader:
     def _fill_actions(self, out: dict, sel: np.ndarray, track, t0: np.ndarray, t1: np.ndarray) -> None:
         A, S = self.action_dim, self.state_dim
         if track.actions.shape[1] != A or (track.state is not None and track.state.shape[1] != S):
-            raise ValueError(f"episode actions/state of shape {track.actions.shape[1:]}/"
-                             f"{None if track.state is None else track.state.shape[1:]} differ from the selection's "
-                             f"({A},)/({S},): select sources with one action space (pairs.sources)")
-        rate = self.query.action_rate or track.rate or 1.0
-        ats = track.timestamps
-        slack = 0.25 / (track.rate or rate)  # frame pts and float32 action stamps differ in the last bits
-        tau = t0[:, None] + np.arange(self.query.horizon)[None, :] / rate  # (n, H) chunk step times
-        idx = np.searchsorted(ats, tau - slack, side="left")
-        valid = (idx < len(ats)) & (tau <= ats[-1] + slack)
-        idx = np.minimum(idx, len(ats) - 1)
-        out["actions"][sel] = np.where(valid[..., None], track.actions[idx], 0.0)
-        out["action_mask"][sel] = valid
+            raise ConfigError(f"episode actions/state of shape {track.actions.shape[1:]}/"
+                              f"{None if track.state is None else track.state.shape[1:]} differ from the selection's "
+                              f"({A},)/({S},): select sources with one action space (pairs.sources)")
+        out["actions"][sel], out["action_mask"][sel] = action_chunks(track, t0, self.query.horizon,
+                                                                     self.query.action_rate)
         if track.state is not None and S:
+            ats, slack = track.timestamps, _slack(track, self.query.action_rate)
             i0 = np.minimum(np.searchsorted(ats, t0 - slack, side="left"), len(ats) - 1)
             i1 = np.minimum(np.searchsorted(ats, t1 - slack, side="left"), len(ats) - 1)
             out["state_t"][sel], out["state_tk"][sel] = track.state[i0], track.state[i1]
@@ -310,8 +412,8 @@ class PairReader:
         features only (labelling: the same pairs `read` serves a trainer, without the rest)."""
         feats = self.store.features(int(self.rows[e]))
         n, k = int(self.n_pairs[e]), int(self.k[e])
-        if self.query.all_frames:
-            t = np.arange(n)
+        if self.query.all_frames or self._ranges is not None:
+            t = self.pair_t(e, np.arange(n))
             return feats[t], feats[np.minimum(t + k, len(feats) - 1)]
         return feats[:n], feats[k : k + n]
 
@@ -330,7 +432,7 @@ class PairReader:
             if seen >= max_frames:
                 break
         if not count:
-            raise ValueError("no frames in the selection to compute feature statistics from")
+            raise ConfigError("no frames in the selection to compute feature statistics from")
         mean = s1 / count
         std = np.sqrt(np.maximum(s2 / count - mean**2, 0.0))
         return mean.astype(np.float32), std.astype(np.float32)

@@ -25,7 +25,8 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import zarr
 
-from pipeline.store.backend import StoreError, error_summary, open_repo, unknown_version
+from pipeline.errors import one_line
+from pipeline.store.backend import StoreError, open_repo, unknown_version
 from pipeline.store.catalog_file import catalog_table
 from pipeline.store.format import has_no_state
 from pipeline.store.index import EpisodeIndex, KeyLookup, episode_keys, key_hash
@@ -41,6 +42,9 @@ class StoreCorruptError(ResourceError):
     """Stored bytes do not decode (a chunk whose checksum does not match, or that is missing):
     one line naming the episode, shard and version. A retry reads the same bytes: run
     `lawam verify` to list every damaged episode, then re-ingest them into a new version."""
+
+    advice = ("a retry reads the same bytes: `lawam verify` lists every damaged episode; restore the store "
+              "from a backup, or re-ingest those episodes into a new version (not retried)")
 
 
 # What zarr raises for a chunk it cannot decode: CRC32C mismatch (ValueError), zstd
@@ -183,7 +187,9 @@ class FeatureStore:
             except Exception:  # noqa: BLE001 - reported as the unknown version below
                 session = None
             if session is None:
-                raise StoreError(f"store {uri!r} has no version {version or branch!r}: {error_summary(e)}") from None
+                raise StoreError(f"store {uri!r} has no version {version or branch!r} (no commit, tag or branch "
+                                 f"of that name, or expired by `lawam gc`); `lawam versions {uri}` lists them"
+                                 ) from None
         return cls(uri, repo, session, cache_bytes, pinned=version is not None)
 
     def __reduce__(self):
@@ -303,10 +309,9 @@ class FeatureStore:
             raise self._corrupt(i, "features", e) from e
 
     def _corrupt(self, i: int, array: str, e: BaseException) -> StoreCorruptError:
-        cause = next((ln.strip() for ln in str(e).splitlines() if ln.strip()), type(e).__name__)
         return StoreCorruptError(
             f"store {self.uri!r} version {self.version}: episode {self.keys[i]} (shard {self._shard_of(i)}, "
-            f"{array}) cannot be read: {cause[:200]} (`lawam verify {self.uri}` lists every damaged episode)")
+            f"{array}) cannot be read: {one_line(e)[:200]}")
 
     def timestamps(self, i: int | str) -> np.ndarray:
         return self._timestamps(self._resolve(i))

@@ -7,7 +7,9 @@ For each ingested episode: its arrays exist with the dtypes and shapes the index
 root attrs promise (features float16 (frames, *token_shape), timestamps float64 (frames,),
 actions / action_timestamps / state with `actions` rows), the frame and action counts fit
 the shard, every value is finite, timestamps never go back, and every chunk it touches
-decodes with a matching CRC32C checksum. Label-set arrays are read for checksums too.
+decodes with a matching CRC32C checksum. Every row a derived set's index points to (label
+sets and curation sets) is read too: it must decode and be finite (`derived_problems`; its
+label part `label_problems` is what `lawam distill` and `lawam label --damaged` use as well).
 Chunks are read in batches of about 64 MB; a batch that fails is re-read chunk by chunk to
 name the damaged rows, hence the episodes.
 """
@@ -21,10 +23,14 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import zarr
 
+from pipeline.errors import one_line
 from pipeline.progress import progress_bar
+from pipeline.store.derived import index_table
 from pipeline.store.format import has_no_state
-from pipeline.store.labels import label_index
 from pipeline.store.reader import CHUNK_ERRORS, FeatureStore
+from schemas import LABEL_INDEX_SCHEMA
+from schemas.errors import LawamError
+from schemas.tables import CURATION_INDEX_SCHEMA
 
 _BATCH_BYTES = 64 << 20
 
@@ -68,11 +74,6 @@ class _Scan:
     nbytes: int
 
 
-def _cause(e: BaseException) -> str:
-    line = next((ln.strip() for ln in str(e).splitlines() if ln.strip()), type(e).__name__)
-    return f"{type(e).__name__}: {line[:160]}"
-
-
 def _scan(arr: zarr.Array, keep: bool) -> _Scan:
     rows = arr.shape[0] if arr.ndim else 0
     size = arr.chunks[0] if arr.ndim else 1
@@ -94,7 +95,7 @@ def _scan(arr: zarr.Array, keep: bool) -> _Scan:
                 try:
                     pieces.append((c, arr[c:d]))
                 except CHUNK_ERRORS as e:
-                    bad.append((c, d, _cause(e)))
+                    bad.append((c, d, one_line(e)[:200]))
                     pieces.append((c, np.zeros((d - c, *arr.shape[1:]), arr.dtype)))
         for start, block in pieces:
             chunks += -(-len(block) // size)
@@ -120,9 +121,11 @@ def verify_store(uri: str, version: str | None = None, *, progress: bool = True)
     Reads the whole store once: time grows with its size (about a decode of every chunk)."""
     try:
         store = FeatureStore.open(uri, version)
+    except LawamError:  # no such store or version (StoreError): not damage, the command names what is not there
+        raise
     except CHUNK_ERRORS as e:  # the episode index itself does not decode
         report = VerifyReport(uri, version or "(branch tip)")
-        report.problems.append(Problem(None, "index", f"the episode index cannot be read ({_cause(e)})"))
+        report.problems.append(Problem(None, "index", f"the episode index cannot be read ({one_line(e)[:200]})"))
         return report
     report = VerifyReport(uri, store.version)
     eps = store.episodes(["shard", "frame_start", "frames", "action_start", "actions"])
@@ -218,22 +221,70 @@ def _verify_shard(store: FeatureStore, shard: str, rows: list[int], cols: dict, 
 
 
 def _verify_labels(store: FeatureStore, report: VerifyReport) -> None:
-    if "labels" not in store.root:
-        return
-    for set_name, label_set in store.root["labels"].groups():
-        if "shards" not in label_set:
+    problems, chunks, nbytes = derived_problems(store)
+    report.problems.extend(problems)
+    report.chunks += chunks
+    report.bytes += nbytes
+
+
+# group -> (index schema, word for its arrays in messages, unit of their rows)
+_DERIVED = {"labels": (LABEL_INDEX_SCHEMA, "label", "pairs"), "curation": (CURATION_INDEX_SCHEMA, "curation", "rows")}
+
+
+def derived_problems(store: FeatureStore, group: str | None = None,
+                     set_ids: list[str] | None = None) -> tuple[list[Problem], int, int]:
+    """(problems, chunks read, bytes read) of the derived sets of `store` (label and curation
+    sets; or those of `group`, or only `set_ids`): every row a set's index points to must decode
+    (checksums) and be finite (a NaN label trains a policy on nothing; a NaN motion drops or
+    keeps frames at random). Rows no index row points to any more (replaced by a redo) are never
+    served, and not reported."""
+    problems: list[Problem] = []
+    chunks = nbytes = 0
+    for group_name, (schema, what, unit) in _DERIVED.items():
+        if (group is not None and group_name != group) or group_name not in store.root:
             continue
-        rows = None  # the label index, read only to name the episodes of a damaged chunk
-        for shard_name, shard in label_set["shards"].groups():
-            for name, arr in shard.arrays():
-                scan = _scan(arr, keep=False)
-                report.chunks += scan.chunks
-                report.bytes += scan.nbytes
-                for lo, hi, why in scan.bad:
-                    if rows is None:
-                        rows = label_index(label_set).read(["key", "shard", "row_start", "rows"]).to_pylist()
-                    keys = [r["key"] for r in rows if r["shard"] == shard_name
-                            and r["row_start"] < hi and lo < r["row_start"] + r["rows"]] or [None]
-                    for key in keys:
-                        report.problems.append(Problem(key, f"labels/{set_name}/{shard_name}",
-                                                       f"label {name} rows {lo}-{hi} unreadable ({why})"))
+        for set_name, derived in store.root[group_name].groups():
+            if (set_ids is not None and set_name not in set_ids) or "shards" not in derived:
+                continue
+            index = index_table(derived, schema)
+            live = index.live()
+            shard_of = pc.dictionary_encode(index.take("shard", live))
+            names, codes = shard_of.dictionary.to_pylist(), shard_of.indices.to_numpy(zero_copy_only=False)
+            keys = None  # read only to name the episodes of a problem
+            for shard_name, shard in derived["shards"].groups():
+                where = f"{group_name}/{set_name}/{shard_name}"
+                mine = live[codes == names.index(shard_name)] if shard_name in names else live[:0]
+                for name, arr in shard.arrays():
+                    scan = _scan(arr, keep=False)
+                    chunks += scan.chunks
+                    nbytes += scan.nbytes
+                    if name == "embedding":
+                        lo = index.take("emb_row", mine).to_numpy()
+                        hi = lo + 1
+                    else:
+                        lo = index.take("row_start", mine).to_numpy()
+                        hi = lo + index.take("rows", mine).to_numpy()
+                    lo, hi = np.minimum(lo, len(scan.nonfinite)), np.minimum(hi, len(scan.nonfinite))
+                    cum = np.concatenate([[0], np.cumsum(scan.nonfinite, dtype=np.int64)])
+                    nonfinite = cum[hi] - cum[lo]  # rows of each holding NaN or inf
+                    bad = np.zeros(len(mine), bool)
+                    for a, b, _ in scan.bad:
+                        bad |= (lo < b) & (a < hi)
+                    for j in np.flatnonzero(bad | (nonfinite > 0)).tolist():
+                        if keys is None:
+                            keys = index.column("key")
+                        key = keys[int(mine[j])].as_py()
+                        why = _overlap(scan, int(lo[j]), int(hi[j]))
+                        problems.append(Problem(key, where, f"{what} {name} {why}" if why else
+                                                f"{what} {name}: {int(nonfinite[j])} {unit} hold NaN or inf"))
+    return problems, chunks, nbytes
+
+
+def label_problems(store: FeatureStore, set_ids: list[str] | None = None) -> tuple[list[Problem], int, int]:
+    """`derived_problems` of the label sets of `store` (all, or `set_ids`)."""
+    return derived_problems(store, "labels", set_ids)
+
+
+def damaged_labels(store: FeatureStore, set_id: str) -> list[str]:
+    """Keys of the episodes whose labels in set `set_id` are unreadable or not finite."""
+    return sorted({p.episode for p in label_problems(store, [set_id])[0] if p.episode})

@@ -46,7 +46,7 @@ import zarr
 
 from pipeline.store import index as episode_index
 from pipeline.store.backend import WriterLock, open_repo
-from pipeline.store.catalog_file import catalog_file_version, sync_catalog_file, write_catalog
+from pipeline.store.catalog_file import catalog_index_version, sync_catalog_file, write_catalog
 from pipeline.store.files import FileMemory
 from pipeline.store.format import (
     FORMAT_DOC,
@@ -108,7 +108,7 @@ class StoreWriter:
         """Open (creating if needed) the store at `uri` for appending with this encoder
         identity. The token shape is taken from the store, or from the first features."""
         # Locked before anything is read, so the session starts from the newest commit.
-        lock = WriterLock(uri).__enter__()
+        lock = WriterLock(uri, create=True).__enter__()
         try:
             repo = open_repo(uri, create=True)
             migrate_if_needed(uri, repo, branch)  # a layout-1 store: one commit of its own, first
@@ -446,7 +446,7 @@ class StoreWriter:
                 known[new] = self._find(hashes[new], [keys[i] for i in new.tolist()])
             replaced = known[known >= 0]
             ends, ids = self.index.batches()
-            catalog_current = catalog_file_version(self.uri) == (ids[-1] if ids else None)
+            catalog_current = catalog_index_version(self.uri) == (ids[-1] if ids else None)
             first = episode_index.append(self.root, rows, replaced, ids[-1] if ids else "")
             self._drop_dead_shards(replaced)
             meta[episode_index.ROWS_KEY] = first + rows.num_rows
@@ -501,7 +501,7 @@ class StoreWriter:
     def _sync_catalog_file(self) -> None:
         """Rewrite catalog.parquet if it does not describe the index of the branch tip this writer holds."""
         try:
-            if sync_catalog_file(self.uri, self.index):
+            if sync_catalog_file(self.uri, self.index, self.parent_version):
                 log.info("catalog.parquet rewritten for %s", self.parent_version)
         except OSError as e:
             log.warning("could not write catalog.parquet: %s (the next run rewrites it)", e)

@@ -1,0 +1,81 @@
+"""The learning benchmarks' corpus: rendered once, cached, ingested into one store per token mode.
+
+Promise: `bench_lam`, `bench_policy` and `bench_value` measure on the same episodes. The
+corpus is rendered by `make_samples` under `data/bench-corpus/samples` (cached: a second
+call with the same arguments renders nothing) and ingested with the default encoder into
+`data/bench-corpus/store-<tokens>` (cached too: a re-ingest of unchanged files is a no-op),
+one store per token mode, so a finer token grid is the same frames through the same
+encoder, pooled differently.
+
+- Robot: `ROBOT_TASKS`, the five tasks of the closed-loop benchmark plus four with other
+  motions (grasp and lift, an upward arc, a sideways slide, a rotation), 30 scripted episodes
+  each, every one slowed to last >= 2 s where the slowed expert still succeeds.
+- Human stand-in: `HUMAN_TASKS` from another camera, no actions in the source; what the
+  hand did is kept beside it (`read_human_truth`) for evaluation only.
+- Sampled at 20 fps (every video frame), so a gap k in seconds is exact to 0.05 s.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+from pipeline.samples import make_samples, read_human_truth, sample_sources
+from schemas import CorpusConfig, EncoderConfig, StoreConfig
+from schemas.records import ActionTrack
+
+log = logging.getLogger(__name__)
+
+REPO = Path(__file__).resolve().parents[1]
+WORK = REPO / "data" / "bench-corpus"
+POLICY_TASKS = ("reach-v3", "push-v3", "drawer-open-v3", "button-press-topdown-v3", "door-open-v3")
+ROBOT_TASKS = (*POLICY_TASKS, "pick-place-v3", "lever-pull-v3", "window-close-v3", "faucet-open-v3")
+HUMAN_TASKS = ("drawer-close-v3", "window-open-v3", "button-press-v3")
+SAMPLE_ARGS = {"tasks": ROBOT_TASKS, "episodes_per_task": 30, "human_tasks": HUMAN_TASKS,
+               "human_episodes_per_task": 14, "seed": 0, "image_size": 128, "min_seconds": 2.0}
+FPS = 20.0
+HUMAN_SOURCE = "human-standin"
+
+
+@dataclass(frozen=True)
+class Corpus:
+    samples: Path  # make_samples folder (robot/, human/, human_truth.parquet)
+    store: str  # store uri for the token mode asked for
+
+    def human_truth(self) -> dict[str, ActionTrack]:
+        """Episode key -> what the hand did in that human stand-in clip (evaluation only)."""
+        return {f"{HUMAN_SOURCE}/{name}": ActionTrack(t.timestamps, t.actions, t.state)
+                for name, t in read_human_truth(self.samples).items()}
+
+
+def bench_corpus(tokens: str = "grid:4x4", work: Path = WORK, *, progress: bool = True) -> Corpus:
+    """Render (cached) and ingest (cached) the benchmark corpus; the store of `tokens`."""
+    samples = work / "samples"
+    t = time.perf_counter()
+    summary = make_samples(samples, **SAMPLE_ARGS, progress=progress)
+    if not summary.cached:
+        frames = sum(s.frames for s in summary.sources)
+        print(f"rendered {frames} frames in {time.perf_counter() - t:.0f} s "
+              f"({frames / (time.perf_counter() - t):.1f} frames/s)")
+    sources = [s.model_copy(update={"fps": FPS}) for s in sample_sources(samples)]
+    name = tokens.replace(":", "")
+    cfg = CorpusConfig(name=f"bench-{name}", sources=sources, store=StoreConfig(uri=str(work / f"store-{name}")),
+                       encoder=EncoderConfig(tokens=tokens))
+    from pipeline.ingest import ingest_corpus
+
+    report = ingest_corpus(cfg, progress=progress)
+    if report.added:
+        print(f"ingested {report.added} episodes ({tokens}) in {report.seconds:.0f} s")
+    return Corpus(samples, cfg.store.uri)
+
+
+if __name__ == "__main__":
+    import argparse
+
+    p = argparse.ArgumentParser(description="render and ingest the learning benchmarks' corpus (cached)")
+    p.add_argument("--tokens", default="grid:4x4,grid:8x8")
+    args = p.parse_args()
+    for mode in args.tokens.split(","):
+        print(bench_corpus(mode))
