@@ -20,7 +20,7 @@ import zarr
 from typer.testing import CliRunner
 
 from flows.cli import app
-from pipeline.store import FeatureStore, LabelSet, LabelWriter, StoreMismatchError, StoreWriter
+from pipeline.store import CurationSet, FeatureStore, LabelSet, LabelWriter, StoreMismatchError, StoreWriter
 from pipeline.store import table as tables
 from pipeline.store.backend import open_repo
 from pipeline.store.catalog_file import catalog_file_version
@@ -44,29 +44,37 @@ def _catalog(store: FeatureStore) -> list[dict]:
 
 
 def test_a_layout_1_store_reads_as_written_and_its_first_writer_migrates_it_in_one_commit(tmp_path):
+    """The fixture (make_fixture.py) holds episodes, a redone one, a quarantined one, the files
+    table, a label set and a curation set, as main's layout-1 code wrote them."""
     uri = str(tmp_path / "store")
     shutil.copytree(V1 / "store", uri)
     expected = json.loads((V1 / "expected.json").read_text())
     v = expected["versions"]
+    cur = expected["curation"]
     old = FeatureStore.open(uri)  # read as it is, every version
-    assert old.version == v["v5"] and _catalog(old) == expected["catalog"]
+    assert old.version == v["v6"] and _catalog(old) == expected["catalog"]
     assert FeatureStore.open(uri, v["v1"]).keys.tolist() == expected["v1_keys"]
     assert LabelSet.open(old, "lam-000000000001").labelled == len(old) - 1
+    assert sorted(CurationSet.open(old, "cur-000000000001").keys) == cur["keys"]
 
     with StoreWriter.open(uri, encoder=ENCODER) as w:  # the first writer migrates, in a commit of its own
         assert w.parent_version != v["v5"]
         assert w.commit("nothing new") is None
     store = FeatureStore.open(uri)
     assert store.versions()[0].message == f"migrate the store to layout {STORE_LAYOUT_VERSION}"
-    assert store.versions()[1].id == v["v5"] and store.attrs["lawam_layout"] == STORE_LAYOUT_VERSION
+    assert store.versions()[1].id == v["v6"] and store.attrs["lawam_layout"] == STORE_LAYOUT_VERSION
     assert _catalog(store) == expected["catalog"]  # every row, the commit that added it, where it lives
     for key, digest in expected["features_sha256"].items():
         assert hashlib.sha256(store.features(key).tobytes()).hexdigest() == digest
     labels = LabelSet.open(store, "lam-000000000001")
     assert labels.labelled == len(store) - 1 and "cam/ep001" not in labels
     np.testing.assert_array_equal(labels.episode("arm/ep001"), np.full((9, 2), len("arm/ep001"), np.float32))
+    curation = CurationSet.open(store, "cur-000000000001")  # a curation set, as its own (layout-1) reader read it
+    assert sorted(curation.keys) == cur["keys"] and curation.dropped_duplicates().tolist() == cur["dropped"]
+    assert {k: [list(s) for s in curation.spans(k)] for k in cur["keys"]} == cur["spans"]
+    assert {k: curation.motion(k).tolist() for k in cur["keys"]} == cur["motion"]
     assert committed_files(uri)["uri"].to_pylist() == ["/synth/cam/broken.mp4"]
-    assert _catalog(FeatureStore.open(uri, v["v5"])) == expected["catalog"]  # the old version is still there
+    assert _catalog(FeatureStore.open(uri, v["v6"])) == expected["catalog"]  # the old version is still there
     assert catalog_file_version(uri) == store.version  # the single-file catalog became the folder of parts
     assert pq.read_table(Path(uri) / "catalog.parquet").num_rows == len(expected["catalog"])
 
@@ -75,6 +83,8 @@ def test_a_layout_1_store_reads_as_written_and_its_first_writer_migrates_it_in_o
     assert after.catalog().num_rows == len(expected["catalog"])  # redone in place of its old row
     assert {r["episode_id"]: r["store_version"] for r in after.catalog().to_pylist()}["ep000"] == v6
     assert "arm/ep000" not in LabelSet.open(after, "lam-000000000001")  # its labels are stale now
+    assert "arm/ep000" not in CurationSet.open(after, "cur-000000000001")  # and its curation rows
+    assert CurationSet.open(after, "cur-000000000001").spans("arm/ep002") == [(1, 3, "static")]
     assert runner.invoke(app, ["verify", uri, "--no-progress"]).exit_code == 0
 
 

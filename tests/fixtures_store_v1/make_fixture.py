@@ -1,5 +1,6 @@
 """Writes tests/fixtures_store_v1/store: a layout-1 feature store, as lawam wrote them before layout 2
-(commit 9dd1e08 of main), and expected.json, what that lawam read back from it.
+(commit 9dd1e08 of main; regenerated with commit d162823 of main, whose layout-1 stores also
+hold curation sets), and expected.json, what that lawam read back from it.
 
 Run with a layout-1 checkout first on the path (this file is kept as the record of how the
 fixture was made; the current lawam cannot run it):
@@ -14,7 +15,7 @@ from pathlib import Path
 
 import numpy as np
 
-from pipeline.store import FeatureStore, LabelWriter, StoreWriter
+from pipeline.store import CurationSet, CurationWriter, FeatureStore, LabelWriter, StoreWriter
 from schemas import STORE_LAYOUT_VERSION
 from schemas.identity import SamplingParams
 from schemas.records import EpisodeRef
@@ -44,8 +45,23 @@ with LabelWriter.open(uri, "lam-000000000001", {"dim": 2, "k_seconds": 0.2}) as 
             lw.put(key, h, np.full((n - 1, 2), len(key), np.float32), 1)
     v5 = lw.commit("labels")
 store = FeatureStore.open(uri)
+with CurationWriter.open(uri, "cur-000000000001", {"config": {"fixture": True}, "dim": 3}) as cw:
+    cw.set_centre(np.zeros(4, np.float32), np.ones(4, np.float32))
+    for i, (key, h, n) in enumerate(zip(store.keys.tolist(), store.episodes()["content_hash"].to_pylist(),
+                                        store.episodes()["frames"].to_pylist(), strict=True)):
+        if key != "cam/ep000":  # one episode left uncurated
+            spans = [(1, 3, "static")] if key == "arm/ep002" else []
+            cw.put_episode(key, h, np.full(n, i, np.float16), np.eye(3, dtype=np.float16)[i % 3], spans)
+    cw.set_group("arm/ep002", "arm/ep000", 0.99)  # a duplicate of arm/ep000
+    cw.set_group("arm/ep000", "arm/ep000", 0.99)
+    v6 = cw.commit("curation")
+store = FeatureStore.open(uri)
+cur = CurationSet.open(store, "cur-000000000001")
 expected = {
-    "versions": {"v1": v1, "v2": v2, "v3": v3, "v4": v4, "v5": v5},
+    "versions": {"v1": v1, "v2": v2, "v3": v3, "v4": v4, "v5": v5, "v6": v6},
+    "curation": {"keys": sorted(cur.keys), "dropped": sorted(cur.dropped_duplicates().tolist()),
+                 "spans": {k: [list(s) for s in cur.spans(k)] for k in sorted(cur.keys)},
+                 "motion": {k: cur.motion(k).tolist() for k in sorted(cur.keys)}},
     "catalog": [{k: (str(v) if k in ("failed_since", "ingested_at") else v) for k, v in r.items()}
                 for r in store.catalog().to_pylist()],
     "features_sha256": {k: hashlib.sha256(store.features(k).tobytes()).hexdigest() for k in store.keys.tolist()},
