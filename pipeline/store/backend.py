@@ -3,7 +3,7 @@
 Layout of a store at URI:
 
     URI/repo/            the Icechunk repository (transactional Zarr v3: commits, branches)
-    URI/catalog.parquet  the episode catalog of the newest commit, for pyarrow / DuckDB
+    URI/catalog.parquet/ the episode catalog of the newest ingest commit, Parquet parts for pyarrow / DuckDB
     URI/.lock            local stores only: held by the one process allowed to commit
 
 Icechunk's local-filesystem storage is not safe for concurrent commits from several

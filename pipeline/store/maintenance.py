@@ -24,11 +24,13 @@ import re
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 
+import zarr
+
 from pipeline.errors import one_line
 from pipeline.store.backend import StoreBusyError, StoreError, WriterLock, open_repo
 from pipeline.store.catalog_file import sync_catalog_file
+from pipeline.store.index import EpisodeIndex
 from pipeline.store.leases import GcLock, Lease, list_leases
-from pipeline.store.reader import FeatureStore
 
 log = logging.getLogger(__name__)
 
@@ -164,8 +166,12 @@ def repair_catalog_file(uri: str, *, branch: str = "main", locked: bool = False)
                 return repair_catalog_file(uri, branch=branch, locked=True)
         except StoreBusyError:
             return False
-    try:
-        store = FeatureStore.open(uri, branch=branch)
-    except StoreError:  # nothing committed yet: no catalog to describe
+    repo = open_repo(uri, create=False)
+    if branch not in repo.list_branches():
         return False
-    return sync_catalog_file(uri, store.index, store.version)
+    session = repo.readonly_session(branch=branch)
+    try:
+        root = zarr.open_group(session.store, mode="r")
+    except zarr.errors.GroupNotFoundError:  # nothing committed yet: no catalog to describe
+        return False
+    return sync_catalog_file(uri, EpisodeIndex(root, repo, session.snapshot_id), session.snapshot_id)
