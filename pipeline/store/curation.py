@@ -33,11 +33,10 @@ import zarr
 from pipeline.store import table
 from pipeline.store.backend import StoreError
 from pipeline.store.derived import DerivedSet, DerivedSetWriter
+from pipeline.store.format import CURATION_GROUP, SPANS
 from pipeline.store.reader import FeatureStore
 from schemas.tables import CURATION_INDEX_SCHEMA, CURATION_SPANS_SCHEMA
 
-CURATION_GROUP = "curation"
-SPANS = "spans"
 REASONS = ("static", "idle")  # why a span is dropped; a whole episode may also be a "duplicate"
 
 

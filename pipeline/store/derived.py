@@ -49,28 +49,17 @@ from pipeline.store.backend import StoreError, WriterLock, open_repo
 from pipeline.store.catalog_file import sync_catalog_file
 from pipeline.store.format import checksummed
 from pipeline.store.index import EpisodeIndex
+from pipeline.store.migrate import INDEX, index_table, migrate_if_needed
 from pipeline.store.reader import CHUNK_ERRORS, EpisodeKeys, FeatureStore, StoreCorruptError
 from pipeline.store.table import key_hash
 from schemas.errors import ConfigError
 
 log = logging.getLogger(__name__)
 
-INDEX = "index"
 _SET_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
 _FLUSH_BYTES = 64 << 20  # buffered rows are written in blocks of about this size
-_LAYOUT_2_ONLY = ("key_hash", "index_row")  # columns a layout-1 index lacks
 
 S = TypeVar("S", bound="DerivedSet")
-
-
-def index_table(group: zarr.Group, schema: pa.Schema) -> table.Table:
-    """The index table of a set's group, either layout (a layout-1 index, rewritten whole per
-    commit, lacks `key_hash` and `index_row`: derived from its keys, and -1, "match by hash")."""
-    legacy_schema = pa.schema([f for f in schema if f.name not in _LAYOUT_2_ONLY])
-    rows = table.Table(group.get(INDEX), schema, legacy_schema, legacy_keys=lambda t: t["key"])
-    if rows.legacy is not None and "index_row" not in rows.legacy.column_names:
-        rows.legacy = rows.legacy.append_column("index_row", pa.array(np.full(rows.rows, -1, np.int64)))
-    return rows
 
 
 def match(store: FeatureStore, rows: table.Table) -> tuple[np.ndarray, np.ndarray, int]:
@@ -236,7 +225,6 @@ class DerivedSetWriter:
 
     @classmethod
     def open(cls, uri: str, set_id: str, attrs: dict, *, branch: str = "main"):
-        from pipeline.store.migrate import migrate_if_needed  # it imports this module's index layout
 
         lock = WriterLock(uri).__enter__()
         try:

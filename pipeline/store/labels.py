@@ -42,6 +42,7 @@ import zarr
 
 from pipeline.store.backend import StoreError
 from pipeline.store.derived import DerivedSet, DerivedSetWriter
+from pipeline.store.format import LABELS_GROUP
 from pipeline.store.reader import FeatureStore
 from schemas import LABEL_INDEX_SCHEMA
 from schemas.errors import ConfigError
@@ -53,7 +54,6 @@ class NonFiniteLabelsError(ConfigError):
     """A labelling model gave NaN or inf: the model is broken (its weights, not the episode's
     input), so the run stops before anything is committed (exit 2), naming the model."""
 
-LABELS_GROUP = "labels"
 _CACHE_BYTES = 128 << 20  # labels a reader keeps in memory (a trainer reads each episode many times)
 
 

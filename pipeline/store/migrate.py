@@ -25,15 +25,26 @@ import zarr
 from pipeline.store import index as episode_index
 from pipeline.store import table
 from pipeline.store.catalog_file import sync_catalog_file
-from pipeline.store.curation import CURATION_GROUP, SPANS
-from pipeline.store.derived import INDEX, index_table
 from pipeline.store.files import FILES_GROUP
+from pipeline.store.format import CURATION_GROUP, LABELS_GROUP, SPANS
 from pipeline.store.index import INDEX_GROUP, EpisodeIndex
-from pipeline.store.labels import LABELS_GROUP
 from schemas import INDEX_SCHEMA, LABEL_INDEX_SCHEMA, STORE_LAYOUT_VERSION
 from schemas.tables import CURATION_INDEX_SCHEMA, CURATION_SPANS_SCHEMA, FILES_SCHEMA
 
 log = logging.getLogger(__name__)
+
+INDEX = "index"  # a derived set's index table, in its group
+_LAYOUT_2_ONLY = ("key_hash", "index_row")  # columns a layout-1 index lacks
+
+
+def index_table(group: zarr.Group, schema: pa.Schema) -> table.Table:
+    """The index table of a set's group, either layout (a layout-1 index, rewritten whole per
+    commit, lacks `key_hash` and `index_row`: derived from its keys, and -1, "match by hash")."""
+    legacy_schema = pa.schema([f for f in schema if f.name not in _LAYOUT_2_ONLY])
+    rows = table.Table(group.get(INDEX), schema, legacy_schema, legacy_keys=lambda t: t["key"])
+    if rows.legacy is not None and "index_row" not in rows.legacy.column_names:
+        rows.legacy = rows.legacy.append_column("index_row", pa.array(np.full(rows.rows, -1, np.int64)))
+    return rows
 
 def needs_migration(attrs: dict) -> bool:
     """Whether a store root with these attributes is of an older layout."""

@@ -25,8 +25,8 @@ import zarr
 
 from pipeline.errors import one_line
 from pipeline.progress import progress_bar
-from pipeline.store.derived import index_table
 from pipeline.store.format import has_no_state
+from pipeline.store.migrate import index_table
 from pipeline.store.reader import CHUNK_ERRORS, FeatureStore
 from schemas import LABEL_INDEX_SCHEMA
 from schemas.errors import LawamError
