@@ -12,6 +12,7 @@ appends them (and marks the rows they replace) in the writer's next commit.
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Iterable
 
 import numpy as np
@@ -109,7 +110,7 @@ class FileMemory:
         if not roots or not self.committed.num_rows:
             return 0
         uris = self.committed["uri"]
-        inside = pc.or_(*[pc.starts_with(uris, r) for r in roots]) if len(roots) > 1 else pc.starts_with(uris, roots[0])
+        inside = functools.reduce(pc.or_, (pc.starts_with(uris, r) for r in roots))  # or_ takes two at a time
         seen_now = pa.array(list(set(seen) | set(self.staged)), pa.string())
         gone = pc.and_(inside, pc.invert(pc.is_in(uris, value_set=seen_now)))
         lost = set(uris.filter(gone).to_pylist())
