@@ -33,7 +33,7 @@ _task = partial(task, retries=RETRIES, retry_delay_seconds=RETRY_DELAY_S, retry_
 def _episodes(store_uri: str, version: str) -> list[tuple]:
     from pipeline.store import FeatureStore
 
-    eps = FeatureStore.open(store_uri, version).episodes()
+    eps = FeatureStore.open(store_uri, version).episodes(["source", "episode_id", "content_hash", "instruction"])
     return sorted(zip(*(eps[c].to_pylist() for c in ("source", "episode_id", "content_hash", "instruction")),
                       strict=True))
 

@@ -71,7 +71,7 @@ class DistillRecipe:
                              "selection: a policy needs some")
         tokens, dim = store.token_shape
         lawm = load_lawm(self.lam_dir)[0] if self.lam_dir else None
-        all_instructions = store.episodes()["instruction"].to_pylist()
+        all_instructions = store.episodes(["instruction"])["instruction"].to_pylist()
         model = LaWAMPolicy(self.cfg.model, tokens=tokens, feature_dim=dim, state_dim=reader.state_dim,
                             action_dim=reader.action_dim, horizon=self.cfg.pairs.horizon,
                             vocab=build_vocab(all_instructions), lawm=lawm)

@@ -45,9 +45,9 @@ class CatalogSummary:
 
 def summarize(uri: str, version: str | None = None) -> CatalogSummary:
     store = FeatureStore.open(uri, version)
-    cat = store.catalog()
+    cat = store.catalog(["source", "kind", "status", "frames", "duration_s"])  # the columns summed, no more
     summary = CatalogSummary(uri, store.version, store.encoder)
-    for source in sorted(set(cat["source"].to_pylist())):
+    for source in sorted(cat["source"].unique().to_pylist()):
         rows = cat.filter(pc.equal(cat["source"], source))
         ok = rows.filter(pc.equal(rows["status"], EpisodeStatus.OK))
         summary.sources.append(SourceSummary(
@@ -55,8 +55,9 @@ def summarize(uri: str, version: str | None = None) -> CatalogSummary:
             frames=int(pc.sum(ok["frames"]).as_py() or 0), hours=float(pc.sum(ok["duration_s"]).as_py() or 0) / 3600,
             quarantined=rows.num_rows - ok.num_rows,
         ))
-    bad = cat.filter(pc.equal(cat["status"], EpisodeStatus.QUARANTINED))
-    summary.quarantined = bad.select(["source", "episode_id", "uri", "reason", "failed_since", "failures"]).to_pylist()
+    if any(s.quarantined for s in summary.sources):
+        cols = ["source", "episode_id", "uri", "reason", "failed_since", "failures"]
+        summary.quarantined = store.catalog(cols).filter(pc.equal(cat["status"], EpisodeStatus.QUARANTINED)).to_pylist()
     summary.label_sets = [
         {"id": ls.id, "labelled": ls.labelled, "stale": ls.stale, "episodes": ls.episodes, "coverage": ls.coverage,
          "lam_dir": ls.attrs.get("lam", {}).get("dir"), "k_seconds": ls.attrs.get("k_seconds"),

@@ -94,10 +94,9 @@ def _label_episodes(reader: PairReader, fn, keys: list[str],
                     batch_pairs: int) -> list[tuple[str, str, int, np.ndarray, np.ndarray | None]]:
     """(key, content_hash, k, z, codes) for each episode: the reader's pairs (t, t + k) of
     several episodes are batched together, so short clips still fill a forward pass."""
-    hashes = reader.store.episodes()["content_hash"]
+    hashes = reader.store.episodes(["content_hash"])["content_hash"]
     metas, f_t, f_tk = [], [], []
-    for key in keys:
-        e = reader.index(key)
+    for key, e in zip(keys, reader.indices(keys).tolist(), strict=True):
         a, b = reader.episode_features(e)
         metas.append((key, hashes[int(reader.rows[e])].as_py(), int(reader.k[e]), len(a)))
         f_t.append(a)
@@ -147,9 +146,9 @@ def _actor_class():
 def _tasks(store: FeatureStore, keys: list[str], pairs_per_task: int) -> list[list[str]]:
     """Group episodes into tasks of about `pairs_per_task` frames each."""
     out, cur, n = [], [], 0
-    for key in keys:
+    for key, frames in zip(keys, store.frames[store.rows(keys)].tolist(), strict=True):
         cur.append(key)
-        n += int(store.frames[store.row(key)])
+        n += int(frames)
         if n >= pairs_per_task:
             out.append(cur)
             cur, n = [], 0

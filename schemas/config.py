@@ -8,14 +8,14 @@ from __future__ import annotations
 
 import re
 from pathlib import Path
-from typing import Annotated, Literal, TypeVar
+from typing import Annotated, Literal
 
-import yaml
-from pydantic import BaseModel, Field, ValidationError, field_validator, model_validator
+from pydantic import Field, field_validator, model_validator
 
 from schemas.curation import CurationConfig, load_curation_config
 from schemas.errors import ConfigError
 from schemas.strict import Strict as _Strict
+from schemas.strict import read_yaml, validate_file
 
 _SOURCE_ID = re.compile(r"^[a-z0-9][a-z0-9_.-]*$")
 # Fields a video_dir manifest provides, by our name; `SourceSpec.columns` maps them onto a
@@ -201,42 +201,6 @@ class CorpusConfig(_Strict):
         return self
 
 
-M = TypeVar("M", bound=BaseModel)
-
-
-def _format_errors(path: Path, err: ValidationError) -> str:
-    lines = []
-    for e in err.errors():
-        field = ".".join(str(p) for p in e["loc"]) or "(top level)"
-        field = field if field.isprintable() else repr(field)  # a key "\n" keeps the message one line
-        msg = e["msg"]
-        if e["type"] == "extra_forbidden":
-            msg = "unknown field"
-        elif "input" in e and e["type"] not in ("missing",):
-            msg = f"{msg} (got {e['input']!r})"
-        lines.append(f"{path}: {field}: {msg}")
-    return "; ".join(lines)
-
-
-def _read_yaml(path: Path) -> dict:
-    try:
-        text = path.read_text()
-    except OSError as e:
-        raise ConfigError(f"{path}: cannot read: {e.strerror or e}") from None
-    except UnicodeDecodeError as e:  # a binary file given as config
-        raise ConfigError(f"{path}: not UTF-8 text ({e.reason} at byte {e.start}); a config is a YAML file") from None
-    try:
-        data = yaml.safe_load(text)
-    except yaml.YAMLError as e:
-        where = getattr(e, "problem_mark", None)
-        at = f" at line {where.line + 1}" if where else ""
-        what = str(getattr(e, "problem", None) or e).splitlines()[0]  # a ReaderError has no `problem`
-        raise ConfigError(f"{path}: not valid YAML{at}: {what}") from None
-    if not isinstance(data, dict):
-        raise ConfigError(f"{path}: expected a mapping of fields at the top, got {type(data).__name__}")
-    return data
-
-
 def _resolve(uri: str | list[str], base: Path) -> str | list[str]:
     """Relative local paths are taken relative to the YAML file that names them (each one of a
     list; a brace pattern's braces are kept as they are)."""
@@ -247,18 +211,11 @@ def _resolve(uri: str | list[str], base: Path) -> str | list[str]:
     return str((base / uri).resolve())
 
 
-def _validate(model: type[M], data: dict, path: Path) -> M:
-    try:
-        return model.model_validate(data)
-    except ValidationError as e:
-        raise ConfigError(_format_errors(path, e)) from None
-
-
 def load_source(path: str | Path) -> SourceSpec:
     """Load and validate a source YAML file; relative `uri`/`manifest` resolve against it."""
     path = Path(path)
-    data = _read_yaml(path)
-    spec = _validate(SourceSpec, data, path)
+    data = read_yaml(path)
+    spec = validate_file(SourceSpec, data, path)
     return spec.model_copy(update={"uri": _resolve(spec.uri, path.parent)})
 
 
@@ -266,7 +223,7 @@ def load_corpus(path: str | Path) -> CorpusConfig:
     """Load a corpus YAML file. `sources` entries are inline mappings or paths of source
     YAML files (relative to the corpus file)."""
     path = Path(path)
-    data = _read_yaml(path)
+    data = read_yaml(path)
     sources = data.get("sources")
     if isinstance(sources, list):
         resolved: list[object] = []
@@ -276,7 +233,7 @@ def load_corpus(path: str | Path) -> CorpusConfig:
                     raise ConfigError(f"{path}: sources.{i}: {s!r} is not a source file path")
                 resolved.append(load_source(path.parent / s))
             elif isinstance(s, dict):
-                spec = _validate(SourceSpec, s, Path(f"{path} sources.{i}"))
+                spec = validate_file(SourceSpec, s, Path(f"{path} sources.{i}"))
                 resolved.append(spec.model_copy(update={"uri": _resolve(spec.uri, path.parent)}))
             else:
                 raise ConfigError(f"{path}: sources.{i}: expected a mapping or a file path, got {s!r}")
@@ -286,7 +243,7 @@ def load_corpus(path: str | Path) -> CorpusConfig:
         if not curation.strip() or not curation.isprintable():
             raise ConfigError(f"{path}: curation: {curation!r} is not a curation config path")
         data = {**data, "curation": load_curation_config(path.parent / curation)}
-    cfg = _validate(CorpusConfig, data, path)
+    cfg = validate_file(CorpusConfig, data, path)
     store = cfg.store.model_copy(update={"uri": _resolve(cfg.store.uri, path.parent)})
     update: dict = {"store": store}
     if cfg.labels is not None:

@@ -15,6 +15,7 @@ from pydantic import Field
 
 from schemas.errors import ConfigError
 from schemas.strict import Strict as _Strict
+from schemas.strict import read_yaml, validate_file
 
 
 class MotionConfig(_Strict):
@@ -68,6 +69,4 @@ def load_curation_config(path: str | Path | None) -> CurationConfig:
     path = Path(path)
     if not path.is_file():
         raise ConfigError(f"{path}: no such file")
-    from schemas.config import _read_yaml, _validate  # they validate every config file alike
-
-    return _validate(CurationConfig, _read_yaml(path), path)
+    return validate_file(CurationConfig, read_yaml(path), path)

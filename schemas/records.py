@@ -7,7 +7,7 @@ loading any source adapter (h5py, LeRobot parsing) or torch.
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from datetime import datetime
 from functools import cached_property
 
@@ -100,10 +100,10 @@ class IndexRow:
     shard: str | None = None
     frame_start: int = 0
     action_start: int = 0
-    store_version: str | None = None  # filled by readers for the rows of the commit that added them
     ingested_at: datetime | None = None
     split: str | None = None
+    key_hash: int = 0  # of `source/episode_id` (pipeline.store.index.key_hash)
 
     def as_dict(self) -> dict:
         """The row as `pa.Table.from_pylist(..., schema=INDEX_SCHEMA)` takes it."""
-        return asdict(self)
+        return dict(self.__dict__)  # its fields are flat: what asdict returns, without its recursion

@@ -6,8 +6,10 @@ from enum import StrEnum
 
 import pyarrow as pa
 
-# Bumped whenever the on-disk layout of the feature store changes incompatibly.
-STORE_LAYOUT_VERSION = 1
+# Bumped whenever the on-disk layout of the feature store changes incompatibly. Layout 2: the
+# index, files and label-set tables are append-only (docs/store-format.md, "Tables"); a writer
+# migrates a layout-1 store in its first commit, readers read both.
+STORE_LAYOUT_VERSION = 2
 
 
 class EpisodeStatus(StrEnum):
@@ -16,7 +18,7 @@ class EpisodeStatus(StrEnum):
 
 
 # One row per episode the store knows of, ingested or quarantined. Written as Parquet
-# (`catalog.parquet` beside the store) so users can query it with pyarrow or DuckDB.
+# (`catalog.parquet/` beside the store, one part per ingest commit) so users can query it with pyarrow or DuckDB.
 CATALOG_SCHEMA = pa.schema(
     [
         pa.field("source", pa.string(), nullable=False),  # SourceSpec.id
@@ -47,12 +49,16 @@ CATALOG_SCHEMA = pa.schema(
     ]
 )
 
-# The store's own episode index (/index): the catalog's columns but `fps`, which readers derive
-# as frames / duration_s. Stored inside every store commit, so a version id pins both data and
-# index. `store_version` is empty for the rows added by the commit itself (a snapshot cannot
-# name itself); readers fill it (docs/store-format.md).
-CATALOG_DERIVED = ("fps",)
-INDEX_SCHEMA = pa.schema([f for f in CATALOG_SCHEMA if f.name not in CATALOG_DERIVED])
+# The store's own episode index (/index): the catalog's columns but the derived ones — `fps`
+# (frames / duration_s) and `store_version` (the commit that appended the row, from
+# /index/commits) — plus `key_hash`. Stored inside every store commit, so a version id pins both
+# data and index (docs/store-format.md).
+CATALOG_DERIVED = ("fps", "store_version")
+INDEX_SCHEMA = pa.schema(
+    [f for f in CATALOG_SCHEMA if f.name not in CATALOG_DERIVED]
+    # The first 8 bytes of sha256(key), big-endian: the held-out split and lookups by key use it.
+    + [pa.field("key_hash", pa.uint64(), nullable=False)]
+)
 
 # The store's memory of its source files (`/files` in the store, committed with the index): each
 # file's stat identity beside its content digest, so a refresh in a fresh process re-reads only
@@ -77,8 +83,9 @@ FILES_SCHEMA = pa.schema(
 )
 
 # One row per labelled episode of a label set (`/labels/<set>/index` in the store). A row is
-# current while its content_hash equals the episode's in the store index; a redone episode
-# gets a new hash, so its old labels stop being served and the next `lawam label` redoes them.
+# current while the features it came from are the episode's (its index_row is live, or its
+# content_hash is the episode's); a redone episode gets a new row and hash, so its old labels
+# stop being served and the next `lawam label` redoes them.
 LABEL_INDEX_SCHEMA = pa.schema(
     [
         pa.field("key", pa.string(), nullable=False),  # episode key 'source/episode_id'
@@ -87,11 +94,15 @@ LABEL_INDEX_SCHEMA = pa.schema(
         pa.field("row_start", pa.int64(), nullable=False),  # first row in the shard's arrays
         pa.field("rows", pa.int64(), nullable=False),  # labels: one per pair (t, t+k_frames)
         pa.field("k_frames", pa.int64(), nullable=False),  # the gap, in this episode's frames
+        pa.field("key_hash", pa.uint64(), nullable=False),  # the index's key_hash of `key`: joins without strings
+        # The stored /index row of the episode version the labels were computed from (-1: not known):
+        # while that row is live the labels are current, found without comparing a string.
+        pa.field("index_row", pa.int64(), nullable=False),
     ]
 )
 
-# One row per curated episode of a curation set (`/curation/<set>/index`). Current while its
-# content_hash equals the episode's in the store index, like a label set's rows.
+# One row per curated episode of a curation set (`/curation/<set>/index`). Current like a label
+# set's rows (pipeline.store.derived).
 CURATION_INDEX_SCHEMA = pa.schema(
     [
         pa.field("key", pa.string(), nullable=False),  # episode key 'source/episode_id'
@@ -107,6 +118,8 @@ CURATION_INDEX_SCHEMA = pa.schema(
         pa.field("similarity", pa.float32()),  # cosine to its nearest group member; null: in no group
         pa.field("static_frames", pa.int64(), nullable=False),  # frames in dropped spans, by reason
         pa.field("idle_frames", pa.int64(), nullable=False),
+        pa.field("key_hash", pa.uint64(), nullable=False),  # as a label set's rows
+        pa.field("index_row", pa.int64(), nullable=False),
     ]
 )
 

@@ -12,7 +12,8 @@ from typing import Annotated, Literal, TypeVar
 
 from pydantic import Field, model_validator
 
-from schemas.config import ConfigError, _read_yaml, _Strict, _validate
+from schemas.config import ConfigError, _Strict
+from schemas.strict import read_yaml, validate_file
 
 
 class PairsConfig(_Strict):
@@ -127,7 +128,7 @@ def load_lam_config(path: str | Path | None) -> LamConfig:
     path = Path(path)
     if not path.is_file():
         raise ConfigError(f"{path}: no such file")
-    return _validate(LamConfig, _read_yaml(path), path)
+    return validate_file(LamConfig, read_yaml(path), path)
 
 
 class PolicyModelConfig(_Strict):
@@ -186,4 +187,4 @@ def load_distill_config(path: str | Path | None) -> DistillConfig:
     path = Path(path)
     if not path.is_file():
         raise ConfigError(f"{path}: no such file")
-    return _validate(DistillConfig, _read_yaml(path), path)
+    return validate_file(DistillConfig, read_yaml(path), path)

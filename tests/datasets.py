@@ -24,6 +24,8 @@ import pandas as pd
 import pyarrow as pa
 import pyarrow.parquet as pq
 
+from pipeline.samples.lerobot_v3 import scheduling_kept
+
 CAM = "observation.images.top"
 
 
@@ -50,7 +52,7 @@ def make_video(
 
 
 def write_frames(path: Path, frames: np.ndarray, fps: int, codec: str = "libx264") -> None:
-    with av.open(str(path), "w") as out:
+    with scheduling_kept(), av.open(str(path), "w") as out:  # libsvtav1: see scheduling_kept
         stream = out.add_stream(codec, rate=Fraction(fps))
         stream.width, stream.height = frames.shape[2], frames.shape[1]
         stream.pix_fmt = "yuv420p"

@@ -20,6 +20,8 @@ from pathlib import Path
 import av
 import numpy as np
 
+from pipeline.samples.lerobot_v3 import scheduling_kept
+
 GRID = 4
 _CORNERS = {(0, 0): 255, (0, GRID - 1): 0, (GRID - 1, 0): 0, (GRID - 1, GRID - 1): 0}
 _BIT_CELLS = [(r, c) for r in range(GRID) for c in range(GRID) if (r, c) not in _CORNERS]
@@ -141,7 +143,7 @@ def write_clip(
         time_base = Fraction(1, round(1 / (pts[1] - pts[0]))) if len(pts) > 1 else Fraction(1, 30)
     quarter = rotation % 180 == 90
     sw, sh = (height, width) if quarter else (width, height)
-    with av.open(str(path), "w") as container:
+    with scheduling_kept(), av.open(str(path), "w") as container:  # libsvtav1: see scheduling_kept
         stream = container.add_stream(encoder, rate=round(1 / float(time_base)) if len(pts) > 1 else 30)
         stream.width, stream.height, stream.pix_fmt = sw, sh, "yuv420p"
         stream.codec_context.time_base = time_base

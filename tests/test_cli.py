@@ -138,10 +138,20 @@ def test_demo_runs_the_chain_writes_the_report_and_again_redoes_nothing(prefect_
     args = ["demo", str(out), "--episodes-per-task", "1", "--lam-steps", "20", "--policy-steps", "20",
             "--eval-tasks", "reach-v3", "--eval-episodes", "1", "--eval-max-steps", "6", "--latency-calls", "0",
             "--no-progress"]
-    env = {**os.environ, "NO_COLOR": "1", "COLUMNS": "200", "OMP_NUM_THREADS": "1"}
+    from prefect.settings import PREFECT_API_URL
+
+    # The fresh process reports to this session's Prefect server: an ephemeral server of its own
+    # took minutes to start beside the parallel workers (a flow run in a fresh process without a
+    # server is what test_ray_and_prefect_start_silently_without_verbose starts).
+    env = {**os.environ, "NO_COLOR": "1", "COLUMNS": "200", "OMP_NUM_THREADS": "1",
+           "PREFECT_API_URL": PREFECT_API_URL.value()}
     repo = Path(__file__).resolve().parents[1]
-    first = subprocess.run([sys.executable, "-m", "flows.cli", *args], capture_output=True, text=True, env=env,
-                           timeout=900, cwd=repo)
+    try:
+        first = subprocess.run([sys.executable, "-m", "flows.cli", *args], capture_output=True, text=True, env=env,
+                               timeout=480, cwd=repo)
+    except subprocess.TimeoutExpired as e:  # what it had done by then, not only pytest's timeout
+        pytest.fail(f"demo still running after {e.timeout} s: {(e.stdout or b'')[-3000:]!r} "
+                    f"{(e.stderr or b'')[-3000:]!r}")
     assert first.returncode == 0, first.stdout[-3000:] + first.stderr[-3000:]
     # 5 tasks x 1 robot episode + 2 x 2 human clips, every one labelled
     assert "+9 episodes" in first.stdout and "0 quarantined" in first.stdout, first.stdout[-3000:]

@@ -25,7 +25,7 @@ from pipeline.catalog import summarize
 from pipeline.ingest import ingest_corpus
 from pipeline.sources import hashing
 from pipeline.store import FeatureStore, StoreWriter
-from pipeline.store.index import committed_files
+from pipeline.store.files import committed_files
 from schemas import CorpusConfig, EncoderConfig, SamplingConfig, SourceSpec, StoreConfig
 from tests.datasets import make_video
 

@@ -149,9 +149,9 @@ def test_eval_holds_the_version_it_reads(tmp_path, monkeypatch):
     seen: list[dict] = []
     read = FeatureStore.episodes
 
-    def episodes(self):  # the evaluation's read of the store, watched
+    def episodes(self, *args, **kwargs):  # the evaluation's read of the store, watched
         seen.append(tags(uri))
-        return read(self)
+        return read(self, *args, **kwargs)
 
     monkeypatch.setattr(FeatureStore, "episodes", episodes)
     assert training_samples(uri, v1) == ([], None)  # synthetic episodes: no sample record

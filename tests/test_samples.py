@@ -484,3 +484,23 @@ def test_a_process_that_rendered_can_train_afterwards() -> None:
     out = subprocess.run([sys.executable, "-c", code], cwd=Path(__file__).parents[1], capture_output=True,
                          text=True, timeout=300)
     assert out.returncode == 0 and "trained after rendering" in out.stdout, (out.returncode, out.stderr[-2000:])
+
+
+def test_encoding_av1_leaves_the_process_scheduling_as_it_was(tmp_path) -> None:
+    """Incident: libsvtav1 raised the encoding thread to SCHED_FIFO 99 (as root) and left it so;
+    a test worker that rendered the samples then ran Ray and trainers at real-time priority and
+    starved the machine. Checked in a fresh process: the policy before and after an AV1 encode."""
+    code = (
+        "import os\n"
+        "from pathlib import Path\n"
+        "import numpy as np\n"
+        "from pipeline.samples.lerobot_v3 import encode_video_frames\n"
+        "before = os.sched_getscheduler(0)\n"
+        f"encode_video_frames(Path({str(tmp_path / 'a.mp4')!r}), [np.zeros((32, 32, 3), np.uint8)] * 4, 10)\n"
+        "print(before, os.sched_getscheduler(0))\n"
+    )
+    out = subprocess.run([sys.executable, "-c", code], cwd=Path(__file__).parents[1], capture_output=True,
+                         text=True, timeout=120)
+    assert out.returncode == 0, out.stderr[-2000:]
+    before, after = out.stdout.split()
+    assert after == before == str(os.SCHED_OTHER), out.stdout

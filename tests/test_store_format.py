@@ -1,5 +1,5 @@
 """The store describes itself (docs/store-format.md): plain icechunk + zarr + pyarrow read it,
-catalog.parquet carries where each episode lives and which commit it describes."""
+catalog.parquet/ carries where each episode lives and which commit it describes."""
 
 from __future__ import annotations
 
@@ -12,6 +12,7 @@ import numpy as np
 import pyarrow.parquet as pq
 
 from pipeline.store import FeatureStore, LabelWriter, StoreWriter
+from pipeline.store.catalog_file import catalog_file_version
 from tests.stores import ENCODER, SynthSource, episode_data, write_store
 
 ROBOT, HUMAN = SynthSource("arm", fps=5.0, episodes=3), SynthSource("cam", kind="human", fps=4.0, episodes=2)
@@ -27,7 +28,19 @@ import icechunk, numpy as np, pyarrow as pa, zarr
 path, key = sys.argv[1], sys.argv[2]
 repo = icechunk.Repository.open(icechunk.local_filesystem_storage(path + "/repo"))
 root = zarr.open_group(repo.readonly_session(branch="main").store, mode="r")
-index = pa.table({name: arr[:] for name, arr in root["index"].arrays()})
+
+def column(node):  # numbers, or strings in Arrow's layout: UTF-8 bytes and where each row starts
+    if isinstance(node, zarr.Group):
+        offsets = node["offsets"][:]
+        return pa.LargeStringArray.from_buffers(len(offsets) - 1, pa.py_buffer(offsets), pa.py_buffer(node["data"][:]))
+    return pa.array(node[:])
+
+def live(group):  # a table's rows, but those a newer row superseded
+    t = pa.table({name: column(node) for name, node in group["columns"].members()})
+    dead = group["superseded"][:] if "superseded" in group else []
+    return t.filter(~np.isin(np.arange(t.num_rows), dead))
+
+index = live(root["index"])
 keys = [f"{s}/{e}" for s, e in zip(index["source"].to_pylist(), index["episode_id"].to_pylist())]
 row = index.slice(keys.index(key), 1).to_pylist()[0]
 shard = root["shards/" + row["shard"]]
@@ -50,6 +63,7 @@ print(json.dumps({
 def test_plain_icechunk_and_zarr_read_an_episode_without_lawam(tmp_path):
     uri = str(tmp_path / "s")
     write_store(uri, [ROBOT, HUMAN])
+    write_store(uri, [ROBOT], content="v2", only={"arm/ep001"})  # redone: its first row is superseded
     run = subprocess.run([sys.executable, "-I", "-c", PLAIN_READER, uri, "arm/ep001"], cwd=tmp_path,
                          capture_output=True, text=True, env={"PATH": "/usr/bin:/bin", "ICECHUNK_LOG": "error"})
     assert run.returncode == 0, run.stderr
@@ -77,8 +91,8 @@ def test_catalog_parquet_says_where_each_episode_lives_and_which_commit_it_is(tm
     uri = str(tmp_path / "s")
     v1 = write_store(uri, [ROBOT])
     v2 = write_store(uri, [HUMAN])
-    table = pq.read_table(tmp_path / "s" / "catalog.parquet")
-    assert table.schema.metadata[b"lawam.version"] == v2.encode()
+    table = pq.read_table(tmp_path / "s" / "catalog.parquet")  # a folder of parts, one per ingest commit
+    assert catalog_file_version(uri) == v2
     rows = {f"{r['source']}/{r['episode_id']}": r for r in table.to_pylist()}
     assert {k: r["store_version"] for k, r in rows.items()} == {
         **{f"arm/ep{i:03d}": v1 for i in range(3)}, **{f"cam/ep{i:03d}": v2 for i in range(2)}}
@@ -90,6 +104,12 @@ def test_catalog_parquet_says_where_each_episode_lives_and_which_commit_it_is(tm
                                       store.features(key))
     catalog = store.catalog()  # the same table (Parquet stores the second-precision timestamps as ms)
     assert catalog.equals(table.replace_schema_metadata(None).cast(catalog.schema))
+    v3 = write_store(uri, [ROBOT], content="v3", only={"arm/ep001"})  # one redone episode: its part is rewritten
+    table = pq.read_table(tmp_path / "s" / "catalog.parquet")
+    assert catalog_file_version(uri) == v3 and table.num_rows == 5
+    redone = [r for r in table.to_pylist() if (r["source"], r["episode_id"]) == ("arm", "ep001")]
+    assert [r["store_version"] for r in redone] == [v3]
+    assert FeatureStore.open(uri).catalog().equals(table.replace_schema_metadata(None).cast(catalog.schema))
 
 
 def test_a_label_commit_does_not_claim_the_ingested_rows(tmp_path):
@@ -103,21 +123,28 @@ def test_a_label_commit_does_not_claim_the_ingested_rows(tmp_path):
     assert tip.version == v_label
     assert set(tip.catalog()["store_version"].to_pylist()) == {v1}
     table = pq.read_table(tmp_path / "s" / "catalog.parquet")  # names the newest commit, as documented
-    assert table.schema.metadata[b"lawam.version"] == v_label.encode()
+    assert catalog_file_version(uri) == v_label
     assert set(table["store_version"].to_pylist()) == {v1}
 
 
 def test_a_stale_catalog_parquet_is_repaired_by_a_no_op_run(tmp_path):
     uri = str(tmp_path / "s")
     write_store(uri, [ROBOT])
-    shutil.copy(tmp_path / "s" / "catalog.parquet", tmp_path / "old.parquet")
+    shutil.copytree(tmp_path / "s" / "catalog.parquet", tmp_path / "old.parquet")
     v2 = write_store(uri, [HUMAN])
-    shutil.copy(tmp_path / "old.parquet", tmp_path / "s" / "catalog.parquet")  # killed before the copy
-    with StoreWriter.open(uri, encoder=ENCODER) as w:
-        assert w.commit("nothing new") is None
+    v3 = write_store(uri, [ROBOT], content="v2", only={"arm/ep000"})
+    shutil.rmtree(tmp_path / "s" / "catalog.parquet")
+    shutil.copytree(tmp_path / "old.parquet", tmp_path / "s" / "catalog.parquet")  # killed before the copy
+    v4 = write_store(uri, [ROBOT], content="v3", only={"arm/ep001"})  # its commit rewrites every part
+    assert catalog_file_version(uri) == v4 != v3 != v2
     table = pq.read_table(tmp_path / "s" / "catalog.parquet")
-    assert table.schema.metadata[b"lawam.version"] == v2.encode()
     assert table.num_rows == 5 and set(table["source"].to_pylist()) == {"arm", "cam"}
+    shutil.rmtree(tmp_path / "s" / "catalog.parquet")
+    shutil.copytree(tmp_path / "old.parquet", tmp_path / "s" / "catalog.parquet")
+    with StoreWriter.open(uri, encoder=ENCODER) as w:  # a no-op run repairs it too
+        assert w.commit("nothing new") is None
+    assert catalog_file_version(uri) == v4
+    assert pq.read_table(tmp_path / "s" / "catalog.parquet").equals(table)
 
 
 def test_the_root_version_opens_as_an_empty_store(tmp_path):

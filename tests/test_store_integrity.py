@@ -3,16 +3,17 @@ every damaged episode; `lawam gc` reclaims space and keeps tagged versions and t
 
 from __future__ import annotations
 
+import shutil
 from datetime import timedelta
 from pathlib import Path
 
 import numpy as np
-import pyarrow.parquet as pq
 import pytest
 from typer.testing import CliRunner
 
 from flows.cli import app
 from pipeline.store import FeatureStore, StoreError
+from pipeline.store.catalog_file import catalog_file_version
 from pipeline.store.maintenance import gc_store
 from pipeline.store.reader import StoreCorruptError
 from tests.stores import SynthSource, episode_data, write_store
@@ -65,10 +66,11 @@ def test_a_damaged_chunk_is_an_error_naming_the_episode_and_verify_lists_it(tmp_
 def test_gc_keeps_tagged_versions_and_the_tip_deletes_the_rest_and_repairs_the_catalog(tmp_path):
     uri = str(tmp_path / "s")
     v1 = write_store(uri, [ARM])
-    stale = (Path(uri) / "catalog.parquet").read_bytes()
+    shutil.copytree(Path(uri) / "catalog.parquet", tmp_path / "stale")
     v2 = write_store(uri, [ARM], content="v2")  # every episode redone: v1's chunks only v1 needs
     v3 = write_store(uri, [ARM], content="v3")
-    (Path(uri) / "catalog.parquet").write_bytes(stale)  # as if killed between commit and copy
+    shutil.rmtree(Path(uri) / "catalog.parquet")
+    shutil.copytree(tmp_path / "stale", Path(uri) / "catalog.parquet")  # as if killed between commit and copy
     before = len(chunk_files(uri))
     assert runner.invoke(app, ["tag", uri, v1, "run-1"]).exit_code == 0
     dry = runner.invoke(app, ["gc", uri, "--older-than", "7d"])
@@ -82,7 +84,7 @@ def test_gc_keeps_tagged_versions_and_the_tip_deletes_the_rest_and_repairs_the_c
             np.testing.assert_array_equal(store.features(f"arm/ep{i:03d}"), episode_data(ARM, i)[0])
     with pytest.raises(StoreError, match="no version"):
         FeatureStore.open(uri, v2)
-    assert pq.read_schema(Path(uri) / "catalog.parquet").metadata[b"lawam.version"] == v3.encode()  # repaired
+    assert catalog_file_version(uri) == v3  # repaired
     listed = runner.invoke(app, ["versions", uri])
     assert "run-1" in listed.output and v1 in listed.output and v3 in listed.output
     assert runner.invoke(app, ["verify", uri, "--no-progress"]).exit_code == 0
@@ -93,23 +95,23 @@ def test_gc_keeps_tagged_versions_and_the_tip_deletes_the_rest_and_repairs_the_c
 
 def test_verify_names_an_episode_whose_index_row_outruns_its_shard(tmp_path):
     """Frame counts are checked against the shard: an index claiming more frames than stored."""
+    import numpy as np
     import pyarrow as pa
     import zarr
 
+    from pipeline.store import index as episode_index
     from pipeline.store.backend import open_repo
-    from pipeline.store.index import read_index, write_index
 
     uri = str(tmp_path / "s")
     write_store(uri, [ARM])
     repo = open_repo(uri, create=False)
     session = repo.writable_session("main")
     root = zarr.open_group(session.store, mode="a")
-    index = read_index(root)
-    frames = index["frames"].to_pylist()
-    frames[-1] += 5
-    write_index(root, index.set_column(index.schema.get_field_index("frames"), "frames",
-                                       pa.array(frames, index.schema.field("frames").type)))
-    session.commit("a bad index", metadata={"lawam_run": "test"})
+    index = episode_index.EpisodeIndex(root, repo, session.snapshot_id)
+    last = index.read(rows=np.array([index.rows - 1]))  # arm/ep003's row, rewritten claiming 5 more frames
+    bad = last.set_column(last.schema.get_field_index("frames"), "frames", pa.array([last["frames"][0].as_py() + 5]))
+    episode_index.append(root, bad, np.array([index.rows - 1]), index.batches()[1][-1])
+    session.commit("a bad index", metadata={"lawam_run": "test", episode_index.ROWS_KEY: index.rows + 1})
     result = runner.invoke(app, ["verify", uri, "--no-progress"])
     assert result.exit_code == 4
     assert "arm/ep003 (shard" in result.output and "features has 128 rows" in result.output

@@ -261,7 +261,8 @@ def gc(
     training runs read), versions a running train-lam / label / distill / eval holds (a lease)
     and branch tips stay; each kept version is listed with why. Leases of runs that died
     expire 12 h after their last renewal and are deleted here."""
-    from pipeline.store.maintenance import gc_store, parse_duration
+    from pipeline.store.leases import parse_duration
+    from pipeline.store.maintenance import gc_store
 
     report = gc_store(store, parse_duration(older_than), dry_run=dry_run)
     verb = "would delete" if dry_run else "deleted"

@@ -3,11 +3,22 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Annotated
 
 import typer
 
 from flows.cli.app import app, out
 from schemas.cards import StoppedRun
+
+# The run options train-lam and distill share.
+Workers = Annotated[int, typer.Option(min=1, help="Data-parallel workers: >1 runs the same loop under Ray Train "
+                                            "(DDP).")]
+Resume = Annotated[bool, typer.Option(help="Continue the run in --out exactly where its last checkpoint stopped "
+                                      "(a folder with nothing to resume starts a fresh run).")]
+Force = Annotated[bool, typer.Option("--force", help="Replace the run --out holds (finished or stopped).")]
+KeepVersion = Annotated[bool, typer.Option(help="Tag the store version the finished run read, so `lawam gc` never "
+                                           "expires what its card names (--no-keep-version: leave it untagged).")]
+Device = Annotated[str, typer.Option(help="auto (CUDA with bf16 when present), cpu or cuda.")]
 
 
 @app.command("train-lam")
@@ -17,13 +28,11 @@ def train_lam_cmd(
     version_id: str = typer.Option(None, "--version", help="Store version (commit id) to read; default: newest."),
     config: Path = typer.Option(None, help="lam.yaml: pairs / model / optim settings (see configs/lam.yaml)."),
     steps: int = typer.Option(None, min=1, help="Training steps (overrides optim.steps)."),
-    workers: int = typer.Option(1, min=1, help="Data-parallel workers: >1 runs the same loop under Ray Train (DDP)."),
-    resume: bool = typer.Option(False, help="Continue the run in --out exactly where its last checkpoint stopped "
-                                "(a folder with nothing to resume starts a fresh run)."),
-    force: bool = typer.Option(False, "--force", help="Replace the run --out holds (finished or stopped)."),
-    keep_version: bool = typer.Option(True, help="Tag the store version the finished run read, so `lawam gc` "
-                                      "never expires what its card names (--no-keep-version: leave it untagged)."),
-    device: str = typer.Option("auto", help="auto (CUDA with bf16 when present), cpu or cuda."),
+    workers: Workers = 1,
+    resume: Resume = False,
+    force: Force = False,
+    keep_version: KeepVersion = True,
+    device: Device = "auto",
     progress: bool = typer.Option(True, help="Show a progress bar with loss and pairs/s."),
 ) -> None:
     """Train the latent world model (IDM + FDM) on (f_t, f_{t+k}) pairs of a pinned store version.
@@ -122,13 +131,11 @@ def distill(
     action_fraction: float = typer.Option(None, min=0.0, max=1.0, help="Share of robot episodes that keep "
                                           "their actions; the rest train as action-free video."),
     action_head: str = typer.Option(None, help="l1 (regression, default) or flow (flow matching)."),
-    workers: int = typer.Option(1, min=1, help="Data-parallel workers: >1 runs the same loop under Ray Train (DDP)."),
-    resume: bool = typer.Option(False, help="Continue the run in --out exactly where its last checkpoint stopped "
-                                "(a folder with nothing to resume starts a fresh run)."),
-    force: bool = typer.Option(False, "--force", help="Replace the run --out holds (finished or stopped)."),
-    keep_version: bool = typer.Option(True, help="Tag the store version the finished run read, so `lawam gc` "
-                                      "never expires what its card names (--no-keep-version: leave it untagged)."),
-    device: str = typer.Option("auto", help="auto (CUDA with bf16 when present), cpu or cuda."),
+    workers: Workers = 1,
+    resume: Resume = False,
+    force: Force = False,
+    keep_version: KeepVersion = True,
+    device: Device = "auto",
     progress: bool = typer.Option(True, help="Show a progress bar with the losses and pairs/s."),
 ) -> None:
     """Distil a LaWAM policy: predict the latent action, decode it into a subgoal with the frozen

@@ -127,7 +127,7 @@ def training_samples(store_uri: str, version: str | None) -> tuple[list[Layout],
     from pipeline.store.leases import hold_version
 
     with hold_version(store_uri, version, "eval") as lease:  # gc keeps the version while it is read
-        eps = FeatureStore.open(store_uri, lease.version).episodes()
+        eps = FeatureStore.open(store_uri, lease.version).episodes(["uri", "kind"])
     uris = sorted({u for u, kind in zip(eps["uri"].to_pylist(), eps["kind"].to_pylist(), strict=True)
                    if kind == "robot"})
     roots: dict[Path, None] = {}

@@ -28,7 +28,8 @@ from pipeline.ingest.assembler import EpisodeAssembler
 from pipeline.progress import progress_bar
 from pipeline.sources import hashing, iter_episodes
 from pipeline.store import StoreWriter
-from pipeline.store.index import committed_attrs, committed_files
+from pipeline.store.files import committed_files
+from pipeline.store.index import committed_attrs
 from schemas import ConfigError, CorpusConfig, EncoderConfig, SamplingConfig, SourceSpec, StoreConfig
 from schemas.identity import EncoderIdentity, SamplingParams
 from schemas.records import EpisodeRef

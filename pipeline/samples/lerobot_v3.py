@@ -27,10 +27,11 @@ new file past 100 MB of data / 500 MB of video), which is plenty for test datase
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import os
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -101,7 +102,7 @@ def encode_video_frames(
     if encoding.crf is not None:
         options["crf"] = str(encoding.crf)
     path.parent.mkdir(parents=True, exist_ok=True)
-    with av.open(str(path), "w") as container:
+    with scheduling_kept(), av.open(str(path), "w") as container:
         stream = None
         for frame in frames:
             if stream is None:
@@ -112,6 +113,24 @@ def encode_video_frames(
         if stream is None:
             raise LeRobotWriteError(f"no frames to encode into {path}")
         container.mux(stream.encode())
+
+
+@contextlib.contextmanager
+def scheduling_kept() -> Iterator[None]:
+    """Keep the calling thread's scheduling policy through a video encode. SVT-AV1 (libsvtav1)
+    raises the thread that runs an encoder to SCHED_FIFO at top priority where it may (as
+    root: CI, containers), and leaves it there: every process started from that thread after
+    (Ray, a trainer, subprocesses) inherited real-time priority and starved the machine (a
+    test worker that rendered the sample corpora ran the rest of its tests at SCHED_FIFO 99)."""
+    if not hasattr(os, "sched_getscheduler"):  # not Linux
+        yield
+        return
+    policy, param = os.sched_getscheduler(0), os.sched_getparam(0)
+    try:
+        yield
+    finally:
+        if (os.sched_getscheduler(0), os.sched_getparam(0).sched_priority) != (policy, param.sched_priority):
+            os.sched_setscheduler(0, policy, param)
 
 
 def get_video_info(path: Path) -> dict[str, Any]:

@@ -8,8 +8,9 @@
 from pipeline.store.backend import StoreBusyError, StoreError
 from pipeline.store.curation import CurationSet, CurationWriter, list_curation_sets
 from pipeline.store.labels import LabelSet, LabelSetInfo, LabelWriter, list_label_sets
+from pipeline.store.plan import Plan, ingest_hash
 from pipeline.store.reader import Episode, FeatureStore, StoreCorruptError, VersionInfo
-from pipeline.store.writer import Plan, StoreWriter, ingest_hash
+from pipeline.store.writer import StoreWriter
 from schemas.errors import StoreMismatchError
 from schemas.identity import label_set_id
 

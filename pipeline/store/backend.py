@@ -3,7 +3,7 @@
 Layout of a store at URI:
 
     URI/repo/            the Icechunk repository (transactional Zarr v3: commits, branches)
-    URI/catalog.parquet  the episode catalog of the newest commit, for pyarrow / DuckDB
+    URI/catalog.parquet/ the episode catalog of the newest ingest commit, Parquet parts for pyarrow / DuckDB
     URI/.lock            local stores only: held by the one process allowed to commit
 
 Icechunk's local-filesystem storage is not safe for concurrent commits from several
@@ -103,16 +103,48 @@ def open_repo(uri: str, *, create: bool) -> ic.Repository:
     return ic.Repository.create(storage)
 
 
-class WriterLock:
-    """Exclusive per-store writer lock (local stores). Object stores rely on Icechunk's
-    conditional writes: a commit on a branch that moved fails instead of overwriting.
-    Only a writer that may create the store (`create`) makes its folder; any other meets a
-    missing store as a StoreError and leaves nothing behind."""
+class FileLock:
+    """An exclusive `flock` on a file in a local store's folder, released on exit (object stores
+    have none: Icechunk's conditional commits stand in). `busy(fd)` says what a lock held by
+    another process means: refuse (raise) or wait (block on `fd`)."""
+
+    file = ".lock"
+
+    def __init__(self, uri: str):
+        self.uri = uri
+        self._fd: int | None = None
+
+    def _lock(self, folder: Path) -> None:
+        fd = os.open(folder / self.file, os.O_RDWR | os.O_CREAT, 0o644)
+        try:
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                self.busy(fd)
+        except BaseException:
+            os.close(fd)
+            raise
+        self._fd = fd
+
+    def busy(self, fd: int) -> None:
+        raise NotImplementedError
+
+    def __exit__(self, *exc: object) -> None:
+        if self._fd is not None:
+            fcntl.flock(self._fd, fcntl.LOCK_UN)
+            os.close(self._fd)
+            self._fd = None
+
+
+class WriterLock(FileLock):
+    """Exclusive per-store writer lock (local stores), refused while another process holds it.
+    Object stores rely on Icechunk's conditional writes: a commit on a branch that moved fails
+    instead of overwriting. Only a writer that may create the store (`create`) makes its folder;
+    any other meets a missing store as a StoreError and leaves nothing behind."""
 
     def __init__(self, uri: str, *, create: bool = False):
-        self.uri = uri
+        super().__init__(uri)
         self.create = create
-        self._fd: int | None = None
 
     def __enter__(self) -> WriterLock:
         if not is_remote(self.uri):
@@ -120,19 +152,8 @@ class WriterLock:
                 raise _no_store(self.uri)
             path = Path(local_path(self.uri))
             path.mkdir(parents=True, exist_ok=True)
-            fd = os.open(path / ".lock", os.O_RDWR | os.O_CREAT, 0o644)
-            try:
-                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-            except BlockingIOError:
-                os.close(fd)
-                raise StoreBusyError(
-                    f"another process is writing to {self.uri!r}; wait for it to finish"
-                ) from None
-            self._fd = fd
+            self._lock(path)
         return self
 
-    def __exit__(self, *exc: object) -> None:
-        if self._fd is not None:
-            fcntl.flock(self._fd, fcntl.LOCK_UN)
-            os.close(self._fd)
-            self._fd = None
+    def busy(self, fd: int) -> None:
+        raise StoreBusyError(f"another process is writing to {self.uri!r}; wait for it to finish") from None

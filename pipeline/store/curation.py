@@ -10,9 +10,11 @@ Layout (the shared part is `pipeline.store.derived`):
     /curation/<set>/                      attrs: config, encoder, per-source motion scale, centre
     /curation/<set>/shards/<run>/motion   (frames,) float16 standardised motion of every frame
     /curation/<set>/shards/<run>/embedding (episodes, E) float16 unit-length episode embeddings
-    /curation/<set>/index/...             CURATION_INDEX_SCHEMA: where an episode's rows are, its
-                                          duplicate group, its dropped frames by reason
-    /curation/<set>/spans/...             CURATION_SPANS_SCHEMA: still spans [start, end) + reason
+    /curation/<set>/index/...             CURATION_INDEX_SCHEMA (append-only, as a label set's): where
+                                          an episode's rows are, its duplicate group, its dropped
+                                          frames by reason
+    /curation/<set>/spans/...             CURATION_SPANS_SCHEMA (append-only; an episode's spans are
+                                          superseded together): still spans [start, end) + reason
     /curation/<set>/centre/{mean,std}     (D,) the per-channel standardisation before embedding
 
 Decisions, as the dataset layer applies them (`pipeline.store.pairs`): an episode in a duplicate
@@ -28,14 +30,13 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import zarr
 
+from pipeline.store import table
 from pipeline.store.backend import StoreError
 from pipeline.store.derived import DerivedSet, DerivedSetWriter
-from pipeline.store.index import read_index, write_index
+from pipeline.store.format import CURATION_GROUP, SPANS
 from pipeline.store.reader import FeatureStore
 from schemas.tables import CURATION_INDEX_SCHEMA, CURATION_SPANS_SCHEMA
 
-CURATION_GROUP = "curation"
-SPANS = "spans"
 REASONS = ("static", "idle")  # why a span is dropped; a whole episode may also be a "duplicate"
 
 
@@ -49,13 +50,10 @@ class CurationSet(DerivedSet):
 
     def __init__(self, store: FeatureStore, set_id: str, group: zarr.Group):
         super().__init__(store, set_id, group)
-        spans = read_index(group, CURATION_SPANS_SCHEMA, SPANS)
-        self.spans_table = spans.filter(pc.is_in(spans["key"], pa.array(self.keys, pa.string())))
-        self._rows = self.index["rows"].to_numpy()
-        self._start = self.index["row_start"].to_numpy()
-        self._emb_row = self.index["emb_row"].to_numpy()
-        self._group = self.index["group"].to_pylist()
-        self._sim = self.index["similarity"].to_pylist()
+        spans = spans_table(group).read()
+        self.spans_table = spans.filter(pc.is_in(spans["key"], value_set=self.keys.arrow.cast(pa.string())))
+        self._group = self.table.take("group", self._stored)
+        self._sim = self.table.take("similarity", self._stored)
 
     @property
     def config(self) -> dict:
@@ -63,8 +61,8 @@ class CurationSet(DerivedSet):
 
     def group_of(self, key: str) -> str | None:
         """The key of the kept episode of `key`'s duplicate group; None when in no group (or not curated)."""
-        i = self._current.get(key)
-        return None if i is None else self._group[i]
+        i = self._pos(key)
+        return None if i < 0 else self._group[i].as_py()
 
     def duplicate_of(self, key: str) -> str | None:
         """The episode `key` duplicates, when training drops it as a duplicate; else None."""
@@ -78,8 +76,8 @@ class CurationSet(DerivedSet):
         return np.array(cur["key"].filter(pc.fill_null(dup, False)).to_pylist(), dtype=object)
 
     def similarity(self, key: str) -> float | None:
-        i = self._current.get(key)
-        return None if i is None else self._sim[i]
+        i = self._pos(key)
+        return None if i < 0 else self._sim[i].as_py()
 
     def spans(self, key: str) -> list[tuple[int, int, str]]:
         """The still spans [start, end) of `key` (frames), with their reasons."""
@@ -88,15 +86,18 @@ class CurationSet(DerivedSet):
 
     def motion(self, key: str) -> np.ndarray | None:
         """(frames,) float16: each frame's motion in units of its source's typical motion."""
-        i = self._current.get(key)
-        if i is None:
-            return None
-        return self.read_rows(key, "motion", int(self._start[i]), int(self._rows[i]))
+        i = self._pos(key)
+        return None if i < 0 else self.read_rows(i, "motion")
 
     def embeddings(self) -> tuple[list[str], np.ndarray]:
         """(keys, (n, E) float32) of every current episode."""
         cur = self.current
         return cur["key"].to_pylist(), read_embeddings(self.group, cur, int(self.attrs.get("dim", 0)))
+
+
+def spans_table(group: zarr.Group) -> table.Table:
+    """The spans table of a curation set's group (either layout)."""
+    return table.Table(group.get(SPANS), CURATION_SPANS_SCHEMA)
 
 
 def read_embeddings(group: zarr.Group, rows: pa.Table, dim: int) -> np.ndarray:
@@ -178,10 +179,15 @@ class CurationWriter(DerivedSetWriter):
             row = self.index.slice(i, 1).to_pylist()[0]
         self._rows[key] = {**row, "group": group, "similarity": similarity}
 
-    def tables(self, index: pa.Table) -> None:
-        old = read_index(self.group, CURATION_SPANS_SCHEMA, SPANS)
-        old = old.filter(pc.invert(pc.is_in(old["key"], pa.array(list(self._spans), pa.string()))))
-        new = [{"key": k, "start": s, "end": e, "reason": r} for k, spans in self._spans.items() for s, e, r in spans]
-        write_index(self.group, pa.concat_tables([old, pa.Table.from_pylist(new, schema=CURATION_SPANS_SCHEMA)]),
-                    CURATION_SPANS_SCHEMA, SPANS)
+    def tables(self, new: pa.Table) -> None:
+        """The spans of this run's episodes, appended; the spans they had before superseded."""
+        if not self._spans:
+            return
+        old = spans_table(self.group)
+        live = old.live()
+        redone = pc.is_in(old.take("key", live), value_set=pa.array(list(self._spans), pa.string()))
+        rows = [{"key": k, "start": s, "end": e, "reason": r} for k, spans in self._spans.items() for s, e, r in spans]
+        table.append(self.group.require_group(SPANS), CURATION_SPANS_SCHEMA,
+                     pa.Table.from_pylist(rows, schema=CURATION_SPANS_SCHEMA),
+                     live[redone.to_numpy(zero_copy_only=False)])
         self._spans.clear()

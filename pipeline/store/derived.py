@@ -4,21 +4,27 @@ sets (`pipeline.store.labels`) and curation sets (`pipeline.store.curation`) ali
 Promise (DESIGN.md, "Label sets" and "Curation"): a set is keyed by what made it (a LaWM's
 weights, a curation config); sets of two makers never mix, several coexist, and each is added
 to in commits, incrementally — only episodes without current rows of that set, or redone since.
+A commit costs what it adds, whatever the set and the store hold.
 
 Layout, inside the same Icechunk repository (a store version pins the features *and* what was
 derived from them):
 
     /<group>/<set>/                  attrs: what made it (lineage)
     /<group>/<set>/shards/<run>/...  the arrays of the episodes one run added, back to back
-    /<group>/<set>/index/...         one row per episode: key, content_hash, shard, where its rows are
+    /<group>/<set>/index/...         an append-only table (`pipeline.store.table`), one live row per
+                                     episode: key, key_hash, content_hash, index_row, shard, where
+                                     its rows are
 
-A row is *current* while its content hash equals the episode's in the store index. A redone
-episode (its video changed) keeps its key and gets a new hash, so what was derived from its old
+A row is *current* while the features it was computed from are the episode's in the store:
+its `index_row` is the episode's live row of the episode index, or (a retitled episode, or a
+row migrated from layout 1) its content hash is the episode's. A redone episode (its video
+changed) keeps its key and gets a new index row and hash, so what was derived from its old
 features stops being served at once and the next run redoes it: nothing derived from old
-features is ever handed out as if it were new.
+features is ever handed out as if it were new. Matching is in numpy, on numbers: a string is
+compared only for rows whose index row was superseded.
 
 The writer holds the store's writer lock from `open()` to `close()` and publishes in one
-commit, which also rewrites the set's index (`write_index`, as the episode index is): a run
+commit, which appends the new index rows and marks the rows they replace superseded: a run
 killed mid-way leaves nothing of its own visible. The index tables of every set are read and
 written here and nowhere else.
 """
@@ -29,6 +35,7 @@ import logging
 import re
 import uuid
 from datetime import UTC, datetime
+from functools import cached_property
 from typing import ClassVar, TypeVar
 
 import numpy as np
@@ -37,11 +44,14 @@ import pyarrow.compute as pc
 import zarr
 
 from pipeline.errors import one_line
+from pipeline.store import table
 from pipeline.store.backend import StoreError, WriterLock, open_repo
 from pipeline.store.catalog_file import sync_catalog_file
 from pipeline.store.format import checksummed
-from pipeline.store.index import read_index, write_index
-from pipeline.store.reader import CHUNK_ERRORS, FeatureStore, StoreCorruptError
+from pipeline.store.index import EpisodeIndex
+from pipeline.store.migrate import INDEX, index_table, migrate_if_needed
+from pipeline.store.reader import CHUNK_ERRORS, EpisodeKeys, FeatureStore, StoreCorruptError
+from pipeline.store.table import key_hash
 from schemas.errors import ConfigError
 
 log = logging.getLogger(__name__)
@@ -52,12 +62,39 @@ _FLUSH_BYTES = 64 << 20  # buffered rows are written in blocks of about this siz
 S = TypeVar("S", bound="DerivedSet")
 
 
+def match(store: FeatureStore, rows: table.Table) -> tuple[np.ndarray, np.ndarray, int]:
+    """Which live rows of a set's index are current for `store`'s episodes: (position in the
+    live rows of each episode row's current one, -1 where none; the stored numbers of the live
+    rows; how many episodes have only a stale row)."""
+    live = rows.live()
+    index_row = rows.take("index_row", live).to_numpy()
+    episodes = store.index_rows  # ascending
+    i = np.minimum(np.searchsorted(episodes, index_row), max(len(episodes) - 1, 0))
+    direct = (index_row >= 0) & (episodes[i] == index_row) if len(episodes) else np.zeros(len(live), bool)
+    at = np.where(direct, i, -1)
+    stale = 0
+    rest = np.flatnonzero(~direct)
+    if len(rest) and len(store):  # compare content hashes of the episodes with those keys now
+        found = store.rows_by_hash(rows.take("key_hash", live[rest]).to_numpy())
+        hit = found >= 0
+        if hit.any():
+            now = store.episodes(["content_hash"])["content_hash"].take(pa.array(np.where(hit, found, 0)))
+            same = hit & pc.equal(now, rows.take("content_hash", live[rest])).to_numpy(zero_copy_only=False)
+            at[rest[same]] = found[same]
+            stale = int((hit & ~same).sum())
+    of_row = np.full(len(store), -1, np.int64)
+    current = np.flatnonzero(at >= 0)
+    of_row[at[current]] = current
+    return of_row, live, stale
+
+
 class DerivedSet:
     """One set, read-only, at the store version it was opened with. Subclasses name their
-    group, index schema and arrays."""
+    group, index schema and arrays. Its rows are numbered by position among the index's live
+    rows (`_of_row[store row]`: the current one of an episode, -1 where none)."""
 
     GROUP: ClassVar[str]  # top-level group of the store holding sets of this kind
-    SCHEMA: ClassVar[pa.Schema]  # the index: key, content_hash, shard, ...
+    SCHEMA: ClassVar[pa.Schema]  # the index: key, key_hash, content_hash, index_row, shard, row_start, rows, ...
     WHAT: ClassVar[str]  # "label set", in messages
     MAKE: ClassVar[str]  # the command that writes one, in messages
 
@@ -66,15 +103,14 @@ class DerivedSet:
         self.id = set_id
         self.group = group
         self.attrs = dict(group.attrs)
-        table = read_index(group, self.SCHEMA)
-        hashes = dict(zip(store.keys.tolist(), store.episodes()["content_hash"].to_pylist(), strict=True))
-        keys = table["key"].to_pylist()
-        current = [hashes.get(k) == h for k, h in zip(keys, table["content_hash"].to_pylist(), strict=True)]
-        self.index = table
-        self._current = {k: i for i, (k, ok) in enumerate(zip(keys, current, strict=True)) if ok}
-        # episodes whose rows were computed from features since redone
-        self.stale = sum(1 for k, ok in zip(keys, current, strict=True) if not ok and k in hashes)
-        self._shard = table["shard"].to_pylist()
+        self.table = index_table(group, self.SCHEMA)
+        # episodes whose rows were computed from features since redone: `stale`
+        self._of_row, self._stored, self.stale = match(store, self.table)
+        shards = pc.dictionary_encode(self.table.take("shard", self._stored))
+        self._shard_names = shards.dictionary.to_pylist()
+        self._shard_code = shards.indices.to_numpy(zero_copy_only=False)
+        self._start = self.table.take("row_start", self._stored).to_numpy()
+        self._rows = self.table.take("rows", self._stored).to_numpy()
         self._arrays: dict[str, zarr.Array] = {}
 
     @classmethod
@@ -94,18 +130,40 @@ class DerivedSet:
         names = sorted(store.root[cls.GROUP].group_keys())
         return [cls(store, name, store.root[f"{cls.GROUP}/{name}"]) for name in names]
 
+    def _pos(self, key: str) -> int:
+        """Position among the live rows of `key`'s current row; -1 where none."""
+        row = int(self.store.rows([key])[0])
+        return int(self._of_row[row]) if row >= 0 else -1
+
     def __contains__(self, key: str) -> bool:
-        return key in self._current
+        return self._pos(key) >= 0
+
+    def has_rows(self, rows: np.ndarray) -> np.ndarray:
+        """(len(rows),) bool: which store rows `rows` have current rows in this set."""
+        return self._of_row[np.asarray(rows, np.int64)] >= 0
 
     @property
-    def keys(self) -> list[str]:
+    def labelled(self) -> int:
         """Episodes with current rows."""
-        return list(self._current)
+        return int((self._of_row >= 0).sum())
+
+    @property
+    def keys(self) -> EpisodeKeys:
+        """Episodes with current rows, in store order."""
+        return EpisodeKeys(self.store.keys.arrow.filter(pa.array(self._of_row >= 0)))
+
+    @cached_property
+    def index(self) -> pa.Table:
+        """Every live index row (current and stale), every column, in stored order."""
+        return self.table.read(rows=self._stored)
 
     @property
     def current(self) -> pa.Table:
-        """The index rows of episodes with current rows, in index order."""
-        return self.index.take(sorted(self._current.values()))
+        """The index rows of episodes with current rows, in stored order."""
+        return self.table.read(rows=np.sort(self._stored[self._of_row[self._of_row >= 0]]))
+
+    def _shard(self, i: int) -> str:
+        return self._shard_names[self._shard_code[i]]
 
     def _array(self, shard: str, name: str) -> zarr.Array:
         path = f"{shard}/{name}"
@@ -113,13 +171,17 @@ class DerivedSet:
             self._arrays[path] = self.group[f"shards/{path}"]
         return self._arrays[path]
 
-    def read_rows(self, key: str, name: str, start: int, n: int) -> np.ndarray:
-        """Rows [start, start + n) of array `name` in the shard of `key`'s index row; a chunk
-        that does not decode is a StoreCorruptError naming the episode, set and shard."""
-        shard = self._shard[self._current[key]]
+    def read_rows(self, i: int, name: str, start: int | None = None, n: int | None = None) -> np.ndarray:
+        """Rows [start, start + n) (default: the row's own, row_start and rows) of array `name`
+        in the shard of live row `i`; a chunk that does not decode is a StoreCorruptError naming
+        the episode, set and shard."""
+        start = int(self._start[i]) if start is None else start
+        n = int(self._rows[i]) if n is None else n
+        shard = self._shard(i)
         try:
             return self._array(shard, name)[start : start + n]
         except CHUNK_ERRORS as e:
+            key = self.table.take("key", self._stored[i : i + 1])[0].as_py()
             raise StoreCorruptError(
                 f"store {self.store.uri!r} version {self.store.version}: {name} of episode {key} ({self.WHAT} "
                 f"{self.id}, shard {shard}) cannot be read: {one_line(e)[:200]}") from e
@@ -153,17 +215,20 @@ class DerivedSetWriter:
         else:
             self.group = self.root[path]
             self.check_attrs(dict(self.group.attrs), attrs)
-        self.index = read_index(self.group, self.SCHEMA)
+        self.table = index_table(self.group, self.SCHEMA)
         self.shard = datetime.now(UTC).strftime("%Y%m%dT%H%M%S") + "-" + uuid.uuid4().hex[:6]
         self._rows: dict[str, dict] = {}
         self._buffers: dict[str, list[np.ndarray]] = {}
         self._buffered = 0  # bytes in _buffers
         self._length: dict[str, int] = {}  # rows of each array written or buffered by this run
+        self._store: FeatureStore | None = None  # the version the rows are computed from (`todo`)
 
     @classmethod
     def open(cls, uri: str, set_id: str, attrs: dict, *, branch: str = "main"):
+
         lock = WriterLock(uri).__enter__()
         try:
+            migrate_if_needed(uri, open_repo(uri, create=False), branch)  # a layout-1 store: its own commit, first
             return cls(uri, set_id, attrs, branch, lock)
         except BaseException:
             lock.__exit__(None, None, None)
@@ -182,18 +247,37 @@ class DerivedSetWriter:
         """Release the lock; rows not committed are dropped (and stay invisible)."""
         self._lock.__exit__(None, None, None)
 
+    @cached_property
+    def index(self) -> pa.Table:
+        """The live index rows, every column, as committed (what a run builds on)."""
+        return self.table.read()
+
     def todo(self, store: FeatureStore, redo: set[str] | frozenset[str] = frozenset()) -> list[str]:
         """Keys of `store`'s episodes that lack current rows of this set, and those in `redo`
         (done again on purpose: damaged, or chosen; their new rows replace the old at commit),
         in store order. `store` should be the version this writer starts from
         (`parent_version`); a key of `redo` it does not hold is a ConfigError naming it."""
-        missing = sorted(set(redo) - set(store.keys.tolist()))
-        if missing:
+        self._store = store
+        again = sorted(redo)
+        rows = store.rows(again) if again else np.zeros(0, np.int64)
+        if (rows < 0).any():
+            missing = [k for k, r in zip(again, rows.tolist(), strict=True) if r < 0]
             raise ConfigError(f"store {store.uri!r} at {store.version} has no episode {missing[0]!r} to redo "
                               f"({len(missing)} unknown; keys are source/episode_id, as `lawam catalog` lists them)")
-        have = dict(zip(self.index["key"].to_pylist(), self.index["content_hash"].to_pylist(), strict=True))
-        hashes = store.episodes()["content_hash"].to_pylist()
-        return [k for k, h in zip(store.keys.tolist(), hashes, strict=True) if have.get(k) != h or k in redo]
+        of_row, _, _ = match(store, self.table)
+        want = of_row < 0
+        want[rows] = True
+        return store.keys[want].tolist()
+
+    def _index_row(self, key: str, content_hash: str) -> int:
+        """The stored index row of `key`'s episode in the store the rows are computed from, when
+        its content hash is `content_hash`; -1 otherwise (matched by hash, or stale)."""
+        if self._store is None:
+            self._store = FeatureStore.open(self.uri, self.parent_version)
+        row = int(self._store.rows([key])[0])
+        if row < 0 or self._store.episodes(["content_hash"])["content_hash"][row].as_py() != content_hash:
+            return -1
+        return int(self._store.index_rows[row])
 
     def append(self, name: str, data: np.ndarray) -> int:
         """Buffer rows of array `name` of this run's shard; returns the row the first lands at."""
@@ -206,8 +290,11 @@ class DerivedSetWriter:
         return start
 
     def put(self, row: dict) -> None:
-        """Buffer one episode's index row (this run's shard filled in); replaces its old row at commit."""
-        self._rows[row["key"]] = {**row, "shard": self.shard}
+        """Buffer one episode's index row (this run's shard, its key hash and index row filled
+        in unless given); replaces its old row at commit."""
+        key = row["key"]
+        self._rows[key] = {"shard": self.shard, **row, "key_hash": key_hash(key),
+                           "index_row": self._index_row(key, row["content_hash"])}
 
     def _flush(self) -> None:
         shard = self.group.require_group(f"shards/{self.shard}")
@@ -230,25 +317,27 @@ class DerivedSetWriter:
     def pending(self) -> int:
         return len(self._rows)
 
-    def tables(self, index: pa.Table) -> None:
-        """Write what else the commit publishes beside the new index (subclasses: more tables)."""
+    def tables(self, new: pa.Table) -> None:
+        """Write what else the commit publishes beside the new index rows (subclasses: more tables)."""
 
     def commit(self, message: str, metadata: dict | None = None) -> str | None:
-        """Publish the buffered rows and the updated index as one new version; None (and no
-        commit) when nothing was put."""
+        """Publish the buffered rows (appended to the index, replacing the keys' old rows) as
+        one new version; None (and no commit) when nothing was put."""
         if not self._rows:
             return None
         self._flush()
-        old = self.index.filter(pc.invert(pc.is_in(self.index["key"], pa.array(list(self._rows), pa.string()))))
-        table = pa.concat_tables([old, pa.Table.from_pylist(list(self._rows.values()), schema=self.SCHEMA)])
-        write_index(self.group, table, self.SCHEMA)
-        self.tables(table)
+        new = pa.Table.from_pylist(list(self._rows.values()), schema=self.SCHEMA)
+        live = self.table.live()
+        hashes = self.table.take("key_hash", live)
+        replaced = live[pc.is_in(hashes, value_set=new["key_hash"]).to_numpy(zero_copy_only=False)]
+        table.append(self.group.require_group(INDEX), self.SCHEMA, new, replaced)
+        self.tables(new)
         version = self.session.commit(message, metadata={f"lawam_{self.META}": self.set_id, **(metadata or {})})
         log.info("committed %s: %s %s, %d episodes", version, self.WHAT, self.set_id, len(self._rows))
-        self.index = table
         self._rows.clear()
         try:  # the episodes are as they were; catalog.parquet names the newest commit, as it promises
-            sync_catalog_file(self.uri, FeatureStore.open(self.uri, version).index, version)
+            root = zarr.open_group(self.repo.readonly_session(snapshot_id=version).store, mode="r")
+            sync_catalog_file(self.uri, EpisodeIndex(root, self.repo, version), version)
         except OSError as e:
             log.warning("could not write catalog.parquet: %s (the next run rewrites it)", e)
         return version

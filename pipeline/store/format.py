@@ -15,6 +15,9 @@ import numpy as np
 from zarr.codecs import Crc32cCodec, ZstdCodec
 
 FORMAT_DOC = "docs/store-format.md in the lawam repository"
+LABELS_GROUP = "labels"  # /labels/<set>: label sets
+CURATION_GROUP = "curation"  # /curation/<set>: curation sets ...
+SPANS = "spans"  # ... and their still spans
 
 
 def no_state(rows: int, shape: tuple[int, ...]) -> np.ndarray:

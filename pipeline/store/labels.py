@@ -10,12 +10,14 @@ Layout, inside the same Icechunk repository (so a store version pins features *a
     /labels/<set>/                    attrs: the LaWM it came from (card summary), k_seconds, dim
     /labels/<set>/shards/<run>/z      (rows, Z) float32, z[t] = IDM(f_t, f_{t+k}) of one episode
     /labels/<set>/shards/<run>/codes  (rows, Q) int32, vector-quantised sets only
-    /labels/<set>/index/...           LABEL_INDEX_SCHEMA: key, content_hash, shard, row_start, rows, k_frames
+    /labels/<set>/index/...           LABEL_INDEX_SCHEMA, append-only: key, key_hash, content_hash,
+                                      index_row, shard, row_start, rows, k_frames
 
-An episode's labels are *current* while the content hash they were computed from equals the
-episode's hash in the store index. A redone episode (its video changed) keeps its key and
-gets a new hash, so its old labels stop being served at once, and the next labelling run
-redoes it — nothing derived from old features is ever handed out as if it were new.
+An episode's labels are *current* while the features they were computed from are the
+episode's in the store (`index_row` is its live index row, or the content hashes match). A
+redone episode (its video changed) gets a new index row and hash, so its old labels stop being
+served at once, and the next labelling run redoes it — nothing derived from old features is
+ever handed out as if it were new.
 
 Like the ingest, the writer holds the store's writer lock for the whole run and publishes
 in one commit: a run killed mid-way leaves no label of that run visible. What label sets share
@@ -40,6 +42,7 @@ import zarr
 
 from pipeline.store.backend import StoreError
 from pipeline.store.derived import DerivedSet, DerivedSetWriter
+from pipeline.store.format import LABELS_GROUP
 from pipeline.store.reader import FeatureStore
 from schemas import LABEL_INDEX_SCHEMA
 from schemas.errors import ConfigError
@@ -51,7 +54,6 @@ class NonFiniteLabelsError(ConfigError):
     """A labelling model gave NaN or inf: the model is broken (its weights, not the episode's
     input), so the run stops before anything is committed (exit 2), naming the model."""
 
-LABELS_GROUP = "labels"
 _CACHE_BYTES = 128 << 20  # labels a reader keeps in memory (a trainer reads each episode many times)
 
 
@@ -79,44 +81,47 @@ class LabelSet(DerivedSet):
     def __init__(self, store: FeatureStore, set_id: str, group: zarr.Group):
         super().__init__(store, set_id, group)
         self.dim = int(self.attrs.get("dim", 0))
-        self._start = self.index["row_start"].to_numpy()
-        self._rows = self.index["rows"].to_numpy()
-        self._k = self.index["k_frames"].to_numpy()
-        self._cache: OrderedDict[str, np.ndarray] = OrderedDict()  # episode key -> z, LRU
+        self._k = self.table.take("k_frames", self._stored).to_numpy()
+        self._cache: OrderedDict[int, np.ndarray] = OrderedDict()  # live row -> z, LRU
         self._cached = 0
 
     def k_frames(self, key: str) -> int:
-        return int(self._k[self._current[key]])
+        return int(self._k[self._pos(key)])
 
     def episode(self, key: str) -> np.ndarray | None:
         """(N - k, Z) float32: z[t] for the pair (t, t + k_frames); None when the episode has no
         current labels of this set (never labelled, or redone since)."""
-        i = self._current.get(key)
-        if i is None:
+        row = int(self.store.rows([key])[0])
+        return self.at(row) if row >= 0 else None
+
+    def at(self, row: int) -> np.ndarray | None:
+        """`episode` of the store's episode row `row` (what a trainer reads: no key looked up)."""
+        i = int(self._of_row[row])
+        if i < 0:
             return None
-        z = self._cache.get(key)
+        z = self._cache.get(i)
         if z is None:
-            z = self._cache[key] = self.read_rows(key, "z", int(self._start[i]), int(self._rows[i]))
+            z = self._cache[i] = self.read_rows(i, "z")
             self._cached += z.nbytes
             while self._cached > _CACHE_BYTES and len(self._cache) > 1:
                 self._cached -= self._cache.popitem(last=False)[1].nbytes
         else:
-            self._cache.move_to_end(key)
+            self._cache.move_to_end(i)
         return z
 
     def codes(self, key: str) -> np.ndarray | None:
         """(N - k, Q) int32 code indices of a vector-quantised set; None otherwise."""
-        i = self._current.get(key)
-        if i is None or "codes" not in self.group[f"shards/{self._shard[i]}"]:
+        i = self._pos(key)
+        if i < 0 or "codes" not in self.group[f"shards/{self._shard(i)}"]:
             return None
-        return self.read_rows(key, "codes", int(self._start[i]), int(self._rows[i]))
+        return self.read_rows(i, "codes")
 
     def to_table(self) -> pa.Table:
         """(episode, t, z) rows of every current label, for other trainers (`--export`)."""
         keys, ts, zs = [], [], []
-        for key in self.keys:
-            z = self.episode(key)
-            keys.append(np.full(len(z), key, dtype=object))
+        for row in np.flatnonzero(self._of_row >= 0).tolist():
+            z = self.at(row)
+            keys.append(np.full(len(z), self.store.keys[row], dtype=object))
             ts.append(np.arange(len(z), dtype=np.int64))
             zs.append(z)
         dim = self.dim
@@ -130,7 +135,7 @@ class LabelSet(DerivedSet):
 
 
 def list_label_sets(store: FeatureStore) -> list[LabelSetInfo]:
-    return [LabelSetInfo(ls.id, ls.attrs, len(ls.keys), ls.stale, len(store)) for ls in LabelSet.list_in(store)]
+    return [LabelSetInfo(ls.id, ls.attrs, ls.labelled, ls.stale, len(store)) for ls in LabelSet.list_in(store)]
 
 
 class LabelWriter(DerivedSetWriter):
@@ -177,3 +182,4 @@ class LabelWriter(DerivedSetWriter):
 
 def _made_by(attrs: dict, set_id: str) -> str:
     return str((attrs.get("lam") or {}).get("dir") or set_id)
+

@@ -43,9 +43,10 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 from pipeline.errors import one_line
-from pipeline.store.backend import open_repo
+from pipeline.store.backend import FileLock, open_repo
 from pipeline.store.reader import FeatureStore
 from pipeline.uri import is_remote, local_path
+from schemas.errors import ConfigError
 
 log = logging.getLogger(__name__)
 
@@ -54,13 +55,23 @@ _LEASE = re.compile(r"^lease\.(\d{8}T\d{6}Z)\.([a-z0-9-]+)\.([0-9a-f]{8})$")
 _STAMP = "%Y%m%dT%H%M%SZ"
 
 
+_DURATION = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([smhdw]?)\s*$")
+_UNITS = {"": 1, "s": 1, "m": 60, "h": 3600, "d": 86400, "w": 7 * 86400}
+
+
+def parse_duration(text: str) -> timedelta:
+    """'7d', '12h', '30m', '90s', '2w' or a number of seconds ('0' is now)."""
+    m = _DURATION.match(text)
+    if not m:
+        raise ConfigError(f"duration {text!r}: use a number and a unit, e.g. 7d, 12h, 30m, 90s")
+    return timedelta(seconds=float(m.group(1)) * _UNITS[m.group(2)])
+
+
 def lease_ttl() -> timedelta:
     """`LAWAM_LEASE_TTL` (a duration: 12h, 30m, 2d) or LEASE_TTL."""
     text = os.environ.get("LAWAM_LEASE_TTL")
     if not text:
         return LEASE_TTL
-    from pipeline.store.maintenance import parse_duration
-
     return parse_duration(text)
 
 
@@ -94,33 +105,22 @@ def list_leases(repo) -> list[Lease]:
     return out
 
 
-class GcLock:
+class GcLock(FileLock):
     """Mutual exclusion of `gc` and of taking a lease, on a local store (`STORE/.gc.lock`).
     Blocking: a lease waits for a running gc, gc for the instant a lease takes."""
 
-    def __init__(self, uri: str):
-        self.uri = uri
-        self._fd: int | None = None
+    file = ".gc.lock"
 
     def __enter__(self) -> GcLock:
         if not is_remote(self.uri):
             path = Path(local_path(self.uri))
-            if not path.is_dir():
-                return self  # no store here: opening it reports that
-            fd = os.open(path / ".gc.lock", os.O_RDWR | os.O_CREAT, 0o644)
-            try:
-                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-            except BlockingIOError:
-                log.warning("waiting for a `lawam gc` of %s to finish", self.uri)
-                fcntl.flock(fd, fcntl.LOCK_EX)
-            self._fd = fd
+            if path.is_dir():  # no store here: opening it reports that
+                self._lock(path)
         return self
 
-    def __exit__(self, *exc: object) -> None:
-        if self._fd is not None:
-            fcntl.flock(self._fd, fcntl.LOCK_UN)
-            os.close(self._fd)
-            self._fd = None
+    def busy(self, fd: int) -> None:
+        log.warning("waiting for a `lawam gc` of %s to finish", self.uri)
+        fcntl.flock(fd, fcntl.LOCK_EX)
 
 
 def _purpose(text: str) -> str:

@@ -24,26 +24,17 @@ import re
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 
+import zarr
+
 from pipeline.errors import one_line
 from pipeline.store.backend import StoreBusyError, StoreError, WriterLock, open_repo
 from pipeline.store.catalog_file import sync_catalog_file
+from pipeline.store.index import EpisodeIndex
 from pipeline.store.leases import GcLock, Lease, list_leases
-from pipeline.store.reader import FeatureStore
-from schemas.errors import ConfigError
 
 log = logging.getLogger(__name__)
 
-_DURATION = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([smhdw]?)\s*$")
-_UNITS = {"": 1, "s": 1, "m": 60, "h": 3600, "d": 86400, "w": 7 * 86400}
 _TAG = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$")
-
-
-def parse_duration(text: str) -> timedelta:
-    """'7d', '12h', '30m', '90s', '2w' or a number of seconds ('0' is now)."""
-    m = _DURATION.match(text)
-    if not m:
-        raise ConfigError(f"duration {text!r}: use a number and a unit, e.g. 7d, 12h, 30m, 90s")
-    return timedelta(seconds=float(m.group(1)) * _UNITS[m.group(2)])
 
 
 def _resolve(repo, uri: str, version: str) -> str:
@@ -175,8 +166,12 @@ def repair_catalog_file(uri: str, *, branch: str = "main", locked: bool = False)
                 return repair_catalog_file(uri, branch=branch, locked=True)
         except StoreBusyError:
             return False
-    try:
-        store = FeatureStore.open(uri, branch=branch)
-    except StoreError:  # nothing committed yet: no catalog to describe
+    repo = open_repo(uri, create=False)
+    if branch not in repo.list_branches():
         return False
-    return sync_catalog_file(uri, store.index, store.version)
+    session = repo.readonly_session(branch=branch)
+    try:
+        root = zarr.open_group(session.store, mode="r")
+    except zarr.errors.GroupNotFoundError:  # nothing committed yet: no catalog to describe
+        return False
+    return sync_catalog_file(uri, EpisodeIndex(root, repo, session.snapshot_id), session.snapshot_id)

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import logging
 from collections import OrderedDict
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 
 import numpy as np
@@ -26,11 +27,11 @@ import zarr
 
 from pipeline.errors import one_line
 from pipeline.store.backend import StoreError, open_repo, unknown_version
-from pipeline.store.catalog_file import catalog_table, fill_store_version
+from pipeline.store.catalog_file import catalog_table
 from pipeline.store.format import has_no_state
-from pipeline.store.index import read_index
-from schemas import EpisodeStatus
-from schemas.errors import ResourceError
+from pipeline.store.index import EpisodeIndex, KeyLookup, episode_keys, key_hash
+from schemas import INDEX_SCHEMA, STORE_LAYOUT_VERSION, EpisodeStatus
+from schemas.errors import ResourceError, StoreMismatchError
 from schemas.identity import EncoderIdentity
 from schemas.records import ActionTrack
 
@@ -50,16 +51,6 @@ class StoreCorruptError(ResourceError):
 # (RuntimeError), a truncated buffer (ValueError/TypeError). Network faults are Icechunk's
 # own errors and stay retryable.
 CHUNK_ERRORS = (ValueError, RuntimeError, TypeError)
-
-
-def store_commit_at(repo, snapshot_id: str) -> str:
-    """The newest commit at or before `snapshot_id` that wrote the episode index (a StoreWriter
-    commit: its metadata has `lawam_run`): the commit that added the index rows whose
-    `store_version` is empty. Label commits do not touch the index, so they are skipped."""
-    for snap in repo.ancestry(snapshot_id=snapshot_id):
-        if "lawam_run" in (snap.metadata or {}):
-            return snap.id
-    return snapshot_id
 
 
 @dataclass(frozen=True)
@@ -82,9 +73,45 @@ class Episode:
     split: str | None = None  # the source's own split, if it names one
 
 
+class EpisodeKeys(Sequence):
+    """The keys ('source/episode_id') of a version's episodes, row by row, held as one Arrow
+    array: a million keys are tens of MB, and a Python string exists only for a key asked for.
+    `keys[i]` is a str; `keys[rows]` (an integer or boolean array) a numpy array of str."""
+
+    def __init__(self, keys: pa.Array):
+        self.arrow = keys
+
+    def __len__(self) -> int:
+        return len(self.arrow)
+
+    def __getitem__(self, i):
+        if isinstance(i, int | np.integer):
+            return self.arrow[int(i)].as_py()
+        rows = np.arange(len(self))[i] if isinstance(i, slice) else np.asarray(i)
+        if rows.dtype == bool:
+            rows = np.flatnonzero(rows)
+        return self.arrow.take(pa.array(rows, pa.int64())).to_numpy(zero_copy_only=False)
+
+    def __iter__(self) -> Iterator[str]:
+        for batch in range(0, len(self), 65536):
+            yield from self.arrow.slice(batch, 65536).to_pylist()
+
+    def __contains__(self, key: object) -> bool:
+        return isinstance(key, str) and pc.index(self.arrow, key).as_py() >= 0
+
+    def __array__(self, dtype=None, copy=None) -> np.ndarray:
+        return self.arrow.to_numpy(zero_copy_only=False)
+
+    def tolist(self) -> list[str]:
+        return self.arrow.to_pylist()
+
+
 class FeatureStore:
     """One pinned version of a store. Picklable: a copy sent to a DataLoader worker, a Ray
-    task or a subprocess reopens `(uri, version)` there, with an empty cache of its own."""
+    task or a subprocess reopens `(uri, version)` there, with an empty cache of its own.
+
+    Opening reads the few index columns that locate episodes (numbers, tens of MB at a million
+    episodes); other columns (`episodes(columns)`, `keys`, `catalog()`) are read when asked."""
 
     def __init__(self, uri: str, repo, session, cache_bytes: int, pinned: bool = False):
         self.uri = uri
@@ -100,25 +127,49 @@ class FeatureStore:
             # `lawam versions` lists): an empty store, not an error.
             self.root = zarr.open_group(zarr.storage.MemoryStore(), mode="w")
         self.attrs = dict(self.root.attrs)
-        index = read_index(self.root)
-        if index.num_rows and index["store_version"].null_count:
-            index = fill_store_version(index, store_commit_at(repo, self.version))
-        self.index = index
-        self._ok = self.index.filter(pc.equal(self.index["status"], EpisodeStatus.OK))
+        if self.attrs.get("lawam_layout", 0) > STORE_LAYOUT_VERSION:
+            raise StoreMismatchError(f"store {uri!r} has layout {self.attrs['lawam_layout']}, newer than this "
+                                     f"lawam reads ({STORE_LAYOUT_VERSION}): upgrade lawam")
+        self._index = EpisodeIndex(self.root, repo, self.version)
+        ok = self._index.live_mask()
+        ok &= pc.equal(self._index.column("status"), str(EpisodeStatus.OK)).to_numpy(zero_copy_only=False)
+        self._pos = np.flatnonzero(ok)  # stored index row of each episode row
+        self._columns: dict[str, pa.Array] = {}
         self._cache: OrderedDict[tuple[str, int], np.ndarray] = OrderedDict()
         self._cache_bytes = cache_bytes
         self._cached = 0
         self._arrays: dict[str, zarr.Array] = {}
-        self._ts: dict[int, np.ndarray] = {}
-        self._tracks: dict[int, ActionTrack | None] = {}
-        self._shard_of = self._ok["shard"].to_pylist()
-        self._start_of = self._ok["frame_start"].to_numpy()
-        self._frames_of = self._ok["frames"].to_numpy()
-        dur = self._ok["duration_s"].to_numpy()
+        self._ts: OrderedDict[int, np.ndarray] = OrderedDict()  # the newest _SMALL_CACHE episodes' ...
+        self._tracks: OrderedDict[int, ActionTrack | None] = OrderedDict()  # ... timestamps and actions
+        shards = pc.dictionary_encode(self._index.column("shard").fill_null("")) if self._index.rows else None
+        self._shard_code = shards.indices.to_numpy(zero_copy_only=False)[self._pos] if shards else np.zeros(0, int)
+        self._shard_names = shards.dictionary.to_pylist() if shards else []
+        self._start_of = self._numbers("frame_start")
+        self._frames_of = self._numbers("frames")
+        self._action_start = self._numbers("action_start")
+        self._actions_of = self._numbers("actions")
+        dur = self._numbers("duration_s")
         self._fps_of = np.divide(self._frames_of, dur, out=np.zeros(len(dur)), where=dur > 0)
-        self.keys = np.array(pc.binary_join_element_wise(self._ok["source"], self._ok["episode_id"], "/")
-                             .to_pylist(), dtype=object)
-        self._row_of_key = {k: row for row, k in enumerate(self.keys)}
+        self._keys: EpisodeKeys | None = None
+        self._lookup: KeyLookup | None = None
+
+    def _numbers(self, name: str) -> np.ndarray:
+        return self._index.column(name).to_numpy()[self._pos]
+
+    def _column(self, name: str, keep: bool = True) -> pa.Array:
+        """Index column `name` over the episode rows, read on first use (and kept if `keep`)."""
+        if name in self._columns:
+            return self._columns[name]
+        if name == "store_version":
+            col = self._index.store_versions(self._pos)
+        else:
+            col = self._index.column(name).take(pa.array(self._pos, pa.int64()))
+        if keep:
+            self._columns[name] = col
+        return col
+
+    def _shard_of(self, i: int) -> str:
+        return self._shard_names[self._shard_code[i]]
 
     @classmethod
     def open(cls, uri: str, version: str | None = None, *, branch: str = "main",
@@ -161,23 +212,65 @@ class FeatureStore:
         return [VersionInfo(s.id, s.message, s.written_at, dict(s.metadata))
                 for s in self._repo.ancestry(snapshot_id=self.version)]
 
-    def catalog(self) -> pa.Table:
-        """Every episode this version knows of, quarantined ones included."""
-        return catalog_table(self.index)
+    @property
+    def index(self) -> pa.Table:
+        """Every episode row this version knows of (quarantined ones included), every index
+        column and `store_version`: read whole when asked."""
+        return self._index.catalog_rows()
 
-    def episodes(self) -> pa.Table:
-        """The ingested (status ok) episodes; row i is the episode `keys[i]`."""
-        return self._ok
+    def catalog(self, columns: list[str] | None = None) -> pa.Table:
+        """Every episode this version knows of, quarantined ones included (CATALOG_SCHEMA), or
+        only `columns` of it (index columns and `store_version`: what is not asked is not read)."""
+        if columns is None:
+            return catalog_table(self.index)
+        live = self._index.live()
+        return pa.table({c: self._index.store_versions(live) if c == "store_version" else self._index.take(c, live)
+                         for c in columns})
+
+    def episodes(self, columns: list[str] | None = None, *, keep: bool = True) -> pa.Table:
+        """The ingested (status ok) episodes; row i is the episode `keys[i]`. `columns` (default:
+        every index column and `store_version`) are read on first use and kept, unless `keep` is
+        False (a column needed once: a reader holds only what it reads again)."""
+        names = columns or [*INDEX_SCHEMA.names, "store_version"]
+        return pa.table({name: self._column(name, keep) for name in names})
+
+    @property
+    def keys(self) -> EpisodeKeys:
+        """Row i's episode key, 'source/episode_id' (read on first use)."""
+        if self._keys is None:
+            self._keys = EpisodeKeys(episode_keys(self._column("source", False), self._column("episode_id", False)))
+        return self._keys
 
     def __len__(self) -> int:
-        return self._ok.num_rows
+        return len(self._pos)
 
     def row(self, key: str) -> int:
         """Row of an ingested episode in this version (rows differ between versions, keys do not)."""
-        try:
-            return self._row_of_key[key]
-        except KeyError:
-            raise KeyError(f"no ingested episode {key!r} in version {self.version}") from None
+        i = int(self.rows([key])[0])
+        if i < 0:
+            raise KeyError(f"no ingested episode {key!r} in version {self.version}")
+        return i
+
+    def rows(self, keys: Sequence[str]) -> np.ndarray:
+        """Rows of many episodes at once (-1 for a key with none), by the keys' 64-bit hashes."""
+        rows = self.rows_by_hash(np.array([key_hash(k) for k in keys], np.uint64))
+        for j in np.flatnonzero(rows >= 0).tolist():  # a hash names one live episode; check it is this one
+            if self.keys[int(rows[j])] != keys[j]:
+                rows[j] = -1
+        return rows
+
+    @property
+    def index_rows(self) -> np.ndarray:
+        """(episodes,) the stored /index row of each episode row, ascending: an episode version's
+        identity in every later version (docs/store-format.md, "Tables")."""
+        return self._pos
+
+    def rows_by_hash(self, hashes: np.ndarray) -> np.ndarray:
+        """Row of the episode whose `key_hash` is each of `hashes` (-1 where none). Live keys
+        have distinct hashes (the writer refuses a collision); the first call sorts them."""
+        if self._lookup is None:
+            self._lookup = KeyLookup(self._numbers("key_hash"))
+        return self._lookup.find(hashes)
 
     @property
     def fps(self) -> np.ndarray:
@@ -196,18 +289,14 @@ class FeatureStore:
             self._arrays[key] = self.root[f"shards/{key}"]
         return self._arrays[key]
 
-    def _row(self, i: int) -> dict:
-        return {c: self._ok[c][i].as_py() for c in ("source", "episode_id", "shard", "frame_start", "frames",
-                                                      "action_start", "actions", "instruction", "kind", "split")}
-
     def _resolve(self, i: int | str) -> int:
         return self.row(i) if isinstance(i, str) else int(i)
 
     def episode(self, i: int | str) -> Episode:
         """One whole episode by key 'source/episode_id' (or by row of this version)."""
         i = self._resolve(i)
-        r = self._row(i)
         feats = self.features(i)
+        r = {c: self._column(c)[i].as_py() for c in ("instruction", "kind", "split")}
         return Episode(self.keys[i], feats, self._timestamps(i), self._actions(i), r["instruction"],
                        kind=r["kind"], fps=float(self.fps[i]), split=r["split"])
 
@@ -215,13 +304,13 @@ class FeatureStore:
         """(N, T, D) float16 features of one episode, read through the chunk cache."""
         i = self._resolve(i)
         try:
-            return self._rows(self._shard_of[i], int(self._start_of[i]), int(self._frames_of[i]))
+            return self._rows(self._shard_of(i), int(self._start_of[i]), int(self._frames_of[i]))
         except CHUNK_ERRORS as e:
             raise self._corrupt(i, "features", e) from e
 
     def _corrupt(self, i: int, array: str, e: BaseException) -> StoreCorruptError:
         return StoreCorruptError(
-            f"store {self.uri!r} version {self.version}: episode {self.keys[i]} (shard {self._shard_of[i]}, "
+            f"store {self.uri!r} version {self.version}: episode {self.keys[i]} (shard {self._shard_of(i)}, "
             f"{array}) cannot be read: {one_line(e)[:200]}")
 
     def timestamps(self, i: int | str) -> np.ndarray:
@@ -232,21 +321,22 @@ class FeatureStore:
         return self._actions(self._resolve(i))
 
     def _timestamps(self, i: int) -> np.ndarray:
-        if i not in self._ts:
+        ts = _get(self._ts, i)
+        if ts is None:
             s, n = int(self._start_of[i]), int(self._frames_of[i])
             try:
-                self._ts[i] = self._array(self._shard_of[i], "timestamps")[s : s + n]
+                ts = self._array(self._shard_of(i), "timestamps")[s : s + n]
             except CHUNK_ERRORS as e:
                 raise self._corrupt(i, "timestamps", e) from e
-        return self._ts[i]
+            _put(self._ts, i, ts)
+        return ts
 
     def _actions(self, i: int) -> ActionTrack | None:
         if i not in self._tracks:
-            r = self._row(i)
-            s, m = r["action_start"], r["actions"]
+            s, m = int(self._action_start[i]), int(self._actions_of[i])
             track = None
             if m:
-                group = self.root[f"shards/{r['shard']}"]
+                group = self.root[f"shards/{self._shard_of(i)}"]
                 try:
                     state = group["state"][s : s + m] if "state" in group else None
                     if state is not None and has_no_state(state):
@@ -254,7 +344,9 @@ class FeatureStore:
                     track = ActionTrack(group["action_timestamps"][s : s + m], group["actions"][s : s + m], state)
                 except CHUNK_ERRORS as e:
                     raise self._corrupt(i, "actions", e) from e
-            self._tracks[i] = track
+            _put(self._tracks, i, track)
+            return track
+        self._tracks.move_to_end(i)
         return self._tracks[i]
 
     def _chunk(self, shard: str, c: int) -> np.ndarray:
@@ -282,6 +374,22 @@ class FeatureStore:
         block = parts[0] if len(parts) == 1 else np.concatenate(parts)
         off = start - first * size
         return block[off : off + n]
+
+
+_SMALL_CACHE = 8192  # episodes whose timestamps and actions a reader keeps (bounded: a million would not fit)
+
+
+def _get(cache: OrderedDict, key: int):
+    value = cache.get(key)
+    if value is not None:
+        cache.move_to_end(key)
+    return value
+
+
+def _put(cache: OrderedDict, key: int, value) -> None:
+    cache[key] = value
+    while len(cache) > _SMALL_CACHE:
+        cache.popitem(last=False)
 
 
 def _reopen(uri: str, version: str, cache_bytes: int) -> FeatureStore:

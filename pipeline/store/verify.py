@@ -16,16 +16,17 @@ name the damaged rows, hence the episodes.
 
 from __future__ import annotations
 
-from collections import defaultdict
 from dataclasses import dataclass, field
 
 import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
 import zarr
 
 from pipeline.errors import one_line
 from pipeline.progress import progress_bar
 from pipeline.store.format import has_no_state
-from pipeline.store.index import read_index
+from pipeline.store.migrate import index_table
 from pipeline.store.reader import CHUNK_ERRORS, FeatureStore
 from schemas import LABEL_INDEX_SCHEMA
 from schemas.errors import LawamError
@@ -127,19 +128,29 @@ def verify_store(uri: str, version: str | None = None, *, progress: bool = True)
         report.problems.append(Problem(None, "index", f"the episode index cannot be read ({one_line(e)[:200]})"))
         return report
     report = VerifyReport(uri, store.version)
-    eps = store.episodes()
-    cols = {c: eps[c].to_pylist() for c in ("shard", "frame_start", "frames", "action_start", "actions")}
-    by_shard: dict[str, list[int]] = defaultdict(list)
-    for i, shard in enumerate(cols["shard"]):
-        by_shard[shard].append(i)
+    eps = store.episodes(["shard", "frame_start", "frames", "action_start", "actions"])
+    cols = {c: eps[c].to_numpy() for c in ("frame_start", "frames", "action_start", "actions")}
+    shards = pc.dictionary_encode(eps["shard"]).combine_chunks() if len(store) else None
     token_shape = tuple(store.token_shape)
-    with progress_bar("verify", total=len(eps), enabled=progress, unit="episodes") as bar:
-        for shard, rows in by_shard.items():
+    with progress_bar("verify", total=len(store), enabled=progress, unit="episodes") as bar:
+        for shard, rows in _by_shard(shards):
             _verify_shard(store, shard, rows, cols, token_shape, report)
             report.episodes += len(rows)
             bar.advance(len(rows))
     _verify_labels(store, report)
     return report
+
+
+def _by_shard(shards: pa.DictionaryArray | None) -> list[tuple[str, list[int]]]:
+    """(shard, its episode rows), shards in order of first appearance."""
+    if shards is None:
+        return []
+    codes = shards.indices.to_numpy(zero_copy_only=False)
+    order = np.argsort(codes, kind="stable")
+    cuts = np.flatnonzero(np.diff(codes[order])) + 1
+    groups = {int(codes[g[0]]): g.tolist() for g in np.split(order, cuts)}
+    names = shards.dictionary.to_pylist()
+    return [(names[c], groups[c]) for c in sorted(groups, key=lambda c: groups[c][0])]
 
 
 def _verify_shard(store: FeatureStore, shard: str, rows: list[int], cols: dict, token_shape: tuple,
@@ -184,8 +195,8 @@ def _verify_shard(store: FeatureStore, shard: str, rows: list[int], cols: dict, 
             bad(i, f"{name}: {int(scans[name].nonfinite[lo : lo + n].sum())} {unit} hold NaN or inf")
 
     for i in rows:
-        s, n = cols["frame_start"][i], cols["frames"][i]
-        a, m = cols["action_start"][i], cols["actions"][i]
+        s, n = int(cols["frame_start"][i]), int(cols["frames"][i])
+        a, m = int(cols["action_start"][i]), int(cols["actions"][i])
         problems_before = len(report.problems)
         for name in ("features", "timestamps"):
             if name not in arrays:
@@ -235,23 +246,37 @@ def derived_problems(store: FeatureStore, group: str | None = None,
         for set_name, derived in store.root[group_name].groups():
             if (set_ids is not None and set_name not in set_ids) or "shards" not in derived:
                 continue
-            rows = read_index(derived, schema).to_pylist()
+            index = index_table(derived, schema)
+            live = index.live()
+            shard_of = pc.dictionary_encode(index.take("shard", live))
+            names, codes = shard_of.dictionary.to_pylist(), shard_of.indices.to_numpy(zero_copy_only=False)
+            keys = None  # read only to name the episodes of a problem
             for shard_name, shard in derived["shards"].groups():
                 where = f"{group_name}/{set_name}/{shard_name}"
-                mine = [r for r in rows if r["shard"] == shard_name]
+                mine = live[codes == names.index(shard_name)] if shard_name in names else live[:0]
                 for name, arr in shard.arrays():
                     scan = _scan(arr, keep=False)
                     chunks += scan.chunks
                     nbytes += scan.nbytes
-                    for r in mine:
-                        lo, hi = ((r["emb_row"], r["emb_row"] + 1) if name == "embedding"
-                                  else (r["row_start"], r["row_start"] + r["rows"]))
-                        why = _overlap(scan, lo, hi)
-                        if why:
-                            problems.append(Problem(r["key"], where, f"{what} {name} {why}"))
-                        elif scan.nonfinite[lo:hi].any():
-                            problems.append(Problem(r["key"], where, f"{what} {name}: "
-                                                    f"{int(scan.nonfinite[lo:hi].sum())} {unit} hold NaN or inf"))
+                    if name == "embedding":
+                        lo = index.take("emb_row", mine).to_numpy()
+                        hi = lo + 1
+                    else:
+                        lo = index.take("row_start", mine).to_numpy()
+                        hi = lo + index.take("rows", mine).to_numpy()
+                    lo, hi = np.minimum(lo, len(scan.nonfinite)), np.minimum(hi, len(scan.nonfinite))
+                    cum = np.concatenate([[0], np.cumsum(scan.nonfinite, dtype=np.int64)])
+                    nonfinite = cum[hi] - cum[lo]  # rows of each holding NaN or inf
+                    bad = np.zeros(len(mine), bool)
+                    for a, b, _ in scan.bad:
+                        bad |= (lo < b) & (a < hi)
+                    for j in np.flatnonzero(bad | (nonfinite > 0)).tolist():
+                        if keys is None:
+                            keys = index.column("key")
+                        key = keys[int(mine[j])].as_py()
+                        why = _overlap(scan, int(lo[j]), int(hi[j]))
+                        problems.append(Problem(key, where, f"{what} {name} {why}" if why else
+                                                f"{what} {name}: {int(nonfinite[j])} {unit} hold NaN or inf"))
     return problems, chunks, nbytes
 
 

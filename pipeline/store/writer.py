@@ -7,12 +7,13 @@ Promises (DESIGN.md, "Feature store"):
 - One writer per array: this process is the store's only writer (a lock for local stores,
   conditional commits on object stores), and every shard array is created and filled by
   this writer alone.
-- Incremental: `plan()` diffs episode refs against the committed index by ingest hash
-  (content hash + sampling); unchanged episodes are skipped before any decoding, and so
-  are quarantined ones whose input did not change (unless asked to retry them).
-- Remembered hashes: `remember_files()` stages the source files' stat identities and
-  digests, `forget_files()` drops those of files gone from a source; `commit()` writes
-  them as `/files` in the same snapshot as the index.
+- Incremental: `plan()` (pipeline/store/plan.py) sorts episode refs into new, changed, held
+  and committed by ingest hash before any decoding.
+- Remembered hashes: `remember_files()` / `forget_files()` stage the source files' digests
+  (pipeline/store/files.py); `commit()` writes them in the same snapshot as the index.
+- O(new): a commit appends its index rows and lists the rows they replace
+  (pipeline/store/index.py), writes its catalog part, and reads of the committed index only
+  what it looks up — the same cost into a store of a million episodes as into an empty one.
 
 Episodes are packed into *shards*: `/shards/<source>/<run>-<seq>/{features,timestamps,
 actions,action_timestamps,state}`, one shard per source per commit, so the number of Zarr
@@ -35,7 +36,6 @@ import logging
 import time
 import uuid
 from collections.abc import Callable, Iterable
-from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING
 
@@ -44,23 +44,26 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import zarr
 
+from pipeline.store import index as episode_index
 from pipeline.store.backend import WriterLock, open_repo
-from pipeline.store.catalog_file import fill_store_version, sync_catalog_file, write_catalog_file
+from pipeline.store.catalog_file import catalog_index_version, sync_catalog_file, write_catalog
+from pipeline.store.files import FileMemory
 from pipeline.store.format import (
     FORMAT_DOC,
     array_attributes,
     checksummed,
     dimension_names,
     library_versions,
-    no_state,
 )
-from pipeline.store.index import FILES_GROUP, read_files, read_index, write_index
-from pipeline.store.reader import store_commit_at
+from pipeline.store.index import EpisodeIndex, key_hash, key_hashes
+from pipeline.store.migrate import migrate_if_needed
+from pipeline.store.plan import Plan, ingest_hash
+from pipeline.store.plan import plan as plan_refs
+from pipeline.store.shard_buffer import PendingEpisode, ShardBuffer
 from schemas import INDEX_SCHEMA, STORE_LAYOUT_VERSION, EpisodeStatus
 from schemas.errors import BadInputError, StoreMismatchError
 from schemas.identity import EncoderIdentity, SamplingParams
 from schemas.records import ActionTrack, IndexRow
-from schemas.tables import FILES_SCHEMA
 
 if TYPE_CHECKING:  # the store imports no source adapter: trainers never load h5py or LeRobot parsing
     from schemas.records import EpisodeRef
@@ -68,76 +71,7 @@ if TYPE_CHECKING:  # the store imports no source adapter: trainers never load h5
 log = logging.getLogger(__name__)
 
 
-def ingest_hash(ref: EpisodeRef, params: SamplingParams) -> str:
-    """What decides whether an episode must be (re)done: its bytes and how it is sampled."""
-    return params.ingest_hash(ref.content_hash)
-
-
-@dataclass
-class Plan:
-    todo: list[EpisodeRef]  # new, changed, or quarantined and retried
-    skipped: list[EpisodeRef]  # already committed with the same ingest hash
-    retitled: list[EpisodeRef] = field(default_factory=list)  # skipped, but their instruction changed
-    held: list[EpisodeRef] = field(default_factory=list)  # quarantined with this same input: not retried
-
-
-@dataclass
-class _Pending:
-    ref: EpisodeRef
-    ingest_hash: str
-    blocks: list[np.ndarray] = field(default_factory=list)
-    stamps: list[np.ndarray] = field(default_factory=list)
-    n: int = 0
-    spilled: zarr.Group | None = None  # own shard once longer than spill_frames
-    spilled_name: str | None = None
-
-
-@dataclass
-class _ShardBuffer:
-    """Finished episodes of one shard not written yet: rows to append, per array."""
-
-    name: str
-    group: zarr.Group | None = None
-    arrays: dict[str, zarr.Array] = field(default_factory=dict)  # handles, looked up once per session
-    rows: dict[str, int] = field(default_factory=dict)  # rows each array holds once flushed
-    parts: dict[str, list[np.ndarray]] = field(default_factory=dict)
-    frames: int = 0  # feature rows buffered
-    nbytes: int = 0
-    flushed_at: float = 0.0
-
-    def check(self, rows: dict[str, np.ndarray]) -> None:
-        """Raise BadInputError unless each array's rows fit (trailing shape, dtype) those already there."""
-        for name, data in rows.items():
-            have = self._rows_like(name)
-            if have is not None and (have.shape[1:], have.dtype) != (data.shape[1:], data.dtype):
-                raise BadInputError(f"{name} rows {data.dtype}{list(data.shape[1:])} do not fit the shard's "
-                                 f"{have.dtype}{list(have.shape[1:])}")
-
-    def _rows_like(self, name: str) -> np.ndarray | zarr.Array | None:
-        """Rows of `name` already in the shard (buffered or written), for their shape and dtype."""
-        parts = self.parts.get(name)
-        return parts[0] if parts else self.arrays.get(name)
-
-    def align_state(self, rows: dict[str, np.ndarray]) -> None:
-        """Keep `state` row for row beside `actions` (episodes index both by `action_start`)
-        when only some of a shard's episodes have state: the others' state rows are NaN,
-        which readers take for "no state". Call before adding `rows`."""
-        behind = self.rows.get("actions", 0) - self.rows.get("state", 0)
-        if "state" in rows:
-            if behind > 0:  # earlier episodes of this shard had none
-                self.add("state", no_state(behind, rows["state"].shape[1:]))
-        elif "state" in self.rows:
-            rows["state"] = no_state(len(rows["actions"]), self._rows_like("state").shape[1:])
-
-    def add(self, name: str, data: np.ndarray) -> int:
-        """Queue `data` for group[name]; returns the row it will start at."""
-        start = self.rows.get(name, 0)
-        self.rows[name] = start + len(data)
-        self.parts.setdefault(name, []).append(data)
-        self.nbytes += data.nbytes
-        if name == "features":
-            self.frames += len(data)
-        return start
+__all__ = ["Plan", "StoreWriter", "ingest_hash"]
 
 
 class StoreWriter:
@@ -159,14 +93,11 @@ class StoreWriter:
         self.run_id = datetime.now(UTC).strftime("%Y%m%dT%H%M%S") + "-" + uuid.uuid4().hex[:6]
         self._lock = lock
         self._seq = 0
-        self._pending: dict[str, _Pending] = {}
+        self._pending: dict[str, PendingEpisode] = {}
         self._new_rows: dict[str, dict] = {}  # key -> index row added since the last commit
-        self._files: dict[str, dict] | None = None  # uri -> committed `files` row, read on first use
-        self._new_files: dict[str, dict] = {}  # uri -> `files` row staged for the next commit
-        self._forget_files: set[str] = set()  # uris whose `files` row the next commit drops
-        self._trusted_changes = 0  # staged rows a later run could trust
-        self._trusted_bytes = 0  # ... and the bytes of those files: what they spare a later refresh
-        self._shards: dict[str, _ShardBuffer] = {}
+        self._replaces: dict[str, int] = {}  # key -> stored index row its new row supersedes (-1: none)
+        self._noted: set[tuple] = set()  # (source, kind, sampling) recorded in the root attrs
+        self._shards: dict[str, ShardBuffer] = {}
         self.flush_every_s, self.flush_bytes = flush_every_s, flush_bytes
         self.parent_version = repo.lookup_branch(branch)
         self._begin()
@@ -179,7 +110,9 @@ class StoreWriter:
         # Locked before anything is read, so the session starts from the newest commit.
         lock = WriterLock(uri, create=True).__enter__()
         try:
-            self = cls(uri, open_repo(uri, create=True), branch, chunk_frames, spill_frames, lock)
+            repo = open_repo(uri, create=True)
+            migrate_if_needed(uri, repo, branch)  # a layout-1 store: one commit of its own, first
+            self = cls(uri, repo, branch, chunk_frames, spill_frames, lock)
             self._check_identity(encoder)
         except BaseException:
             lock.__exit__(None, None, None)
@@ -196,8 +129,8 @@ class StoreWriter:
             stored = EncoderIdentity.from_dict(attrs["encoder"], where=f"store {uri!r}")
             stored.require_same(encoder, ours=f"store {uri!r}", theirs="this run", fix="choose another --store")
         if attrs.get("lawam_layout") != STORE_LAYOUT_VERSION:
-            raise StoreMismatchError(f"store {uri!r} has layout {attrs.get('lawam_layout')}, "
-                                     f"this lawam writes {STORE_LAYOUT_VERSION}")
+            raise StoreMismatchError(f"store {uri!r} has layout {attrs.get('lawam_layout')}; this lawam reads and "
+                                     f"writes layout {STORE_LAYOUT_VERSION}: upgrade lawam to write to it")
         if attrs.get("token_shape"):
             self.token_shape = tuple(attrs["token_shape"])
         # What a plain zarr reader needs to make sense of the store (docs/store-format.md);
@@ -209,9 +142,13 @@ class StoreWriter:
     def _note_sampling(self, ref: EpisodeRef, params: SamplingParams) -> None:
         """Record in the root attrs `sources` how `ref`'s source is sampled (fps, resize mode,
         image size, ...): the newest run's settings per source."""
+        noted = (ref.source, ref.kind, params)
+        if noted in self._noted:  # checked once per source and sampling, not per episode
+            return
+        self._noted.add(noted)
         sources = dict(self.root.attrs.get("sources", {}))
         entry = {**sources.get(ref.source, {}), "kind": ref.kind, "sampling": params.to_dict()}
-        if sources.get(ref.source) != entry:  # written once per source and run, not per episode
+        if sources.get(ref.source) != entry:
             sources[ref.source] = entry
             self.root.attrs["sources"] = sources
 
@@ -228,17 +165,14 @@ class StoreWriter:
             self.root.attrs["sources"] = sources
 
     def _begin(self) -> None:
+        """A session on the branch tip. The committed index is read lazily, only what is looked up."""
         self.session = self.repo.writable_session(self.branch)
         self.root = zarr.open_group(self.session.store, mode="a")
-        self.index = read_index(self.root)
+        self.index = EpisodeIndex(self.root, self.repo, self.session.snapshot_id)
+        self._files = FileMemory(self.root)
+        self._columns: dict[str, pa.Array] = {}  # whole committed columns read for lookups
         self._shards.clear()
         self._seq += 1
-        # Rows the last index-writing commit added carry no id yet (a snapshot cannot name
-        # itself): it is the parent, or the newest ingest before label commits.
-        if self.index["store_version"].null_count:
-            self.index = fill_store_version(self.index, store_commit_at(self.repo, self.session.snapshot_id))
-        keys = pc.binary_join_element_wise(self.index["source"], self.index["episode_id"], "/")
-        self._row_of = {k: i for i, k in enumerate(keys.to_pylist())}
 
     def __enter__(self) -> StoreWriter:
         return self
@@ -253,32 +187,58 @@ class StoreWriter:
     # -- planning ----------------------------------------------------------------------
     def plan(self, refs: list[EpisodeRef], params_for: Callable[[EpisodeRef], SamplingParams], *,
              retry_quarantined: bool = False) -> Plan:
-        """Sort refs into work to do and work already committed. An unchanged episode whose
-        instruction text changed (an edited manifest) is not re-encoded: its catalog row is
-        updated in the next commit. A quarantined episode is retried only when its input
-        changed (its ingest hash differs) or with `retry_quarantined`; otherwise it is held."""
-        hashes = self.index.column("content_hash").to_pylist()
-        status = self.index.column("status").to_pylist()
-        instructions = self.index.column("instruction").to_pylist()
-        plan = Plan([], [])
-        for ref in refs:
-            i = self._row_of.get(ref.key)
-            same = i is not None and hashes[i] == ingest_hash(ref, params_for(ref))
-            if same and status[i] == EpisodeStatus.OK:
-                plan.skipped.append(ref)
-                if instructions[i] != ref.instruction:
-                    row = self.index.slice(i, 1).to_pylist()[0]
-                    self._new_rows[ref.key] = {**row, "instruction": ref.instruction, "store_version": None}
-                    plan.retitled.append(ref)
-            elif same and status[i] == EpisodeStatus.QUARANTINED and not retry_quarantined:
-                plan.held.append(ref)
-            else:
-                plan.todo.append(ref)
+        """Sort refs into work to do and work already committed (pipeline/store/plan.py). An
+        unchanged episode whose instruction text changed (an edited manifest) is not
+        re-encoded: its catalog row is updated in the next commit. A quarantined episode is
+        retried only when its input changed (its ingest hash differs) or with
+        `retry_quarantined`; otherwise it is held."""
+        plan = plan_refs(self.index, refs, params_for, retry_quarantined=retry_quarantined)
+        self._replaces.update(plan.rows)
+        if plan.retitled:
+            rows = np.array([plan.rows[ref.key] for ref in plan.retitled], np.int64)
+            committed = self.index.read(rows=rows).to_pylist()
+            for ref, row in zip(plan.retitled, committed, strict=True):
+                self._new_rows[ref.key] = {**row, "instruction": ref.instruction}
         return plan
+
+    def _committed_row(self, key: str) -> int:
+        """The stored index row of `key`'s live version; -1 when none."""
+        if key in self._replaces:
+            return self._replaces[key]
+        row = int(self._find(np.array([key_hash(key)], np.uint64), [key])[0])
+        self._replaces[key] = row
+        return row
+
+    def _find(self, hashes: np.ndarray, keys: list[str]) -> np.ndarray:
+        """Stored rows of the live versions of `keys` (-1: none), by key hash: one pass of the
+        committed hashes against a set of these few (O(index) in Arrow, milliseconds at a million;
+        no sort). A hash that names another episode (a 64-bit collision, about 1 in 10^7 at a
+        million episodes) is refused: lookups by hash must name one episode."""
+        if not self.index.rows:
+            return np.full(len(hashes), -1, np.int64)
+        stored = self._column("key_hash")
+        hit = pc.is_in(stored, value_set=pa.array(hashes, pa.uint64())).to_numpy(zero_copy_only=False)
+        hit[self.index.superseded] = False
+        found = np.flatnonzero(hit)
+        row_of = dict(zip(stored.take(pa.array(found)).to_pylist(), found.tolist(), strict=True))
+        rows = np.array([row_of.get(h, -1) for h in hashes.tolist()], np.int64)
+        hits = np.flatnonzero(rows >= 0).tolist()
+        for i in hits:
+            have = self._key_at(int(rows[i]), whole=len(hits) > 16)
+            if have != keys[i]:
+                raise BadInputError(f"episode key {keys[i]!r} has the same 64-bit key hash as {have!r} in "
+                                    f"{self.uri!r}: rename one of them (episode id) to store both")
+        return rows
+
+    def _key_at(self, row: int, whole: bool) -> str:
+        """The key of stored index row `row` (from the whole key columns when many are asked)."""
+        if whole:
+            return f"{self._column('source')[row]}/{self._column('episode_id')[row]}"
+        return f"{self.index.column('source', row, row + 1)[0]}/{self.index.column('episode_id', row, row + 1)[0]}"
 
     # -- writing -----------------------------------------------------------------------
     def start_episode(self, ref: EpisodeRef, params: SamplingParams) -> None:
-        self._pending[ref.key] = _Pending(ref, ingest_hash(ref, params))
+        self._pending[ref.key] = PendingEpisode(ref, ingest_hash(ref, params))
         self._note_sampling(ref, params)
 
     def append_frames(self, ref: EpisodeRef, features: np.ndarray, timestamps: np.ndarray) -> None:
@@ -322,7 +282,7 @@ class StoreWriter:
             shard = f"{ref.source}/{self.run_id}-{self._seq:03d}"
             buf = self._shards.get(shard)
             if buf is None:
-                buf = self._shards[shard] = _ShardBuffer(shard, flushed_at=self._opened_at)
+                buf = self._shards[shard] = ShardBuffer(shard, flushed_at=self._opened_at)
             rows = {"features": p.blocks[0] if len(p.blocks) == 1 else np.concatenate(p.blocks),
                     "timestamps": p.stamps[0] if len(p.stamps) == 1 else np.concatenate(p.stamps)}
             if has_actions:
@@ -352,7 +312,7 @@ class StoreWriter:
                     buf.frames >= self.chunk_frames and now - buf.flushed_at >= self.flush_every_s):
                 self._flush(buf)
 
-    def _flush(self, buf: _ShardBuffer) -> None:
+    def _flush(self, buf: ShardBuffer) -> None:
         """Write a shard's buffered episodes: one append per array."""
         if buf.group is None:
             buf.group = self._create_shard(buf.name)
@@ -379,10 +339,9 @@ class StoreWriter:
         reason = reason.splitlines()[0][:500] if reason else "unknown error"
         ihash = ingest_hash(ref, params)
         failures, since = 1, None
-        i = self._row_of.get(ref.key)
-        if i is not None:
-            row = {c: self.index.column(c)[i].as_py()
-                   for c in ("status", "failures", "failed_since", "ingested_at")}
+        i = self._committed_row(ref.key)
+        if i >= 0:
+            row = {c: self._column(c)[i].as_py() for c in ("status", "failures", "failed_since", "ingested_at")}
             if row["status"] == EpisodeStatus.OK:
                 log.warning("%s: %s (keeping the committed version)", ref.key, reason)
                 return
@@ -403,15 +362,15 @@ class StoreWriter:
             status=str(status), reason=reason, failed_since=failed_since, failures=failures,
             instruction=ref.instruction, frames=frames, duration_s=duration, actions=n_actions, shard=shard,
             frame_start=frame_start, action_start=action_start, ingested_at=now, split=ref.split,
-        ).as_dict()
+        ).as_dict()  # key_hash: computed for the whole batch at commit
+
+    def _column(self, name: str) -> pa.Array:
+        """A whole committed index column, read once (lookups and quarantines use a few rows of it)."""
+        if name not in self._columns:
+            self._columns[name] = self.index.column(name)
+        return self._columns[name]
 
     # -- remembered file hashes ------------------------------------------------------------
-    def committed_files(self) -> dict[str, dict]:
-        """uri -> the `files` row (FILES_SCHEMA) the session's parent commit holds."""
-        if self._files is None:
-            self._files = {r["uri"]: r for r in read_files(self.root).to_pylist()}
-        return self._files
-
     def remember_files(self, records: Iterable) -> int:
         """Stage source files' identity -> digest records (`pipeline.sources.hashing.FileRecord`s,
         or mappings with the FILES_SCHEMA fields) to be written with the next commit; returns
@@ -421,34 +380,14 @@ class StoreWriter:
         a restore touched every file), so a refresh that changed no episode keeps the store
         version unchanged. Records whose `trusted()` is False (racy: hashed right after a
         write) never count."""
-        committed = self.committed_files()
-        changed = 0
-        for rec in records:
-            row = rec._asdict() if hasattr(rec, "_asdict") else dict(rec)
-            row = {name: row.get(name) for name in FILES_SCHEMA.names}
-            old = committed.get(row["uri"])
-            if old is not None and all(old[k] == row[k] or (old[k] in (0, "") and row[k] is None)
-                                       for k in FILES_SCHEMA.names):
-                continue
-            self._new_files[row["uri"]] = row
-            if getattr(rec, "trusted", lambda: True)():
-                self._trusted_changes += 1
-                self._trusted_bytes += row["size"] or 0
-            changed += 1
-        return changed
+        return self._files.remember(records)
 
     def forget_files(self, under: Iterable[str], seen: Iterable[str]) -> int:
         """Stage dropping the `files` rows of files under the source roots `under` (each
         enumerated whole by this run) that are not in `seen`: deleted, or no longer part of
         their source. Returns how many. Like remembered hashes, this rides along with the next
         commit of episodes and never makes one alone; episodes of those files stay."""
-        roots = tuple(r.rstrip("/") + "/" for r in under)
-        if not roots:
-            return 0
-        seen = set(seen) | set(self._new_files)
-        gone = {uri for uri in self.committed_files() if uri.startswith(roots) and uri not in seen}
-        self._forget_files |= gone
-        return len(gone)
+        return self._files.forget(under, seen)
 
     def _create_shard(self, name: str) -> zarr.Group:
         return self.root.require_group(f"shards/{name}")
@@ -488,54 +427,79 @@ class StoreWriter:
     def commit(self, message: str, metadata: dict | None = None) -> str | None:
         """Publish everything finished so far as one new version; None if nothing changed.
         Episodes still in flight stay buffered and land in a later commit."""
-        if not self._new_rows and (not self._trusted_changes or self._trusted_bytes < self.remember_alone_bytes):
+        files = self._files
+        if not self._new_rows and (not files.trusted_changes or files.trusted_bytes < self.remember_alone_bytes):
             self._sync_catalog_file()  # a run killed between its commit and the Parquet copy
             return None
         self.flush(force=True)
-        if self._new_files or self._forget_files:
-            files = {uri: row for uri, row in {**self.committed_files(), **self._new_files}.items()
-                     if uri not in self._forget_files}
-            write_index(self.root, pa.Table.from_pylist(list(files.values()), schema=FILES_SCHEMA),
-                        FILES_SCHEMA, FILES_GROUP)
-        replaced = {self._row_of[k] for k in self._new_rows if k in self._row_of}
-        keep = pa.array([i not in replaced for i in range(self.index.num_rows)], pa.bool_())
-        new = pa.Table.from_pylist(list(self._new_rows.values()), schema=INDEX_SCHEMA)
-        table = pa.concat_tables([self.index.filter(keep), new])
-        write_index(self.root, table)
-        self._drop_dead_shards(replaced, table)
-        version = self.session.commit(message, metadata={"lawam_run": self.run_id, **(metadata or {})})
-        log.info("committed %s: %d episodes (+%d)", version, table.num_rows, len(self._new_rows))
+        files.write(self.root)
+        meta = {"lawam_run": self.run_id, **(metadata or {})}
+        replaced = np.zeros(0, np.int64)
+        if self._new_rows:
+            rows = pa.Table.from_pylist(list(self._new_rows.values()), schema=INDEX_SCHEMA)
+            keys = list(self._new_rows)
+            hashes = key_hashes(keys)
+            rows = rows.set_column(rows.schema.get_field_index("key_hash"), "key_hash", pa.array(hashes, pa.uint64()))
+            known = np.array([self._replaces.get(k, -1) for k in keys], np.int64)
+            new = np.flatnonzero(known < 0)  # new keys, or written without a plan that looked them up:
+            if len(new):  # their hash must name no other live episode (lookups trust it)
+                known[new] = self._find(hashes[new], [keys[i] for i in new.tolist()])
+            replaced = known[known >= 0]
+            ends, ids = self.index.batches()
+            catalog_current = catalog_index_version(self.uri) == (ids[-1] if ids else None)
+            first = episode_index.append(self.root, rows, replaced, ids[-1] if ids else "")
+            self._drop_dead_shards(replaced)
+            meta[episode_index.ROWS_KEY] = first + rows.num_rows
+        version = self.session.commit(message, metadata=meta)
+        log.info("committed %s: +%d index rows, %d replaced", version, len(self._new_rows), len(replaced))
         self.parent_version = version
+        for key in self._new_rows:  # their live row is the new one now; other planned keys keep theirs
+            self._replaces.pop(key, None)
         self._new_rows.clear()
-        if self._new_files or self._forget_files:
-            self._files = files
-            self._new_files, self._trusted_changes, self._trusted_bytes = {}, 0, 0
-            self._forget_files = set()
         pending_spills = {k: p for k, p in self._pending.items() if p.spilled is not None}
+        replaced_batches = self._batches_of(replaced)
         self._begin()
         for p in pending_spills.values():  # re-open their shards in the new session
             p.spilled = self.root[f"shards/{p.spilled_name}"]
         try:
-            write_catalog_file(self.uri, self.index, version)
+            if meta.get(episode_index.ROWS_KEY) and catalog_current:  # only the parts this commit changed
+                ends, _ = self.index.batches()
+                write_catalog(self.uri, self.index, sorted(replaced_batches | {len(ends) - 1}))
+            else:
+                self._sync_catalog_file()
         except OSError as e:  # the commit is what counts; the Parquet copy is a convenience
             log.warning("could not write catalog.parquet: %s (the next run rewrites it)", e)
         return version
 
-    def _drop_dead_shards(self, replaced: set[int], table: pa.Table) -> None:
+    def _batches_of(self, rows: np.ndarray) -> set[int]:
+        """Index batches (catalog parts) holding stored rows `rows`."""
+        if not len(rows):
+            return set()
+        ends, _ = self.index.batches()
+        return set(np.searchsorted(ends, rows, side="right").tolist())
+
+    def _drop_dead_shards(self, replaced: np.ndarray) -> None:
         """Remove from the tree the shards whose every episode was redone: older versions keep
         them (and `lawam gc` reclaims their chunks once those versions expire); the new one no
         longer points at them, so their bytes are not kept alive by every later version."""
-        if not replaced:
+        if not len(replaced):
             return
-        shards = self.index.column("shard")
-        dead = {shards[i].as_py() for i in replaced} - set(table.column("shard").to_pylist()) - {None}
+        shard = self.index.column("shard")
+        candidates = set(shard.take(pa.array(replaced)).drop_null().to_pylist())
+        if not candidates:
+            return
+        live = self.index.live_mask()
+        live[replaced] = False
+        still = shard.filter(pa.array(live)).unique()
+        dead = candidates - set(still.drop_null().to_pylist())
+        dead -= {r["shard"] for r in self._new_rows.values()}
         dead -= {p.spilled_name for p in self._pending.values()}
         for name in sorted(dead):
             del self.root[f"shards/{name}"]
             log.info("shard %s: every episode redone, dropped from the new version", name)
 
     def _sync_catalog_file(self) -> None:
-        """Rewrite catalog.parquet if it does not describe the branch tip this writer holds."""
+        """Rewrite catalog.parquet if it does not describe the index of the branch tip this writer holds."""
         try:
             if sync_catalog_file(self.uri, self.index, self.parent_version):
                 log.info("catalog.parquet rewritten for %s", self.parent_version)
