@@ -24,6 +24,7 @@ from pathlib import Path
 
 from pipeline.samples import make_samples, read_human_truth, sample_sources
 from schemas import CorpusConfig, EncoderConfig, StoreConfig
+from schemas.errors import ConfigError
 from schemas.records import ActionTrack
 
 log = logging.getLogger(__name__)
@@ -50,9 +51,16 @@ class Corpus:
                 for name, t in read_human_truth(self.samples).items()}
 
 
-def bench_corpus(tokens: str = "grid:4x4", work: Path = WORK, *, progress: bool = True) -> Corpus:
-    """Render (cached) and ingest (cached) the benchmark corpus; the store of `tokens`."""
+def bench_corpus(tokens: str = "grid:4x4", work: Path = WORK, *, progress: bool = True,
+                 refresh: bool = True) -> Corpus:
+    """Render (cached) and ingest (cached) the benchmark corpus; the store of `tokens`.
+    `refresh=False` takes a store that exists as it stands (no render, no ingest): runs
+    compared with runs cached before a change of the ingest's change detection stay on the
+    very features those were trained on."""
     samples = work / "samples"
+    name = tokens.replace(":", "")
+    if not refresh and (work / f"store-{name}").exists():
+        return _as_stored(samples, str(work / f"store-{name}"))
     t = time.perf_counter()
     summary = make_samples(samples, **SAMPLE_ARGS, progress=progress)
     if not summary.cached:
@@ -60,7 +68,6 @@ def bench_corpus(tokens: str = "grid:4x4", work: Path = WORK, *, progress: bool 
         print(f"rendered {frames} frames in {time.perf_counter() - t:.0f} s "
               f"({frames / (time.perf_counter() - t):.1f} frames/s)")
     sources = [s.model_copy(update={"fps": FPS}) for s in sample_sources(samples)]
-    name = tokens.replace(":", "")
     cfg = CorpusConfig(name=f"bench-{name}", sources=sources, store=StoreConfig(uri=str(work / f"store-{name}")),
                        encoder=EncoderConfig(tokens=tokens))
     from pipeline.ingest import ingest_corpus
@@ -69,6 +76,20 @@ def bench_corpus(tokens: str = "grid:4x4", work: Path = WORK, *, progress: bool 
     if report.added:
         print(f"ingested {report.added} episodes ({tokens}) in {report.seconds:.0f} s")
     return Corpus(samples, cfg.store.uri)
+
+
+def _as_stored(samples: Path, uri: str) -> Corpus:
+    """The store as it stands, refused when it lacks rendered episodes (an ingest cut short)."""
+    from pipeline.sources import iter_episodes
+    from pipeline.store import FeatureStore
+
+    rendered = {ref.key for spec in sample_sources(samples) for ref in iter_episodes(spec)}
+    stored = FeatureStore.open(uri)
+    missing = rendered - set(stored.keys)
+    if missing:
+        raise ConfigError(f"store {uri!r} holds {len(rendered) - len(missing)} of the {len(rendered)} rendered "
+                          f"episodes (an ingest cut short?): run without --no-refresh to ingest the rest")
+    return Corpus(samples, uri)
 
 
 if __name__ == "__main__":

@@ -119,10 +119,11 @@ class LaWM(nn.Module):
                  action_dim: int = 0, horizon: int = 0, vocab: list[str] | None = None) -> None:
         super().__init__()
         self.cfg, self.tokens, self.feature_dim, self.state_dim = cfg, tokens, feature_dim, state_dim
-        self.action_dim = action_dim if cfg.action_weight > 0 else 0
+        # The action head exists where it can learn: action_weight > 0 and an action chunk's
+        # shape (a store with robot actions). Without one (human video only) the LaWM trains
+        # as without the head, and its card says so (action_dim 0).
+        self.action_dim = action_dim if cfg.action_weight > 0 and horizon else 0
         self.horizon = horizon if self.action_dim else 0
-        if cfg.action_weight > 0 and not (action_dim and horizon):
-            raise ValueError("action_weight > 0 needs the action chunk's shape: pass action_dim and horizon")
         if cfg.fdm_instruction and not vocab:
             raise ValueError("fdm_instruction needs the store's vocabulary: pass vocab (model.text.build_vocab)")
         W, Q, C = cfg.width, cfg.queries, cfg.code_dim

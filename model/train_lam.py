@@ -47,6 +47,8 @@ def build_model(cfg: LamConfig, store: FeatureStore, reader: PairReader) -> LaWM
     """A fresh LaWM sized to the store's tokens, with feature (and state-change, action)
     statistics of the training split."""
     model = shaped_model(cfg, store, reader)
+    if cfg.model.action_weight > 0 and not model.action_dim:
+        log.info("no action track in the store: the LaWM trains without its action head (action_weight unused)")
     mean, std = reader.feature_stats(seed=cfg.pairs.seed)
     model.set_feature_stats(mean, std)
     if reader.state_dim or model.action_dim:

@@ -68,7 +68,9 @@ class LamModelConfig(_Strict):
     idm_frames: Annotated[int, Field(ge=2, le=8)] = 2
     # Auxiliary head z -> the pair's action chunk (pairs.horizon steps at pairs.action_rate),
     # standardised, on robot episodes that keep their actions (human video has none); 0 = off.
-    action_weight: Annotated[float, Field(ge=0)] = 0.0
+    # On by default: it is what makes z carry the action (held-out robot probe R² 0.57 -> 0.90
+    # in bench_lam, README's stage-1 levers); a store without actions trains without it.
+    action_weight: Annotated[float, Field(ge=0)] = 1.0
     # Share of robot episodes whose actions that head sees, chosen by a hash of the key (the
     # same episodes as `lawam distill --action-fraction`).
     action_fraction: Annotated[float, Field(gt=0, le=1)] = 1.0
