@@ -79,6 +79,25 @@ def pytest_configure(config: pytest.Config) -> None:
                        capture_output=True, check=True, timeout=120)
 
 
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    """In a parallel run, the tests marked `long` (minutes each, most of it waiting on Ray
+    clusters and servers) are spread evenly over the collection order instead of sitting
+    together: `--dist worksteal` hands each worker a contiguous share of that order, so each
+    worker starts a long test early rather than one worker running them all one after the
+    other at the end (that worker was the run's last 11 minutes). The same order in every
+    worker (xdist compares them); a serial run keeps the file order."""
+    if "PYTEST_XDIST_WORKER_COUNT" not in os.environ:
+        return
+    long = [item for item in items if item.get_closest_marker("long")]
+    if not long:
+        return
+    rest = [item for item in items if not item.get_closest_marker("long")]
+    step = len(items) / len(long)
+    slots = {round(i * step): item for i, item in enumerate(long)}
+    it = iter(rest)
+    items[:] = [slots[i] if i in slots else next(it) for i in range(len(items))]
+
+
 @pytest.fixture(autouse=True)
 def _environment_restored():
     """A command run in-process (typer's CliRunner) sets engine variables in os.environ for

@@ -128,6 +128,7 @@ def test_ingest_of_broken_yaml_names_file_and_line(tmp_path):
     assert "src.yaml: not valid YAML at line" in ingest_error(tmp_path, "id: a\nkind: [robot\n")
 
 
+@pytest.mark.long
 def test_demo_runs_the_chain_writes_the_report_and_again_redoes_nothing(prefect_server, ray_local, tmp_path):
     """The README's `make demo` at its smallest, in a fresh process as a user runs it: render →
     ingest → train-lam → label → distill → eval as the Prefect flow `lawam_chain`, then the

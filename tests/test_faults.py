@@ -172,6 +172,7 @@ def moto(monkeypatch):
     yield from s3_server(monkeypatch)
 
 
+@pytest.mark.long
 @pytest.mark.slow  # two fresh `lawam ingest` processes: their Ray workers must see the S3 settings
 def test_an_s3_source_going_away_mid_run_is_retryable_and_quarantines_nothing(moto, tmp_path):
     clips = [make_video(tmp_path / "clips" / f"c{i:02d}.mp4", n_frames=30, fps=10, seed=i) for i in range(12)]

@@ -185,6 +185,7 @@ def test_per_source_fps_and_corpus_ingest(ray_local, videos, tmp_path):
     assert FeatureStore.open(str(tmp_path / "store")).episodes()["frames"].to_pylist() == [5, 5, 5]
 
 
+@pytest.mark.long
 def test_sigkill_mid_ingest_keeps_the_last_version_and_a_rerun_completes(ray_local, tmp_path):
     """Incident guarded against: a preempted ingest node. The kill lands after some
     episodes were written but before the commit; readers must see the previous version,
@@ -398,6 +399,7 @@ def test_many_short_clips_land_whole_contiguous_and_encoded(ray_local, short_cli
                                    atol=2e-2, rtol=2e-2)
 
 
+@pytest.mark.long
 def test_local_executor_stores_what_ray_stores_without_starting_ray(ray_local, short_clips, tmp_path):
     """Issue #18: a notebook ingests without Ray (`executor="local"`): the same step, the same
     episodes kept and quarantined, the same features; Ray is never imported."""

@@ -8,8 +8,9 @@ made no progress and printed nothing for 4.5 minutes, holding the store's writer
 then ended it with SIGABRT (exit 134).
 
 Expensive (a cluster start is 20-40 s on this loaded machine, each `lawam` run 10-40 s): one
-cluster for the module, three tests. Bounds are generous for a machine at load 20-150 but
-finite: a run must end within `AFTER_KILL_S` of its node's loss (Ray declares the node dead
+cluster for the module's three tests in a serial run; a parallel run spreads them over the
+workers (`long`, tests/conftest.py), each starting its own. Bounds are generous for a machine
+at load 20-150 but finite: a run must end within `AFTER_KILL_S` of its node's loss (Ray declares the node dead
 after ~5 s here, `RAY_health_check_*` in `tests/ray_nodes.py`; the executor's watch gives lost
 work 30 s).
 """
@@ -34,6 +35,7 @@ from tests.ray_nodes import LoopbackCluster, Node
 from tests.stores import SynthSource, write_store
 
 REPO = Path(__file__).resolve().parents[1]
+pytestmark = pytest.mark.long  # each test minutes: spread over the parallel workers (tests/conftest.py)
 AFTER_KILL_S = 120  # node death ~5 s + the watch's 30 s + a loaded machine's slack
 TINY_LAM = {"model": {"width": 32, "heads": 2, "idm_layers": 1, "fdm_layers": 1, "code_dim": 4},
             "optim": {"steps": 4, "batch_size": 32, "warmup_steps": 1, "eval_every": 0, "checkpoint_every": 0}}

@@ -175,6 +175,7 @@ def served(tmp_path: Path, api: dict, ray_local, clips: int) -> Iterator[object]
             _stop(serve)
 
 
+@pytest.mark.long
 def test_a_served_refresh_runs_on_trigger_one_per_store_at_a_time(prefect_api, ray_local, tmp_path):
     with served(tmp_path, prefect_api, ray_local, clips=2) as client:
         deployment = _wait_for_deployment(client, "refresh_corpus/refresh-cams")
@@ -199,6 +200,7 @@ def test_a_served_refresh_runs_on_trigger_one_per_store_at_a_time(prefect_api, r
     assert log.count("holding the refresh slot") == 2 and "+2 episodes" in log and "+0 episodes" in log, log[-4000:]
 
 
+@pytest.mark.long
 def test_the_compose_setup_on_postgresql_runs_a_served_refresh_to_completed(prefect_on_postgres, ray_local, tmp_path):
     assert prefect_on_postgres["healthy_after_s"] < 60  # initdb + pg_ctl + createdb + prefect server start
     with served(tmp_path, prefect_on_postgres, ray_local, clips=1) as client:
