@@ -5,8 +5,6 @@ from __future__ import annotations
 import os
 import shutil
 import signal
-import subprocess
-import sys
 import time
 from pathlib import Path
 
@@ -25,9 +23,9 @@ from pipeline.label import label_store
 from pipeline.store import FeatureStore, LabelSet, StoreMismatchError, list_label_sets
 from pipeline.store.pairs import PairQuery, k_frames_for
 from schemas.training import LamConfig
+from tests.label_runs import start_slow_label_run
 from tests.stores import SynthSource, fake_encoder, write_store
 
-REPO = Path(__file__).resolve().parents[1]
 BOT = SynthSource("bot", episodes=5, seconds=3.0)
 CAM = SynthSource("cam", kind="human", fps=10.0, episodes=3, seconds=2.0)
 TINY = LamConfig.model_validate({
@@ -146,27 +144,7 @@ def test_sigkill_mid_label_leaves_no_label_visible(lam_dir, store_uri, tmp_path)
     the re-run labels everything."""
     before = FeatureStore.open(store_uri).version
     marker = tmp_path / "started"
-    code = (
-        "import sys, time\n"
-        "from model.labeler import IdmLabeler\n"
-        "from pipeline.label import label_store\n"
-        "class Slow(IdmLabeler):\n"
-        "    def __call__(self):\n"
-        "        fn = super().__call__()\n"
-        "        def slow(a, b):\n"
-        f"            open({str(marker)!r}, 'w').close(); time.sleep(0.5)\n"
-        "            return fn(a, b)\n"
-        "        return slow\n"
-        f"label_store({store_uri!r}, Slow({str(lam_dir)!r}), use_ray=False, pairs_per_task=1, batch_pairs=4,\n"
-        "            progress=False)\n"
-    )
-    proc = subprocess.Popen([sys.executable, "-c", code], cwd=REPO, start_new_session=True,
-                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
-    deadline = time.monotonic() + 120
-    while not marker.exists():
-        assert proc.poll() is None, proc.stderr.read().decode()[-2000:]
-        assert time.monotonic() < deadline
-        time.sleep(0.05)
+    proc = start_slow_label_run(store_uri, lam_dir, marker, use_ray=False, timeout=120, poll=0.05)
     time.sleep(1.0)  # a few episodes labelled and buffered, none committed
     os.killpg(proc.pid, signal.SIGKILL)
     proc.wait()

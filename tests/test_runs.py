@@ -6,8 +6,6 @@ from __future__ import annotations
 import json
 import os
 import signal
-import subprocess
-import sys
 import time
 from contextlib import contextmanager
 from datetime import UTC, datetime, timedelta
@@ -29,9 +27,9 @@ from pipeline.store.leases import Lease, VersionLease
 from pipeline.store.maintenance import gc_store, tags
 from schemas.cards import StoppedRun
 from schemas.training import DistillConfig, LamConfig
+from tests.label_runs import start_slow_label_run
 from tests.stores import SynthSource, episode_data, write_store
 
-REPO = Path(__file__).resolve().parents[1]
 BOT = SynthSource("bot", episodes=4, seconds=2.0)
 TINY = LamConfig.model_validate({
     "model": {"width": 16, "heads": 2, "idm_layers": 1, "fdm_layers": 1, "code_dim": 4},
@@ -248,30 +246,7 @@ def test_a_killed_label_run_leaves_no_ray_process_behind(lam_dir, tmp_path):
     uri = str(tmp_path / "store")
     write_store(uri, [BOT])
     marker = tmp_path / "labelling"
-    code = (
-        "import time\n"
-        "import ray\n"
-        "from model.labeler import IdmLabeler\n"
-        "from pipeline.label import label_store\n"
-        "class Slow(IdmLabeler):\n"
-        "    def __call__(self):\n"
-        "        fn = super().__call__()\n"
-        "        def slow(a, b):\n"
-        "            if ray.is_initialized():  # on the actor, not in the driver's probe\n"
-        f"                open({str(marker)!r}, 'w').close()\n"
-        "                time.sleep(0.5)\n"
-        "            return fn(a, b)\n"
-        "        return slow\n"
-        f"label_store({uri!r}, Slow({str(lam_dir)!r}), use_ray=True, num_actors=1, pairs_per_task=1, batch_pairs=4,\n"
-        "            progress=False)\n"
-    )
-    proc = subprocess.Popen([sys.executable, "-c", code], cwd=REPO, start_new_session=True,
-                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
-    deadline = time.monotonic() + 240
-    while not marker.exists():
-        assert proc.poll() is None, proc.stderr.read().decode()[-2000:]
-        assert time.monotonic() < deadline, "labelling never started"
-        time.sleep(0.1)
+    proc = start_slow_label_run(uri, lam_dir, marker, use_ray=True, timeout=240, poll=0.1)
     ray_processes = _descendants(proc.pid)  # GCS, raylet, agents, the label actor, the reaper
     assert len(ray_processes) >= 4, ray_processes
     before = {p: _cmd(p) for p in ray_processes if _alive(p)}
