@@ -93,30 +93,18 @@ POLICY_COMMANDS = {"latency": ["latency", "--policy", "{policy}", "--calls", "1"
                             "--latency-calls", "0", "--no-progress"]}
 
 
+RUN_COMMANDS = {"lam": LAM_COMMANDS, "policy": POLICY_COMMANDS}
+
+
 @pytest.mark.parametrize("name", ["card.json", "model.safetensors"])
-@pytest.mark.parametrize("command", list(LAM_COMMANDS))
-def test_a_damaged_lawm_is_one_line_naming_the_file(runs, name, command):
-    original = (runs["lam"] / name).read_bytes()
+@pytest.mark.parametrize(("run", "command"), [(run, c) for run, commands in RUN_COMMANDS.items() for c in commands])
+def test_a_damaged_lawm_or_policy_is_one_line_naming_the_file(runs, run, name, command):
+    original = (runs[run] / name).read_bytes()
 
     @EXAMPLES
     @given(data=damaged(original))
     def check(data: bytes) -> None:
-        result = invoke_with(runs, "lam", name, data, LAM_COMMANDS[command])
-        assert_one_line(result)
-        assert result.exit_code == 2 and name in result.output, result.output
-
-    check()
-
-
-@pytest.mark.parametrize("name", ["card.json", "model.safetensors"])
-@pytest.mark.parametrize("command", list(POLICY_COMMANDS))
-def test_a_damaged_policy_is_one_line_naming_the_file(runs, name, command):
-    original = (runs["policy"] / name).read_bytes()
-
-    @EXAMPLES
-    @given(data=damaged(original))
-    def check(data: bytes) -> None:
-        result = invoke_with(runs, "policy", name, data, POLICY_COMMANDS[command])
+        result = invoke_with(runs, run, name, data, RUN_COMMANDS[run][command])
         assert_one_line(result)
         assert result.exit_code == 2 and name in result.output, result.output
 
