@@ -23,12 +23,10 @@ import contextlib
 import fcntl
 import json
 import logging
-import multiprocessing
 import os
 import shutil
 import time
 from collections.abc import Iterator, Sequence
-from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass
 from importlib import metadata
 from pathlib import Path
@@ -137,7 +135,6 @@ def make_samples(
     cameras: Sequence[str] = ("corner",),
     min_seconds: float = 0.0,
     progress: bool = True,
-    isolated: bool = True,
 ) -> SamplesSummary:
     """Render (or reuse) the robot and human sample corpora under `out_dir`.
 
@@ -145,9 +142,9 @@ def make_samples(
     lasts that long, where a slower expert still succeeds: at full speed the default tasks
     take 0.5-1.5 s, too short for pairs a second apart.
 
-    `isolated` renders in a child process. MuJoCo's EGL pulls Mesa's LLVM into the process,
-    and loading triton (torch's compiler, imported by timm) after it segfaults: a caller
-    that renders and then ingests in one process — `lawam demo`, a notebook — needs this.
+    Renders in this process: a caller may ingest or train in it afterwards (`lawam demo`, a
+    notebook), since `metaworld_env` loads triton's LLVM before Mesa's (the other order
+    segfaults) and the video writer keeps the process's scheduling.
 
     An empty `tasks` or `human_tasks` leaves that corpus out. Raises `SampleError` for a
     bad argument before anything is rendered, and when `out_dir` holds files that
@@ -169,7 +166,7 @@ def make_samples(
         partial = out_dir.parent / f".{out_dir.name}.partial-{os.getpid()}"
         partial.mkdir(parents=True)
         try:
-            _render(partial, args, progress, isolated)
+            _render_corpora(partial, args, progress)
             (partial / CACHE_FILE).write_text(json.dumps(args, indent=2))
             _swap_into_place(partial, out_dir)
         finally:
@@ -243,14 +240,6 @@ def _expected_files(out_dir: Path, args: dict[str, Any]) -> list[Path]:
         if manifest.exists():
             files += [out_dir / "human" / name for name in pd.read_csv(manifest)["file"]]
     return files
-
-
-def _render(root: Path, args: dict[str, Any], show_progress: bool, isolated: bool) -> None:
-    if not isolated:
-        _render_corpora(root, args, show_progress)
-        return
-    with ProcessPoolExecutor(max_workers=1, mp_context=multiprocessing.get_context("spawn")) as pool:
-        pool.submit(_render_corpora, root, args, show_progress).result()
 
 
 def _render_corpora(root: Path, args: dict[str, Any], show_progress: bool) -> None:
