@@ -6,7 +6,9 @@ actions are kept aside for evaluation only):
 
   levers     each a LaWM config change (`LEVERS`), trained with --seeds training seeds for
              --steps steps, one torch thread each; a finished run is cached (its folder under
-             data/bench-corpus/runs/lam and its JSON under benchmarks/results/lam-runs)
+             data/bench-corpus/runs/lam and its JSON under benchmarks/results/lam-runs, both
+             named <lever>-s<seed>-<steps>, + -<runtime>-<precision> when the corpus's encoder
+             numerics are not torch fp32: --runtime / --precision)
   metrics    `model.lam_eval.corpus_metrics`, one yardstick for every run: forward / copy,
              z explains, shuffle increases, ridge probe z -> action chunk (5 steps at 10 Hz)
              beside PCA-32 of f_t, on held-out robot episodes (per task too) and held-out
@@ -15,8 +17,10 @@ actions are kept aside for evaluation only):
   --speed    also the training loader alone vs the trainer, and labelling on Ray vs a plain
              torch loop of the IDM (the budgets of the README's stage-1 table)
 
-Prints one table (mean ± std over seeds) and writes benchmarks/results/lam.json.
+Prints one table (mean ± std over seeds; --report: of every numerics cached, side by side)
+and writes benchmarks/results/lam.json.
 Usage: python -m benchmarks.bench_lam [--levers base,action-head] [--seeds 0,1,2] [--steps 800]
+                                      [--runtime auto --precision auto]
 """
 
 from __future__ import annotations
@@ -25,6 +29,7 @@ import argparse
 import fcntl
 import json
 import os
+import re
 import shutil
 import time
 from pathlib import Path
@@ -35,7 +40,7 @@ os.environ.setdefault("MUJOCO_GL", "egl")
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
 
-from benchmarks.corpus import REPO, WORK, Corpus, bench_corpus  # noqa: E402
+from benchmarks.corpus import REPO, WORK, Corpus, add_numerics_args, bench_corpus  # noqa: E402
 from model.data import PairDataset, pair_loader  # noqa: E402
 from model.labeler import IdmLabeler  # noqa: E402
 from model.lam_eval import Yardstick, corpus_metrics, headline  # noqa: E402
@@ -81,14 +86,14 @@ def lever_config(base: LamConfig, lever: dict, seed: int, steps: int | None) -> 
 
 def run_lever(name: str, lever: dict, seed: int, base: LamConfig, steps: int | None, corpora: dict[str, Corpus],
               results_dir: Path) -> dict | None:
-    """Train (or reuse) one lever at one seed and score it; cached as JSON."""
+    """Train (or reuse) one lever at one seed on the corpus's numerics and score it; cached as JSON."""
     cfg = lever_config(base, lever, seed, steps)
-    run = f"{name}-s{seed}-{cfg.optim.steps}"
+    tokens = lever.get("tokens", "grid:4x4")
+    corpus = corpora[tokens]
+    run = f"{name}-s{seed}-{cfg.optim.steps}{corpus.numerics}"
     cached = results_dir / f"{run}.json"
     if cached.exists():
         return json.loads(cached.read_text())
-    tokens = lever.get("tokens", "grid:4x4")
-    corpus = corpora[tokens]
     out = WORK / "runs" / "lam" / run
     out.parent.mkdir(parents=True, exist_ok=True)
     with open(out.parent / f".{run}.lock", "w") as lock:
@@ -110,7 +115,8 @@ def _score(name: str, seed: int, tokens: str, corpus: Corpus, out: Path, cfg: La
     t = time.perf_counter()
     store = FeatureStore.open(corpus.store, card.store.version)
     metrics = corpus_metrics(model, store, cfg.pairs.k_seconds, ys=YARDSTICK, truth=corpus.human_truth())
-    result = {"lever": name, "seed": seed, "steps": card.steps, "tokens": tokens, "lam_dir": str(out),
+    result = {"lever": name, "seed": seed, "steps": card.steps, "tokens": tokens, "numerics": corpus.numerics,
+              "lam_dir": str(out),
               "train_wall_s": card.wall_time_s, "eval_wall_s": time.perf_counter() - t,
               "params": sum(p.numel() for p in model.parameters()), "config": card.config,
               "headline": headline(metrics), "metrics": metrics}
@@ -119,11 +125,26 @@ def _score(name: str, seed: int, tokens: str, corpus: Corpus, out: Path, cfg: La
     return result
 
 
+# What follows a run's name in its cached JSON's: nothing (torch fp32) or its numerics.
+NUMERICS_SUFFIX = re.compile(r"(-[a-z]+-(fp32|bf16))?")
+
+
+def cached_runs(results: Path, run: str) -> list[Path]:
+    """The cached JSONs of `run` in every encoder numerics (run.json, run-openvino-bf16.json, ...)."""
+    return sorted(p for p in results.glob(f"{run}*.json") if NUMERICS_SUFFIX.fullmatch(p.stem[len(run):]))
+
+
+def row_name(run: dict) -> str:
+    """A run's row: its lever, and its numerics unless torch fp32 (runs cached before runtimes
+    were named have none)."""
+    return run["lever"] + run.get("numerics", "")
+
+
 def summarize(runs: list[dict]) -> dict[str, dict[str, tuple[float, float, int]]]:
-    """lever -> headline metric -> (mean, std, seeds)."""
+    """lever[-numerics] -> headline metric -> (mean, std, seeds)."""
     by: dict[str, list[dict]] = {}
     for r in runs:
-        by.setdefault(r["lever"], []).append(r["headline"])
+        by.setdefault(row_name(r), []).append(r["headline"])
     out = {}
     for lever, heads in by.items():
         keys = sorted(set().union(*heads))
@@ -141,7 +162,7 @@ COLUMNS = (("robot_probe_r2_z", "probe z"), ("robot_probe_r2_pca", "PCA-32"), ("
 
 def print_table(summary: dict, markdown: bool = False) -> None:
     if markdown:  # the README's form: mean ± std over seeds
-        print("| lever | seeds | " + " | ".join(label for _, label in COLUMNS) + " |")
+        print("| lever[-numerics] | seeds | " + " | ".join(label for _, label in COLUMNS) + " |")
         print("|---" * (len(COLUMNS) + 2) + "|")
         for lever, m in summary.items():
             n = max((v[2] for v in m.values()), default=0)
@@ -149,16 +170,17 @@ def print_table(summary: dict, markdown: bool = False) -> None:
                      for k, _ in COLUMNS]
             print(f"| {lever} | {n} | " + " | ".join(cells) + " |")
         return
-    print(f"{'lever':<18}{'n':>3}" + "".join(f"{label:>16}" for _, label in COLUMNS))
+    width = max((len(lever) for lever in summary), default=5) + 2
+    print(f"{'lever':<{width}}{'n':>3}" + "".join(f"{label:>16}" for _, label in COLUMNS))
     for lever, m in summary.items():
         n = max((v[2] for v in m.values()), default=0)
         cells = "".join(f"{m[k][0]:>9.3f} ±{m[k][1]:.3f}" if k in m else f"{'-':>16}" for k, _ in COLUMNS)
-        print(f"{lever:<18}{n:>3}{cells}")
+        print(f"{lever:<{width}}{n:>3}{cells}")
 
 
 def print_tasks(run: dict) -> None:
     tasks = run["metrics"].get("tasks", {})
-    print(f"per task, {run['lever']} seed {run['seed']}:")
+    print(f"per task, {row_name(run)} seed {run['seed']}:")
     print(f"{'task':<44}{'probe z':>9}{'PCA':>8}{'fwd/copy':>10}{'z expl.':>9}")
     for task, m in tasks.items():
         print(f"{task[:43]:<44}{m.get('probe_r2_z', float('nan')):>9.3f}{m.get('probe_r2_pca', float('nan')):>8.3f}"
@@ -218,10 +240,11 @@ def replicated_store(uri: str, out: str, copies: int) -> str:
     return out
 
 
-def speed(uri: str, run: dict) -> dict:
+def speed(corpus: Corpus, run: dict) -> dict:
     from pipeline.ingest import ensure_ray
     from pipeline.label import label_store
 
+    uri = corpus.store
     cfg = LamConfig.model_validate(run["config"])
     lam_dir = Path(run["lam_dir"])
     card = load_lawm(lam_dir)[1]
@@ -229,7 +252,7 @@ def speed(uri: str, run: dict) -> dict:
     loader_pps = loader_pairs_per_s(uri, card.store.version, cfg)
     print(f"loader alone {loader_pps:.0f} pairs/s vs the trainer {train_pps:.0f} ({loader_pps / train_pps:.1f}x)")
     ensure_ray()  # started before timing, like the ingest benchmark
-    big = replicated_store(uri, str(WORK / f"store-x{LABEL_COPIES}"), LABEL_COPIES)
+    big = replicated_store(uri, str(WORK / f"store-x{LABEL_COPIES}{corpus.numerics}"), LABEL_COPIES)
     report = label_store(big, IdmLabeler(str(lam_dir)), progress=False)
     plain_pps, _ = plain_idm_loop(big, lam_dir)
     print(f"labelling {report.pairs} pairs: {report.pairs_per_s:.0f} pairs/s on Ray vs a plain torch loop "
@@ -250,7 +273,9 @@ def main() -> None:
     p.add_argument("--config", default=str(REPO / "configs" / "lam.yaml"))
     p.add_argument("--threads", type=int, default=1, help="torch threads (the machine is shared)")
     p.add_argument("--speed", action="store_true", help="also loader and labelling throughput (first lever)")
-    p.add_argument("--report", action="store_true", help="train nothing: the table of the runs already cached")
+    p.add_argument("--report", action="store_true",
+                   help="train nothing: the table of the runs already cached, of every encoder numerics")
+    add_numerics_args(p)
     p.add_argument("--no-refresh", action="store_true",
                    help="take the corpus's stores as they stand (no render, no ingest): the cached runs' features")
     p.add_argument("--markdown", action="store_true", help="print the table as Markdown (the README's form)")
@@ -274,37 +299,37 @@ def main() -> None:
     base = load_lam_config(args.config)
     t = time.perf_counter()
     modes = {levers[n].get("tokens", "grid:4x4") for n in names}
-    corpora = {} if args.report else {mode: bench_corpus(mode, refresh=not args.no_refresh) for mode in modes}
+    corpora = {} if args.report else {mode: bench_corpus(mode, runtime=args.runtime, precision=args.precision,
+                                                         refresh=not args.no_refresh) for mode in modes}
     print(f"corpus ready in {time.perf_counter() - t:.0f} s")
     runs = []
     for name in names:
         for seed in [int(s) for s in args.seeds.split(",")]:
             t = time.perf_counter()
-            if args.report:  # only what is cached
+            if args.report:  # only what is cached, in every numerics
                 run = f"{name}-s{seed}-{lever_config(base, levers[name], seed, args.steps).optim.steps}"
-                path = Path(args.results) / f"{run}.json"
-                r = json.loads(path.read_text()) if path.exists() else None
+                found = [json.loads(path.read_text()) for path in cached_runs(Path(args.results), run)]
             else:
-                r = run_lever(name, levers[name], seed, base, args.steps, corpora, Path(args.results))
-            if r is None:
-                continue
-            h = {k: float("nan") for k, _ in COLUMNS} | r["headline"]
-            print(f"[{name} s{seed}] {time.perf_counter() - t:.0f} s: probe z {h['robot_probe_r2_z']:.3f} vs PCA "
-                  f"{h['robot_probe_r2_pca']:.3f}, fwd/copy {h['robot_forward_over_copy']:.3f}, z explains "
-                  f"{h['robot_z_explains']:.2f}; human z {h['human_probe_r2_z']:.3f}", flush=True)
-            runs.append(r)
+                found = [r for r in [run_lever(name, levers[name], seed, base, args.steps, corpora,
+                                               Path(args.results))] if r is not None]
+            for r in found:
+                h = {k: float("nan") for k, _ in COLUMNS} | r["headline"]
+                print(f"[{row_name(r)} s{seed}] {time.perf_counter() - t:.0f} s: probe z {h['robot_probe_r2_z']:.3f} "
+                      f"vs PCA {h['robot_probe_r2_pca']:.3f}, fwd/copy {h['robot_forward_over_copy']:.3f}, z explains "
+                      f"{h['robot_z_explains']:.2f}; human z {h['human_probe_r2_z']:.3f}", flush=True)
+                runs.append(r)
     summary = summarize(runs)
     print_table(summary, markdown=args.markdown)
     if args.tasks:
         seen = set()
         for r in runs:
-            if r["lever"] not in seen:
-                seen.add(r["lever"])
+            if row_name(r) not in seen:
+                seen.add(row_name(r))
                 print_tasks(r)
     results = {"machine": {"cpus": os.cpu_count(), "load": os.getloadavg()}, "params": vars(args),
                "summary": summary, "runs": runs}
     if args.speed and not args.report:
-        results["speed"] = speed(corpora["grid:4x4"].store, runs[0])
+        results["speed"] = speed(corpora["grid:4x4"], runs[0])
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)
     Path(args.out).write_text(json.dumps(results, indent=2, default=float))
     print("wrote", args.out)

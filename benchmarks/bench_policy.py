@@ -3,7 +3,8 @@
 Side by side, on one store, the same budget and the same held-out scenes:
 
   corpus      `benchmarks.corpus` (9 tasks x 30 scripted robot episodes of >= 2 s at 20 fps
-              + the human stand-in), rendered and ingested once, cached
+              + the human stand-in), rendered and ingested once, cached; one store per encoder
+              numerics (--runtime / --precision), its runs in a folder of their own
   LaWM        `train_lam` with configs/lam.yaml (or --lam-config), then `label_store`; with
               --human-value also the same LaWM trained without the human clips
   policies    `distill` for each arm x action fraction: LaWAM (subgoal) and BC (--no-subgoal,
@@ -12,7 +13,8 @@ Side by side, on one store, the same budget and the same held-out scenes:
               video, as the human stand-in is); `lawam-nohuman`: LaWAM from the LaWM trained
               without human clips, distilled from robot episodes only
   eval        `evaluate` on --eval-episodes held-out layouts per task for each of --seeds
-              (stream "eval", refused if any is a training layout), receding horizon; every
+              (stream "eval", refused if any is a training layout), receding horizon, the live
+              frames encoded with the store's numerics (the policy card's encoder identity); every
               (policy, seed) is cached in its folder, so seeds can be run in several sittings
   latency     ms per action chunk at batch 1: policy alone and encoder + policy from a frame
   goal probe  (--probe-goal) ridge from f_t to the goal position of reach/push episodes, held
@@ -37,7 +39,7 @@ os.environ.setdefault("MUJOCO_GL", "egl")
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
 
-from benchmarks.corpus import HUMAN_SOURCE, POLICY_TASKS, REPO, WORK, bench_corpus  # noqa: E402
+from benchmarks.corpus import HUMAN_SOURCE, POLICY_TASKS, REPO, WORK, add_numerics_args, bench_corpus  # noqa: E402
 from model.checkpoint import read_card  # noqa: E402
 from model.distill import distill  # noqa: E402
 from model.labeler import IdmLabeler  # noqa: E402
@@ -150,6 +152,7 @@ def probe_goal(uri: str, samples: Path, heldout: float = 0.2) -> dict:
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--tokens", default="grid:4x4", help="token mode of the store (benchmarks.corpus)")
+    add_numerics_args(p)
     p.add_argument("--lam-steps", type=int, default=None, help="LaWM steps (default: the config's)")
     p.add_argument("--steps", type=int, default=2000, help="distillation steps, the same for every arm")
     p.add_argument("--arms", default="lawam,bc", help="lawam (subgoal), bc (--no-subgoal), lawam-nohuman")
@@ -168,10 +171,10 @@ def main() -> None:
     args = p.parse_args()
     args.seeds = [int(s) for s in args.seeds.split(",")]
     torch.set_num_threads(args.threads)
-    corpus = bench_corpus(args.tokens)
+    corpus = bench_corpus(args.tokens, runtime=args.runtime, precision=args.precision)
     uri = corpus.store
     store = FeatureStore.open(uri)
-    work = WORK / "runs" / "policy" / f"{args.name}-{args.tokens.replace(':', '')}"
+    work = WORK / "runs" / "policy" / f"{args.name}-{args.tokens.replace(':', '')}{corpus.numerics}"
     lam_cfg = load_lam_config(args.lam_config)
     if args.lam_steps:
         lam_cfg = lam_cfg.model_copy(update={"optim": lam_cfg.optim.model_copy(update={"steps": args.lam_steps})})
@@ -181,7 +184,8 @@ def main() -> None:
     base = base.model_copy(update={"optim": base.optim.model_copy(update={"steps": args.steps})})
     layouts, record = training_samples(uri, None)
     results: dict = {"machine": {"cpus": os.cpu_count(), "load": os.getloadavg()}, "params": vars(args),
-                     "store_version": store.version, "episodes": len(store), "frames": int(store.frames.sum()),
+                     "store_version": store.version, "encoder_numerics": store.encoder.numerics,
+                     "episodes": len(store), "frames": int(store.frames.sum()),
                      "lam_metrics": {name: read_card(d, "lawm").metrics for name, d in lams.items()},
                      "human_value_lawm": value, "runs": {}}
     if args.probe_goal:
