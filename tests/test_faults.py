@@ -83,12 +83,12 @@ def videos(tmp_path) -> Path:
 
 
 def first_ingest(videos: Path, store: str, tmp_path: Path) -> str:
-    """A committed version, then new work for the next run; in this process (its Ray)."""
+    """A committed version, then new work for the next run; in this process (local executor)."""
     from pipeline.ingest import ingest_corpus
     from schemas import load_corpus
 
     corpus = write_corpus(tmp_path / "corpus.yaml", str(videos), store)
-    assert ingest_corpus(load_corpus(corpus), progress=False).added == 2
+    assert ingest_corpus(load_corpus(corpus), progress=False, executor="local").added == 2
     make_video(videos / "v9.mp4", n_frames=40, fps=10, seed=9)
     return FeatureStore.open(store).version
 
