@@ -151,6 +151,7 @@ def test_ingest_label_and_training_spread_over_both_nodes_under_a_small_object_s
     assert sum(n for n, in labelled.values()) == 4
 
 
+@pytest.mark.long(together="node-loss")  # one worker, one cluster for both node-loss tests
 def test_losing_a_node_mid_ingest_ends_in_bounded_time_and_loses_nothing(cluster, tmp_path):
     """The worker node is SIGKILLed while it encodes: the run finishes on the head (its blocks go
     to the encoder left, Ray re-runs its decoders) or stops with one retryable line — within
@@ -239,6 +240,7 @@ except Exception as e:
 """
 
 
+@pytest.mark.long(together="node-loss")
 def test_losing_a_node_mid_label_ends_in_bounded_time_and_labels_each_episode_once(cluster, tmp_path):
     """The worker node is SIGKILLed while its labelling actor holds tasks: they are redone by
     the actor left, or the run stops with one retryable line and no label of it committed.
