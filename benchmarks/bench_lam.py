@@ -130,8 +130,10 @@ NUMERICS_SUFFIX = re.compile(r"(-[a-z]+-(fp32|bf16))?")
 
 
 def cached_runs(results: Path, run: str) -> list[Path]:
-    """The cached JSONs of `run` in every encoder numerics (run.json, run-openvino-bf16.json, ...)."""
-    return sorted(p for p in results.glob(f"{run}*.json") if NUMERICS_SUFFIX.fullmatch(p.stem[len(run):]))
+    """The cached JSONs of `run` in every encoder numerics, torch fp32's first (run.json,
+    run-openvino-bf16.json, ...)."""
+    found = [p for p in results.glob(f"{run}*.json") if NUMERICS_SUFFIX.fullmatch(p.stem[len(run):])]
+    return sorted(found, key=lambda p: (p.stem != run, p.name))
 
 
 def row_name(run: dict) -> str:

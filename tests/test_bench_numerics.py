@@ -30,7 +30,7 @@ def test_report_shows_each_numerics_in_a_row_of_its_own(tmp_path):
     cache("action-head-s0-500-notes", None, 0.2)  # not a numerics suffix
 
     found = cached_runs(tmp_path, "action-head-s0-500")
-    assert [p.name for p in found] == ["action-head-s0-500-openvino-bf16.json", "action-head-s0-500.json"]
+    assert [p.name for p in found] == ["action-head-s0-500.json", "action-head-s0-500-openvino-bf16.json"]
     summary = summarize([json.loads(p.read_text()) for p in found])
     assert summary["action-head"]["robot_probe_r2_z"][0] == 0.9
     assert summary["action-head-openvino-bf16"]["robot_probe_r2_z"][0] == 0.8
