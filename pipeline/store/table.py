@@ -126,8 +126,12 @@ class Table:
         return self._listing
 
     def take(self, name: str, rows: np.ndarray) -> pa.Array:
-        """Column `name` at stored rows `rows` (reads the whole column: rows are usually many)."""
-        return self.column(name).take(pa.array(rows, pa.int64()))
+        """Column `name` at stored rows `rows` (reads the whole column: rows are usually many;
+        every row in order, as `live()` gives when nothing was superseded, is the column itself)."""
+        col = self.column(name)
+        if len(rows) == self.rows and (not len(rows) or (rows[0] == 0 and bool((np.diff(rows) == 1).all()))):
+            return col
+        return col.take(pa.array(rows, pa.int64()))
 
     def read(self, columns: list[str] | None = None, rows: np.ndarray | None = None) -> pa.Table:
         """The live rows (or stored rows `rows`) of `columns` (default: all) as one Arrow table."""
