@@ -94,11 +94,12 @@ def _label_episodes(reader: PairReader, fn, keys: list[str],
                     batch_pairs: int) -> list[tuple[str, str, int, np.ndarray, np.ndarray | None]]:
     """(key, content_hash, k, z, codes) for each episode: the reader's pairs (t, t + k) of
     several episodes are batched together, so short clips still fill a forward pass."""
-    hashes = reader.store.episodes(["content_hash"])["content_hash"]
+    eps = reader.indices(keys)
+    hashes = reader.store.values("content_hash", reader.rows[eps]).to_pylist()  # these episodes' only
     metas, f_t, f_tk = [], [], []
-    for key, e in zip(keys, reader.indices(keys).tolist(), strict=True):
+    for key, e, h in zip(keys, eps.tolist(), hashes, strict=True):
         a, b = reader.episode_features(e)
-        metas.append((key, hashes[int(reader.rows[e])].as_py(), int(reader.k[e]), len(a)))
+        metas.append((key, h, int(reader.k[e]), len(a)))
         f_t.append(a)
         f_tk.append(b)
     a, b = np.concatenate(f_t), np.concatenate(f_tk)

@@ -321,6 +321,16 @@ class FeatureStore:
         names = columns or [*INDEX_SCHEMA.names, "store_version"]
         return pa.table({name: self._column(name, keep) for name in names})
 
+    def values(self, name: str, rows: np.ndarray) -> pa.Array:
+        """Index column `name` at episode rows `rows` only: read from the stored rows they span
+        (a few new episodes cost what they hold), unless the whole column is at hand already."""
+        rows = np.asarray(rows, np.int64)
+        if name in self._columns or (self._shared is not None and name in self._shared.column_names):
+            return self._column(name).take(pa.array(rows, pa.int64()))
+        if name == "store_version":
+            return self._index.store_versions(self._pos[rows])
+        return self._index.take(name, self._pos[rows])
+
     @property
     def keys(self) -> EpisodeKeys:
         """Row i's episode key, 'source/episode_id' (read on first use)."""
