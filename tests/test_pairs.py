@@ -138,6 +138,29 @@ def test_loader_workers_map_one_shared_episode_table_instead_of_reading_the_inde
     assert len(collect(copy, q)["t"]) == len(expected["t"])  # a copy keeps its mapping
 
 
+def test_a_reader_over_some_episodes_serves_exactly_their_pairs(store_uri):
+    """What labelling reads: a reader over the rows of the episodes to label gives those
+    episodes' pairs, the same as the whole store's reader gives them, and nothing else."""
+    store = FeatureStore.open(store_uri)
+    rows = np.array([7, 1, 4])  # any order: served in store order
+    part = PairReader(store, PairQuery(split="all"), rows=rows)
+    assert part.keys.tolist() == [store.keys[r] for r in (1, 4, 7)]
+    whole = all_pairs(store_uri, split="all")
+    mine = {(part.keys[e], int(t)) for e in range(len(part.rows)) for t in range(part.n_pairs[e])}
+    assert mine == {p for p in whole if p[0] in set(part.keys)}
+    batch = collect(store, PairQuery(split="all"))
+    sub: dict = {}
+    for _, e, t in part.batch_indices(64, epochs=1):
+        got = part.read(e, t)
+        for key, ti, f in zip(got["episode"], got["t"].tolist(), got["f_t"], strict=True):
+            sub[(key, ti)] = f
+    for key, ti, f in zip(batch["episode"], batch["t"].tolist(), batch["f_t"], strict=True):
+        if key in set(part.keys):
+            np.testing.assert_array_equal(sub[(key, ti)], f)
+    with pytest.raises(ValueError, match="split 'all'"):
+        PairReader(store, PairQuery(split="train"), rows=rows)
+
+
 def test_ranks_and_workers_partition_each_epoch(store_uri):
     """2 Ray Train ranks x 2 DataLoader workers: the four shards together read each pair once,
     in every epoch, and the order changes between epochs."""
