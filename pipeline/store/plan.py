@@ -19,6 +19,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from functools import lru_cache
+from operator import attrgetter
 from typing import TYPE_CHECKING
 
 import numpy as np
@@ -55,17 +56,28 @@ class Plan:
     rows: dict[str, int] = field(default_factory=dict)
 
 
-def ingest_hashes(refs: list[EpisodeRef], params_for: Callable[[EpisodeRef], SamplingParams]) -> list[str]:
+def ingest_hashes(refs: list[EpisodeRef], params_for: Callable[[EpisodeRef], SamplingParams]) -> pa.Array:
     """Each ref's ingest hash, one pass (`SamplingParams.ingest_hasher` made once per sampling,
     looked up again only when the sampling object changes from one ref to the next)."""
-    out: list[str] = []
-    last = hasher = None
-    for ref in refs:
-        params = params_for(ref)
-        if params is not last:
-            last, hasher = params, _hasher(params)
-        out.append(hasher(ref.content_hash))
-    return out
+    parts, last, hasher = [], None, None
+    for i in range(0, len(refs), _BATCH):
+        out = []
+        for ref in refs[i : i + _BATCH]:
+            params = params_for(ref)
+            if params is not last:
+                last, hasher = params, _hasher(params)
+            out.append(hasher(ref.content_hash))
+        parts.append(pa.array(out, pa.string()))
+    return pa.concat_arrays(parts) if parts else pa.array([], pa.string())
+
+
+_BATCH = 65536  # refs turned into Python strings at a time: a million refs never hold a million at once
+
+
+def _strings(refs: list[EpisodeRef], get: Callable[[EpisodeRef], str | None]) -> pa.Array:
+    """`get(ref)` of every ref as one Arrow string array, built a batch of refs at a time."""
+    parts = [pa.array([get(ref) for ref in refs[i : i + _BATCH]], pa.string()) for i in range(0, len(refs), _BATCH)]
+    return pa.concat_arrays(parts) if parts else pa.array([], pa.string())
 
 
 def plan(index: EpisodeIndex, refs: list[EpisodeRef], params_for: Callable[[EpisodeRef], SamplingParams], *,
@@ -76,7 +88,7 @@ def plan(index: EpisodeIndex, refs: list[EpisodeRef], params_for: Callable[[Epis
         return result
     live = index.live()
     committed = index.read(["source", "episode_id", "content_hash", "status", "instruction"], rows=live)
-    keys = pa.array([ref.key for ref in refs], pa.string())
+    keys = _strings(refs, attrgetter("key"))
     at = pc.index_in(keys, value_set=episode_keys(committed["source"], committed["episode_id"]))
     found = at.is_valid().to_numpy(zero_copy_only=False)
     idx = at.fill_null(0)
@@ -84,12 +96,12 @@ def plan(index: EpisodeIndex, refs: list[EpisodeRef], params_for: Callable[[Epis
     ok = np.zeros(len(refs), bool)
     retitle = np.zeros(len(refs), bool)
     if committed.num_rows:
-        mine = pa.array(ingest_hashes(refs, params_for), pa.string())
+        mine = ingest_hashes(refs, params_for)
         same = found & pc.equal(committed["content_hash"].take(idx), mine).to_numpy(zero_copy_only=False)
         status = committed["status"].take(idx)
         ok = pc.equal(status, str(EpisodeStatus.OK)).to_numpy(zero_copy_only=False)
         was = committed["instruction"].take(idx).fill_null("\x00")
-        now = pa.array([r.instruction for r in refs], pa.string()).fill_null("\x00")
+        now = _strings(refs, attrgetter("instruction")).fill_null("\x00")
         retitle = same & ok & ~pc.equal(was, now).to_numpy(zero_copy_only=False)
     stored = np.where(found, live[idx.to_numpy()], -1) if len(live) else np.full(len(refs), -1)
     skipped, held = same & ok, same & ~ok & (not retry_quarantined)
