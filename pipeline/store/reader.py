@@ -257,7 +257,8 @@ class FeatureStore:
         file instead of reading and decoding the index, so N workers hold one copy of it, in
         the page cache, instead of N. The file is deleted when this store is (or at exit);
         copies that mapped it keep their mapping, and a copy that finds it gone (another
-        machine) reads the index itself."""
+        machine) reads the index itself. (A process killed outright leaves its file behind in
+        the temp folder: `lawam-index-<version>-*.arrow`.)"""
         if self._shared_path is None:
             keys = self._keys.arrow if self._keys is not None else episode_keys(self._column("source", False),
                                                                                 self._column("episode_id", False))
