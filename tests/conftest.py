@@ -84,18 +84,32 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
     clusters and servers) are spread evenly over the collection order instead of sitting
     together: `--dist worksteal` hands each worker a contiguous share of that order, so each
     worker starts a long test early rather than one worker running them all one after the
-    other at the end (that worker was the run's last 11 minutes). The same order in every
-    worker (xdist compares them); a serial run keeps the file order."""
+    other at the end (that worker was the run's last 11 minutes). Long tests marked with the
+    same `long(together=NAME)` stay side by side, so that one worker runs them on one
+    module fixture (a cluster start fewer); a module's long tests are taken in turn with the
+    other modules', so that neighbours (one worker's share) come from different modules. The
+    same order in every worker (xdist compares them); a serial run keeps the file order."""
     if "PYTEST_XDIST_WORKER_COUNT" not in os.environ:
         return
-    long = [item for item in items if item.get_closest_marker("long")]
-    if not long:
+    groups: dict[object, list[pytest.Item]] = {}
+    for item in items:
+        if marker := item.get_closest_marker("long"):
+            groups.setdefault(marker.kwargs.get("together", item.nodeid), []).append(item)
+    if not groups:
         return
+    by_module: dict[str, list[list[pytest.Item]]] = {}
+    for group in groups.values():
+        by_module.setdefault(group[0].module.__name__, []).append(group)
+    units = [module[i] for i in range(max(map(len, by_module.values()))) for module in by_module.values()
+             if i < len(module)]
     rest = [item for item in items if not item.get_closest_marker("long")]
-    step = len(items) / len(long)
-    slots = {round(i * step): item for i, item in enumerate(long)}
+    step = (len(rest) + len(units)) / len(units)
+    slots = {int((i + 0.1) * step): unit for i, unit in enumerate(units)}  # a little in: a group is not split
     it = iter(rest)
-    items[:] = [slots[i] if i in slots else next(it) for i in range(len(items))]
+    ordered: list[pytest.Item] = []
+    for i in range(len(rest) + len(units)):
+        ordered.extend(slots[i] if i in slots else [next(it)])
+    items[:] = ordered
 
 
 @pytest.fixture(autouse=True)

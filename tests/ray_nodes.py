@@ -121,8 +121,15 @@ class LoopbackCluster:
                  "print(json.dumps({n['NodeManagerAddress']: n['NodeID'] for n in ray.nodes() if n['Alive']}))")
         deadline = time.monotonic() + self.start_timeout_s
         while True:
-            out = subprocess.run([sys.executable, "-c", probe], env=self.env(), capture_output=True, text=True,
-                                 timeout=self.start_timeout_s)
+            # A probe that cannot reach the GCS yet retries inside `ray.init` for as long as it is
+            # let: bounded, so a head that came up meanwhile (or a node to restart) is seen.
+            try:
+                out = subprocess.run([sys.executable, "-c", probe], env=self.env(), capture_output=True, text=True,
+                                     timeout=max(10.0, min(45.0, deadline - time.monotonic())))
+            except subprocess.TimeoutExpired as e:
+                err = e.stderr or ""
+                err = err if isinstance(err, str) else err.decode(errors="replace")
+                out = subprocess.CompletedProcess(e.cmd, 1, "", err)
             if out.returncode == 0:
                 alive = json.loads(out.stdout.strip().splitlines()[-1])
                 if len(alive) >= n:

@@ -141,11 +141,12 @@ def test_demo_runs_the_chain_writes_the_report_and_again_redoes_nothing(prefect_
             "--no-progress"]
     from prefect.settings import PREFECT_API_URL
 
-    # The fresh process reports to this session's Prefect server: an ephemeral server of its own
-    # took minutes to start beside the parallel workers (a flow run in a fresh process without a
-    # server is what test_ray_and_prefect_start_silently_without_verbose starts).
+    # The fresh process reports to this session's Prefect server and runs on this session's Ray,
+    # as a user's demo joins the ones they run: an ephemeral server and a Ray of its own took
+    # minutes to start beside the parallel workers (a fresh process starting both is what
+    # test_ray_and_prefect_start_silently_without_verbose runs).
     env = {**os.environ, "NO_COLOR": "1", "COLUMNS": "200", "OMP_NUM_THREADS": "1",
-           "PREFECT_API_URL": PREFECT_API_URL.value()}
+           "PREFECT_API_URL": PREFECT_API_URL.value(), "RAY_ADDRESS": ray_local.get_runtime_context().gcs_address}
     repo = Path(__file__).resolve().parents[1]
     try:
         first = subprocess.run([sys.executable, "-m", "flows.cli", *args], capture_output=True, text=True, env=env,

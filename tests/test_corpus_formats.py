@@ -1,9 +1,9 @@
 """The corpora the field pretrains on, ingested as they ship: one corpus of an RLDS dataset written
 by tensorflow-datasets (OXE-style, with a damaged record, an undecodable JPEG and a file that is
 no TFRecord), DROID-style RLDS, webdataset shards written by the `webdataset` library (one cut
-mid-member, one with member names leaving the shard), EPIC-KITCHENS' CSV and SSv2's JSON. Real
-Ray, real store. Then the refresh: unchanged shards are not opened, a new shard is the only one
-read."""
+mid-member, one with member names leaving the shard), EPIC-KITCHENS' CSV and SSv2's JSON, into a
+real store (the local executor: the same readers and decode as a Ray decode task runs). Then the
+refresh: unchanged shards are not opened, a new shard is the only one read."""
 
 from __future__ import annotations
 
@@ -71,7 +71,7 @@ def _corpus(root: Path) -> CorpusConfig:
 
 
 @pytest.fixture(scope="module")
-def field(ray_local, tmp_path_factory: pytest.TempPathFactory):
+def field(tmp_path_factory: pytest.TempPathFactory):
     """(corpus, root, report of the first ingest). The racy window is short, so the copied files
     are trusted by the refreshes below."""
     mp = pytest.MonkeyPatch()
@@ -80,7 +80,7 @@ def field(ray_local, tmp_path_factory: pytest.TempPathFactory):
     cfg = _corpus(root)
     time.sleep(0.4)
     hashing.clear_cache()
-    report = ingest_corpus(cfg, progress=False)
+    report = ingest_corpus(cfg, progress=False, executor="local")
     yield cfg, root, report
     mp.undo()
 
@@ -121,7 +121,7 @@ def test_rlds_episodes_hold_kept_frames_and_every_action_step(field) -> None:
 def test_a_refresh_opens_no_unchanged_shard_and_reads_only_a_new_one(field) -> None:
     cfg, root, first = field
     hashing.clear_cache()  # a fresh process: only what the store remembers
-    again = ingest_corpus(cfg, progress=False)
+    again = ingest_corpus(cfg, progress=False, executor="local")
     stats = hashing.hash_stats()
     assert (again.added, again.version_after, stats["files"], stats["scans"]) == (0, None, 0, 0)
     assert again.skipped == first.added and again.held == len(first.quarantined)
@@ -134,7 +134,7 @@ def test_a_refresh_opens_no_unchanged_shard_and_reads_only_a_new_one(field) -> N
     make_webdataset(root / "web", (2,), start=3)
     time.sleep(0.4)
     hashing.clear_cache()
-    grown = ingest_corpus(cfg, progress=False)
+    grown = ingest_corpus(cfg, progress=False, executor="local")
     stats = hashing.hash_stats()
     assert (stats["files"], stats["scans"]) == (2, 2)  # the two new shards, and nothing else
     assert grown.added == 1 + 2 and grown.quarantined == [] and grown.version_after is not None

@@ -10,6 +10,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import math
+import shutil
 from pathlib import Path
 
 import av
@@ -109,14 +110,16 @@ def test_results_do_not_depend_on_the_number_of_workers(eval_run: Path, tmp_path
     assert len({e["final_reward"] for e in again.results["episodes"]}) == 2  # two scenes, two outcomes
 
 
-def test_results_under_another_name_keep_their_plot_and_videos_apart(ray_local, tmp_path: Path):
-    """Incident: `lawam eval --out other.json` was refused (only results.json was allowed)."""
+def test_results_under_another_name_keep_their_plot_and_videos_apart(eval_run: Path, tmp_path: Path):
+    """Incident: `lawam eval --out other.json` was refused (only results.json was allowed). A
+    second evaluation under another name, in a folder holding a first one (`eval_run`'s)."""
     from pipeline.evaluation.results import read_results
 
-    kw = dict(tasks=["reach-v3"], episodes=1, seed=7, out_dir=tmp_path, camera="corner", image_size=64,
-              training_layouts=[], max_steps=3, workers=1, progress=False, latency_calls=0)
-    evaluate(CountingRunner, **kw)
-    report = evaluate(CountingRunner, **kw, results_name="seed7.json")
+    for p in eval_run.iterdir():
+        shutil.copy(p, tmp_path / p.name)
+    report = evaluate(CountingRunner, tasks=["reach-v3"], episodes=1, seed=7, out_dir=tmp_path, camera="corner",
+                      image_size=64, training_layouts=[], max_steps=3, workers=1, progress=False, latency_calls=0,
+                      results_name="seed7.json")
     assert report.path == tmp_path / "seed7.json"
     doc = read_results(tmp_path / "seed7.json")
     assert doc["plot"] == "seed7-success.png" and doc["tasks"]["reach-v3"]["video"] == "seed7-rollout-reach-v3.mp4"

@@ -83,12 +83,12 @@ def videos(tmp_path) -> Path:
 
 
 def first_ingest(videos: Path, store: str, tmp_path: Path) -> str:
-    """A committed version, then new work for the next run; in this process (its Ray)."""
+    """A committed version, then new work for the next run; in this process (local executor)."""
     from pipeline.ingest import ingest_corpus
     from schemas import load_corpus
 
     corpus = write_corpus(tmp_path / "corpus.yaml", str(videos), store)
-    assert ingest_corpus(load_corpus(corpus), progress=False).added == 2
+    assert ingest_corpus(load_corpus(corpus), progress=False, executor="local").added == 2
     make_video(videos / "v9.mp4", n_frames=40, fps=10, seed=9)
     return FeatureStore.open(store).version
 
@@ -109,12 +109,13 @@ def test_a_full_disk_stops_in_one_line_keeps_the_version_and_is_not_retryable(ra
         before = first_ingest(videos, store, tmp_path)
         if disk is not None:
             fill(disk)
-            # The fault raised in-process: a resource fault, which the flow does not retry.
+            # The fault raised in-process (the writer's, on either executor): a resource fault,
+            # which the flow does not retry.
             from pipeline.ingest import ingest_corpus
             from schemas import load_corpus
 
             with pytest.raises(Exception) as failure:  # noqa: PT011 - which kind it is is the point
-                ingest_corpus(load_corpus(tmp_path / "corpus.yaml"), progress=False)
+                ingest_corpus(load_corpus(tmp_path / "corpus.yaml"), progress=False, executor="local")
             assert classify(failure.value) == "resource" and not is_retryable(failure.value)
             code, lines, output = lawam_here("ingest", str(tmp_path / "corpus.yaml"), "--no-flow", "--no-progress")
             cause = "No space left on device"

@@ -167,9 +167,10 @@ def test_cli_unreadable_episodes_parquet_is_one_line(tmp_path: Path) -> None:
 
 
 @pytest.fixture(scope="module")
-def hostile_ingest(ray_local, tmp_path_factory: pytest.TempPathFactory):
+def hostile_ingest(tmp_path_factory: pytest.TempPathFactory):
     """One ingest of three hostile sources: the manifest above, an HDF5 file with a demo
-    without actions, and a LeRobot dataset with one episode's data parquet truncated."""
+    without actions, and a LeRobot dataset with one episode's data parquet truncated (on the
+    local executor: what is quarantined is the assembler's on either)."""
     tmp_path = tmp_path_factory.mktemp("hostile")
     hostile_folder = make_hostile_folder(tmp_path)
     h5 = make_hdf5(tmp_path / "h5" / "lift.hdf5", demos=(3, 4, 2))
@@ -183,7 +184,7 @@ def hostile_ingest(ray_local, tmp_path_factory: pytest.TempPathFactory):
                  SourceSpec(id="h5", kind="robot", format="hdf5", uri=str(h5)),
                  SourceSpec(id="ds", kind="robot", format="lerobot", uri=str(ds))],
         encoder=TINY, sampling=SamplingConfig(fps=5), store=StoreConfig(uri=str(tmp_path / "store")))
-    report = ingest_corpus(cfg, progress=False)
+    report = ingest_corpus(cfg, progress=False, executor="local")
     return report, FeatureStore.open(str(tmp_path / "store"))
 
 

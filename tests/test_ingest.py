@@ -1,4 +1,11 @@
-"""The ingest job end to end: real Ray, real videos, real Icechunk store on disk."""
+"""The ingest job end to end: real videos, real Icechunk store on disk, real Ray.
+
+What an ingest stores, skips, quarantines and commits is the assembler's
+(`pipeline.ingest.assembler`), the same on either executor: the tests of those semantics run on
+the local executor (one process, no actor to start: a tiny ingest takes ~1 s instead of ~7),
+and `test_local_executor_stores_what_ray_stores_without_starting_ray` holds the two executors
+to the same stored result. Ray's own part — packed decode tasks, a crashing encoder actor, a
+killed driver, the CLI — runs on the session's real local Ray (`ray_local`)."""
 
 from __future__ import annotations
 
@@ -35,10 +42,10 @@ def human(uri: Path, **kw) -> SourceSpec:
     return SourceSpec(id="vids", kind="human", format="video_dir", uri=str(uri), **kw)
 
 
-def run(spec: SourceSpec, store: Path, encoder: EncoderConfig = TINY, **kw):
+def run(spec: SourceSpec, store: Path, encoder: EncoderConfig = TINY, executor: str = "local", **kw):
     refs = list(iter_episodes(spec))
     return ingest_episodes(refs, encoder=encoder, sampling=SAMPLING, store=StoreConfig(uri=str(store)),
-                           progress=False, **kw)
+                           progress=False, executor=executor, **kw)
 
 
 @pytest.fixture
@@ -49,7 +56,7 @@ def videos(tmp_path) -> Path:
     return d
 
 
-def test_videos_are_ingested_at_the_target_fps(ray_local, videos, tmp_path):
+def test_videos_are_ingested_at_the_target_fps(videos, tmp_path):
     report = run(human(videos), tmp_path / "store")
     assert (report.added, report.skipped, report.quarantined) == (3, 0, [])
     store = FeatureStore.open(str(tmp_path / "store"))
@@ -62,14 +69,14 @@ def test_videos_are_ingested_at_the_target_fps(ray_local, videos, tmp_path):
     assert report.frames == 30
 
 
-def test_rerun_with_nothing_new_decodes_nothing(ray_local, videos, tmp_path):
+def test_rerun_with_nothing_new_decodes_nothing(videos, tmp_path):
     first = run(human(videos), tmp_path / "store")
     again = run(human(videos), tmp_path / "store")
     assert (again.added, again.skipped, again.frames) == (0, 3, 0)
     assert again.version_after is None and FeatureStore.open(str(tmp_path / "store")).version == first.version_after
 
 
-def test_new_file_is_appended_and_changed_file_redone(ray_local, videos, tmp_path):
+def test_new_file_is_appended_and_changed_file_redone(videos, tmp_path):
     first = run(human(videos), tmp_path / "store")
     before = FeatureStore.open(str(tmp_path / "store"))
     make_video(videos / "v3.mp4", n_frames=15, fps=10, seed=7)
@@ -85,7 +92,7 @@ def test_new_file_is_appended_and_changed_file_redone(ray_local, videos, tmp_pat
     np.testing.assert_array_equal(old.episode("vids/v0.mp4").features, before.episode("vids/v0.mp4").features)
 
 
-def test_bad_files_are_quarantined_and_the_rest_commits(ray_local, videos, tmp_path):
+def test_bad_files_are_quarantined_and_the_rest_commits(videos, tmp_path):
     (videos / "empty.mp4").write_bytes(b"")
     (videos / "notes.mp4").write_text("this is not a video\n")
     good = (videos / "v0.mp4").read_bytes()
@@ -105,7 +112,7 @@ def test_bad_files_are_quarantined_and_the_rest_commits(ray_local, videos, tmp_p
     assert again.version_after is None
 
 
-def test_missing_manifest_file_is_quarantined(ray_local, videos, tmp_path):
+def test_missing_manifest_file_is_quarantined(videos, tmp_path):
     (videos / "manifest.csv").write_text("file,instruction\nv0.mp4,wave\ngone.mp4,jump\n")
     report = run(human(videos, manifest="manifest.csv"), tmp_path / "store")
     assert report.added == 1 and [k for k, _ in report.quarantined] == ["vids/gone.mp4"]
@@ -121,7 +128,7 @@ def test_missing_manifest_file_is_quarantined(ray_local, videos, tmp_path):
     np.testing.assert_array_equal(updated.episode("vids/v0.mp4").features, store.episode("vids/v0.mp4").features)
 
 
-def test_lerobot_episodes_carry_the_actions_between_frames(ray_local, tmp_path):
+def test_lerobot_episodes_carry_the_actions_between_frames(tmp_path):
     # rows at an 80 Hz control rate, video at 20 fps, three episodes in one mp4 (like our samples)
     root = make_lerobot_v30(tmp_path / "ds", episodes=(16, 12, 20), fps=80, video_fps=20)
     spec = SourceSpec(id="bot", kind="robot", format="lerobot", uri=str(root))
@@ -145,7 +152,7 @@ def test_lerobot_episodes_carry_the_actions_between_frames(ray_local, tmp_path):
         np.testing.assert_array_equal(batch["actions"][:, :, 0], rows)
 
 
-def test_real_lerobot_dataset_written_by_the_library(ray_local, tmp_path):
+def test_real_lerobot_dataset_written_by_the_library(tmp_path):
     spec = SourceSpec(id="real", kind="robot", format="lerobot", uri=str(REPO / "tests/fixtures_lerobot/real_v30"))
     report = run(spec, tmp_path / "store")
     assert report.added == len(list(iter_episodes(spec))) and not report.quarantined
@@ -160,7 +167,7 @@ def test_real_lerobot_dataset_written_by_the_library(ray_local, tmp_path):
     assert root.attrs["sources"]["real"]["action_names"] == ["dx", "dy", "dz", "grip"]
 
 
-def test_hdf5_demos(ray_local, tmp_path):
+def test_hdf5_demos(tmp_path):
     make_hdf5(tmp_path / "demos" / "robomimic.hdf5", demos=(20, 10), size=(24, 16), control_freq=20.0)
     spec = SourceSpec(id="h5", kind="robot", format="hdf5", uri=str(tmp_path / "demos"), instruction="lift")
     report = run(spec, tmp_path / "store")
@@ -170,17 +177,17 @@ def test_hdf5_demos(ray_local, tmp_path):
     assert lengths == [3, 5]  # 1 s and 0.5 s at 20 Hz, sampled at 5 fps
 
 
-def test_another_encoder_is_refused_before_any_work(ray_local, videos, tmp_path):
+def test_another_encoder_is_refused_before_any_work(videos, tmp_path):
     first = run(human(videos), tmp_path / "store")
     with pytest.raises(StoreMismatchError):
         run(human(videos), tmp_path / "store", encoder=TINY.model_copy(update={"tokens": "cls"}))
     assert FeatureStore.open(str(tmp_path / "store")).version == first.version_after
 
 
-def test_per_source_fps_and_corpus_ingest(ray_local, videos, tmp_path):
+def test_per_source_fps_and_corpus_ingest(videos, tmp_path):
     cfg = CorpusConfig(sources=[human(videos, fps=2.5)], encoder=TINY, sampling=SAMPLING,
                        store=StoreConfig(uri=str(tmp_path / "store")))
-    report = ingest_corpus(cfg, progress=False)
+    report = ingest_corpus(cfg, progress=False, executor="local")
     assert report.added == 3
     assert FeatureStore.open(str(tmp_path / "store")).episodes()["frames"].to_pylist() == [5, 5, 5]
 
@@ -190,7 +197,9 @@ def test_sigkill_mid_ingest_keeps_the_last_version_and_a_rerun_completes(ray_loc
     """Incident guarded against: a preempted ingest node. The kill lands after some
     episodes were written but before the commit; readers must see the previous version,
     and the re-run must finish the job without duplicating anything. The killed run is a
-    `lawam ingest` process; the runs before and after it run here (same library call)."""
+    `lawam ingest` process, a driver on this session's Ray (`RAY_ADDRESS`, as on a cluster: the
+    kill takes the driver and its writer, Ray reclaims its actor); the runs before and after it
+    run here (same library call), the re-run on that Ray once the dead driver's CPUs are back."""
     vids = tmp_path / "videos"
     for i in range(2):
         make_video(vids / f"a{i}.mp4", n_frames=20, fps=10, seed=i)
@@ -200,8 +209,8 @@ def test_sigkill_mid_ingest_keeps_the_last_version_and_a_rerun_completes(ray_loc
         "encoder": TINY.model_dump(mode="json"), "sampling": {"fps": 5}, "store": {"uri": str(tmp_path / "store")},
     }))
     cmd = [sys.executable, "-m", "flows.cli", "ingest", str(corpus), "--no-flow", "--no-progress"]
-    env = {**os.environ, "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER": "0"}
-    assert ingest_corpus(load_corpus(corpus), progress=False).added == 2
+    env = {**os.environ, "RAY_ADDRESS": ray_local.get_runtime_context().gcs_address}
+    assert ingest_corpus(load_corpus(corpus), progress=False, executor="local").added == 2
     v1 = FeatureStore.open(str(tmp_path / "store")).version
 
     for i in range(12):  # more work, long enough to be killed in the middle
@@ -295,14 +304,14 @@ def test_encoder_crash_fails_the_run_but_keeps_finished_episodes(ray_local, vide
     assert len(FeatureStore.open(str(tmp_path / "store"))) == 3
 
 
-def test_sample_corpora_ingest_with_control_rate_actions(ray_local, sample_corpora, tmp_path):
+def test_sample_corpora_ingest_with_control_rate_actions(sample_corpora, tmp_path):
     """The demo's path: our Meta-World LeRobot v3.0 corpus (20 Hz rows, one per 20 fps AV1 frame)
     and the human stand-in, through the example source specs, into one store."""
     from pipeline.samples import sample_sources
 
     cfg = CorpusConfig(sources=sample_sources(sample_corpora), encoder=TINY, sampling=SAMPLING,
                        store=StoreConfig(uri=str(tmp_path / "store")))
-    report = ingest_corpus(cfg, progress=False)
+    report = ingest_corpus(cfg, progress=False, executor="local")
     assert not report.quarantined and report.added == len(list(iter_episodes(cfg.sources[0]))) + len(
         list(iter_episodes(cfg.sources[1])))
     store = FeatureStore.open(str(tmp_path / "store"), version=report.version_after)
@@ -373,7 +382,7 @@ def test_many_short_clips_land_whole_contiguous_and_encoded(ray_local, short_cli
 
     monkeypatch.setattr(RayExecutor, "batches_per_decoder", 1)  # few, large batches: many episodes per task
     d, lengths = short_clips
-    report = run(human(d), tmp_path / "store")
+    report = run(human(d), tmp_path / "store", executor="ray")
     assert sorted(k for k, _ in report.quarantined) == ["vids/c08.mp4", "vids/c16.mp4"]
     assert report.added == len(lengths) - 2
     store = FeatureStore.open(str(tmp_path / "store"))
@@ -404,7 +413,7 @@ def test_local_executor_stores_what_ray_stores_without_starting_ray(ray_local, s
     """Issue #18: a notebook ingests without Ray (`executor="local"`): the same step, the same
     episodes kept and quarantined, the same features; Ray is never imported."""
     d, _ = short_clips
-    on_ray = run(human(d), tmp_path / "ray")
+    on_ray = run(human(d), tmp_path / "ray", executor="ray")
     script = (
         "import sys\n"
         "from pipeline.ingest import ingest_episodes\n"

@@ -151,6 +151,7 @@ def test_ingest_label_and_training_spread_over_both_nodes_under_a_small_object_s
     assert sum(n for n, in labelled.values()) == 4
 
 
+@pytest.mark.long(together="node-loss")  # one worker, one cluster for both node-loss tests
 def test_losing_a_node_mid_ingest_ends_in_bounded_time_and_loses_nothing(cluster, tmp_path):
     """The worker node is SIGKILLed while it encodes: the run finishes on the head (its blocks go
     to the encoder left, Ray re-runs its decoders) or stops with one retryable line — within
@@ -162,8 +163,9 @@ def test_losing_a_node_mid_ingest_ends_in_bounded_time_and_loses_nothing(cluster
     first_clips, more_clips = 48, 12
     for i in range(first_clips):
         make_video(tmp_path / "v" / f"c{i:02d}.mp4", n_frames=100, fps=10, seed=i)
+    # torch fp32: each encoder actor of the three runs builds without an OpenVINO compile
     cfg = corpus(tmp_path, tmp_path / "v", {"model": "vit_tiny_patch16_224", "image_size": 32, "tokens": "mean",
-                                            "batch_size": 16}, fps=5)
+                                            "batch_size": 16, "runtime": "torch", "precision": "fp32"}, fps=5)
     uri = str(tmp_path / "store")
 
     def committed() -> list[str]:
@@ -238,6 +240,7 @@ except Exception as e:
 """
 
 
+@pytest.mark.long(together="node-loss")
 def test_losing_a_node_mid_label_ends_in_bounded_time_and_labels_each_episode_once(cluster, tmp_path):
     """The worker node is SIGKILLed while its labelling actor holds tasks: they are redone by
     the actor left, or the run stops with one retryable line and no label of it committed.

@@ -1,6 +1,7 @@
 """Refreshing a store: unchanged files are not read again in a fresh process, quarantined
 episodes are retried only when their input changed (or when asked), and a no-op `lawam
-ingest` loads neither Ray, torch nor Prefect. Real videos, real Ray, real Icechunk stores.
+ingest` loads neither Ray, torch nor Prefect. Real videos, real Icechunk stores; the ingests run
+on the local executor (what is re-read and re-done is the same on Ray: tests/test_ingest.py).
 
 A fresh process is `hashing.clear_cache()` (this process forgets every digest it computed)
 for the in-process checks, and a real subprocess for the import check.
@@ -43,7 +44,7 @@ def refresh(cfg: CorpusConfig, **kw):
     """An ingest as a fresh process runs it: no digest known but what the store remembers.
     Returns (report, files read for hashing, bytes read for hashing)."""
     hashing.clear_cache()
-    report = ingest_corpus(cfg, progress=False, **kw)
+    report = ingest_corpus(cfg, progress=False, executor="local", **kw)
     stats = hashing.hash_stats()
     return report, stats["files"], stats["bytes"]
 
@@ -59,7 +60,7 @@ def racy_window(monkeypatch: pytest.MonkeyPatch) -> float:
     return RACY
 
 
-def test_a_fresh_refresh_reads_only_files_whose_identity_changed(ray_local, racy_window, tmp_path, monkeypatch):
+def test_a_fresh_refresh_reads_only_files_whose_identity_changed(racy_window, tmp_path, monkeypatch):
     videos, store = tmp_path / "videos", tmp_path / "store"
     for i, name in enumerate("abc"):
         make_video(videos / f"{name}.mp4", n_frames=10, seed=i)
@@ -117,7 +118,7 @@ def test_a_fresh_refresh_reads_only_files_whose_identity_changed(ray_local, racy
     assert "b.mp4" in FeatureStore.open(str(store)).episodes()["episode_id"].to_pylist()
 
 
-def test_a_quarantined_file_is_retried_only_when_it_changes_or_when_asked(ray_local, racy_window, tmp_path):
+def test_a_quarantined_file_is_retried_only_when_it_changes_or_when_asked(racy_window, tmp_path):
     videos, store = tmp_path / "videos", tmp_path / "store"
     make_video(videos / "good.mp4", n_frames=10)
     (videos / "bad.mp4").write_bytes(b"not a video at all")
@@ -170,12 +171,12 @@ def lawam_ingest_in_a_fresh_process(config: Path, tmp_path: Path) -> tuple[str, 
     return result.stdout, last["heavy"]
 
 
-def test_a_no_op_lawam_ingest_loads_neither_ray_torch_nor_prefect(ray_local, tmp_path):
+def test_a_no_op_lawam_ingest_loads_neither_ray_torch_nor_prefect(tmp_path):
     videos, store = tmp_path / "videos", tmp_path / "store"
     make_video(videos / "a.mp4", n_frames=10)
     (videos / "bad.mp4").write_bytes(b"not a video")
     cfg = corpus(videos, store)
-    ingest_corpus(cfg, progress=False)
+    ingest_corpus(cfg, progress=False, executor="local")
     config = tmp_path / "corpus.yaml"
     config.write_text(yaml.safe_dump(cfg.model_dump(mode="json")))
     out, heavy = lawam_ingest_in_a_fresh_process(config, tmp_path)
