@@ -148,11 +148,11 @@ def _descendants(pid: int) -> list[int]:
     return out
 
 
-def _hwm_mb(pid: int) -> float:
+def _hwm_mb(pid: int, key: str = "VmHWM") -> float:
     try:
         with open(f"/proc/{pid}/status") as f:
             for line in f:
-                if line.startswith("VmHWM:"):
+                if line.startswith(key + ":"):
                     return int(line.split()[1]) / 1024
     except OSError:
         pass
@@ -224,8 +224,9 @@ def child(op: str, uri: str, n: int, realistic: bool) -> dict:
         out["pairs"] = int(len(batch["t"]))
         out["first_batch_s"] = time.perf_counter() - t
         workers = [p for p in _descendants(os.getpid()) if _hwm_mb(p) > 0]
-        hwm = sorted((_hwm_mb(p) for p in workers), reverse=True)
-        out["worker_peak_mb"] = hwm[:2]  # the two workers (the forkserver is smaller)
+        hwm = sorted(((_hwm_mb(p), _hwm_mb(p, "RssAnon")) for p in workers), reverse=True)[:2]
+        out["worker_peak_mb"] = [h for h, _ in hwm]  # the two workers (the forkserver is smaller)
+        out["worker_anon_mb"] = [a for _, a in hwm]  # of it their own (not file pages shared with others)
         del it, loader
     elif op == "verify":
         from pipeline.store.verify import verify_store
@@ -405,6 +406,9 @@ def print_table(results: dict) -> None:
                 notes.append(f"open holds {row['open']['delta_mb']:.0f} MB")
             if "loader" in row:
                 notes.append(f"loader workers peak {', '.join(f'{m:.0f}' for m in row['loader']['worker_peak_mb'])} MB")
+                if "worker_anon_mb" in row["loader"]:
+                    anon = row['loader']['worker_anon_mb']
+                    notes.append(f"their own (anon) {', '.join(f'{m:.0f}' for m in anon)} MB")
             if "plan" in row:
                 notes.append(f"plan alone {row['plan']['plan_only_s']:.2f} s (writer open "
                              f"{row['plan']['writer_open_s']:.2f} s)")

@@ -6,7 +6,8 @@
 The dataset is an `IterableDataset` that yields whole batches (`DataLoader(batch_size=None)`):
 collating pairs one by one costs more than reading them. Each DataLoader worker of each
 Ray Train rank is one shard of the epoch (`PairReader.windows`), so together they read every
-pair once per epoch; the store handle pickles as `(uri, version)` and reopens in each worker.
+pair once per epoch; the store handle pickles as `(uri, version)` and reopens in each worker,
+mapping the episode table `pair_loader` shared instead of reading the index again.
 
 Resuming: `start_batch` is how many batches this rank's loader already yielded. The plan is
 computed from the index, so each worker skips its share of those batches without reading
@@ -104,9 +105,14 @@ def pair_loader(ds: PairDataset, workers: int = 0, prefetch: int = 2) -> DataLoa
     """A DataLoader over already-batched pairs; `workers` processes read in parallel.
 
     Workers start by forkserver, never by fork: a forked copy of a process that has used the
-    store inherits Icechunk's I/O runtime without its threads and hangs on its first read."""
+    store inherits Icechunk's I/O runtime without its threads and hangs on its first read.
+    They map one copy of the store version's episode table (`FeatureStore.share`), written
+    here, instead of each reading and decoding the index: at a million episodes that is one
+    read instead of one per worker, and one copy in memory (the page cache) instead of N."""
     kw = ({"prefetch_factor": prefetch, "persistent_workers": True, "multiprocessing_context": "forkserver"}
           if workers else {})
+    if workers:
+        ds.store.share()
     # Its own generator: iterating a DataLoader draws a base seed, and drawing it from the global
     # RNG would shift the trainer's noise after a resume (the order of pairs comes from the plan).
     return DataLoader(ds, batch_size=None, num_workers=workers, generator=torch.Generator().manual_seed(0), **kw)

@@ -94,11 +94,12 @@ def _label_episodes(reader: PairReader, fn, keys: list[str],
                     batch_pairs: int) -> list[tuple[str, str, int, np.ndarray, np.ndarray | None]]:
     """(key, content_hash, k, z, codes) for each episode: the reader's pairs (t, t + k) of
     several episodes are batched together, so short clips still fill a forward pass."""
-    hashes = reader.store.episodes(["content_hash"])["content_hash"]
+    eps = reader.indices(keys)
+    hashes = reader.store.values("content_hash", reader.rows[eps]).to_pylist()  # these episodes' only
     metas, f_t, f_tk = [], [], []
-    for key, e in zip(keys, reader.indices(keys).tolist(), strict=True):
+    for key, e, h in zip(keys, eps.tolist(), hashes, strict=True):
         a, b = reader.episode_features(e)
-        metas.append((key, hashes[int(reader.rows[e])].as_py(), int(reader.k[e]), len(a)))
+        metas.append((key, h, int(reader.k[e]), len(a)))
         f_t.append(a)
         f_tk.append(b)
     a, b = np.concatenate(f_t), np.concatenate(f_tk)
@@ -118,9 +119,11 @@ def _label_episodes(reader: PairReader, fn, keys: list[str],
     return results
 
 
-def pair_reader(store: FeatureStore, k_seconds: float) -> PairReader:
-    """Every episode's pairs at the labeler's gap: the trainers' pair path, all splits."""
-    return PairReader(store, PairQuery(k_seconds=k_seconds, split="all"))
+def pair_reader(store: FeatureStore, k_seconds: float, rows: np.ndarray) -> PairReader:
+    """The pairs of the episodes at `rows` at the labeler's gap: the trainers' pair path, all
+    splits, over those episodes alone (labelling 1,000 new ones reads their index rows, not the
+    corpus's)."""
+    return PairReader(store, PairQuery(k_seconds=k_seconds, split="all"), rows=rows)
 
 
 def _actor_class():
@@ -130,11 +133,11 @@ def _actor_class():
     class LabelActor:
         """Holds one model (loaded here, on the worker) and a store handle reopened by version."""
 
-        def __init__(self, store: FeatureStore, labeler: Labeler, threads: int, batch_pairs: int):
+        def __init__(self, store: FeatureStore, labeler: Labeler, rows: np.ndarray, threads: int, batch_pairs: int):
             import torch
 
             torch.set_num_threads(threads)
-            self.reader, self.batch_pairs = pair_reader(store, labeler.k_seconds), batch_pairs
+            self.reader, self.batch_pairs = pair_reader(store, labeler.k_seconds, rows), batch_pairs
             self.fn = labeler()
 
         def label(self, keys: list[str]):
@@ -143,12 +146,12 @@ def _actor_class():
     return LabelActor
 
 
-def _tasks(store: FeatureStore, keys: list[str], pairs_per_task: int) -> list[list[str]]:
-    """Group episodes into tasks of about `pairs_per_task` frames each."""
+def _tasks(keys: list[str], frames: np.ndarray, pairs_per_task: int) -> list[list[str]]:
+    """Group episodes `keys` (of `frames` frames each) into tasks of about `pairs_per_task` frames each."""
     out, cur, n = [], [], 0
-    for key, frames in zip(keys, store.frames[store.rows(keys)].tolist(), strict=True):
+    for key, f in zip(keys, frames.tolist(), strict=True):
         cur.append(key)
-        n += int(frames)
+        n += int(f)
         if n >= pairs_per_task:
             out.append(cur)
             cur, n = [], 0
@@ -160,10 +163,12 @@ def _tasks(store: FeatureStore, keys: list[str], pairs_per_task: int) -> list[li
 PROBE_EPISODES = 2  # episodes whose pairs make the probe batch
 
 
-def _probe(store: FeatureStore, labeler: Labeler, keys: list[str], batch_pairs: int, made_by: str):
-    """(reader, fn) of the labeler, once its output on the pairs of the first episodes to label
-    (a probe batch) is finite: a broken model is refused before any actor starts."""
-    reader, fn = pair_reader(store, labeler.k_seconds), labeler()
+def _probe(store: FeatureStore, labeler: Labeler, keys: list[str], rows: np.ndarray, batch_pairs: int,
+           made_by: str):
+    """(reader, fn) of the labeler over the episodes to label (`keys`, at `rows`), once its
+    output on the pairs of the first of them (a probe batch) is finite: a broken model is
+    refused before any actor starts."""
+    reader, fn = pair_reader(store, labeler.k_seconds, rows), labeler()
     for key, _, _, z, _ in _label_episodes(reader, fn, keys[:PROBE_EPISODES], batch_pairs):
         bad = int(z.size - np.isfinite(z).sum())
         if bad:
@@ -196,14 +201,16 @@ def label_store(uri: str, labeler: Labeler, *, version: str | None = None, redo:
         if not todo:
             report.seconds = time.monotonic() - t0
             return report
-        reader, fn = _probe(store, labeler, todo, batch_pairs, writer.made_by)
+        rows = store.rows(todo)  # every key of `todo` is an episode of `store` (`todo` says so)
+        reader, fn = _probe(store, labeler, todo, rows, batch_pairs, writer.made_by)
         with progress_bar("label", total=len(todo), enabled=progress, unit="episodes") as bar:
             if ray_adds_hardware(num_actors) if use_ray is None else use_ray:
                 del reader, fn  # the actors load their own
-                results = _run_ray(store, labeler, todo, num_actors, batch_pairs, pairs_per_task, report.nodes)
+                results = _run_ray(store, labeler, todo, rows, num_actors, batch_pairs, pairs_per_task,
+                                   report.nodes)
             else:
                 results = (_label_episodes(reader, fn, keys, batch_pairs)
-                           for keys in _tasks(store, todo, pairs_per_task))
+                           for keys in _tasks(todo, store.frames[rows], pairs_per_task))
             for batch in results:
                 for key, h, k, z, codes in batch:
                     writer.put(key, h, z, k, codes)
@@ -227,7 +234,7 @@ def ray_adds_hardware(num_actors: int | None) -> bool:
     return torch.cuda.device_count() > 1
 
 
-def _run_ray(store: FeatureStore, labeler: Labeler, todo: list[str], num_actors: int | None,
+def _run_ray(store: FeatureStore, labeler: Labeler, todo: list[str], rows: np.ndarray, num_actors: int | None,
              batch_pairs: int, pairs_per_task: int, nodes: dict[str, int]):
     """Yield each task's labels, in submission order but for tasks redone after an actor was
     lost; count the episodes of each node into `nodes` (by address). Tasks are small enough
@@ -240,19 +247,19 @@ def _run_ray(store: FeatureStore, labeler: Labeler, todo: list[str], num_actors:
     gpus = int(ray.cluster_resources().get("GPU", 0))
     actor_cls = _actor_class()
     if gpus:
-        actors = [actor_cls.options(num_gpus=1, num_cpus=1).remote(store, labeler, 4, batch_pairs)
+        actors = [actor_cls.options(num_gpus=1, num_cpus=1).remote(store, labeler, rows, 4, batch_pairs)
                   for _ in range(num_actors or gpus)]
     else:
         n_nodes = len(alive_nodes())
         n = num_actors or n_nodes
         threads = max(1, (os.cpu_count() or 1) * n_nodes // n)
-        actors = [actor_cls.options(num_cpus=1, scheduling_strategy="SPREAD").remote(store, labeler, threads,
-                                                                                     batch_pairs)
+        actors = [actor_cls.options(num_cpus=1, scheduling_strategy="SPREAD").remote(store, labeler, rows,
+                                                                                     threads, batch_pairs)
                   for _ in range(n)]
     node_of = {a: actor_node(a) for a in actors}
     names = node_names()
-    frames = int(sum(store.frames[store.row(key)] for key in todo))
-    queue = deque(_tasks(store, todo, max(1, min(pairs_per_task, frames // (4 * len(actors))))))
+    frames = store.frames[rows]
+    queue = deque(_tasks(todo, frames, max(1, min(pairs_per_task, int(frames.sum()) // (4 * len(actors))))))
     pending: deque = deque()  # (actor, ref, keys) in submission order
     free = deque(actors * 2)  # two tasks in flight per actor: one running, one queued
     watch = NodeWatch("label")

@@ -15,6 +15,10 @@ Ray's node-death detection is tuned down on these processes (`RAY_health_check_*
 second, five misses) so a lost node is declared dead within seconds, not the default ~15-65 s;
 the timeout of one check stays at Ray's default 10 s, so a node that is only slow (this machine
 runs at loads of 20-150 on 2 cores) is not declared dead.
+
+Below the cluster, what drives it as a user does (`lawam` in fresh processes with RAY_ADDRESS)
+and reads the outcome (what each node did, what was committed): shared by
+`tests/test_ray_multinode.py` and `benchmarks/bench_multinode.py`.
 """
 
 from __future__ import annotations
@@ -22,6 +26,7 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import re
 import shutil
 import signal
 import socket
@@ -32,6 +37,9 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import yaml
+
+REPO = Path(__file__).resolve().parents[1]
 RAY_BIN = Path(sys.executable).parent / "ray"
 
 # What the driver (the test process, a `lawam` child) needs to join: Ray 2.60 heads require a
@@ -115,6 +123,14 @@ class LoopbackCluster:
     def add_worker(self) -> Node:
         return self._start(f"127.0.0.{len(self.nodes) + 2}", ["--address", self.address])
 
+    def live_worker(self) -> Node:
+        """The live worker node, a new one started when an earlier run killed it."""
+        workers = [n for n in self.nodes[1:] if n.alive()]
+        if not workers:
+            workers = [self.add_worker()]
+            self.wait_alive(2)
+        return workers[-1]
+
     def wait_alive(self, n: int) -> dict[str, str]:
         """Block until `n` nodes are alive (checked from a fresh driver); {ip: node id}."""
         probe = ("import json, ray; ray.init(log_to_driver=False); "
@@ -188,3 +204,85 @@ class LoopbackCluster:
             except subprocess.TimeoutExpired:
                 self.kill_node(node)
         shutil.rmtree(self.root, ignore_errors=True)
+
+
+# Driving the cluster as a user does: `lawam` commands in fresh processes with RAY_ADDRESS.
+
+TINY_LAM = {"model": {"width": 32, "heads": 2, "idm_layers": 1, "fdm_layers": 1, "code_dim": 4},
+            "optim": {"steps": 4, "batch_size": 32, "warmup_steps": 1, "eval_every": 0, "checkpoint_every": 0}}
+
+
+def lawam(cluster: LoopbackCluster, *args: str) -> subprocess.Popen:
+    """`lawam ARGS` joining `cluster`, in a session of its own (a signal to it reaches it alone)."""
+    return subprocess.Popen([sys.executable, "-m", "flows.cli", *args], cwd=REPO,
+                            env={**cluster.env(), "PYTHONPATH": str(REPO)}, text=True,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, start_new_session=True)
+
+
+def finish(proc: subprocess.Popen, timeout: float = 600) -> tuple[int, str, str]:
+    out, err = proc.communicate(timeout=timeout)
+    return proc.returncode, out, err
+
+
+def video_corpus(root: Path, videos: Path, encoder: dict, fps: float) -> Path:
+    """A corpus config of one `video_dir` source, its store at `root/store`."""
+    root.mkdir(parents=True, exist_ok=True)
+    path = root / "corpus.yaml"
+    path.write_text(yaml.safe_dump({
+        "sources": [{"id": "vids", "kind": "human", "format": "video_dir", "uri": str(videos)}],
+        "encoder": encoder, "sampling": {"fps": fps}, "store": {"uri": str(root / "store")},
+    }))
+    return path
+
+
+def wait_running(cluster: LoopbackCluster, node: Node, title: str, proc: subprocess.Popen, limit: float = 300,
+                 progress=lambda: True) -> None:
+    """Until `node` runs `title` for this run (`progress()`: the run has written something)."""
+    deadline = time.monotonic() + limit
+    while not (progress() and cluster.running(node, title)):
+        assert proc.poll() is None, f"finished before {title} ran on {node.ip}: {proc.communicate()}"
+        assert time.monotonic() < deadline, f"no {title} on {node.ip} after {limit} s"
+        time.sleep(0.05)
+
+
+def chunk_files(store: Path) -> int:
+    """Files under the store's chunk directory: grows as a run writes episode data, before it commits."""
+    chunks = store / "repo" / "chunks"
+    return sum(1 for _ in chunks.rglob("*")) if chunks.exists() else 0
+
+
+def per_node(prefix: str, text: str, sep: str) -> dict[str, list[int]]:
+    """{node address: its numbers} from the CLI's per-node line: "PREFIX ADDR ... SEP ADDR ..."."""
+    line = next(ln for ln in text.splitlines() if ln.strip().startswith(prefix)).strip()[len(prefix):]
+    parts = [p.strip().split(None, 1) for p in line.split(sep)]
+    return {ip.rstrip(":"): [int(n) for n in re.findall(r"\d+", rest)] for ip, rest in parts}
+
+
+def error_lines(err: str) -> list[str]:
+    """The CLI's one-line errors in a run's stderr."""
+    return [ln for ln in err.splitlines() if ln.startswith("error:")]
+
+
+def committed(store: Path) -> tuple[list[str], list[int]]:
+    """Episode ids and frame counts committed in the store at `store` (none before its first commit)."""
+    from pipeline.store import FeatureStore
+
+    if not store.exists():
+        return [], []
+    eps = FeatureStore.open(str(store)).episodes()
+    return eps["episode_id"].to_pylist(), eps["frames"].to_pylist()
+
+
+def mislabelled(uri: str) -> list[str]:
+    """Episodes of the store's one label set without exactly one label per frame pair ([]: all are)."""
+    from pipeline.store import FeatureStore, LabelSet, list_label_sets
+
+    store = FeatureStore.open(uri)
+    (info,) = list_label_sets(store)
+    labels = LabelSet.open(store, info.id)
+    wrong = []
+    for key in store.keys:
+        z = labels.episode(key)
+        if z is None or len(z) != len(store.features(key)) - labels.k_frames(key):
+            wrong.append(key)
+    return wrong

@@ -19,13 +19,13 @@ import yaml
 from pipeline.ingest import ingest_corpus
 from pipeline.sources import hashing
 from pipeline.store import FeatureStore
-from schemas import CorpusConfig, EncoderConfig, SamplingConfig, SourceSpec, StoreConfig
+from schemas import CorpusConfig, SamplingConfig, SourceSpec, StoreConfig
 from tests.datasets import make_hostile_tar, make_video, make_webdataset, rewrite_rlds_record, tfrecord_records
+from tests.encoders import TINY
 from tests.test_manifests import EPIC_COLUMNS, MANIFESTS
 from tests.test_refresh import lawam_ingest_in_a_fresh_process
 from tests.test_rlds import DROID, OXE, SHARD
 
-TINY = EncoderConfig(model="vit_tiny_patch16_224", image_size=32, tokens="mean", batch_size=8)
 HELD_BACK = "oxe_tiny-val.tfrecord-00001-of-00002"  # added by the refresh test: a new shard
 
 

@@ -25,13 +25,13 @@ from pipeline.store import FeatureStore, StoreWriter
 from pipeline.store.curation import CurationSet, list_curation_sets
 from pipeline.store.pairs import PairQuery, PairReader
 from pipeline.store.verify import verify_store
-from schemas import ConfigError, CorpusConfig, EncoderConfig, SamplingConfig, StoreConfig, load_corpus
+from schemas import ConfigError, CorpusConfig, SamplingConfig, StoreConfig, load_corpus
 from schemas.curation import CurationConfig, load_curation_config
 from schemas.identity import SamplingParams, curation_set_id
 from schemas.records import EpisodeRef
+from tests.encoders import TINY
 from tests.stores import DIM, ENCODER, TOKENS
 
-TINY = EncoderConfig(model="vit_tiny_patch16_224", image_size=32, tokens="mean", batch_size=8)
 FPS = 10.0
 
 

@@ -24,12 +24,11 @@ import yaml
 
 from pipeline.errors import classify, is_retryable
 from pipeline.store import FeatureStore
-from schemas import EncoderConfig
 from tests.datasets import make_video
+from tests.encoders import TINY
 from tests.s3server import s3_server, upload
 
 REPO = Path(__file__).resolve().parents[1]
-TINY = EncoderConfig(model="vit_tiny_patch16_224", image_size=32, tokens="mean", batch_size=8)
 
 
 def write_corpus(path: Path, videos_uri: str, store: str) -> Path:

@@ -16,12 +16,12 @@ from flows.refresh import refresh_corpus
 from model.train_lam import train_lam
 from pipeline.sources.base import SourceError
 from pipeline.store import FeatureStore, StoreMismatchError, list_label_sets
-from schemas import CorpusConfig, EncoderConfig, InfrastructureError, SamplingConfig, SourceSpec, StoreConfig
+from schemas import CorpusConfig, InfrastructureError, SamplingConfig, SourceSpec, StoreConfig
 from schemas.config import LabelsConfig
 from schemas.training import LamConfig
 from tests.datasets import make_video
+from tests.encoders import TINY
 
-ENCODER = EncoderConfig(model="vit_tiny_patch16_224", image_size=32, tokens="mean", batch_size=8)
 TINY_LAM = LamConfig.model_validate({
     "model": {"width": 32, "heads": 2, "idm_layers": 1, "fdm_layers": 1, "code_dim": 4},
     "optim": {"steps": 4, "batch_size": 16, "warmup_steps": 1, "eval_every": 0, "checkpoint_every": 0},
@@ -31,7 +31,7 @@ TINY_LAM = LamConfig.model_validate({
 
 def corpus(root, **kw) -> CorpusConfig:
     return CorpusConfig(sources=[SourceSpec(id="cam", kind="human", format="video_dir", uri=str(root / "v"))],
-                        encoder=ENCODER, sampling=SamplingConfig(fps=5), store=StoreConfig(uri=str(root / "store")),
+                        encoder=TINY, sampling=SamplingConfig(fps=5), store=StoreConfig(uri=str(root / "store")),
                         **kw)
 
 

@@ -21,10 +21,10 @@ from typer.testing import CliRunner
 from pipeline.ingest import ingest_corpus
 from pipeline.sources import SourceError, iter_episodes, video_dir
 from pipeline.store import FeatureStore
-from schemas import CorpusConfig, EncoderConfig, SamplingConfig, SourceSpec, StoreConfig
+from schemas import CorpusConfig, SamplingConfig, SourceSpec, StoreConfig
 from tests.datasets import make_hdf5, make_lerobot_v21, make_lerobot_v30, make_video
+from tests.encoders import TINY
 
-TINY = EncoderConfig(model="vit_tiny_patch16_224", image_size=32, tokens="mean", batch_size=8)
 HOSTILE_ROWS = ["../outside/good.mp4", "../../../../etc/passwd", "{abs}", "link.mp4", "sub/../../outside/good.mp4"]
 
 

@@ -31,10 +31,10 @@ from pipeline.store.pairs import PairQuery, PairReader
 from schemas import CorpusConfig, EncoderConfig, SamplingConfig, SourceSpec, StoreConfig, load_corpus
 from schemas.identity import SamplingParams
 from tests.datasets import make_hdf5, make_lerobot_v30, make_video
+from tests.encoders import TINY
 from tests.stores import fake_encoder
 
 REPO = Path(__file__).resolve().parents[1]
-TINY = EncoderConfig(model="vit_tiny_patch16_224", image_size=32, tokens="mean", batch_size=8)
 SAMPLING = SamplingConfig(fps=5)
 
 

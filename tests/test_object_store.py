@@ -17,11 +17,11 @@ import yaml
 
 from pipeline.sources import iter_episodes
 from pipeline.store import FeatureStore
-from schemas import EncoderConfig, SourceSpec
+from schemas import SourceSpec
 from tests.datasets import make_video
+from tests.encoders import TINY
 
 REPO = Path(__file__).resolve().parents[1]
-TINY = EncoderConfig(model="vit_tiny_patch16_224", image_size=32, tokens="mean", batch_size=8)
 
 
 @pytest.fixture(scope="module")

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import gc
 import multiprocessing
+import os
 import pickle
 from collections import Counter
 
@@ -12,6 +14,7 @@ import pytest
 from model.data import PairDataset, collect, pair_loader
 from pipeline.store import FeatureStore
 from pipeline.store.pairs import PairQuery, PairReader, is_heldout
+from pipeline.store.table import Table
 from tests.stores import CONTROL_HZ, SynthSource, episode_data, write_store
 
 BOT = SynthSource("bot", fps=5.0, episodes=6, seconds=4.0)
@@ -105,6 +108,57 @@ def test_dataloader_with_two_workers_yields_every_pair_once_per_epoch(store_uri)
         seen.update(zip(batch["episode"], batch["t"].tolist(), strict=True))
     assert max(seen.values()) == 1
     assert set(seen) == all_pairs(store_uri, split="all")
+
+
+def test_loader_workers_map_one_shared_episode_table_instead_of_reading_the_index(store_uri, monkeypatch):
+    """What `pair_loader` hands each DataLoader worker: the store pickled after `share()`. The
+    copy maps the version's episode table from the shared file: it reads no index column, its
+    arrays are the file's pages (one copy for every worker), it serves the same pairs, and the
+    file goes when the store that wrote it does."""
+    q = PairQuery(split="all", k_seconds=0.4)
+    expected = collect(FeatureStore.open(store_uri), q)
+    store = FeatureStore.open(store_uri)
+    path = store.share()
+    copy = pickle.loads(pickle.dumps(store))
+
+    def read_index(*args, **kwargs):
+        raise AssertionError("a copy of a shared store read an index column")
+
+    monkeypatch.setattr(Table, "column", read_index)
+    batch = collect(copy, q)
+    assert batch.keys() == expected.keys()
+    for name, value in expected.items():
+        np.testing.assert_array_equal(batch[name], value, err_msg=name)
+    with open("/proc/self/maps") as f:
+        mapped = [tuple(int(a, 16) for a in line.split()[0].split("-")) for line in f if path in line]
+    assert any(lo <= copy.frames.ctypes.data < hi for lo, hi in mapped), "the copy's index is not the file's pages"
+    del store
+    gc.collect()
+    assert not os.path.exists(path)
+    assert len(collect(copy, q)["t"]) == len(expected["t"])  # a copy keeps its mapping
+
+
+def test_a_reader_over_some_episodes_serves_exactly_their_pairs(store_uri):
+    """What labelling reads: a reader over the rows of the episodes to label gives those
+    episodes' pairs, the same as the whole store's reader gives them, and nothing else."""
+    store = FeatureStore.open(store_uri)
+    rows = np.array([7, 1, 4])  # any order: served in store order
+    part = PairReader(store, PairQuery(split="all"), rows=rows)
+    assert part.keys.tolist() == [store.keys[r] for r in (1, 4, 7)]
+    whole = all_pairs(store_uri, split="all")
+    mine = {(part.keys[e], int(t)) for e in range(len(part.rows)) for t in range(part.n_pairs[e])}
+    assert mine == {p for p in whole if p[0] in set(part.keys)}
+    batch = collect(store, PairQuery(split="all"))
+    sub: dict = {}
+    for _, e, t in part.batch_indices(64, epochs=1):
+        got = part.read(e, t)
+        for key, ti, f in zip(got["episode"], got["t"].tolist(), got["f_t"], strict=True):
+            sub[(key, ti)] = f
+    for key, ti, f in zip(batch["episode"], batch["t"].tolist(), batch["f_t"], strict=True):
+        if key in set(part.keys):
+            np.testing.assert_array_equal(sub[(key, ti)], f)
+    with pytest.raises(ValueError, match="split 'all'"):
+        PairReader(store, PairQuery(split="train"), rows=rows)
 
 
 def test_ranks_and_workers_partition_each_epoch(store_uri):

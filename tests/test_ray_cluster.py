@@ -68,7 +68,8 @@ def test_ingest_runs_on_the_cluster_named_by_ray_address(ray_cluster, tmp_path):
     corpus = tmp_path / "corpus.yaml"
     corpus.write_text(yaml.safe_dump({
         "sources": [{"id": "vids", "kind": "human", "format": "video_dir", "uri": str(tmp_path / "v")}],
-        "encoder": {"model": "vit_tiny_patch16_224", "image_size": 32, "tokens": "mean"},
+        "encoder": {"model": "vit_tiny_patch16_224", "image_size": 32, "tokens": "mean", "runtime": "torch",
+                    "precision": "fp32"},
         "sampling": {"fps": 5}, "store": {"uri": str(tmp_path / "store")},
     }))
     env = {**os.environ, "RAY_ADDRESS": ray_cluster, "RAY_AUTH_MODE": "token", "LAWAM_LOG": "INFO"}
@@ -90,7 +91,8 @@ def test_without_ray_address_a_stale_cluster_file_is_ignored(tmp_path):
     corpus = tmp_path / "corpus.yaml"
     corpus.write_text(yaml.safe_dump({
         "sources": [{"id": "vids", "kind": "human", "format": "video_dir", "uri": str(tmp_path / "v")}],
-        "encoder": {"model": "vit_tiny_patch16_224", "image_size": 32, "tokens": "mean"},
+        "encoder": {"model": "vit_tiny_patch16_224", "image_size": 32, "tokens": "mean", "runtime": "torch",
+                    "precision": "fp32"},
         "sampling": {"fps": 5}, "store": {"uri": str(tmp_path / "store")},
     }))
     ray_tmp = Path(tempfile.mkdtemp(prefix="r", dir="/tmp"))  # short: Ray's socket paths live under it

@@ -28,17 +28,27 @@ from pathlib import Path
 import pytest
 import yaml
 
-from pipeline.store import FeatureStore, LabelSet, list_label_sets
+from pipeline.store import FeatureStore
 from schemas.training import LamConfig
 from tests.datasets import make_video
-from tests.ray_nodes import LoopbackCluster, Node
+from tests.ray_nodes import (
+    REPO,
+    TINY_LAM,
+    LoopbackCluster,
+    chunk_files,
+    committed,
+    error_lines,
+    finish,
+    lawam,
+    mislabelled,
+    per_node,
+    video_corpus,
+    wait_running,
+)
 from tests.stores import SynthSource, write_store
 
-REPO = Path(__file__).resolve().parents[1]
 pytestmark = pytest.mark.long  # each test minutes: spread over the parallel workers (tests/conftest.py)
 AFTER_KILL_S = 120  # node death ~5 s + the watch's 30 s + a loaded machine's slack
-TINY_LAM = {"model": {"width": 32, "heads": 2, "idm_layers": 1, "fdm_layers": 1, "code_dim": 4},
-            "optim": {"steps": 4, "batch_size": 32, "warmup_steps": 1, "eval_every": 0, "checkpoint_every": 0}}
 
 
 @pytest.fixture(scope="module")
@@ -54,63 +64,17 @@ def cluster():
         c.stop()
 
 
-def two_nodes(cluster: LoopbackCluster) -> Node:
-    """The live worker node, a new one when an earlier test killed it."""
-    workers = [n for n in cluster.nodes[1:] if n.alive()]
-    if not workers:
-        workers = [cluster.add_worker()]
-        cluster.wait_alive(2)
-    return workers[-1]
-
-
-def lawam(cluster: LoopbackCluster, *args: str) -> subprocess.Popen:
-    return subprocess.Popen([sys.executable, "-m", "flows.cli", *args], cwd=REPO,
-                            env={**cluster.env(), "PYTHONPATH": str(REPO)}, text=True,
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, start_new_session=True)
-
-
-def finish(proc: subprocess.Popen, timeout: float = 600) -> tuple[int, str, str]:
-    out, err = proc.communicate(timeout=timeout)
-    return proc.returncode, out, err
-
-
-def corpus(root: Path, videos: Path, encoder: dict, fps: float) -> Path:
-    path = root / "corpus.yaml"
-    path.write_text(yaml.safe_dump({
-        "sources": [{"id": "vids", "kind": "human", "format": "video_dir", "uri": str(videos)}],
-        "encoder": encoder, "sampling": {"fps": fps}, "store": {"uri": str(root / "store")},
-    }))
-    return path
-
-
-def wait_running(cluster: LoopbackCluster, node: Node, title: str, proc: subprocess.Popen, limit: float = 300,
-                 progress=lambda: True) -> None:
-    """Until `node` runs `title` for this run (`progress()`: the run has written something)."""
-    deadline = time.monotonic() + limit
-    while not (progress() and cluster.running(node, title)):
-        assert proc.poll() is None, f"finished before {title} ran on {node.ip}: {proc.communicate()}"
-        assert time.monotonic() < deadline, f"no {title} on {node.ip} after {limit} s"
-        time.sleep(0.05)
-
-
-def per_node(prefix: str, text: str, sep: str) -> dict[str, list[int]]:
-    """{node address: its numbers} from the CLI's per-node line: "PREFIX ADDR ... SEP ADDR ..."."""
-    line = next(ln for ln in text.splitlines() if ln.strip().startswith(prefix)).strip()[len(prefix):]
-    parts = [p.strip().split(None, 1) for p in line.split(sep)]
-    return {ip.rstrip(":"): [int(n) for n in re.findall(r"\d+", rest)] for ip, rest in parts}
-
-
 def test_ingest_label_and_training_spread_over_both_nodes_under_a_small_object_store(cluster, tmp_path):
     """Long clips through 75 MiB object stores: blocks spill instead of failing, the driver's
     memory stays bounded; decoders, encoders, labelling actors and Ray Train's workers each
     use both nodes, and the reports say what each node did."""
-    two_nodes(cluster)
+    cluster.live_worker()
     for i in range(4):
         make_video(tmp_path / "v" / f"long{i}.mp4", n_frames=1024, fps=10, seed=i)
     # test_vit at 128 px: a cheap encoder over 25 MB blocks (512 frames): a node's two decoders
     # hold four of them (backpressure) and its encoder one, more than its 75 MiB store.
-    cfg = corpus(tmp_path, tmp_path / "v", {"model": "test_vit", "image_size": 128, "tokens": "mean",
-                                            "batch_size": 512}, fps=10)
+    cfg = video_corpus(tmp_path, tmp_path / "v", {"model": "test_vit", "image_size": 128, "tokens": "mean",
+                                                  "batch_size": 512}, fps=10)
     proc = lawam(cluster, "ingest", str(cfg), "--no-flow", "--no-progress")
     peak_kb = 0
     while proc.poll() is None:
@@ -157,30 +121,25 @@ def test_losing_a_node_mid_ingest_ends_in_bounded_time_and_loses_nothing(cluster
     to the encoder left, Ray re-runs its decoders) or stops with one retryable line — within
     bounded time, never a hang. What was committed is whole and not duplicated; SIGTERM of a
     later run exits 143 (never SIGABRT); the last re-run completes the corpus."""
-    worker = two_nodes(cluster)
+    worker = cluster.live_worker()
     # Enough clips that the worker node is still encoding once the first episodes are written,
     # even on a busy machine (30 ran out: the run was over before the test saw both at once).
     first_clips, more_clips = 48, 12
     for i in range(first_clips):
         make_video(tmp_path / "v" / f"c{i:02d}.mp4", n_frames=100, fps=10, seed=i)
     # torch fp32: each encoder actor of the three runs builds without an OpenVINO compile
-    cfg = corpus(tmp_path, tmp_path / "v", {"model": "vit_tiny_patch16_224", "image_size": 32, "tokens": "mean",
-                                            "batch_size": 16, "runtime": "torch", "precision": "fp32"}, fps=5)
-    uri = str(tmp_path / "store")
+    cfg = video_corpus(tmp_path, tmp_path / "v", {"model": "vit_tiny_patch16_224", "image_size": 32, "tokens": "mean",
+                                                  "batch_size": 16, "runtime": "torch", "precision": "fp32"}, fps=5)
+    store = tmp_path / "store"
 
-    def committed() -> list[str]:
-        if not (tmp_path / "store").exists():
-            return []
-        eps = FeatureStore.open(uri).episodes()
-        assert set(eps["frames"].to_pylist()) <= {50}, "a partial episode was committed"
-        keys = eps["episode_id"].to_pylist()
+    def episodes() -> list[str]:
+        keys, frames = committed(store)
+        assert set(frames) <= {50}, "a partial episode was committed"
         assert len(keys) == len(set(keys)), "an episode was committed twice"
         return keys
 
-    chunks = tmp_path / "store" / "repo" / "chunks"
-
     def written(before: int):  # episode data on disk, not yet committed: the run is under way
-        return lambda: chunks.exists() and sum(1 for _ in chunks.rglob("*")) > before
+        return lambda: chunk_files(store) > before
 
     proc = lawam(cluster, "ingest", str(cfg), "--no-flow", "--no-progress")
     wait_running(cluster, worker, "EncoderActor.encode", proc, progress=written(0))
@@ -190,11 +149,11 @@ def test_losing_a_node_mid_ingest_ends_in_bounded_time_and_loses_nothing(cluster
     took = time.monotonic() - t_kill
     assert rc in (0, 1), (rc, err[-3000:])
     if rc == 1:  # stopped: one retryable line
-        lines = [ln for ln in err.splitlines() if ln.startswith("error:")]
+        lines = error_lines(err)
         assert len(lines) == 1 and "retry" in lines[0], err[-3000:]
     else:
         assert f"added {first_clips}" in out
-    first = committed()
+    first = episodes()
     print(f"node lost -> run ended in {took:.1f} s, exit {rc}, {len(first)} episodes committed",
           *[ln for ln in err.splitlines() if ln.startswith(("error:", "WARNING pipeline"))], sep="\n  ")
 
@@ -203,17 +162,17 @@ def test_losing_a_node_mid_ingest_ends_in_bounded_time_and_loses_nothing(cluster
         make_video(tmp_path / "v" / f"c{i:02d}.mp4", n_frames=100, fps=10, seed=i)
     proc = lawam(cluster, "ingest", str(cfg), "--no-flow", "--no-progress")
     wait_running(cluster, cluster.nodes[0], "EncoderActor.encode", proc,
-                 progress=written(sum(1 for _ in chunks.rglob("*"))))
+                 progress=written(chunk_files(store)))
     proc.send_signal(signal.SIGTERM)
     rc, _, err = finish(proc, timeout=90)
     assert rc in (143, -signal.SIGTERM), (rc, err[-3000:])  # never SIGABRT (134 / -6)
-    second = committed()
+    second = episodes()
     assert set(first) <= set(second)
 
     rc, out, err = finish(lawam(cluster, "ingest", str(cfg), "--no-flow", "--no-progress"))
     assert rc == 0, err[-3000:]
     assert f"added {total - len(second)}, skipped {len(second)}" in out
-    assert len(committed()) == total
+    assert len(episodes()) == total
 
 
 # A driver whose task can run only on the worker node (a resource no other node has): once the
@@ -251,7 +210,7 @@ def test_losing_a_node_mid_label_ends_in_bounded_time_and_labels_each_episode_on
     uri = str(tmp_path / "store")
     write_store(uri, [SynthSource("bot", episodes=120, seconds=3.0)])
     train_lam(uri, tmp_path / "lam", LamConfig.model_validate(TINY_LAM), progress=False)
-    worker = two_nodes(cluster)
+    worker = cluster.live_worker()
     stalled = subprocess.Popen([sys.executable, "-c", STALLED_DRIVER, f"node:{worker.ip}:only"], cwd=REPO,
                                env={**cluster.env(), "PYTHONPATH": str(REPO)}, text=True, stdout=subprocess.PIPE,
                                stderr=subprocess.PIPE, start_new_session=True)
@@ -266,9 +225,8 @@ def test_losing_a_node_mid_label_ends_in_bounded_time_and_labels_each_episode_on
     rc, out, err = finish(proc, timeout=AFTER_KILL_S)
     took = time.monotonic() - t_kill
     assert rc in (0, 1), (rc, err[-3000:])
-    store = FeatureStore.open(uri)
     if rc == 1:
-        lines = [ln for ln in err.splitlines() if ln.startswith("error:")]
+        lines = error_lines(err)
         assert len(lines) == 1 and "retry" in lines[0], err[-3000:]
         rc, out, err = finish(lawam(cluster, "label", "--store", uri, "--lam", str(tmp_path / "lam"),
                                     "--no-progress"))
@@ -278,9 +236,5 @@ def test_losing_a_node_mid_label_ends_in_bounded_time_and_labels_each_episode_on
         assert "+120 episodes" in out
     print(f"node lost -> labelling ended in {took:.1f} s, exit {rc}",
           *[ln for ln in err.splitlines() if ln.startswith(("error:", "WARNING pipeline"))], sep="\n  ")
-    store = FeatureStore.open(uri)
-    (info,) = list_label_sets(store)
-    labels = LabelSet.open(store, info.id)
-    for key in store.keys:
-        assert len(labels.episode(key)) == len(store.features(key)) - labels.k_frames(key)
+    assert not mislabelled(uri)
 

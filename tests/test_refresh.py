@@ -27,11 +27,11 @@ from pipeline.ingest import ingest_corpus
 from pipeline.sources import hashing
 from pipeline.store import FeatureStore, StoreWriter
 from pipeline.store.files import committed_files
-from schemas import CorpusConfig, EncoderConfig, SamplingConfig, SourceSpec, StoreConfig
+from schemas import CorpusConfig, SamplingConfig, SourceSpec, StoreConfig
 from tests.datasets import make_video
+from tests.encoders import TINY
 
 REPO = Path(__file__).resolve().parents[1]
-TINY = EncoderConfig(model="vit_tiny_patch16_224", image_size=32, tokens="mean", batch_size=8)
 RACY = 0.3  # seconds: the racy window for these tests, so "old enough" costs a short sleep
 
 

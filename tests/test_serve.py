@@ -28,7 +28,7 @@ REPO = Path(__file__).resolve().parents[1]
 CORPUS = """name: cams
 sources:
   - {id: cam, kind: human, format: video_dir, uri: v}
-encoder: {model: vit_tiny_patch16_224, image_size: 32, tokens: mean, batch_size: 8}
+encoder: {model: vit_tiny_patch16_224, image_size: 32, tokens: mean, batch_size: 8, runtime: torch, precision: fp32}
 sampling: {fps: 5}
 store: {uri: store}
 """

@@ -106,12 +106,21 @@ class DerivedSet:
         self.table = index_table(group, self.SCHEMA)
         # episodes whose rows were computed from features since redone: `stale`
         self._of_row, self._stored, self.stale = match(store, self.table)
-        shards = pc.dictionary_encode(self.table.take("shard", self._stored))
-        self._shard_names = shards.dictionary.to_pylist()
-        self._shard_code = shards.indices.to_numpy(zero_copy_only=False)
-        self._start = self.table.take("row_start", self._stored).to_numpy()
-        self._rows = self.table.take("rows", self._stored).to_numpy()
         self._arrays: dict[str, zarr.Array] = {}
+
+    # Where each live row's arrays are: read on first use (counting labelled episodes needs none).
+    @cached_property
+    def _shards(self) -> tuple[np.ndarray, list[str]]:
+        shards = pc.dictionary_encode(self.table.take("shard", self._stored))
+        return shards.indices.to_numpy(zero_copy_only=False), shards.dictionary.to_pylist()
+
+    @cached_property
+    def _start(self) -> np.ndarray:
+        return self.table.take("row_start", self._stored).to_numpy()
+
+    @cached_property
+    def _rows(self) -> np.ndarray:
+        return self.table.take("rows", self._stored).to_numpy()
 
     @classmethod
     def open(cls: type[S], store: FeatureStore, set_id: str) -> S:
@@ -163,7 +172,8 @@ class DerivedSet:
         return self.table.read(rows=np.sort(self._stored[self._of_row[self._of_row >= 0]]))
 
     def _shard(self, i: int) -> str:
-        return self._shard_names[self._shard_code[i]]
+        codes, names = self._shards
+        return names[codes[i]]
 
     def _array(self, shard: str, name: str) -> zarr.Array:
         path = f"{shard}/{name}"
@@ -269,15 +279,19 @@ class DerivedSetWriter:
         want[rows] = True
         return store.keys[want].tolist()
 
-    def _index_row(self, key: str, content_hash: str) -> int:
-        """The stored index row of `key`'s episode in the store the rows are computed from, when
-        its content hash is `content_hash`; -1 otherwise (matched by hash, or stale)."""
+    def _fill_index_rows(self, rows: list[dict]) -> None:
+        """Set each buffered row's `index_row`: the stored index row of its episode in the store
+        the rows are computed from, when its content hash is the row's; -1 otherwise (matched by
+        hash, or stale). All at once: the hashes of the new rows' episodes, not of the corpus."""
         if self._store is None:
             self._store = FeatureStore.open(self.uri, self.parent_version)
-        row = int(self._store.rows([key])[0])
-        if row < 0 or self._store.episodes(["content_hash"])["content_hash"][row].as_py() != content_hash:
-            return -1
-        return int(self._store.index_rows[row])
+        store = self._store
+        at = store.rows([r["key"] for r in rows])
+        found = np.flatnonzero(at >= 0)
+        now = np.full(len(rows), None, dtype=object)
+        now[found] = store.values("content_hash", at[found]).to_numpy(zero_copy_only=False)
+        for r, a, h in zip(rows, at.tolist(), now.tolist(), strict=True):
+            r["index_row"] = int(store.index_rows[a]) if h is not None and h == r["content_hash"] else -1
 
     def append(self, name: str, data: np.ndarray) -> int:
         """Buffer rows of array `name` of this run's shard; returns the row the first lands at."""
@@ -293,8 +307,7 @@ class DerivedSetWriter:
         """Buffer one episode's index row (this run's shard, its key hash and index row filled
         in unless given); replaces its old row at commit."""
         key = row["key"]
-        self._rows[key] = {"shard": self.shard, **row, "key_hash": key_hash(key),
-                           "index_row": self._index_row(key, row["content_hash"])}
+        self._rows[key] = {"shard": self.shard, **row, "key_hash": key_hash(key)}  # index_row: at commit
 
     def _flush(self) -> None:
         shard = self.group.require_group(f"shards/{self.shard}")
@@ -326,6 +339,7 @@ class DerivedSetWriter:
         if not self._rows:
             return None
         self._flush()
+        self._fill_index_rows(list(self._rows.values()))
         new = pa.Table.from_pylist(list(self._rows.values()), schema=self.SCHEMA)
         live = self.table.live()
         hashes = self.table.take("key_hash", live)

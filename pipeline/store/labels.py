@@ -35,6 +35,7 @@ from __future__ import annotations
 import logging
 from collections import OrderedDict
 from dataclasses import dataclass
+from functools import cached_property
 
 import numpy as np
 import pyarrow as pa
@@ -81,9 +82,12 @@ class LabelSet(DerivedSet):
     def __init__(self, store: FeatureStore, set_id: str, group: zarr.Group):
         super().__init__(store, set_id, group)
         self.dim = int(self.attrs.get("dim", 0))
-        self._k = self.table.take("k_frames", self._stored).to_numpy()
         self._cache: OrderedDict[int, np.ndarray] = OrderedDict()  # live row -> z, LRU
         self._cached = 0
+
+    @cached_property
+    def _k(self) -> np.ndarray:
+        return self.table.take("k_frames", self._stored).to_numpy()
 
     def k_frames(self, key: str) -> int:
         return int(self._k[self._pos(key)])

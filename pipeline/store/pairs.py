@@ -134,16 +134,27 @@ def action_chunks(track, t0: np.ndarray, horizon: int, action_rate: float | None
 class PairReader:
     """Selects episodes of a store version, plans epochs of pairs, reads them as numpy batches."""
 
-    def __init__(self, store: FeatureStore, query: PairQuery):
+    def __init__(self, store: FeatureStore, query: PairQuery, rows: np.ndarray | None = None):
+        """`rows`: only these episode rows of the store (labelling the episodes it lacks), read
+        as those rows alone; with split "all" only, since a split by source is decided over
+        all of a source's episodes."""
         if query.split not in ("train", "heldout", "all"):
             raise ConfigError(f"split {query.split!r}: use train, heldout or all")
+        if rows is not None and query.split != "all":
+            raise ValueError("PairReader(rows=...) reads split 'all' only")
         self.store, self.query = store, query
         # Columns as Arrow arrays and codes: no Python object per episode (a million of them).
-        table = store.episodes(["source", "kind", "split", "key_hash"], keep=False)
+        names_read = ["source", "kind", "split", "key_hash"]
+        if rows is None:
+            base = None
+            table = store.episodes(names_read, keep=False)
+        else:
+            base = np.unique(np.asarray(rows, np.int64))
+            table = pa.table({name: store.values(name, base) for name in names_read})
         source = pc.dictionary_encode(table["source"]).combine_chunks()
         names = source.dictionary.to_pylist()
         codes = source.indices.to_numpy(zero_copy_only=False)
-        keep = np.ones(len(store), bool)
+        keep = np.ones(table.num_rows, bool)
         if query.sources:
             unknown = set(query.sources) - set(names)
             if unknown:
@@ -155,13 +166,18 @@ class PairReader:
         self.curation = CurationSet.open(store, query.curation) if query.curation else None
         if self.curation is not None and query.dedup:
             dropped = store.rows(self.curation.dropped_duplicates().tolist())
-            keep[dropped[dropped >= 0]] = False
+            dropped = dropped[dropped >= 0]
+            if base is not None:  # positions among `rows`
+                at = np.minimum(np.searchsorted(base, dropped), max(len(base) - 1, 0))
+                dropped = at[base[at] == dropped] if len(base) else dropped[:0]
+            keep[dropped] = False
         if query.split != "all":
             held = heldout_mask(table["key_hash"].to_numpy(), codes, table["split"], query.heldout_fraction)
             keep &= held if query.split == "heldout" else ~held
-        self.rows = np.flatnonzero(keep)  # rows of the store version
-        self.sources = np.array(names + [None], dtype=object)[codes[self.rows]]  # one str per source, shared
-        self.robot = pc.equal(table["kind"], "robot").to_numpy(zero_copy_only=False)[self.rows]
+        sel = np.flatnonzero(keep)
+        self.rows = sel if base is None else base[sel]  # rows of the store version
+        self.sources = np.array(names + [None], dtype=object)[codes[sel]]  # one str per source, shared
+        self.robot = pc.equal(table["kind"], "robot").to_numpy(zero_copy_only=False)[sel]
         self.k = k_frames_for(store.fps[self.rows], query.k_seconds)
         frames = store.frames[self.rows]
         self.n_pairs = frames.astype(np.int64) if query.all_frames else np.clip(frames - self.k, 0, None)

@@ -9,14 +9,17 @@ features are not.
 
 Planning a refresh of a million refs is one pass: the refs' keys are joined to the index's live
 keys in Arrow (a hash join in C++), their ingest hashes computed with the JSON spelled once
-per sampling (`SamplingParams.ingest_hasher`) and compared as arrays; no Python object per
-committed episode is built.
+per sampling (`SamplingParams.ingest_hasher`) and compared as arrays, and the refs sorted into
+the plan's lists by mask; no Python object per committed episode is built, and the Python
+work per ref is its key, its hash and its instruction.
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from functools import lru_cache
+from operator import attrgetter
 from typing import TYPE_CHECKING
 
 import numpy as np
@@ -33,7 +36,13 @@ if TYPE_CHECKING:  # the store imports no source adapter: trainers never load h5
 
 def ingest_hash(ref: EpisodeRef, params: SamplingParams) -> str:
     """What decides whether an episode must be (re)done: its bytes and how it is sampled."""
-    return params.ingest_hash(ref.content_hash)
+    return _hasher(params)(ref.content_hash)
+
+
+@lru_cache(maxsize=256)
+def _hasher(params: SamplingParams) -> Callable[[str], str]:
+    """`SamplingParams.ingest_hasher` of each sampling, made once (a writer hashes per episode)."""
+    return params.ingest_hasher()
 
 
 @dataclass
@@ -47,17 +56,28 @@ class Plan:
     rows: dict[str, int] = field(default_factory=dict)
 
 
-def ingest_hashes(refs: list[EpisodeRef], params_for: Callable[[EpisodeRef], SamplingParams]) -> list[str]:
-    """Each ref's ingest hash, one pass (`SamplingParams.ingest_hasher` made once per sampling)."""
-    hashers: dict[SamplingParams, Callable[[str], str]] = {}
-    out = []
-    for ref in refs:
-        params = params_for(ref)
-        hasher = hashers.get(params)
-        if hasher is None:
-            hasher = hashers[params] = params.ingest_hasher()
-        out.append(hasher(ref.content_hash))
-    return out
+def ingest_hashes(refs: list[EpisodeRef], params_for: Callable[[EpisodeRef], SamplingParams]) -> pa.Array:
+    """Each ref's ingest hash, one pass (`SamplingParams.ingest_hasher` made once per sampling,
+    looked up again only when the sampling object changes from one ref to the next)."""
+    parts, last, hasher = [], None, None
+    for i in range(0, len(refs), _BATCH):
+        out = []
+        for ref in refs[i : i + _BATCH]:
+            params = params_for(ref)
+            if params is not last:
+                last, hasher = params, _hasher(params)
+            out.append(hasher(ref.content_hash))
+        parts.append(pa.array(out, pa.string()))
+    return pa.concat_arrays(parts) if parts else pa.array([], pa.string())
+
+
+_BATCH = 65536  # refs turned into Python strings at a time: a million refs never hold a million at once
+
+
+def _strings(refs: list[EpisodeRef], get: Callable[[EpisodeRef], str | None]) -> pa.Array:
+    """`get(ref)` of every ref as one Arrow string array, built a batch of refs at a time."""
+    parts = [pa.array([get(ref) for ref in refs[i : i + _BATCH]], pa.string()) for i in range(0, len(refs), _BATCH)]
+    return pa.concat_arrays(parts) if parts else pa.array([], pa.string())
 
 
 def plan(index: EpisodeIndex, refs: list[EpisodeRef], params_for: Callable[[EpisodeRef], SamplingParams], *,
@@ -68,8 +88,7 @@ def plan(index: EpisodeIndex, refs: list[EpisodeRef], params_for: Callable[[Epis
         return result
     live = index.live()
     committed = index.read(["source", "episode_id", "content_hash", "status", "instruction"], rows=live)
-    keys = episode_keys(pa.array([r.source for r in refs], pa.string()),
-                        pa.array([r.episode_id for r in refs], pa.string()))
+    keys = _strings(refs, attrgetter("key"))
     at = pc.index_in(keys, value_set=episode_keys(committed["source"], committed["episode_id"]))
     found = at.is_valid().to_numpy(zero_copy_only=False)
     idx = at.fill_null(0)
@@ -77,23 +96,27 @@ def plan(index: EpisodeIndex, refs: list[EpisodeRef], params_for: Callable[[Epis
     ok = np.zeros(len(refs), bool)
     retitle = np.zeros(len(refs), bool)
     if committed.num_rows:
-        mine = pa.array(ingest_hashes(refs, params_for), pa.string())
+        mine = ingest_hashes(refs, params_for)
         same = found & pc.equal(committed["content_hash"].take(idx), mine).to_numpy(zero_copy_only=False)
         status = committed["status"].take(idx)
         ok = pc.equal(status, str(EpisodeStatus.OK)).to_numpy(zero_copy_only=False)
         was = committed["instruction"].take(idx).fill_null("\x00")
-        now = pa.array([r.instruction for r in refs], pa.string()).fill_null("\x00")
+        now = _strings(refs, attrgetter("instruction")).fill_null("\x00")
         retitle = same & ok & ~pc.equal(was, now).to_numpy(zero_copy_only=False)
-    stored = (np.where(found, live[idx.to_numpy()], -1) if len(live) else np.full(len(refs), -1)).tolist()
-    for ref, s, o, r, row in zip(refs, same.tolist(), ok.tolist(), retitle.tolist(), stored, strict=True):
-        if s and o:
-            result.skipped.append(ref)
-            if r:
-                result.retitled.append(ref)
-                result.rows[ref.key] = row
-        elif s and not retry_quarantined:
-            result.held.append(ref)
-        else:
-            result.todo.append(ref)
-            result.rows[ref.key] = row
+    stored = np.where(found, live[idx.to_numpy()], -1) if len(live) else np.full(len(refs), -1)
+    skipped, held = same & ok, same & ~ok & (not retry_quarantined)
+    todo = ~skipped & ~held
+    result.skipped = _pick(refs, skipped)
+    result.retitled = _pick(refs, retitle)
+    result.held = _pick(refs, held)
+    result.todo = _pick(refs, todo)
+    mark = retitle | todo  # the rows their new ones supersede (a few: what changed)
+    result.rows = {ref.key: row for ref, row in zip(_pick(refs, mark), stored[mark].tolist(), strict=True)}
     return result
+
+
+def _pick(refs: list[EpisodeRef], mask: np.ndarray) -> list[EpisodeRef]:
+    """refs where `mask`, in order (all of them without a Python test per ref)."""
+    if mask.all():
+        return list(refs)
+    return [refs[i] for i in np.flatnonzero(mask).tolist()]

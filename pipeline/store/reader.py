@@ -15,10 +15,16 @@ touches storage once per chunk, not once per frame.
 
 from __future__ import annotations
 
+import contextlib
+import json
 import logging
+import os
+import tempfile
+import weakref
 from collections import OrderedDict
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
+from functools import cached_property
 
 import numpy as np
 import pyarrow as pa
@@ -110,10 +116,12 @@ class FeatureStore:
     """One pinned version of a store. Picklable: a copy sent to a DataLoader worker, a Ray
     task or a subprocess reopens `(uri, version)` there, with an empty cache of its own.
 
-    Opening reads the few index columns that locate episodes (numbers, tens of MB at a million
-    episodes); other columns (`episodes(columns)`, `keys`, `catalog()`) are read when asked."""
+    Opening reads which stored index rows are episodes (live, status ok: a few MB at a million
+    episodes); where each lives is read on first use, other columns (`episodes(columns)`,
+    `keys`, `catalog()`) when asked. `share()` hands copies in other processes all of it
+    memory-mapped."""
 
-    def __init__(self, uri: str, repo, session, cache_bytes: int, pinned: bool = False):
+    def __init__(self, uri: str, repo, session, cache_bytes: int, pinned: bool = False, shared: str | None = None):
         self.uri = uri
         self._repo = repo
         self._session = session
@@ -131,37 +139,80 @@ class FeatureStore:
             raise StoreMismatchError(f"store {uri!r} has layout {self.attrs['lawam_layout']}, newer than this "
                                      f"lawam reads ({STORE_LAYOUT_VERSION}): upgrade lawam")
         self._index = EpisodeIndex(self.root, repo, self.version)
-        ok = self._index.live_mask()
-        ok &= pc.equal(self._index.column("status"), str(EpisodeStatus.OK)).to_numpy(zero_copy_only=False)
-        self._pos = np.flatnonzero(ok)  # stored index row of each episode row
+        # A memory-mapped copy of this version's episode columns (`share`), when one was handed over.
+        self._shared = _map_shared(shared, uri, self.version) if shared else None
+        self._shared_path: str | None = shared if self._shared is not None else None
+        if self._shared is not None:
+            self._pos = _one(self._shared, "index_row").to_numpy()
+        else:
+            ok = self._index.live_mask()
+            ok &= pc.equal(self._index.column("status"), str(EpisodeStatus.OK)).to_numpy(zero_copy_only=False)
+            self._pos = np.flatnonzero(ok)  # stored index row of each episode row
+        self._every_row = len(self._pos) == self._index.rows  # episode row i is stored row i
         self._columns: dict[str, pa.Array] = {}
         self._cache: OrderedDict[tuple[str, int], np.ndarray] = OrderedDict()
         self._cache_bytes = cache_bytes
         self._cached = 0
-        self._arrays: dict[str, zarr.Array] = {}
+        self._arrays: dict[str, zarr.Array | None] = {}
         self._ts: OrderedDict[int, np.ndarray] = OrderedDict()  # the newest _SMALL_CACHE episodes' ...
         self._tracks: OrderedDict[int, ActionTrack | None] = OrderedDict()  # ... timestamps and actions
-        shards = pc.dictionary_encode(self._index.column("shard").fill_null("")) if self._index.rows else None
-        self._shard_code = shards.indices.to_numpy(zero_copy_only=False)[self._pos] if shards else np.zeros(0, int)
-        self._shard_names = shards.dictionary.to_pylist() if shards else []
-        self._start_of = self._numbers("frame_start")
-        self._frames_of = self._numbers("frames")
-        self._action_start = self._numbers("action_start")
-        self._actions_of = self._numbers("actions")
-        dur = self._numbers("duration_s")
-        self._fps_of = np.divide(self._frames_of, dur, out=np.zeros(len(dur)), where=dur > 0)
         self._keys: EpisodeKeys | None = None
         self._lookup: KeyLookup | None = None
 
+    # Where episodes live, read on first use (opening reads only which rows are episodes).
+    @cached_property
+    def _shard_code(self) -> np.ndarray:
+        if self._shared is not None:
+            return _one(self._shared, _SHARD_CODE).to_numpy()
+        return self._shards[0]
+
+    @cached_property
+    def _shard_names(self) -> list[str]:
+        if self._shared is not None:
+            return json.loads(self._shared.schema.metadata[b"shards"])
+        return self._shards[1]
+
+    @cached_property
+    def _shards(self) -> tuple[np.ndarray, list[str]]:
+        if not len(self._pos):
+            return np.zeros(0, np.int32), []
+        shards = pc.dictionary_encode(self._column("shard", keep=False).fill_null(""))
+        return shards.indices.to_numpy(zero_copy_only=False), shards.dictionary.to_pylist()
+
+    @cached_property
+    def _start_of(self) -> np.ndarray:
+        return self._numbers("frame_start")
+
+    @cached_property
+    def _frames_of(self) -> np.ndarray:
+        return self._numbers("frames")
+
+    @cached_property
+    def _action_start(self) -> np.ndarray:
+        return self._numbers("action_start")
+
+    @cached_property
+    def _actions_of(self) -> np.ndarray:
+        return self._numbers("actions")
+
+    @cached_property
+    def _fps_of(self) -> np.ndarray:
+        dur = self._numbers("duration_s")
+        return np.divide(self._frames_of, dur, out=np.zeros(len(dur)), where=dur > 0)
+
     def _numbers(self, name: str) -> np.ndarray:
-        return self._index.column(name).to_numpy()[self._pos]
+        return self._column(name, keep=False).to_numpy()
 
     def _column(self, name: str, keep: bool = True) -> pa.Array:
         """Index column `name` over the episode rows, read on first use (and kept if `keep`)."""
         if name in self._columns:
             return self._columns[name]
+        if self._shared is not None and name in self._shared.column_names:
+            return _one(self._shared, name)  # mapped, not copied: nothing to keep
         if name == "store_version":
             col = self._index.store_versions(self._pos)
+        elif self._every_row:
+            col = self._index.column(name)
         else:
             col = self._index.column(name).take(pa.array(self._pos, pa.int64()))
         if keep:
@@ -173,8 +224,10 @@ class FeatureStore:
 
     @classmethod
     def open(cls, uri: str, version: str | None = None, *, branch: str = "main",
-             cache_bytes: int = 512 << 20) -> FeatureStore:
-        """Open `uri` at `version` (a commit id or a tag) or at the tip of `branch`."""
+             cache_bytes: int = 512 << 20, shared: str | None = None) -> FeatureStore:
+        """Open `uri` at `version` (a commit id or a tag) or at the tip of `branch`. `shared`:
+        the file `share()` wrote for this version, mapped instead of reading the index (ignored
+        when it is gone or names another store or version)."""
         repo = open_repo(uri, create=False)
         try:
             session = (repo.readonly_session(snapshot_id=version) if version
@@ -190,11 +243,46 @@ class FeatureStore:
                 raise StoreError(f"store {uri!r} has no version {version or branch!r} (no commit, tag or branch "
                                  f"of that name, or expired by `lawam gc`); `lawam versions {uri}` lists them"
                                  ) from None
-        return cls(uri, repo, session, cache_bytes, pinned=version is not None)
+        return cls(uri, repo, session, cache_bytes, pinned=version is not None, shared=shared)
 
     def __reduce__(self):
-        # Reopen by (uri, version) wherever it is unpickled: sessions and caches stay behind.
-        return (_reopen, (self.uri, self.version, self._cache_bytes))
+        # Reopen by (uri, version) wherever it is unpickled: sessions and caches stay behind; the
+        # shared episode table, when `share()` wrote one, is mapped there instead of read again.
+        return (_reopen, (self.uri, self.version, self._cache_bytes, self._shared_path))
+
+    def share(self) -> str:
+        """Write this version's episode columns (where each episode lives, keys, sources,
+        kinds, splits, instructions, key hashes) to an uncompressed Arrow file and return its
+        path; a copy of this store unpickled on this machine (a DataLoader worker) maps that
+        file instead of reading and decoding the index, so N workers hold one copy of it, in
+        the page cache, instead of N. The file is deleted when this store is (or at exit);
+        copies that mapped it keep their mapping, and a copy that finds it gone (another
+        machine) reads the index itself. (A process killed outright leaves its file behind in
+        the temp folder: `lawam-index-<version>-*.arrow`.)"""
+        if self._shared_path is None:
+            keys = self._keys.arrow if self._keys is not None else episode_keys(self._column("source", False),
+                                                                                self._column("episode_id", False))
+            cols = {"index_row": pa.array(self._pos, pa.int64()), _SHARD_CODE: pa.array(self._shard_code, pa.int32()),
+                    "key": keys.cast(pa.string())}
+            cols.update({name: self._column(name, keep=False) for name in _SHARED})
+            meta = {"lawam_uri": self.uri, "lawam_version": self.version, "shards": json.dumps(self._shard_names)}
+            table = pa.table(cols).replace_schema_metadata(meta)
+            fd, path = tempfile.mkstemp(prefix=f"lawam-index-{self.version}-", suffix=".arrow")
+            try:
+                with os.fdopen(fd, "wb") as f, pa.ipc.new_file(f, table.schema) as out:
+                    out.write_table(table)
+            except BaseException:
+                os.unlink(path)
+                raise
+            weakref.finalize(self, _unlink, path)
+            self._shared_path = path
+            # This process reads the mapped file too: what it built to write it is let go.
+            self._shared = _map_shared(path, self.uri, self.version)
+            for name in _SHARED_FROM + ("_shards",):
+                self.__dict__.pop(name, None)
+            self._columns = {k: v for k, v in self._columns.items() if k not in self._shared.column_names}
+            self._keys = None
+        return self._shared_path
 
     # -- metadata ----------------------------------------------------------------------
     @property
@@ -234,11 +322,25 @@ class FeatureStore:
         names = columns or [*INDEX_SCHEMA.names, "store_version"]
         return pa.table({name: self._column(name, keep) for name in names})
 
+    def values(self, name: str, rows: np.ndarray) -> pa.Array:
+        """Index column `name` at episode rows `rows` only: read from the stored rows they span
+        (a few new episodes cost what they hold), unless the whole column is at hand already."""
+        rows = np.asarray(rows, np.int64)
+        if name in self._columns or (self._shared is not None and name in self._shared.column_names):
+            return self._column(name).take(pa.array(rows, pa.int64()))
+        if name == "store_version":
+            return self._index.store_versions(self._pos[rows])
+        return self._index.take(name, self._pos[rows])
+
     @property
     def keys(self) -> EpisodeKeys:
         """Row i's episode key, 'source/episode_id' (read on first use)."""
         if self._keys is None:
-            self._keys = EpisodeKeys(episode_keys(self._column("source", False), self._column("episode_id", False)))
+            if self._shared is not None:
+                self._keys = EpisodeKeys(_one(self._shared, "key"))
+            else:
+                self._keys = EpisodeKeys(episode_keys(self._column("source", False),
+                                                      self._column("episode_id", False)))
         return self._keys
 
     def __len__(self) -> int:
@@ -283,10 +385,14 @@ class FeatureStore:
         return self._frames_of
 
     # -- data --------------------------------------------------------------------------
-    def _array(self, shard: str, name: str) -> zarr.Array:
+    def _array(self, shard: str, name: str) -> zarr.Array | None:
+        """Array `name` of a shard, looked up once (None: the shard has none, e.g. `state`)."""
         key = f"{shard}/{name}"
         if key not in self._arrays:
-            self._arrays[key] = self.root[f"shards/{key}"]
+            try:
+                self._arrays[key] = self.root[f"shards/{key}"]
+            except KeyError:
+                self._arrays[key] = None
         return self._arrays[key]
 
     def _resolve(self, i: int | str) -> int:
@@ -336,12 +442,14 @@ class FeatureStore:
             s, m = int(self._action_start[i]), int(self._actions_of[i])
             track = None
             if m:
-                group = self.root[f"shards/{self._shard_of(i)}"]
+                shard = self._shard_of(i)
                 try:
-                    state = group["state"][s : s + m] if "state" in group else None
+                    stored = self._array(shard, "state")
+                    state = stored[s : s + m] if stored is not None else None
                     if state is not None and has_no_state(state):
                         state = None  # an episode without state in a shard of episodes with it
-                    track = ActionTrack(group["action_timestamps"][s : s + m], group["actions"][s : s + m], state)
+                    track = ActionTrack(self._array(shard, "action_timestamps")[s : s + m],
+                                        self._array(shard, "actions")[s : s + m], state)
                 except CHUNK_ERRORS as e:
                     raise self._corrupt(i, "actions", e) from e
             _put(self._tracks, i, track)
@@ -392,5 +500,37 @@ def _put(cache: OrderedDict, key: int, value) -> None:
         cache.popitem(last=False)
 
 
-def _reopen(uri: str, version: str, cache_bytes: int) -> FeatureStore:
-    return FeatureStore.open(uri, version, cache_bytes=cache_bytes)
+def _reopen(uri: str, version: str, cache_bytes: int, shared: str | None = None) -> FeatureStore:
+    return FeatureStore.open(uri, version, cache_bytes=cache_bytes, shared=shared)
+
+
+# What `share()` writes beside each episode's stored row, shard code and key: what a trainer's
+# reader (PairReader) and its batches use. Other columns a copy asks for it reads from the index.
+_SHARED = ("source", "kind", "split", "instruction", "key_hash", "frame_start", "frames", "action_start", "actions",
+           "duration_s")
+_SHARD_CODE = "_shard_code"
+_SHARED_FROM = ("_shard_code", "_shard_names", "_start_of", "_frames_of", "_action_start", "_actions_of")  # cached
+
+
+def _map_shared(path: str, uri: str, version: str) -> pa.Table | None:
+    """The table `share()` wrote at `path`, memory-mapped (its buffers are the file's pages);
+    None when the file is gone or was written for another store or version."""
+    try:
+        table = pa.ipc.open_file(pa.memory_map(path)).read_all()
+    except (OSError, pa.ArrowInvalid):
+        return None
+    meta = table.schema.metadata or {}
+    if meta.get(b"lawam_uri") != uri.encode() or meta.get(b"lawam_version") != version.encode():
+        return None
+    return table
+
+
+def _one(table: pa.Table, name: str) -> pa.Array:
+    """Column `name` as one array (a mapped table's single chunk: no copy)."""
+    col = table.column(name)
+    return col.chunk(0) if col.num_chunks == 1 else col.combine_chunks()
+
+
+def _unlink(path: str) -> None:
+    with contextlib.suppress(OSError):
+        os.unlink(path)

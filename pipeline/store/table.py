@@ -126,8 +126,17 @@ class Table:
         return self._listing
 
     def take(self, name: str, rows: np.ndarray) -> pa.Array:
-        """Column `name` at stored rows `rows` (reads the whole column: rows are usually many)."""
-        return self.column(name).take(pa.array(rows, pa.int64()))
+        """Column `name` at stored rows `rows`: reads the stored rows from the first to the last
+        of them (the few newest rows cost what they hold; rows all over the table read it
+        whole), and every row in order, as `live()` gives when nothing was superseded, is the
+        column itself."""
+        rows = np.asarray(rows, np.int64)
+        if not len(rows):
+            return self.column(name, 0, 0)
+        if len(rows) == self.rows and rows[0] == 0 and bool((np.diff(rows) == 1).all()):
+            return self.column(name)
+        lo, hi = int(rows.min()), int(rows.max()) + 1
+        return self.column(name, lo, hi).take(pa.array(rows - lo, pa.int64()))
 
     def read(self, columns: list[str] | None = None, rows: np.ndarray | None = None) -> pa.Table:
         """The live rows (or stored rows `rows`) of `columns` (default: all) as one Arrow table."""
