@@ -45,7 +45,6 @@ from tests.ray_nodes import (  # noqa: E402
     TINY_LAM,
     LoopbackCluster,
     Node,
-    chunk_files,
     committed,
     error_lines,
     lawam,
@@ -54,6 +53,7 @@ from tests.ray_nodes import (  # noqa: E402
     video_corpus,
     wait_running,
 )
+from tests.stores import SynthSource, chunk_files, write_store  # noqa: E402
 
 AFTER_KILL_S = 300  # a run not over this long after its node's loss is recorded as hung, and killed
 RUNNING: list[subprocess.Popen] = []  # `lawam` processes (sessions of their own): killed on any exit
@@ -92,7 +92,7 @@ def run(cluster: LoopbackCluster, args: list[str], kill: tuple[Node, str, object
 def ingest(cluster: LoopbackCluster, cfg: Path, kill: Node | None = None) -> dict:
     store = cfg.parent / "store"
     r = run(cluster, ["ingest", str(cfg), "--no-flow", "--no-progress"],
-            (kill, "EncoderActor.encode", lambda: chunk_files(store) > 0) if kill else None)
+            (kill, "EncoderActor.encode", lambda: bool(chunk_files(store))) if kill else None)
     keys, frames = committed(store)
     fps = re.search(r"= ([\d.]+) frames/s", r["out"])
     added = re.search(r"added (\d+), skipped (\d+)", r["out"])
@@ -123,7 +123,6 @@ def label_stores(work: Path, episodes: int) -> tuple[Path, Path, Path]:
     """A synthetic store, a tiny LaWM trained on it (in this process) and two copies to label."""
     from model.train_lam import train_lam
     from schemas.training import LamConfig
-    from tests.stores import SynthSource, write_store
 
     base, lam = work / "label-store", work / "lam"
     write_store(str(base), [SynthSource("bot", episodes=episodes, seconds=3.0)])

@@ -245,12 +245,6 @@ def wait_running(cluster: LoopbackCluster, node: Node, title: str, proc: subproc
         time.sleep(0.05)
 
 
-def chunk_files(store: Path) -> int:
-    """Files under the store's chunk directory: grows as a run writes episode data, before it commits."""
-    chunks = store / "repo" / "chunks"
-    return sum(1 for _ in chunks.rglob("*")) if chunks.exists() else 0
-
-
 def per_node(prefix: str, text: str, sep: str) -> dict[str, list[int]]:
     """{node address: its numbers} from the CLI's per-node line: "PREFIX ADDR ... SEP ADDR ..."."""
     line = next(ln for ln in text.splitlines() if ln.strip().startswith(prefix)).strip()[len(prefix):]

@@ -10,6 +10,7 @@ back *which* frame came out. Human episodes move the same way, without actions.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from pathlib import Path
 
 import numpy as np
 
@@ -77,3 +78,10 @@ def write_store(uri: str, sources: list[SynthSource], *, seed: int = 0, chunk_fr
                 w.append_frames(ref, f, ts)
                 w.finish_episode(ref, track if src.kind == "robot" else None, fps=src.fps)
         return w.commit("synthetic episodes")
+
+
+def chunk_files(uri: str | Path) -> list[Path]:
+    """A local store's chunk files, sorted (none before its first write): they grow as a run
+    writes episode data, before it commits."""
+    chunks = Path(uri) / "repo" / "chunks"
+    return sorted(chunks.iterdir()) if chunks.exists() else []

@@ -32,7 +32,7 @@ from schemas import CorpusConfig, EncoderConfig, SamplingConfig, SourceSpec, Sto
 from schemas.identity import SamplingParams
 from tests.datasets import make_hdf5, make_lerobot_v30, make_video
 from tests.encoders import TINY
-from tests.stores import fake_encoder
+from tests.stores import chunk_files, fake_encoder
 
 REPO = Path(__file__).resolve().parents[1]
 SAMPLING = SamplingConfig(fps=5)
@@ -215,12 +215,11 @@ def test_sigkill_mid_ingest_keeps_the_last_version_and_a_rerun_completes(ray_loc
 
     for i in range(12):  # more work, long enough to be killed in the middle
         make_video(vids / f"b{i:02d}.mp4", n_frames=80, fps=10, seed=10 + i)
-    chunks = tmp_path / "store" / "repo" / "chunks"
-    n_chunks = sum(1 for _ in chunks.rglob("*"))
+    n_chunks = len(chunk_files(tmp_path / "store"))
     proc = subprocess.Popen(cmd, cwd=REPO, env=env, start_new_session=True,
                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     deadline = time.monotonic() + 240
-    while sum(1 for _ in chunks.rglob("*")) == n_chunks:  # wait for uncommitted episode data on disk
+    while len(chunk_files(tmp_path / "store")) == n_chunks:  # wait for uncommitted episode data on disk
         assert proc.poll() is None, "ingest finished before it could be killed"
         assert time.monotonic() < deadline
         time.sleep(0.05)

@@ -35,7 +35,6 @@ from tests.ray_nodes import (
     REPO,
     TINY_LAM,
     LoopbackCluster,
-    chunk_files,
     committed,
     error_lines,
     finish,
@@ -45,7 +44,7 @@ from tests.ray_nodes import (
     video_corpus,
     wait_running,
 )
-from tests.stores import SynthSource, write_store
+from tests.stores import SynthSource, chunk_files, write_store
 
 pytestmark = pytest.mark.long  # each test minutes: spread over the parallel workers (tests/conftest.py)
 AFTER_KILL_S = 120  # node death ~5 s + the watch's 30 s + a loaded machine's slack
@@ -139,7 +138,7 @@ def test_losing_a_node_mid_ingest_ends_in_bounded_time_and_loses_nothing(cluster
         return keys
 
     def written(before: int):  # episode data on disk, not yet committed: the run is under way
-        return lambda: chunk_files(store) > before
+        return lambda: len(chunk_files(store)) > before
 
     proc = lawam(cluster, "ingest", str(cfg), "--no-flow", "--no-progress")
     wait_running(cluster, worker, "EncoderActor.encode", proc, progress=written(0))
@@ -162,7 +161,7 @@ def test_losing_a_node_mid_ingest_ends_in_bounded_time_and_loses_nothing(cluster
         make_video(tmp_path / "v" / f"c{i:02d}.mp4", n_frames=100, fps=10, seed=i)
     proc = lawam(cluster, "ingest", str(cfg), "--no-flow", "--no-progress")
     wait_running(cluster, cluster.nodes[0], "EncoderActor.encode", proc,
-                 progress=written(chunk_files(store)))
+                 progress=written(len(chunk_files(store))))
     proc.send_signal(signal.SIGTERM)
     rc, _, err = finish(proc, timeout=90)
     assert rc in (143, -signal.SIGTERM), (rc, err[-3000:])  # never SIGABRT (134 / -6)

@@ -16,14 +16,10 @@ from pipeline.store import FeatureStore, StoreError
 from pipeline.store.catalog_file import catalog_file_version
 from pipeline.store.maintenance import gc_store
 from pipeline.store.reader import StoreCorruptError
-from tests.stores import SynthSource, episode_data, write_store
+from tests.stores import SynthSource, chunk_files, episode_data, write_store
 
 runner = CliRunner()
 ARM = SynthSource("arm", fps=8.0, episodes=4, seconds=4.0)  # 32 frames an episode: two in a chunk of 64
-
-
-def chunk_files(uri: str) -> list[Path]:
-    return sorted((Path(uri) / "repo" / "chunks").iterdir())
 
 
 def damaged_store(tmp_path, how: str) -> tuple[str, str]:

@@ -167,10 +167,10 @@ class PairReader:
         if self.curation is not None and query.dedup:
             dropped = store.rows(self.curation.dropped_duplicates().tolist())
             dropped = dropped[dropped >= 0]
-            if base is not None:  # positions among `rows`
-                at = np.minimum(np.searchsorted(base, dropped), max(len(base) - 1, 0))
-                dropped = at[base[at] == dropped] if len(base) else dropped[:0]
-            keep[dropped] = False
+            if base is None:
+                keep[dropped] = False
+            else:  # among `rows`
+                keep &= ~np.isin(base, dropped)
         if query.split != "all":
             held = heldout_mask(table["key_hash"].to_numpy(), codes, table["split"], query.heldout_fraction)
             keep &= held if query.split == "heldout" else ~held

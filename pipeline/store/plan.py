@@ -59,16 +59,15 @@ class Plan:
 def ingest_hashes(refs: list[EpisodeRef], params_for: Callable[[EpisodeRef], SamplingParams]) -> pa.Array:
     """Each ref's ingest hash, one pass (`SamplingParams.ingest_hasher` made once per sampling,
     looked up again only when the sampling object changes from one ref to the next)."""
-    parts, last, hasher = [], None, None
-    for i in range(0, len(refs), _BATCH):
-        out = []
-        for ref in refs[i : i + _BATCH]:
-            params = params_for(ref)
-            if params is not last:
-                last, hasher = params, _hasher(params)
-            out.append(hasher(ref.content_hash))
-        parts.append(pa.array(out, pa.string()))
-    return pa.concat_arrays(parts) if parts else pa.array([], pa.string())
+    last: list = [None, None]  # (sampling, its hasher)
+
+    def one(ref: EpisodeRef) -> str:
+        params = params_for(ref)
+        if params is not last[0]:
+            last[:] = params, _hasher(params)
+        return last[1](ref.content_hash)
+
+    return _strings(refs, one)
 
 
 _BATCH = 65536  # refs turned into Python strings at a time: a million refs never hold a million at once

@@ -260,10 +260,8 @@ class FeatureStore:
         machine) reads the index itself. (A process killed outright leaves its file behind in
         the temp folder: `lawam-index-<version>-*.arrow`.)"""
         if self._shared_path is None:
-            keys = self._keys.arrow if self._keys is not None else episode_keys(self._column("source", False),
-                                                                                self._column("episode_id", False))
             cols = {"index_row": pa.array(self._pos, pa.int64()), _SHARD_CODE: pa.array(self._shard_code, pa.int32()),
-                    "key": keys.cast(pa.string())}
+                    "key": self.keys.arrow.cast(pa.string())}
             cols.update({name: self._column(name, keep=False) for name in _SHARED})
             meta = {"lawam_uri": self.uri, "lawam_version": self.version, "shards": json.dumps(self._shard_names)}
             table = pa.table(cols).replace_schema_metadata(meta)
