@@ -64,6 +64,7 @@ LEVERS: dict[str, dict] = {
     "base": {},
     "idm-aug": {"model": {"idm_noise": 0.3, "idm_token_drop": 0.25}},
     "fdm-aug": {"model": {"fdm_noise": 0.3, "fdm_token_drop": 0.25}},
+    "fdm-aug-strong": {"model": {"fdm_noise": 0.5, "fdm_token_drop": 0.5}},
     "grid8x8": {"tokens": "grid:8x8"},
     "idm-3frames": {"model": {"idm_frames": 3}},
     "idm-5frames": {"model": {"idm_frames": 5}},

@@ -58,19 +58,24 @@ ROBOT_SOURCE = "metaworld"
 
 def lawms(corpus, work: Path, cfg: LamConfig, human_value: bool) -> tuple[dict[str, Path], dict]:
     """The LaWM (and, for the human-value arms, the same LaWM without the human clips: one
-    `model.value.source_value`, both scored on the same held-out episodes), labelled."""
+    `model.value.source_value`, both scored on the same held-out episodes), labelled. A LaWM
+    already in the work dir is the arm as trained: its config and store version are what the
+    run without the human clips gets (labelling commits a newer version; the features are
+    the same)."""
     t = time.perf_counter()
+    first, version = work / "value" / "with", None
+    if (first / "card.json").exists():
+        card = read_card(first, "lawm")
+        cfg, version = LamConfig.model_validate(card.config), card.store.version
     if human_value:
         report = source_value(corpus.store, HUMAN_SOURCE, out_dir=work / "value", cfg=cfg, steps=None,
-                              truth=corpus.human_truth(), progress=progress_bar)
+                              version=version, truth=corpus.human_truth(), progress=progress_bar)
         dirs = {"lawam": Path(report.runs["with"]), "lawam-nohuman": Path(report.runs["without"])}
         value = report.to_json()
     else:
-        dirs, value = {"lawam": work / "value" / "with"}, {}
-        if not (dirs["lawam"] / "card.json").exists():  # the very run source_value's "with" arm is
-            table = FeatureStore.open(corpus.store).episodes()
-            every = cfg.pairs.model_copy(update={"sources": sorted(set(table["source"].to_pylist()))})
-            train_lam(corpus.store, dirs["lawam"], cfg.model_copy(update={"pairs": every}), progress=progress_bar)
+        dirs, value = {"lawam": first}, {}
+        if version is None:  # the very run source_value's "with" arm is
+            train_lam(corpus.store, first, cfg, progress=progress_bar)
     print(f"LaWM(s) ready in {time.perf_counter() - t:.0f} s")
     for out in dirs.values():
         report = label_store(corpus.store, IdmLabeler(str(out)), progress=True)

@@ -105,7 +105,9 @@ def source_value(store_uri: str, source: str, *, out_dir: str | Path, cfg: LamCo
     if not rest:
         raise ConfigError(f"--source {source!r} is the only source trained on: without it nothing is left")
     out = Path(out_dir)
-    arms = {"with": (out / "with", chosen), "without": (out / f"without-{source}", rest)}
+    # "with" trains on the config's sources as given (empty = every source, so a LaWM trained
+    # with the default config is the "with" arm as it stands); "without" names the rest.
+    arms = {"with": (out / "with", list(cfg.pairs.sources)), "without": (out / f"without-{source}", rest)}
     ys = Yardstick(horizon=cfg.pairs.horizon, action_rate=cfg.pairs.action_rate or 10.0,
                    heldout_fraction=cfg.pairs.heldout_fraction, seed=cfg.pairs.seed)
     report = SourceValue(store.uri, store.version, source, sources[source], cfg.optim.steps)
@@ -126,7 +128,8 @@ def _train_or_reuse(store_uri: str, run_dir: Path, cfg: LamConfig, version: str,
     """Train into `run_dir`, or keep the LaWM there when it read `version` with `cfg`."""
     if (run_dir / "card.json").exists():
         card = read_card(run_dir, KIND)
-        if card.store.version == version and card.config == cfg.model_dump(mode="json"):
+        # through the schema: a card written before a field existed reads with its default
+        if card.store.version == version and LamConfig.model_validate(card.config) == cfg:
             log.info("%s: reusing the LaWM trained with the same config on the same store version", run_dir)
             return
         raise ConfigError(f"{run_dir} holds a LaWM of another config or store version: choose another --out")

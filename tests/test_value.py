@@ -50,6 +50,9 @@ def test_value_in_a_fresh_process_then_asked_again_from_python(store_uri, tmp_pa
     assert (shown["source"], shown["kind"], shown["steps"]) == ("cam", "human", 12)
     without = json.loads((tmp_path / "value" / "without-cam" / "card.json").read_text())
     assert without["config"]["pairs"]["sources"] == ["bot"]
+    card = tmp_path / "value" / "with" / "card.json"
+    written = json.loads(card.read_text())
+    assert written["config"]["pairs"]["sources"] == []  # "with" is the config as given: every source
     for kind in ("robot", "human"):  # the left-out source's held-out episodes are scored too
         a, b = shown["with_source"][kind], shown["without_source"][kind]
         assert a["heldout_episodes"] == b["heldout_episodes"] > 0 and a["heldout_pairs"] == b["heldout_pairs"]
@@ -57,6 +60,8 @@ def test_value_in_a_fresh_process_then_asked_again_from_python(store_uri, tmp_pa
     assert {(r["kind"], r["key"]) for r in shown["rows"]} >= {("robot", "forward_mse"), ("human", "forward_mse")}
 
     mtime = (tmp_path / "value" / "with" / "model.safetensors").stat().st_mtime_ns
+    del written["config"]["pairs"]["dedup"]  # a card written before a field existed: read with its default
+    card.write_text(json.dumps(written))
     again = source_value(store_uri, "cam", out_dir=tmp_path / "value", cfg=TINY, steps=12, truth=human_truth())
     assert (tmp_path / "value" / "with" / "model.safetensors").stat().st_mtime_ns == mtime  # reused
     assert again.with_source["robot"] == shown["with_source"]["robot"]
