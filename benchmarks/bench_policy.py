@@ -126,8 +126,11 @@ def pooled(per_seed: list[dict]) -> dict:
     return out
 
 
-def probe_goal(uri: str, samples: Path, heldout: float = 0.2) -> dict:
-    """Ridge R² from f_t (flattened) to the goal xyz of reach and push episodes, held out by episode."""
+def probe_goal(uri: str, samples: Path, heldout: float = 0.2, first: int = 3) -> dict:
+    """Ridge R² from f_t (the whole token grid, flattened) to the goal xyz of reach and push
+    episodes, held out by episode: over every frame, and over each episode's first `first`
+    frames only, where the arm has not yet moved toward the goal (what the policy sees when
+    it must choose where to go: later frames also show the goal through the arm's motion)."""
     from model.metrics import ridge_r2
     from pipeline.store.pairs import is_heldout
 
@@ -136,8 +139,9 @@ def probe_goal(uri: str, samples: Path, heldout: float = 0.2) -> dict:
     table = store.episodes()
     out = {}
     for task in ("reach-v3", "push-v3"):
-        x = {True: [], False: []}
-        y = {True: [], False: []}
+        x: dict = {True: [], False: []}
+        y: dict = {True: [], False: []}
+        t: dict = {True: [], False: []}
         for row, key in enumerate(store.keys):
             if table["source"][row].as_py() != ROBOT_SOURCE:
                 continue
@@ -148,9 +152,15 @@ def probe_goal(uri: str, samples: Path, heldout: float = 0.2) -> dict:
             held = is_heldout(key, None, heldout)
             x[held].append(f.reshape(len(f), -1))
             y[held].append(np.repeat(np.asarray(ep["rand_vec"][3:6], np.float32)[None], len(f), 0))
-        if x[True] and x[False]:
-            out[task] = ridge_r2(np.concatenate(x[False]), np.concatenate(y[False]), np.concatenate(x[True]),
-                                 np.concatenate(y[True]), alpha=10.0)
+            t[held].append(np.arange(len(f)))
+        if not (x[True] and x[False]):
+            continue
+        xa, ya, ta = (np.concatenate(v[False]) for v in (x, y, t))  # training episodes
+        xb, yb, tb = (np.concatenate(v[True]) for v in (x, y, t))  # held out
+        out[task] = {"all_frames": ridge_r2(xa, ya, xb, yb, alpha=10.0),
+                     f"first_{first}_frames": ridge_r2(xa[ta < first], ya[ta < first], xb[tb < first],
+                                                       yb[tb < first], alpha=10.0),
+                     "train_episodes": len(x[False]), "heldout_episodes": len(x[True])}
     return out
 
 
@@ -160,7 +170,8 @@ def main() -> None:
     add_numerics_args(p)
     p.add_argument("--lam-steps", type=int, default=None, help="LaWM steps (default: the config's)")
     p.add_argument("--steps", type=int, default=2000, help="distillation steps, the same for every arm")
-    p.add_argument("--arms", default="lawam,bc", help="lawam (subgoal), bc (--no-subgoal), lawam-nohuman")
+    p.add_argument("--arms", default="lawam,bc",
+                   help="lawam (subgoal), bc (--no-subgoal), lawam-nohuman; empty: none (e.g. --probe-goal alone)")
     p.add_argument("--fractions", default="1.0,0.5", help="action fractions to train each arm at")
     p.add_argument("--tasks", default=",".join(POLICY_TASKS), help="tasks evaluated")
     p.add_argument("--eval-episodes", type=int, default=20, help="held-out episodes per task and seed")
@@ -183,8 +194,8 @@ def main() -> None:
     lam_cfg = load_lam_config(args.lam_config)
     if args.lam_steps:
         lam_cfg = lam_cfg.model_copy(update={"optim": lam_cfg.optim.model_copy(update={"steps": args.lam_steps})})
-    arms = args.arms.split(",")
-    lams, value = lawms(corpus, work, lam_cfg, "lawam-nohuman" in arms)
+    arms = [a for a in args.arms.split(",") if a]
+    lams, value = lawms(corpus, work, lam_cfg, "lawam-nohuman" in arms) if arms else ({}, {})
     base = load_distill_config(args.config)
     base = base.model_copy(update={"optim": base.optim.model_copy(update={"steps": args.steps})})
     layouts, record = training_samples(uri, None)

@@ -92,7 +92,8 @@ def lawm_metrics(
     - `forward_over_copy`: forward_mse / copy_mse (below 1: the model beats copying).
     - `z_explains`: (zero_z_mse - forward_mse) / max(copy_mse - forward_mse, 1e-12), the
       fraction of the gain over copying that z (not the decoder alone) accounts for;
-      ~0 when the decoder ignores z, can exceed 1 if decoding with z = 0 is worse than copying.
+      ~0 when the decoder ignores z, can exceed 1 if decoding with z = 0 is worse than copying;
+      NaN when the model does not beat copying (there is no gain to explain).
     - `shuffle_batch_increase`: forward MSE with each pair given another held-out pair's z
       (a random derangement over the whole set, fixed by `seed`) minus forward_mse.
     - `shuffle_episode_increase`: the same with z taken from another pair of the *same*
@@ -132,7 +133,9 @@ def lawm_metrics(
                 "copy_mse": mse["copy"],
                 "zero_z_mse": mse["zero_z"],
                 "forward_over_copy": mse["forward"] / max(mse["copy"], _EPS),
-                "z_explains": (mse["zero_z"] - mse["forward"]) / max(mse["copy"] - mse["forward"], _EPS),
+                # no gain over copying (a model that never saw these clips): nothing for z to explain
+                "z_explains": ((mse["zero_z"] - mse["forward"]) / (mse["copy"] - mse["forward"])
+                               if mse["copy"] - mse["forward"] > _EPS else float("nan")),
                 "shuffle_batch_increase": mse["shuffle_batch"] - mse["forward"],
                 "shuffle_episode_increase": mse["shuffle_episode"] - mse["forward"],
             }
@@ -203,8 +206,12 @@ def ridge_predict(x_train: np.ndarray, y_train: np.ndarray, x_test: np.ndarray, 
     std[std < 1e-8] = 1.0
     xs = (x_train - mean) / std
     y_mean = y_train.mean(0)
-    gram = xs.T @ xs + alpha * np.eye(xs.shape[1])
-    w = np.linalg.lstsq(gram, xs.T @ (y_train - y_mean), rcond=None)[0]  # lstsq: alpha=0 may be singular
+    if len(xs) < xs.shape[1]:  # fewer rows than features (a flattened token grid): the same ridge, dual form
+        gram = xs @ xs.T + alpha * np.eye(len(xs))
+        w = xs.T @ np.linalg.lstsq(gram, y_train - y_mean, rcond=None)[0]
+    else:
+        gram = xs.T @ xs + alpha * np.eye(xs.shape[1])
+        w = np.linalg.lstsq(gram, xs.T @ (y_train - y_mean), rcond=None)[0]  # lstsq: alpha=0 may be singular
     return ((x_test - mean) / std) @ w + y_mean
 
 
