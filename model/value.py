@@ -53,6 +53,7 @@ class SourceValue:
     with_source: dict[str, dict[str, float]] = field(default_factory=dict)  # kind -> metrics
     without_source: dict[str, dict[str, float]] = field(default_factory=dict)
     runs: dict[str, str] = field(default_factory=dict)  # "with" / "without" -> LaWM folder
+    unmeasured: dict[str, str] = field(default_factory=dict)  # kind in the store -> why it has no figures
 
     def rows(self) -> list[dict[str, Any]]:
         """One row per (kind, figure) present on both sides: with, without, and the change
@@ -77,6 +78,8 @@ class SourceValue:
             table.add_column(col, justify=justify)
         for r in self.rows():
             table.add_row(r["kind"], r["figure"], f"{r['with']:.4f}", f"{r['without']:.4f}", f"{r['gain']:+.4f}")
+        if self.unmeasured:
+            table.caption = "; ".join(f"{kind}: {why}" for kind, why in self.unmeasured.items())
         return table
 
     def to_json(self) -> dict[str, Any]:
@@ -119,6 +122,10 @@ def source_value(store_uri: str, source: str, *, out_dir: str | Path, cfg: LamCo
         kinds = {k: v for k, v in metrics.items() if k in ("robot", "human")}
         setattr(report, f"{arm}_source", kinds)
         report.runs[arm] = str(run_dir)
+    for kind in dict.fromkeys(sources[s] for s in chosen):
+        if not any(r["kind"] == kind for r in report.rows()):
+            report.unmeasured[kind] = (f"no held-out episodes at pairs.heldout_fraction {cfg.pairs.heldout_fraction:g} "
+                                       "(a larger one in --config holds some out)")
     (out / "value.json").write_text(json.dumps(report.to_json(), indent=2, default=float))
     return report
 

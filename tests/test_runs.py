@@ -94,6 +94,22 @@ def test_gc_in_the_middle_of_a_training_run_keeps_the_version_it_reads(tmp_path)
     assert card.store.tag and FeatureStore.open(uri, card.store.tag).version == v1
 
 
+def test_the_same_weights_trained_on_a_newer_version_keep_that_version_too(tmp_path):
+    """Seen with `lawam value` on the demo store: its run with every source trained the demo's
+    LaWM again (same config, seed and features) on the version its labels committed. The
+    weights' tag was on the older version, so the newer one went untagged, with a warning."""
+    uri = str(tmp_path / "store")
+    write_store(uri, [BOT])
+    first = train_lam(uri, tmp_path / "a", TINY, progress=False)
+    label_store(uri, IdmLabeler(str(tmp_path / "a")), progress=False)
+    second = train_lam(uri, tmp_path / "b", TINY, progress=False)
+    assert second.weights_sha256 == first.weights_sha256, "the case needs the same weights twice"
+    assert second.store.version != first.store.version
+    gc_store(uri, timedelta(0))
+    for card in (first, second):
+        assert card.store.tag and FeatureStore.open(uri, card.store.tag).version == card.store.version
+
+
 def test_a_dead_runs_lease_holds_until_it_expires_then_gc_deletes_it(tmp_path):
     """A run killed mid-way cannot remove its lease: the lease holds its version for the TTL
     (12 h) after its last renewal, then the next gc deletes it and may expire the version."""

@@ -10,6 +10,7 @@ import pytest
 import yaml
 
 from model.value import source_value
+from pipeline.store.pairs import is_heldout
 from schemas.errors import ConfigError
 from schemas.training import LamConfig
 from tests.stores import SynthSource, episode_data, write_store
@@ -58,6 +59,7 @@ def test_value_in_a_fresh_process_then_asked_again_from_python(store_uri, tmp_pa
         assert a["heldout_episodes"] == b["heldout_episodes"] > 0 and a["heldout_pairs"] == b["heldout_pairs"]
         assert a["forward_mse"] != b["forward_mse"]  # two models, not one scored twice
     assert {(r["kind"], r["key"]) for r in shown["rows"]} >= {("robot", "forward_mse"), ("human", "forward_mse")}
+    assert shown["unmeasured"] == {}
 
     mtime = (tmp_path / "value" / "with" / "model.safetensors").stat().st_mtime_ns
     del written["config"]["pairs"]["dedup"]  # a card written before a field existed: read with its default
@@ -82,3 +84,17 @@ def test_the_only_source_trained_on_cannot_be_left_out(store_uri, tmp_path):
     with pytest.raises(ConfigError, match="only source"):
         source_value(store_uri, "bot", out_dir=tmp_path / "v", cfg=only_bot)
     assert not (tmp_path / "v").exists()
+
+
+def test_a_kind_without_held_out_episodes_is_said_not_left_out_silently(tmp_path):
+    """Seen on the demo store (4 human clips at the default 10% held out): the table showed
+    robot rows only, with nothing to say why the human clips had no figures."""
+    few = SynthSource("few", kind="human", episodes=3, seconds=3.0)
+    assert not any(is_heldout(f"few/ep{i:03d}", None, TINY.pairs.heldout_fraction) for i in range(few.episodes))
+    uri = str(tmp_path / "store")
+    write_store(uri, [BOT, few])
+    report = source_value(uri, "few", out_dir=tmp_path / "v", cfg=TINY, steps=4)
+    assert {r["kind"] for r in report.rows()} == {"robot"}
+    assert list(report.unmeasured) == ["human"] and "no held-out episodes" in report.unmeasured["human"]
+    assert "human: no held-out episodes" in str(report.to_table().caption)
+    assert json.loads((tmp_path / "v" / "value.json").read_text())["unmeasured"] == report.unmeasured

@@ -76,17 +76,19 @@ def tags(uri: str) -> dict[str, list[str]]:
 
 def keep_version(uri: str, version: str, name: str) -> str | None:
     """Tag commit `version` as `name` for good (a finished run keeps the version its card
-    names); a tag of that name already on it is kept as it is. Returns the tag, or None with a
-    warning when the store cannot be written now (read-only, forbidden, unreachable) or holds
-    `name` on another commit: the version is then only as safe as gc's threshold."""
+    names); a tag of that name already on it is kept as it is. Where `name` is on another
+    commit (the same weights trained again on a newer version of the same features: a label
+    commit makes one), the tag is `name-VERSION`, so no tag moves and the version is kept.
+    Returns the tag, or None with a warning when the store cannot be written now (read-only,
+    forbidden, unreachable): the version is then only as safe as gc's threshold."""
     from pipeline.errors import classify
 
     repo = open_repo(uri, create=False)
-    if name in repo.list_tags():
-        if repo.lookup_tag(name) == version:
-            return name
-        log.warning("store %s has a tag %r on another version: version %s is not tagged", uri, name, version)
-        return None
+    tags = set(repo.list_tags())
+    if name in tags and repo.lookup_tag(name) != version:
+        name = f"{name}-{version}"
+    if name in tags and repo.lookup_tag(name) == version:
+        return name
     try:
         repo.create_tag(name, snapshot_id=version)
     except Exception as e:  # noqa: BLE001 - sorted by classify: a bug still fails loudly
