@@ -72,6 +72,8 @@ LEVERS: dict[str, dict] = {
     "k1.0": {"pairs": {"k_seconds": 1.0}},
     "action-head": {"model": {"action_weight": 1.0}},
     "action-head-10%": {"model": {"action_weight": 1.0, "action_fraction": 0.1}},
+    # the human clips' value in stage 1: the default's lever trained on the robot episodes alone
+    "action-head-robot-only": {"model": {"action_weight": 1.0}, "pairs": {"kinds": ["robot"]}},
     "fdm-instruction": {"model": {"fdm_instruction": True}},
 }
 
