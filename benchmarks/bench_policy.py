@@ -43,6 +43,7 @@ from benchmarks.corpus import HUMAN_SOURCE, POLICY_TASKS, REPO, WORK, add_numeri
 from model.checkpoint import read_card  # noqa: E402
 from model.distill import distill  # noqa: E402
 from model.labeler import IdmLabeler  # noqa: E402
+from model.metrics import ridge_r2  # noqa: E402
 from model.policy import KIND, load_policy  # noqa: E402
 from model.train_lam import train_lam  # noqa: E402
 from model.value import source_value  # noqa: E402
@@ -130,8 +131,11 @@ def probe_goal(uri: str, samples: Path, heldout: float = 0.2, first: int = 3) ->
     """Ridge R² from f_t (the whole token grid, flattened) to the goal xyz of reach and push
     episodes, held out by episode: over every frame, and over each episode's first `first`
     frames only, where the arm has not yet moved toward the goal (what the policy sees when
-    it must choose where to go: later frames also show the goal through the arm's motion)."""
-    from model.metrics import ridge_r2
+    it must choose where to go: later frames also show the goal through the arm's motion).
+    The ridge's alpha is chosen per probe by cross-validation over the training episodes
+    (`ALPHAS`, 4 folds by episode), so a 4x4 and an 8x8 grid (16 vs 64 tokens of 384) are
+    each probed at their own best regularisation; held-out episodes are scored once, with
+    the chosen alpha."""
     from pipeline.store.pairs import is_heldout
 
     layouts = json.loads((samples / "robot" / "meta" / "lawam_samples.json").read_text())["episodes"]
@@ -142,6 +146,7 @@ def probe_goal(uri: str, samples: Path, heldout: float = 0.2, first: int = 3) ->
         x: dict = {True: [], False: []}
         y: dict = {True: [], False: []}
         t: dict = {True: [], False: []}
+        e: dict = {True: [], False: []}
         for row, key in enumerate(store.keys):
             if table["source"][row].as_py() != ROBOT_SOURCE:
                 continue
@@ -153,15 +158,30 @@ def probe_goal(uri: str, samples: Path, heldout: float = 0.2, first: int = 3) ->
             x[held].append(f.reshape(len(f), -1))
             y[held].append(np.repeat(np.asarray(ep["rand_vec"][3:6], np.float32)[None], len(f), 0))
             t[held].append(np.arange(len(f)))
+            e[held].append(np.full(len(f), row))
         if not (x[True] and x[False]):
             continue
-        xa, ya, ta = (np.concatenate(v[False]) for v in (x, y, t))  # training episodes
+        xa, ya, ta, ea = (np.concatenate(v[False]) for v in (x, y, t, e))  # training episodes
         xb, yb, tb = (np.concatenate(v[True]) for v in (x, y, t))  # held out
-        out[task] = {"all_frames": ridge_r2(xa, ya, xb, yb, alpha=10.0),
-                     f"first_{first}_frames": ridge_r2(xa[ta < first], ya[ta < first], xb[tb < first],
-                                                       yb[tb < first], alpha=10.0),
-                     "train_episodes": len(x[False]), "heldout_episodes": len(x[True])}
+        out[task] = {"train_episodes": len(x[False]), "heldout_episodes": len(x[True])}
+        for name, a, b in (("all_frames", slice(None), slice(None)), (f"first_{first}_frames", ta < first, tb < first)):
+            alpha = cv_alpha(xa[a], ya[a], ea[a])
+            out[task][name] = ridge_r2(xa[a], ya[a], xb[b], yb[b], alpha=alpha)
+            out[task][f"{name}_alpha"] = alpha
     return out
+
+
+ALPHAS = (1.0, 10.0, 100.0, 1e3, 1e4, 1e5)
+
+
+def cv_alpha(x: np.ndarray, y: np.ndarray, episodes: np.ndarray, folds: int = 4) -> float:
+    """The ridge alpha of `ALPHAS` with the best mean R² over `folds` folds of whole episodes."""
+    ids = np.unique(episodes)
+    fold_of = {int(ep): i % folds for i, ep in enumerate(ids)}
+    fold = np.array([fold_of[int(ep)] for ep in episodes])
+    scores = [np.mean([ridge_r2(x[fold != k], y[fold != k], x[fold == k], y[fold == k], alpha=alpha)
+                       for k in range(folds)]) for alpha in ALPHAS]
+    return ALPHAS[int(np.argmax(scores))]
 
 
 def main() -> None:
