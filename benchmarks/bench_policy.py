@@ -176,9 +176,7 @@ ALPHAS = (1.0, 10.0, 100.0, 1e3, 1e4, 1e5)
 
 def cv_alpha(x: np.ndarray, y: np.ndarray, episodes: np.ndarray, folds: int = 4) -> float:
     """The ridge alpha of `ALPHAS` with the best mean R² over `folds` folds of whole episodes."""
-    ids = np.unique(episodes)
-    fold_of = {int(ep): i % folds for i, ep in enumerate(ids)}
-    fold = np.array([fold_of[int(ep)] for ep in episodes])
+    fold = np.unique(episodes, return_inverse=True)[1] % folds
     scores = [np.mean([ridge_r2(x[fold != k], y[fold != k], x[fold == k], y[fold == k], alpha=alpha)
                        for k in range(folds)]) for alpha in ALPHAS]
     return ALPHAS[int(np.argmax(scores))]

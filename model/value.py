@@ -122,8 +122,9 @@ def source_value(store_uri: str, source: str, *, out_dir: str | Path, cfg: LamCo
         kinds = {k: v for k, v in metrics.items() if k in ("robot", "human")}
         setattr(report, f"{arm}_source", kinds)
         report.runs[arm] = str(run_dir)
+    measured = {r["kind"] for r in report.rows()}
     for kind in dict.fromkeys(sources[s] for s in chosen):
-        if not any(r["kind"] == kind for r in report.rows()):
+        if kind not in measured:
             report.unmeasured[kind] = (f"no held-out episodes at pairs.heldout_fraction {cfg.pairs.heldout_fraction:g} "
                                        "(a larger one in --config holds some out)")
     (out / "value.json").write_text(json.dumps(report.to_json(), indent=2, default=float))

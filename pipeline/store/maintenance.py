@@ -84,11 +84,13 @@ def keep_version(uri: str, version: str, name: str) -> str | None:
     from pipeline.errors import classify
 
     repo = open_repo(uri, create=False)
-    tags = set(repo.list_tags())
-    if name in tags and repo.lookup_tag(name) != version:
-        name = f"{name}-{version}"
-    if name in tags and repo.lookup_tag(name) == version:
-        return name
+    existing = set(repo.list_tags())
+    if name in existing:
+        if repo.lookup_tag(name) == version:
+            return name
+        name = f"{name}-{version}"  # names its version: if it exists, it is on `version`
+        if name in existing:
+            return name
     try:
         repo.create_tag(name, snapshot_id=version)
     except Exception as e:  # noqa: BLE001 - sorted by classify: a bug still fails loudly
